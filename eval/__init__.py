@@ -1,0 +1,1 @@
+"""smolalign evaluation: long context, instruction following, math, tool calling, mode adherence."""

@@ -1,0 +1,1 @@
+"""smolalign merging: MergeKit soups of APO checkpoints and the final linear merge."""

@@ -1,0 +1,1 @@
+"""smolalign pipeline: recipes, run manifests, models, chat format, data, and the training stages."""

@@ -1,0 +1,1 @@
+"""smolalign synthetic data: reasoning traces and preference pairs from teacher models (vLLM, HTTP, CPU)."""

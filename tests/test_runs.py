@@ -1,0 +1,86 @@
+"""Run directories: manifests record what ran; a failed run never looks finished."""
+
+import json
+
+import pytest
+from conftest import sft_recipe
+
+from pipeline.recipe import load_recipe, recipe_hash
+from pipeline.runs import content_hash, fingerprint, read_manifest, stage_run, write_json_atomic
+
+
+@pytest.fixture
+def recipe(write_recipe, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"messages": []}\n')
+    r = sft_recipe(output_dir=str(tmp_path / "runs" / "t" / "sft"))
+    r["data"]["sources"][0]["path"] = str(data)
+    return load_recipe(write_recipe(r))
+
+
+def test_success_promotes_partial_with_complete_manifest(recipe):
+    with stage_run(recipe) as run:
+        assert run.path.name == "sft.partial"
+        (run.path / "weights.bin").write_bytes(b"x" * 10)
+        run.metrics["loss"] = 1.5
+    final = recipe.output_path()
+    assert not run.path.exists() and (final / "weights.bin").exists()
+    m = read_manifest(final)
+    assert m["status"] == "complete" and m["stage"] == "sft" and m["metrics"] == {"loss": 1.5}
+    assert m["recipe_sha256"] == recipe_hash(recipe) and m["recipe"]["training"]["max_steps"] == 1
+    assert m["recipe_file"].endswith("recipe.yaml")
+    assert {"torch", "transformers", "trl"} <= set(m["versions"])
+    assert "commit" in m["git"] and m["duration_s"] >= 0
+    assert m["inputs"]["model.name_or_path"] == {"kind": "embedded", "ref": "embedded:tiny-smollm3"}
+    data_fp = m["inputs"]["data.sources.0.path"]
+    assert data_fp["kind"] == "file" and len(data_fp["content_sha256"]) == 64
+
+
+def test_failure_leaves_nothing_that_looks_finished(recipe):
+    with pytest.raises(RuntimeError, match="boom"):
+        with stage_run(recipe) as run:
+            (run.path / "half.bin").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert not recipe.output_path().exists()
+    m = json.loads((run.path / "manifest.json").read_text())
+    assert m["status"] == "failed" and "RuntimeError: boom" in m["error"]
+
+
+def test_restart_reuses_the_partial_dir_and_says_resumed(recipe):
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run(recipe) as run:
+            (run.path / "checkpoint-1").mkdir()
+            raise KeyboardInterrupt
+    with stage_run(recipe) as run2:
+        assert run2.path == run.path and (run2.path / "checkpoint-1").is_dir()
+        assert run2.manifest["resumed"] is True
+    assert (recipe.output_path() / "checkpoint-1").is_dir()
+
+
+def test_finished_run_is_not_overwritten_by_accident(recipe):
+    with stage_run(recipe) as run:
+        (run.path / "v").write_text("1")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        with stage_run(recipe):
+            pass
+    with stage_run(recipe, overwrite=True) as run:
+        (run.path / "v").write_text("2")
+    assert (recipe.output_path() / "v").read_text() == "2"
+    assert not recipe.output_path().with_name("sft.old").exists()
+
+
+def test_fingerprint_of_an_earlier_run_carries_its_recipe_hash(recipe, tmp_path):
+    with stage_run(recipe) as run:
+        (run.path / "model.safetensors").write_bytes(b"abc")
+    fp = fingerprint(str(recipe.output_path()))
+    assert fp["kind"] == "run" and fp["recipe_sha256"] == recipe_hash(recipe) and fp["status"] == "complete"
+    before = fp["content_sha256"]
+    (recipe.output_path() / "model.safetensors").write_bytes(b"abd")
+    assert content_hash(recipe.output_path()) != before
+    assert fingerprint("HuggingFaceTB/SmolLM3-3B") == {"kind": "hub", "ref": "HuggingFaceTB/SmolLM3-3B"}
+
+
+def test_json_written_atomically(tmp_path):
+    write_json_atomic(tmp_path / "m.json", {"a": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
