@@ -437,6 +437,11 @@ def _check_combinations(recipe, base_dir: Path) -> list[tuple[str, str]]:
         if template is not None and "{% generation %}" not in template.replace("{%- generation %}", "{% generation %}"):
             problems.append(("chat.template", f"assistant_only_loss needs `{{% generation %}}` markers, and the "
                                               f"template `{recipe.chat.template}` has none; use `smollm3`"))
+    if t.get("packing") and t.get("padding_free") is False:
+        # Measured: TRL's collator then sends an all-ones attention_mask, and eager/sdpa attend across
+        # the packed documents (logits differ from per-document ones by ~1.1 on the tiny model).
+        problems.append(("training.padding_free", "packed rows without padding-free attention attend across "
+                                                  "documents; remove `padding_free: false`"))
     if t.get("bf16") and t.get("fp16"):
         problems.append(("training.bf16", "bf16 and fp16 are both set; choose one"))
     return problems

@@ -276,3 +276,11 @@ def test_every_trl_choice_field_is_checked():
     """Guard: if TRL drops `choices` metadata, our value check would silently stop working."""
     fields = {f.name: f for f in dataclasses.fields(trl_config_class("sft"))}
     assert fields["packing_strategy"].metadata["choices"] == ["bfd", "bfd_split", "wrapped"]
+
+
+def test_packing_without_padding_free_is_refused(write_recipe):
+    """The leak is measured in test_data.test_packed_forward_equals_per_document_forward."""
+    recipe = sft_recipe()
+    recipe["training"]["padding_free"] = False
+    [(key, msg)] = problems_of(write_recipe(recipe))
+    assert key.startswith("training.padding_free") and "attend across documents" in msg
