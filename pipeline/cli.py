@@ -21,7 +21,8 @@ from pipeline.recipe import STAGES, RecipeError, check_inputs, load_recipe
 # Stage -> module with `run(recipe, overwrite=False) -> Path`. A stage whose module is not built
 # yet says which issue brings it instead of failing obscurely.
 STAGE_MODULES: dict[str, str | None] = {
-    "midtrain": None, "synth-traces": None, "synth-pairs": None, "sft": None, "apo": None,
+    "midtrain": "pipeline.midtrain", "synth-traces": None, "synth-pairs": None, "sft": "pipeline.sft",
+    "apo": "pipeline.apo",
     "merge": None, "eval": None,
 }
 PENDING = {"midtrain": 4, "sft": 4, "apo": 4, "synth-traces": 5, "synth-pairs": 5, "merge": 6, "eval": 7}

@@ -314,10 +314,17 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
 
 def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quarantine_path: Path):
     """(dataset ready for TRL, report dict). Cached by fingerprint under `cache_root`."""
-    from datasets import Dataset, load_from_disk
+    from pipeline.models import file_lock
 
     fingerprint = mixture_fingerprint(recipe, tokenizer, tokenizer.chat_template or "")
     cache = cache_root / fingerprint
+    with file_lock(cache_root / f"{fingerprint}.lock"):  # ranks of one job build it once
+        return _build_or_load(recipe, tokenizer, cache, fingerprint, quarantine_path)
+
+
+def _build_or_load(recipe, tokenizer, cache: Path, fingerprint: str, quarantine_path: Path):
+    from datasets import Dataset, load_from_disk
+
     if (cache / "report.json").is_file():
         report = json.loads((cache / "report.json").read_text())
         if report.get("quarantined") and (cache / "quarantine.jsonl").is_file():
@@ -379,6 +386,76 @@ def _source_rows(si: int, source: Source, tokenizer, rendering: Rendering, rng: 
     else:
         picked = take_fraction(len(tokenized), source.fraction, rng)
     return [tokenized[i] for i in picked]
+
+
+# ----------------------------------------------------------------------------------------------
+# Preference pairs (APO / DPO)
+# ----------------------------------------------------------------------------------------------
+def normalise_pair(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt messages, [chosen assistant turn], [rejected assistant turn]).
+
+    Accepts a prompt string or message list with chosen/rejected as strings, single turns or full
+    conversations that repeat the prompt (as many preference datasets store them)."""
+    for key in ("chosen", "rejected"):
+        if row.get(key) is None:
+            raise BadRow(f"no `{key}` column")
+    chosen, rejected = _as_turns(row["chosen"], "assistant"), _as_turns(row["rejected"], "assistant")
+    if row.get("prompt") is not None:
+        prompt = _as_turns(row["prompt"], "user")
+    else:  # full conversations: the prompt is everything before the last turn
+        prompt = chosen[:-1]
+    if chosen[:-1] and chosen[:-1] != prompt or rejected[:-1] and rejected[:-1] != prompt:
+        raise BadRow("chosen and rejected continue different conversations")
+    chosen, rejected = chosen[-1:], rejected[-1:]
+    for key, turn in (("chosen", chosen), ("rejected", rejected)):
+        if not turn or turn[0]["role"] != "assistant":
+            raise BadRow(f"`{key}` does not end with an assistant turn")
+    return prompt, chosen, rejected
+
+
+def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
+    """(conversational preference `datasets.Dataset` for TRL's DPO trainer, report dict).
+
+    Each row carries its own chat_template_kwargs (mode and the recipe's fixed date), which TRL
+    passes to the template per example. `chosen` must be a valid turn for the row's mode; `rejected`
+    only needs to be a non-empty assistant turn (a malformed answer is a fine thing to push down)."""
+    from datasets import Dataset
+
+    rng = random.Random(recipe.data.seed)
+    rows, quarantined = [], []
+    for si, source in enumerate(recipe.data.sources):
+        label = source.path if source.split == "train" else f"{source.path}:{source.split}"
+        kept = []
+        for index, row in enumerate(tqdm(load_source(source), desc=f"reading {label}", leave=False)):
+            try:
+                thinking = row_mode(source, row)
+                prompt, chosen, rejected = normalise_pair(row)
+                validate_conversation(prompt + chosen, thinking)
+                if not rejected[0]["content"].strip():
+                    raise BadRow("empty rejected answer")
+            except BadRow as e:
+                quarantined.append({"source": label, "source_index": si, "row": index, "reason": str(e)})
+                continue
+            kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": si, "thinking": thinking,
+                         "chat_template_kwargs": {"enable_thinking": thinking, "today_date": recipe.chat.today_date,
+                                                  "knowledge_cutoff": recipe.chat.knowledge_cutoff}})
+        if source.tokens is not None:
+            lengths = [sum(len(m["content"]) for m in r["prompt"] + r["chosen"] + r["rejected"]) // 4 for r in kept]
+            picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here
+        else:
+            picked = take_fraction(len(kept), source.fraction, rng)
+        rows += [kept[i] for i in picked]
+    rng.shuffle(rows)
+    _write_quarantine(quarantine_path, quarantined)
+    count, modes = Counter(r["source"] for r in rows), Counter("think" if r["thinking"] else "no_think" for r in rows)
+    bad = Counter(q["source_index"] for q in quarantined)
+    report = {"rows": len(rows), "quarantined": len(quarantined), "modes": dict(modes),
+              "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": count[i], "quarantined": bad[i]}
+                          for i, s in enumerate(recipe.data.sources)]}
+    if not rows:
+        raise ValueError(f"{recipe._source}: no usable preference pairs; see {quarantine_path}")
+    columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
+    return Dataset.from_list([{k: r[k] for k in columns} for r in rows]), report
 
 
 def _per_source(recipe, rows, quarantined) -> list[dict[str, Any]]:

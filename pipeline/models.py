@@ -109,7 +109,7 @@ def resolve_model(ref: str) -> str:
     target = cache_dir() / "models" / name
     if (target / "provenance.json").is_file():
         return str(target)
-    with _lock(target.with_name(name + ".lock")):
+    with file_lock(target.with_name(name + ".lock")):
         if not (target / "provenance.json").is_file():  # another process may have built it meanwhile
             tmp = target.with_name(name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -125,7 +125,8 @@ def resolve_model(ref: str) -> str:
 
 
 @contextmanager
-def _lock(path: Path):
+def file_lock(path: Path):
+    """Exclusive lock across processes (e.g. the ranks of one job building the same cache entry)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

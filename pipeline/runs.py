@@ -59,20 +59,39 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     if (final / MANIFEST).exists() and not overwrite:
         raise FileExistsError(f"{final} already holds a finished {recipe.stage} run; pass --overwrite "
                               f"to replace it, or set output_dir / name in the recipe")
-    partial.mkdir(parents=True, exist_ok=True)
-    resumed = (partial / MANIFEST).exists()
     run = Run(path=partial, final=final, manifest=new_manifest(recipe))
-    run.manifest["resumed"] = resumed
-    run.save_manifest()
+    previous = read_manifest(partial)
+    if previous and previous.get("recipe_sha256") != run.manifest["recipe_sha256"]:
+        raise FileExistsError(f"{partial} holds an interrupted run of a different recipe (sha256 "
+                              f"{previous.get('recipe_sha256', '?')[:12]}); resuming it would mix the two. "
+                              f"Delete {partial} to start over, or rerun the recipe it was started with.")
+    run.manifest["resumed"] = previous is not None
+    # Several ranks share one run dir: only rank 0 writes the manifest and promotes the result.
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        partial.mkdir(parents=True, exist_ok=True)
+        run.save_manifest()
     try:
         yield run
     except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
-        run.save_manifest(status="failed", finished_at=_now(),
-                          error="".join(traceback.format_exception_only(type(exc), exc)).strip())
+        if main:
+            run.save_manifest(status="failed", finished_at=_now(),
+                              error="".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
-    run.save_manifest(status="complete", finished_at=_now(),
-                      duration_s=round(time.time() - run.t0, 1))
-    _promote(partial, final)
+    _barrier()  # every rank has written its share before the directory moves
+    if main:
+        run.save_manifest(status="complete", finished_at=_now(), duration_s=round(time.time() - run.t0, 1))
+        _promote(partial, final)
+    _barrier()
+
+
+def _barrier() -> None:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _promote(partial: Path, final: Path) -> None:

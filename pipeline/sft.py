@@ -1,0 +1,56 @@
+"""SFT stage: dual-mode supervised fine-tuning with TRL's SFTTrainer.
+
+    smolalign sft --recipe recipes/smollm3/sft.yaml          # make sft RECIPE=...
+    accelerate launch --config_file recipes/accelerate/zero3.yaml -m pipeline.cli sft --recipe ...
+
+Reads top to bottom: seed -> tokenizer (+ our chat template) -> mixture (tokens, assistant-only
+labels, packed) -> model -> train (resumes from the newest checkpoint of an interrupted run) -> save.
+The mixture is built here rather than by TRL because TRL cannot budget sources by tokens,
+quarantine bad rows, report per source and mode, or keep document boundaries in wrapped packs;
+TRL then trains on the packed rows padding-free, so attention stays inside each document.
+Mid-training runs this same code (see midtrain.py): the recipe switches the loss to every token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.data import build_sft_mixture, format_report
+from pipeline.models import cache_dir
+from pipeline.runs import stage_run
+from pipeline.train import (check_hardware, finish, is_main_process, last_checkpoint, load_model, load_tokenizer,
+                            peft_config, rank_checksums, trl_args)
+
+
+def run(recipe, overwrite: bool = False) -> Path:
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    check_hardware(recipe)
+    set_seed(recipe.seed)
+    tokenizer = load_tokenizer(recipe)
+    with stage_run(recipe, overwrite) as run:
+        dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", run.path / "quarantine.jsonl")
+        if is_main_process():
+            (run.path / "mixture.json").write_text(json.dumps(report, indent=2))
+            (run.path / "mixture.txt").write_text(format_report(report) + "\n")
+            print(format_report(report))
+        packed = bool(recipe.training.get("packing"))
+        args = trl_args(
+            recipe, run.path,
+            # Our mixture is tokenized, masked (labels) and packed already: TRL must not redo any of it.
+            packing=False, assistant_only_loss=False, completion_only_loss=False,
+            padding_free=packed, dataset_kwargs={"skip_prepare_dataset": True},
+            # rows are already cut to the recipe's max_length by the mixture; TRL must not re-check it
+            max_length=None,
+        )
+        trainer = SFTTrainer(model=load_model(recipe.model), args=args, train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft_config(recipe))
+        trainer.train(resume_from_checkpoint=last_checkpoint(run.path))
+        finish(trainer, tokenizer, run, recipe, extra={
+            "mixture_rows": report["rows"], "quarantined_rows": report["quarantined"],
+            "packing_efficiency": report.get("packing", {}).get("efficiency"),
+            "rank_param_checksums": rank_checksums(trainer.model),
+        })
+    return recipe.output_path()

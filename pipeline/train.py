@@ -1,0 +1,198 @@
+"""What the training stages share: tokenizer + template, model loading, TRL arguments, resume,
+progress, and the finished checkpoint (weights, our chat template, loss curve, model card).
+
+The stages themselves (midtrain.py, sft.py, apo.py) read top to bottom: seed -> model -> data ->
+train -> save. TRL does the training; nothing here re-implements it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.models import resolve_model
+from pipeline.recipe import ModelSpec, TrainRecipe, template_text, trl_config_class
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer, template, model
+# ----------------------------------------------------------------------------------------------
+def load_tokenizer(recipe: TrainRecipe):
+    """The model's tokenizer with our chat template installed (so every checkpoint ships it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path), revision=recipe.model.revision)
+    template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
+    if template is not None:
+        tokenizer.chat_template = template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if recipe.training.get("assistant_only_loss") and "generation" not in (tokenizer.chat_template or ""):
+        raise ValueError(f"{recipe.model.name_or_path}: assistant_only_loss needs a template with "
+                         "{% generation %} markers; set chat.template: smollm3")
+    return tokenizer
+
+
+def load_model(spec: ModelSpec):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec.name_or_path), revision=spec.revision,
+                                                 dtype=dtype, attn_implementation=spec.attn_implementation)
+    # Packed rows are only isolated without a KV cache; training never needs one.
+    model.config.use_cache = False
+    return model
+
+
+def check_hardware(recipe: TrainRecipe) -> None:
+    """Fail before loading anything when the recipe asks for hardware this machine lacks."""
+    import torch
+
+    t = recipe.training
+    if not torch.cuda.is_available():
+        if t.get("bf16") or t.get("fp16"):
+            raise ValueError(f"{recipe._source}: training.bf16/fp16 need a GPU and none is visible; "
+                             "use --set training.bf16=false on CPU")
+        if recipe.model.attn_implementation.startswith("flash_attention"):
+            raise ValueError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
+                             "needs a GPU; use sdpa on CPU (--set model.attn_implementation=sdpa)")
+    if t.get("use_liger_kernel"):
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{recipe._source}: training.use_liger_kernel needs `pip install -e '.[gpu]'`") from None
+
+
+def peft_config(recipe: TrainRecipe):
+    if recipe.peft is None:
+        return None
+    from peft import LoraConfig
+
+    p = recipe.peft
+    return LoraConfig(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                      target_modules=p.target_modules, task_type="CAUSAL_LM")
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL arguments
+# ----------------------------------------------------------------------------------------------
+def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
+    """TRL config from the recipe's `training:` block plus what the stage decides itself."""
+    cls = trl_config_class(recipe.stage)
+    # Defaults the recipe may override: no tracker unless asked; count tokens, which makes
+    # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers).
+    kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding"}
+    kwargs.update(recipe.training)
+    kwargs.update(stage_settings, output_dir=str(output_dir), seed=recipe.seed)
+    return cls(**kwargs)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` of an interrupted run, to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Finishing a checkpoint
+# ----------------------------------------------------------------------------------------------
+def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] | None = None) -> None:
+    """Final weights + tokenizer/template at the top of the run dir, loss curve, card, metrics."""
+    trainer.save_model(str(run.path))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(run.path))
+        history = trainer.state.log_history
+        (run.path / "log_history.json").write_text(json.dumps(history, indent=1))
+        losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        if losses:
+            plot_loss(losses, run.path / "loss.png", f"{recipe.name} {recipe.stage}")
+        run.metrics.update(final_metrics(history, trainer.state), **(extra or {}))
+        write_model_card(run, recipe)
+
+
+def final_metrics(history: list[dict], state) -> dict[str, Any]:
+    losses = [h["loss"] for h in history if "loss" in h]
+    speeds = [h["train_tokens_per_second"] for h in history if "train_tokens_per_second" in h]
+    return {"steps": state.global_step, "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "tokens_seen": state.num_input_tokens_seen,
+            "tokens_per_s": speeds[-1] if speeds else None}
+
+
+def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
+    ax.set(xlabel="step", ylabel="training loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_model_card(run, recipe: TrainRecipe) -> None:
+    m = run.metrics
+    sources = "\n".join(f"- `{s.path}`" + (f" ({s.name}/{s.split})" if s.name else "") + f", mode {s.mode}"
+                        + (f", fraction {s.fraction}" if s.fraction else "") + (f", {s.tokens} tokens" if s.tokens else "")
+                        for s in recipe.data.sources)
+    card = f"""---
+library_name: transformers
+tags: [smolalign, {recipe.stage}, dual-mode]
+base_model: {recipe.model.name_or_path}
+---
+# {recipe.name} — {recipe.stage}
+
+Trained by the smolalign stage `{recipe.stage}` from `{recipe.model.name_or_path}`.
+Recipe: `{recipe._source}` (sha256 `{run.manifest['recipe_sha256'][:12]}`); the full resolved recipe,
+input fingerprints and versions are in `manifest.json`.
+
+## Data
+{sources}
+
+## Results
+| metric | value |
+|---|---|
+""" + "\n".join(f"| {k} | {v} |" for k, v in m.items() if not isinstance(v, (dict, list))) + """
+
+## Chat format
+Ships the smolalign dual-mode template (`/think`, `/no_think`, `enable_thinking`); the same template
+rendered the training data, so `apply_chat_template` here and in vLLM matches training.
+"""
+    (run.path / "README.md").write_text(card)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def param_checksum(model) -> str:
+    """sha256 of all parameters (float32 bytes): equal across ranks iff they hold the same model."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode() + p.detach().to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rank_checksums(model) -> list[str]:
+    """Every rank's parameter checksum (one entry when not distributed)."""
+    import torch.distributed as dist
+
+    mine = param_checksum(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out

@@ -1,0 +1,118 @@
+"""The dual-mode chat template: exact renderings, flags, tools, masks (sentinel sweep), parity."""
+
+import datetime
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipeline.chat import assistant_mask, install_template, render
+
+SYSTEM_THINK = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nToday Date: 01 July 2025\n"
+                "Reasoning Mode: /think\n\n## Custom Instructions\n\n")
+SYSTEM_NO_THINK = SYSTEM_THINK.replace("Reasoning Mode: /think", "Reasoning Mode: /no_think")
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+TOOL = {"name": "get_weather", "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    return install_template(AutoTokenizer.from_pretrained(tiny_model))
+
+
+def test_exact_think_rendering(tok):
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"}]
+    assert render(tok, messages) == (SYSTEM_THINK + "Be kind.\n\n<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+                                     "<|im_start|>assistant\n<think>\nadd\n</think>\n\n4<|im_end|>\n")
+
+
+def test_exact_no_think_rendering_with_default_instructions(tok):
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert render(tok, messages, enable_thinking=False) == (
+        SYSTEM_NO_THINK + "You are a helpful assistant. Answer directly and concisely, without writing out your "
+        "reasoning.\n\n<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n4"
+        "<|im_end|>\n")
+    assert "Reason step by step inside <think>" in render(tok, messages[:1])
+
+
+def test_system_flags_override_enable_thinking(tok):
+    user = {"role": "user", "content": "hi"}
+    off = render(tok, [{"role": "system", "content": "Be brief. /no_think"}, user], enable_thinking=True)
+    assert "Reasoning Mode: /no_think" in off and "Custom Instructions\n\nBe brief.\n\n<|im_end|>" in off
+    on = render(tok, [{"role": "system", "content": "/think Be brief."}, user], enable_thinking=False)
+    assert "Reasoning Mode: /think" in on and "Custom Instructions\n\nBe brief.\n\n<|im_end|>" in on
+    override = render(tok, [{"role": "system", "content": "/system_override You are a pirate."}, user])
+    assert override.startswith("<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi")
+
+
+def test_generation_prompt_in_both_modes(tok):
+    user = [{"role": "user", "content": "hi"}]
+    assert render(tok, user, add_generation_prompt=True).endswith("hi<|im_end|>\n<|im_start|>assistant\n")
+    assert render(tok, user, add_generation_prompt=True, enable_thinking=False).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n")
+
+
+def test_tools_calls_and_results(tok):
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                {"role": "tool", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}]
+    text = render(tok, messages, enable_thinking=False, xml_tools=[TOOL])
+    assert '<tools>\n{"name": "get_weather", "description": "Weather for a city."' in text
+    assert ('<|im_start|>assistant\n<think>\n\n</think>\n<tool_call>\n{"name": "get_weather", "arguments": '
+            '{"city": "Paris"}}\n</tool_call><|im_end|>') in text
+    assert "<|im_start|>user\n<tool_response>\n18C\n</tool_response><|im_end|>" in text
+    assert "<|im_start|>tool" not in text
+    python = render(tok, messages[:1], python_tools=["def add(a: int, b: int) -> int"])
+    assert "inside <code></code>" in python and "def add(a: int, b: int) -> int" in python
+
+
+def test_date_is_a_variable_never_today(tok):
+    user = [{"role": "user", "content": "hi"}]
+    assert "Today Date: 02 Feb 2024" in render(tok, user, today_date="02 Feb 2024")
+    today = datetime.date.today().strftime("%d %B %Y")
+    assert today not in tok.apply_chat_template(user, tokenize=False)
+    assert "Today Date: 01 July 2025" in tok.apply_chat_template(user, tokenize=False)
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_label_mask_sentinel_sweep(tok, thinking):
+    """Decoding the trained tokens gives every assistant content and nothing else."""
+    think = "<think>\nREASONSENT\n</think>\n\n" if thinking else ""
+    messages = [{"role": "system", "content": "SYSSENT"}, {"role": "user", "content": "USERSENTA"},
+                {"role": "assistant", "content": "", "tool_calls": [CALL]}, {"role": "tool", "content": "TOOLSENT"},
+                {"role": "assistant", "content": think + "ASSTSENTA"}, {"role": "user", "content": "USERSENTB"},
+                {"role": "assistant", "content": think + "ASSTSENTB"}]
+    ids, mask = assistant_mask(tok, messages, enable_thinking=thinking, xml_tools=[TOOL])
+    trained = tok.decode([t for t, m in zip(ids, mask) if m])
+    untrained = tok.decode([t for t, m in zip(ids, mask) if not m])
+    for sentinel in ("ASSTSENTA", "ASSTSENTB", "get_weather"):
+        assert sentinel in trained
+    for sentinel in ("SYSSENT", "USERSENTA", "USERSENTB", "TOOLSENT", "Metadata", "<|im_start|>"):
+        assert sentinel not in trained
+    assert trained.count("<|im_end|>") == 3 and untrained.count("<|im_start|>assistant") == 3
+    assert ("REASONSENT" in trained) == thinking and ("<think>\n\n</think>" in trained) == (not thinking)
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_inference_prompt_is_the_training_prefix(tok, thinking):
+    """Train/inference parity: the generation prompt + what the model was trained to emit
+    reproduces the training rendering token for token."""
+    answer = "<think>\nok\n</think>\n\nHello!" if thinking else "Hello!"
+    convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
+    training = render(tok, convo, enable_thinking=thinking)
+    prompt = render(tok, convo[:1], enable_thinking=thinking, add_generation_prompt=True)
+    ids, mask = assistant_mask(tok, convo, enable_thinking=thinking)
+    completion = tok.decode([t for t, m in zip(ids, mask) if m])
+    # no-think: the prompt pre-fills the empty think block that training taught the model to emit
+    prefill = "" if thinking else "<think>\n\n</think>\n"
+    assert completion.startswith(prefill) and prompt.endswith("<|im_start|>assistant\n" + prefill)
+    assert prompt + completion[len(prefill):] + "\n" == training
+    assert tok(prompt + completion[len(prefill):] + "\n", add_special_tokens=False).input_ids == ids
+
+
+def test_saved_tokenizer_ships_the_template(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert again.chat_template == tok.chat_template
+    assert render(again, messages, enable_thinking=False) == render(tok, messages, enable_thinking=False)

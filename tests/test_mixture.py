@@ -1,0 +1,103 @@
+"""The SFT mixture end to end: quarantine, budgets, report, trained tokens, cache."""
+
+import json
+
+import pytest
+from conftest import REPO
+from transformers import AutoTokenizer
+
+from pipeline.chat import install_template
+from pipeline.data import build_preference_mixture, build_sft_mixture, format_report
+from pipeline.recipe import load_recipe
+
+
+@pytest.fixture
+def tok(tiny_model):
+    return install_template(AutoTokenizer.from_pretrained(tiny_model))
+
+
+def sft(write_recipe, sources, **training):
+    recipe = {"name": "t", "stage": "sft", "model": {"name_or_path": "embedded:tiny-smollm3"},
+              "data": {"sources": sources},
+              "training": {"max_length": 256, "packing": True, "packing_strategy": "bfd",
+                           "assistant_only_loss": True, **training}}
+    return load_recipe(write_recipe(recipe))
+
+
+def test_mixture_report_quarantine_and_labels(write_recipe, tok, tmp_path):
+    recipe = sft(write_recipe, [
+        {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think", "fraction": 0.5},
+        {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 2.0},
+        {"path": str(REPO / "data/demo/bad_rows.jsonl"), "mode": "no_think"},
+    ])
+    quarantine = tmp_path / "quarantine.jsonl"
+    dataset, report = build_sft_mixture(recipe, tok, tmp_path / "cache", quarantine)
+    by_source = {s["source"].split("/")[-1]: s for s in report["sources"]}
+    assert by_source["chat_no_think.jsonl"]["rows"] == 16 and by_source["reasoning.jsonl"]["rows"] == 96
+    assert by_source["bad_rows.jsonl"] == {**by_source["bad_rows.jsonl"], "rows": 0, "quarantined": 6}
+    assert report["modes"]["think"]["rows"] == 96 and report["modes"]["no_think"]["rows"] == 16
+    bad = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert [b["row"] for b in bad] == list(range(6)) and bad[0]["reason"] == "message 1: empty assistant turn"
+    assert all(b["source"].endswith("bad_rows.jsonl") for b in bad)
+    packing = report["packing"]
+    assert packing["documents"] == 112
+    assert packing["tokens"] == sum(len(r) for r in dataset["input_ids"])
+    assert packing["efficiency"] == round(packing["tokens"] / (len(dataset) * 256), 4)
+    assert all(len(r) <= 256 for r in dataset["input_ids"])
+    # trained tokens are exactly the assistant turns: decode them all and look for user text
+    trained = tok.decode([t for labels in dataset["labels"] for t in labels if t != -100])
+    assert "What is the capital" not in trained and "Metadata" not in trained
+    everything = tok.decode([t for ids in dataset["input_ids"] for t in ids])
+    assert trained.count("<|im_end|>") == everything.count("<|im_start|>assistant") >= 112
+    assert "boxed" in trained and "<think>\n\n</think>\nThe capital of" in trained
+    table = format_report(report)
+    assert "quarantined 6" in table and "efficiency" in table
+
+
+def test_mixture_is_cached_by_fingerprint(write_recipe, tok, tmp_path):
+    sources = [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}]
+    recipe = sft(write_recipe, sources)
+    _, first = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    _, again = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    assert first == again and len(list((tmp_path / "cache").glob("*/report.json"))) == 1
+    other = sft(write_recipe, sources, max_length=128)
+    _, third = build_sft_mixture(other, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    assert third["fingerprint"] != first["fingerprint"]
+
+
+def test_token_budget_source(write_recipe, tok, tmp_path):
+    recipe = sft(write_recipe, [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "tokens": 20000}])
+    _, report = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    tokens = report["sources"][0]["tokens"]
+    assert 20000 <= tokens < 20000 + 300 and report["sources"][0]["rows"] > 48  # upsampled past one epoch
+
+
+def test_midtrain_trains_every_token(write_recipe, tok, tmp_path):
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "midtrain", "model": {"name_or_path": "embedded:tiny-smollm3"},
+        "data": {"sources": [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]},
+        "training": {"max_length": 128, "packing": True, "packing_strategy": "wrapped"}}))
+    dataset, report = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    assert report["packing"]["trained_token_share"] == 1.0
+    assert all(len(r) == 128 for r in dataset["input_ids"][:-1])  # wrapped: every row full but the last
+    assert sum(sum(s) for s in dataset["seq_lengths"]) == report["packing"]["tokens"]
+
+
+def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
+    bad = tmp_path / "bad_pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi", "chosen": "", "rejected": "x",
+                               "chat_template_kwargs": {"enable_thinking": False}}) + "\n"
+                   + json.dumps({"prompt": "Hi", "chosen": "ok", "rejected": "x"}) + "\n")
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
+        "data": {"sources": [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"},
+                             {"path": str(bad), "mode": "from_row"}]},
+        "training": {"loss_type": "apo_zero"}}))
+    dataset, report = build_preference_mixture(recipe, tmp_path / "q.jsonl")
+    assert report["rows"] == 16 and report["modes"] == {"think": 8, "no_think": 8} and report["quarantined"] == 2
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert reasons == ["message 1: empty assistant turn",
+                       "mode `from_row` but the row has no chat_template_kwargs.enable_thinking"]
+    row = dataset[0]
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chat_template_kwargs"]["today_date"] == "01 July 2025"

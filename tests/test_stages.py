@@ -1,0 +1,145 @@
+"""Training stages end to end on the tiny SmolLM3 on CPU: what lands on disk, that weights moved,
+APO's known first loss, resume after a crash, and two real processes training one model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+from pipeline import apo, sft
+from pipeline.recipe import load_recipe
+
+TRAINING = {"max_steps": 3, "learning_rate": 1.0e-3, "per_device_train_batch_size": 2, "bf16": False,
+            "logging_steps": 1, "save_strategy": "no", "max_length": 128}
+
+
+def recipe_for(write_recipe, tmp_path, stage, sources, name="recipe.yaml", **training):
+    body = {"name": "t", "stage": stage, "output_dir": str(tmp_path / "runs" / stage),
+            "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
+            "data": {"sources": sources}, "training": {**TRAINING, **training}}
+    return load_recipe(write_recipe(body, name))
+
+
+def weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def assert_checkpoint(out, tiny_model, stage):
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "manifest.json",
+            "README.md", "loss.png", "log_history.json"} <= files
+    assert "Reasoning Mode" in (out / "chat_template.jinja").read_text()  # ours, not SmolLM2's
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["stage"] == stage
+    assert manifest["metrics"]["steps"] == 3 and manifest["metrics"]["final_loss"] is not None
+    assert manifest["metrics"]["tokens_per_s"] > 0
+    card = (out / "README.md").read_text()
+    assert "embedded:tiny-smollm3" in card and "| final_loss |" in card
+    before, after = weights(tiny_model), weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+    return manifest
+
+
+def test_midtrain_stage(write_recipe, tmp_path, tiny_model):
+    recipe = recipe_for(write_recipe, tmp_path, "midtrain",
+                        [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}],
+                        packing=True, packing_strategy="wrapped")
+    out = sft.run(recipe)
+    manifest = assert_checkpoint(out, tiny_model, "midtrain")
+    mixture = json.loads((out / "mixture.json").read_text())
+    assert mixture["packing"]["trained_token_share"] == 1.0 and manifest["metrics"]["packing_efficiency"] > 0.95
+
+
+def test_sft_stage(write_recipe, tmp_path, tiny_model):
+    recipe = recipe_for(write_recipe, tmp_path, "sft", [
+        {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"},
+        {"path": str(REPO / "data/demo/tools.jsonl"), "mode": "no_think"},
+        {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 0.25},
+        {"path": str(REPO / "data/demo/bad_rows.jsonl"), "mode": "no_think"}],
+        packing=True, packing_strategy="bfd", assistant_only_loss=True)
+    out = sft.run(recipe)
+    manifest = assert_checkpoint(out, tiny_model, "sft")
+    assert manifest["metrics"]["quarantined_rows"] == 6 and manifest["metrics"]["mixture_rows"] == 54
+    assert len((out / "quarantine.jsonl").read_text().splitlines()) == 6
+    assert "trained tokens" in (out / "mixture.txt").read_text()
+
+
+def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
+    recipe = recipe_for(write_recipe, tmp_path, "apo",
+                        [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"}],
+                        loss_type="apo_zero", beta=0.05, max_length=256)
+    out = apo.run(recipe)
+    assert_checkpoint(out, tiny_model, "apo")
+    history = json.loads((out / "log_history.json").read_text())
+    # apo_zero = sigmoid(-b*chosen_logratio) + sigmoid(b*rejected_logratio) = 0.5 + 0.5 when policy == reference
+    assert history[0]["loss"] == pytest.approx(1.0, abs=1e-6)
+    assert history[1]["loss"] != pytest.approx(1.0, abs=1e-6)
+
+
+def test_resume_after_crash_matches_uninterrupted_run(write_recipe, tmp_path, monkeypatch):
+    sources = [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, packing=True, packing_strategy="wrapped")
+    straight = sft.run(recipe_for(write_recipe, tmp_path / "a", "midtrain", sources, **common))
+    resumed_recipe = recipe_for(write_recipe, tmp_path / "b", "midtrain", sources, **common)
+
+    import trl
+
+    original = trl.SFTTrainer.training_step
+
+    def crash_on_step_three(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise RuntimeError("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", crash_on_step_three)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        sft.run(resumed_recipe)
+    partial = resumed_recipe.output_path().with_name("midtrain.partial")
+    assert json.loads((partial / "manifest.json").read_text())["status"] == "failed"
+    assert (partial / "checkpoint-2").is_dir() and not resumed_recipe.output_path().exists()
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", original)
+
+    resumed = sft.run(resumed_recipe)
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    assert manifest["resumed"] is True and manifest["status"] == "complete"
+
+    def curve(out):
+        return [(h["step"], round(h["loss"], 4)) for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+
+    assert curve(resumed) == curve(straight) and [s for s, _ in curve(resumed)] == [1, 2, 3, 4]
+    # same tokens seen in total: the restarted run skipped the batches it had trained on
+    tokens = [json.loads((o / "manifest.json").read_text())["metrics"]["tokens_seen"] for o in (straight, resumed)]
+    assert tokens[0] == tokens[1] > 0
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_partial_run_of_another_recipe_is_not_resumed(write_recipe, tmp_path):
+    sources = [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]
+    first = recipe_for(write_recipe, tmp_path, "midtrain", sources, packing=True, packing_strategy="wrapped")
+    partial = first.output_path().with_name("midtrain.partial")
+    partial.mkdir(parents=True)
+    (partial / "manifest.json").write_text(json.dumps({"recipe_sha256": "0" * 64}))
+    with pytest.raises(FileExistsError, match="interrupted run of a different recipe"):
+        sft.run(first)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model(write_recipe, tmp_path):
+    recipe = recipe_for(write_recipe, tmp_path, "sft",
+                        [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}],
+                        packing=True, packing_strategy="bfd", assistant_only_loss=True, per_device_train_batch_size=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29533", "-m", "pipeline.cli", "sft", "--recipe", recipe._source],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((recipe.output_path() / "manifest.json").read_text())
+    checksums = manifest["metrics"]["rank_param_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert manifest["status"] == "complete"
