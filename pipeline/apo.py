@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.data import build_preference_mixture
 from pipeline.runs import stage_run
-from pipeline.train import (check_hardware, finish, is_main_process, last_checkpoint, load_model, load_tokenizer,
+from pipeline.train import (check_environment, finish, is_main_process, last_checkpoint, load_model, load_tokenizer,
                             peft_config, rank_checksums, trl_args)
 
 
@@ -27,7 +27,7 @@ def run(recipe, overwrite: bool = False) -> Path:
     from transformers import set_seed
     from trl import DPOTrainer
 
-    check_hardware(recipe)
+    check_environment(recipe)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:

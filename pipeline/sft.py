@@ -14,20 +14,29 @@ Mid-training runs this same code (see midtrain.py): the recipe switches the loss
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from pipeline.data import build_sft_mixture, format_report
 from pipeline.models import cache_dir
 from pipeline.runs import stage_run
-from pipeline.train import (check_hardware, finish, is_main_process, last_checkpoint, load_model, load_tokenizer,
+from pipeline.train import (check_environment, finish, is_main_process, last_checkpoint, load_model, load_tokenizer,
                             peft_config, rank_checksums, trl_args)
+
+
+class _PrePackedWarningFilter(logging.Filter):
+    """TRL sees `packing=False` (we pack ourselves) and warns that batch size 1 with padding-free
+    "annihilates the benefits"; for rows packed to max_length that advice is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "annihilate the benefits of padding-free" not in record.getMessage()
 
 
 def run(recipe, overwrite: bool = False) -> Path:
     from transformers import set_seed
     from trl import SFTTrainer
 
-    check_hardware(recipe)
+    check_environment(recipe)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:
@@ -37,6 +46,8 @@ def run(recipe, overwrite: bool = False) -> Path:
             (run.path / "mixture.txt").write_text(format_report(report) + "\n")
             print(format_report(report))
         packed = bool(recipe.training.get("packing"))
+        if packed:
+            logging.getLogger("trl.trainer.sft_trainer").addFilter(_PrePackedWarningFilter())
         args = trl_args(
             recipe, run.path,
             # Our mixture is tokenized, masked (labels) and packed already: TRL must not redo any of it.

@@ -49,8 +49,8 @@ def load_model(spec: ModelSpec):
     return model
 
 
-def check_hardware(recipe: TrainRecipe) -> None:
-    """Fail before loading anything when the recipe asks for hardware this machine lacks."""
+def check_environment(recipe: TrainRecipe) -> None:
+    """Fail before loading anything when the recipe needs hardware or packages this machine lacks."""
     import torch
 
     t = recipe.training
@@ -61,6 +61,14 @@ def check_hardware(recipe: TrainRecipe) -> None:
         if recipe.model.attn_implementation.startswith("flash_attention"):
             raise ValueError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
                              "needs a GPU; use sdpa on CPU (--set model.attn_implementation=sdpa)")
+    trackers = t.get("report_to", "none")
+    for tracker in [trackers] if isinstance(trackers, str) else trackers:
+        if tracker in ("wandb", "trackio"):
+            import importlib.util
+
+            if importlib.util.find_spec(tracker) is None:
+                raise ValueError(f"{recipe._source}: training.report_to asks for {tracker}, which is not installed: "
+                                 "`pip install -e '.[tracking]'`, or --set training.report_to=none")
     if t.get("use_liger_kernel"):
         try:
             import liger_kernel  # noqa: F401
@@ -103,8 +111,16 @@ def last_checkpoint(output_dir: Path) -> str | None:
 # Finishing a checkpoint
 # ----------------------------------------------------------------------------------------------
 def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] | None = None) -> None:
-    """Final weights + tokenizer/template at the top of the run dir, loss curve, card, metrics."""
-    trainer.save_model(str(run.path))
+    """Final weights + tokenizer/template at the top of the run dir, loss curve, card, metrics.
+
+    With LoRA the adapter is kept in `adapter/` and the merged full model goes to the top, so the
+    next stage (and vLLM, MergeKit) loads the run dir like any checkpoint."""
+    if recipe.peft is not None:
+        trainer.save_model(str(run.path / "adapter"))
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(str(run.path))
+    else:
+        trainer.save_model(str(run.path))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run.path))
         history = trainer.state.log_history
@@ -129,10 +145,12 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
     ax.set(xlabel="step", ylabel="training loss", title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

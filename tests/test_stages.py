@@ -143,3 +143,29 @@ def test_two_processes_train_the_same_model(write_recipe, tmp_path):
     checksums = manifest["metrics"]["rank_param_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert manifest["status"] == "complete"
+
+
+def test_lora_sft_saves_adapter_and_merged_model(write_recipe, tmp_path, tiny_model):
+    body = {"name": "t", "stage": "sft", "output_dir": str(tmp_path / "runs" / "sft"),
+            "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
+            "data": {"sources": [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}]},
+            "training": {**TRAINING, "learning_rate": 1.0e-2, "packing": True, "assistant_only_loss": True},
+            "peft": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    out = sft.run(load_recipe(write_recipe(body)))
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    before, after = weights(tiny_model), weights(out)
+    assert set(after) == set(before)  # a plain full checkpoint, no lora_ tensors
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+
+
+def test_missing_tracker_fails_before_loading(write_recipe, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.fail("wandb is installed in the test env; this test needs an env without it")
+    recipe = recipe_for(write_recipe, tmp_path, "sft",
+                        [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}], report_to=["wandb"])
+    with pytest.raises(ValueError, match=r"report_to asks for wandb, which is not installed"):
+        sft.run(recipe)
+    assert not recipe.output_path().with_name("sft.partial").exists()

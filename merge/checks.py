@@ -1,0 +1,105 @@
+"""Checks that checkpoints can be merged, before MergeKit reads a single weight.
+
+Reads only config.json, the safetensors headers and tokenizer.json, so checking a soup of 3B
+checkpoints takes milliseconds. Each problem names the checkpoint and what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MergeCheckError(ValueError):
+    """Checkpoints that cannot be merged; the message lists every incompatibility."""
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    architectures: tuple[str, ...]
+    model_type: str
+    tied: bool
+    dtypes: frozenset[str]
+    tensors: dict[str, tuple[int, ...]]
+    vocab_size: int
+    vocab_hash: str
+
+
+def inspect(path: str | Path) -> Checkpoint:
+    from safetensors import safe_open
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise MergeCheckError(f"{path}: no config.json; is this a model checkpoint?")
+    config = json.loads(config_file.read_text())
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise MergeCheckError(f"{path}: no .safetensors weights (MergeKit needs safetensors)")
+    tensors, dtypes = {}, set()
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():
+                tensor = st.get_slice(name)
+                tensors[name] = tuple(tensor.get_shape())
+                dtypes.add(str(tensor.get_dtype()))
+    vocab = _vocab(path)
+    return Checkpoint(
+        path=str(path), architectures=tuple(config.get("architectures") or ()), model_type=config.get("model_type", ""),
+        tied=bool(config.get("tie_word_embeddings", False)), dtypes=frozenset(dtypes), tensors=tensors,
+        vocab_size=len(vocab), vocab_hash=hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest(),
+    )
+
+
+def _vocab(path: Path) -> dict[str, int]:
+    tok = path / "tokenizer.json"
+    if not tok.is_file():
+        raise MergeCheckError(f"{path}: no tokenizer.json; the merge output must carry a tokenizer")
+    data = json.loads(tok.read_text())
+    vocab = dict(data.get("model", {}).get("vocab") or {})
+    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+    return vocab
+
+
+def check_compatible(paths: list[str]) -> list[Checkpoint]:
+    """Inspect every checkpoint and compare each with the first. Raises MergeCheckError."""
+    infos = [inspect(p) for p in paths]
+    ref, problems = infos[0], []
+    for other in infos[1:]:
+        where = f"{other.path} vs {ref.path}"
+        if (other.architectures, other.model_type) != (ref.architectures, ref.model_type):
+            problems.append(f"architecture differs ({where}): {other.architectures or other.model_type} "
+                            f"vs {ref.architectures or ref.model_type}")
+            continue
+        if other.tied != ref.tied:
+            problems.append(f"tied embeddings differ ({where}): tie_word_embeddings {other.tied} vs {ref.tied}")
+        names = _comparable(other) ^ _comparable(ref)
+        if names:
+            problems.append(f"tensor names differ ({where}): {_few(names)}")
+        shapes = [n for n in _comparable(other) & _comparable(ref) if other.tensors[n] != ref.tensors[n]]
+        if shapes:
+            n = sorted(shapes)[0]
+            problems.append(f"tensor shapes differ ({where}): {len(shapes)} tensors, e.g. {n} "
+                            f"{other.tensors[n]} vs {ref.tensors[n]}")
+        if other.vocab_hash != ref.vocab_hash:
+            problems.append(f"tokenizer vocabulary differs ({where}): {other.vocab_size} vs {ref.vocab_size} tokens "
+                            "(merged embeddings would mix different tokens)")
+        if other.dtypes != ref.dtypes:
+            problems.append(f"dtype differs ({where}): {sorted(other.dtypes)} vs {sorted(ref.dtypes)}; "
+                            "convert one so that the merge precision is a choice, not an accident")
+    if problems:
+        raise MergeCheckError("cannot merge:\n  " + "\n  ".join(problems))
+    return infos
+
+
+def _comparable(c: Checkpoint) -> set[str]:
+    """Tensor names, ignoring an lm_head that a tied checkpoint may or may not store."""
+    return {n for n in c.tensors if not (c.tied and n == "lm_head.weight")}
+
+
+def _few(names: set[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -1,0 +1,109 @@
+"""Merge stage: a MergeKit soup of APO checkpoints, then a linear merge with the long-context
+(mid-training) checkpoint, soup_weight : 1 - soup_weight (0.9 : 0.1 in the SmolLM3 recipe).
+
+    smolalign merge --recipe recipes/smollm3/merge.yaml         # make merge RECIPE=...
+
+Reads top to bottom: expand the soup's inputs (globs such as `runs/x/apo/checkpoint-*`) -> check
+that every input can be merged (architecture, tensor shapes, vocabulary, tied embeddings, dtype)
+-> soup (linear, uniform or given weights) into `soup/` -> final linear merge at the top of the
+run dir -> the APO model's tokenizer with our chat template (set explicitly, not MergeKit's copy)
+-> the MergeKit configs used, a model card and the manifest (every input's fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from merge.checks import check_compatible
+from pipeline.recipe import expand_glob, is_glob, template_text
+from pipeline.runs import stage_run
+
+
+def soup_inputs(recipe) -> list[tuple[str, float]]:
+    """(path, weight) for every soup member; a glob expands to its matches, uniform weights unless set."""
+    members = []
+    for item in recipe.soup:
+        paths = expand_glob(item.path) if is_glob(item.path) else [item.path]
+        members += [(p, item.weight) for p in paths]
+    if any(w is None for _, w in members):
+        if any(w is not None for _, w in members):
+            raise ValueError(f"{recipe._source}: give every soup member a weight, or none (uniform)")
+        members = [(p, 1.0 / len(members)) for p, _ in members]
+    return members
+
+
+def linear_config(members: list[tuple[str, float]], dtype: str) -> dict:
+    return {"merge_method": "linear", "dtype": dtype, "parameters": {"normalize": False},
+            "models": [{"model": path, "parameters": {"weight": weight}} for path, weight in members]}
+
+
+def run_mergekit(config: dict, out: Path, record: Path, partial: Path, final: Path) -> None:
+    """Merge into `out`; write the config to `record` with paths as they will be once the run
+    directory is promoted (`partial` -> `final`), so it can be rerun as written."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(yaml.safe_dump(config, sort_keys=False).replace(str(partial), str(final)))
+    run_merge(MergeConfiguration.model_validate(config), str(out),
+              options=MergeOptions(copy_tokenizer=False, write_model_card=False, lazy_unpickle=True, quiet=True))
+
+
+def run(recipe, overwrite: bool = False) -> Path:
+    from transformers import AutoTokenizer
+
+    if recipe.sweep:
+        # The sweep scores each weight with eval/ (long-context and reasoning tasks), which is not
+        # built yet; merging without scoring would only pretend to sweep.
+        raise ValueError(f"{recipe._source}: `sweep` needs the eval stage (issue #7); remove it for now")
+    members = soup_inputs(recipe)
+    total = sum(w for _, w in members)
+    members = [(p, w / total) for p, w in members]  # the soup is an average
+    check_compatible([p for p, _ in members] + [recipe.long_context.path])
+    with stage_run(recipe, overwrite) as run:
+        if len(members) > 1:
+            soup = run.path / "soup"
+            run_mergekit(linear_config(members, recipe.dtype), soup, soup / "mergekit_config.yml", run.path, run.final)
+        else:
+            soup = Path(members[0][0])
+        final = linear_config([(str(soup), recipe.soup_weight),
+                               (recipe.long_context.path, round(1 - recipe.soup_weight, 10))], recipe.dtype)
+        run_mergekit(final, run.path, run.path / "mergekit_final.yml", run.path, run.final)
+
+        # The tokenizer of the (first) APO checkpoint, with our template set explicitly.
+        tokenizer = AutoTokenizer.from_pretrained(members[0][0])
+        template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
+        if template is not None:
+            tokenizer.chat_template = template
+        tokenizer.save_pretrained(str(run.path))
+        run.metrics.update({"soup_members": len(members), "soup_weights": [w for _, w in members],
+                            "soup_weight": recipe.soup_weight})
+        write_model_card(run, recipe, members)
+    return recipe.output_path()
+
+
+def write_model_card(run, recipe, members) -> None:
+    lines = "\n".join(f"| `{p}` | {w:.4f} |" for p, w in members)
+    card = f"""---
+library_name: transformers
+tags: [smolalign, merge, mergekit, dual-mode]
+---
+# {recipe.name} — merge
+
+Linear merge `{recipe.soup_weight}` × soup + `{1 - recipe.soup_weight:.2f}` × long-context checkpoint
+`{recipe.long_context.path}` (SmolLM3 recipe: restores long-context scores lost in APO).
+
+## Soup members
+| checkpoint | weight |
+|---|---|
+{lines}
+
+MergeKit configs: `soup/mergekit_config.yml` (when the soup has several members) and
+`mergekit_final.yml`. Lineage (fingerprints and recipe hashes of every input): `manifest.json`.
+Ships the smolalign dual-mode chat template.
+"""
+    (run.path / "README.md").write_text(card)
+    (run.path / "lineage.json").write_text(json.dumps(run.manifest["inputs"], indent=2))

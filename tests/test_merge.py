@@ -1,0 +1,132 @@
+"""Merge stage: exact linear arithmetic, incompatible inputs refused by name, output usable."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from merge.checks import MergeCheckError, check_compatible
+from merge.stage import run
+from pipeline.models import build_tiny_smollm3
+from pipeline.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Three tiny SmolLM3 checkpoints with different weights (seeds 0, 1, 2)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    out = {}
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        (root / name).mkdir()
+        build_tiny_smollm3(root / name, seed=seed)
+        out[name] = root / name
+    return out
+
+
+def weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def merge_recipe(write_recipe, tmp_path, soup, long_context, **extra):
+    body = {"name": "t", "stage": "merge", "output_dir": str(tmp_path / "merged"),
+            "soup": [{"path": str(p)} for p in soup], "long_context": {"path": str(long_context)},
+            "soup_weight": 0.9, "dtype": "float32", **extra}
+    return load_recipe(write_recipe(body))
+
+
+def test_final_merge_is_exactly_09_a_plus_01_b(write_recipe, tmp_path, ckpts):
+    out = run(merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"]))
+    a, b, m = weights(ckpts["a"]), weights(ckpts["b"]), weights(out)
+    assert set(m) == set(a)
+    for name in a:
+        assert torch.allclose(m[name], 0.9 * a[name] + 0.1 * b[name], atol=1e-6), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["no_rope_layers"] == [1, 1, 1, 0, 1, 1, 1, 0] and config["tie_word_embeddings"] is True
+
+
+def test_soup_then_merge_with_a_glob(write_recipe, tmp_path, ckpts):
+    apo = tmp_path / "apo"
+    for i, name in enumerate(("a", "c")):
+        (apo / f"checkpoint-{i + 1}").parent.mkdir(exist_ok=True)
+        import shutil
+
+        shutil.copytree(ckpts[name], apo / f"checkpoint-{i + 1}")
+    out = run(merge_recipe(write_recipe, tmp_path, [apo / "checkpoint-*"], ckpts["b"]))
+    a, b, c, m = weights(ckpts["a"]), weights(ckpts["b"]), weights(ckpts["c"]), weights(out)
+    for name in a:
+        assert torch.allclose(m[name], 0.9 * (0.5 * a[name] + 0.5 * c[name]) + 0.1 * b[name], atol=1e-6), name
+    assert (out / "soup" / "mergekit_config.yml").is_file()
+    recorded = (out / "mergekit_final.yml").read_text()
+    assert f"model: {out / 'soup'}" in recorded and ".partial" not in recorded
+    manifest = json.loads((out / "manifest.json").read_text())
+    lineage = manifest["inputs"]
+    assert {"soup.0.path[0]", "soup.0.path[1]", "long_context.path"} <= set(lineage)
+    assert manifest["metrics"]["soup_weights"] == [0.5, 0.5]
+
+
+def test_merged_model_loads_and_generates_with_our_template(write_recipe, tmp_path, ckpts):
+    out = run(merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"]))
+    tok = AutoTokenizer.from_pretrained(out)
+    assert "Reasoning Mode" in tok.chat_template and "{% generation %}" in tok.chat_template.replace("{%- generation -%}", "{% generation %}")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    inputs = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                     enable_thinking=False, return_tensors="pt", return_dict=True)
+    assert tok.decode(inputs["input_ids"][0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n")
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+    assert "| `" in (out / "README.md").read_text()
+
+
+def _variant(ckpts, tmp_path, name, edit):
+    import shutil
+
+    path = tmp_path / name
+    shutil.copytree(ckpts["a"], path)
+    edit(path)
+    return path
+
+
+def test_incompatible_inputs_are_refused_by_name(ckpts, tmp_path):
+    def other_shape(p):
+        w = weights(p)
+        w["model.norm.weight"] = torch.ones(32)
+        save_file(w, str(p / "model.safetensors"), metadata={"format": "pt"})
+
+    def other_vocab(p):
+        data = json.loads((p / "tokenizer.json").read_text())
+        data["model"]["vocab"]["zzzzzz"] = data["model"]["vocab"].pop(next(iter(data["model"]["vocab"])))
+        (p / "tokenizer.json").write_text(json.dumps(data))
+
+    def untied(p):
+        c = json.loads((p / "config.json").read_text())
+        c["tie_word_embeddings"] = False
+        (p / "config.json").write_text(json.dumps(c))
+
+    def bf16(p):
+        w = {k: v.to(torch.bfloat16) for k, v in weights(p).items()}
+        save_file(w, str(p / "model.safetensors"), metadata={"format": "pt"})
+
+    def llama(p):
+        c = json.loads((p / "config.json").read_text())
+        c["architectures"], c["model_type"] = ["LlamaForCausalLM"], "llama"
+        (p / "config.json").write_text(json.dumps(c))
+
+    cases = {other_shape: "tensor shapes differ", other_vocab: "tokenizer vocabulary differs",
+             untied: "tied embeddings differ", bf16: "dtype differs", llama: "architecture differs"}
+    for edit, message in cases.items():
+        bad = _variant(ckpts, tmp_path, edit.__name__, edit)
+        with pytest.raises(MergeCheckError, match=message) as e:
+            check_compatible([str(ckpts["a"]), str(bad)])
+        assert str(bad) in str(e.value)
+
+
+def test_failed_check_writes_nothing(write_recipe, tmp_path, ckpts):
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], empty)
+    with pytest.raises(MergeCheckError, match="no config.json"):
+        run(recipe)
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
