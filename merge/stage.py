@@ -7,7 +7,9 @@ Reads top to bottom: expand the soup's inputs (globs such as `runs/x/apo/checkpo
 that every input can be merged (architecture, tensor shapes, vocabulary, tied embeddings, dtype)
 -> soup (linear, uniform or given weights) into `soup/` -> final linear merge at the top of the
 run dir -> the APO model's tokenizer with our chat template (set explicitly, not MergeKit's copy)
--> the MergeKit configs used, a model card and the manifest (every input's fingerprint).
+-> the MergeKit configs used, a model card and the manifest (every input's fingerprint) -> with
+`sweep:`, merges at each listed weight scored with eval/ tasks, a table, a plot and the best weight
+(merge/sweep.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from merge.checks import check_compatible
+from merge.sweep import sweep
 from pipeline.recipe import expand_glob, is_glob, template_text
 from pipeline.runs import stage_run
 
@@ -55,10 +58,6 @@ def run_mergekit(config: dict, out: Path, record: Path, partial: Path, final: Pa
 def run(recipe, overwrite: bool = False) -> Path:
     from transformers import AutoTokenizer
 
-    if recipe.sweep:
-        # The sweep scores each weight with eval/ (long-context and reasoning tasks), which is not
-        # built yet; merging without scoring would only pretend to sweep.
-        raise ValueError(f"{recipe._source}: `sweep` needs the eval stage (issue #7); remove it for now")
     members = soup_inputs(recipe)
     total = sum(w for _, w in members)
     members = [(p, w / total) for p, w in members]  # the soup is an average
@@ -69,16 +68,22 @@ def run(recipe, overwrite: bool = False) -> Path:
             run_mergekit(linear_config(members, recipe.dtype), soup, soup / "mergekit_config.yml", run.path, run.final)
         else:
             soup = Path(members[0][0])
-        final = linear_config([(str(soup), recipe.soup_weight),
-                               (recipe.long_context.path, round(1 - recipe.soup_weight, 10))], recipe.dtype)
-        run_mergekit(final, run.path, run.path / "mergekit_final.yml", run.path, run.final)
-
         # The tokenizer of the (first) APO checkpoint, with our template set explicitly.
         tokenizer = AutoTokenizer.from_pretrained(members[0][0])
         template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
         if template is not None:
             tokenizer.chat_template = template
-        tokenizer.save_pretrained(str(run.path))
+
+        def merge_at(weight: float, out: Path) -> None:
+            config = linear_config([(str(soup), weight), (recipe.long_context.path, round(1 - weight, 10))]
+                                   if weight < 1 else [(str(soup), 1.0)], recipe.dtype)
+            run_mergekit(config, out, out / "mergekit_final.yml", run.path, run.final)
+            tokenizer.save_pretrained(str(out))
+
+        merge_at(recipe.soup_weight, run.path)
+        if recipe.sweep:
+            result = sweep(recipe, soup, run.path / "sweep", merge_at)
+            run.metrics.update({"sweep_best_weight": result["best_weight"], "sweep_best_mean": result["best_mean"]})
         run.metrics.update({"soup_members": len(members), "soup_weights": [w for _, w in members],
                             "soup_weight": recipe.soup_weight})
         write_model_card(run, recipe, members)

@@ -23,7 +23,7 @@ from pipeline.recipe import STAGES, RecipeError, check_inputs, load_recipe
 STAGE_MODULES: dict[str, str | None] = {
     "midtrain": "pipeline.midtrain", "synth-traces": None, "synth-pairs": None, "sft": "pipeline.sft",
     "apo": "pipeline.apo",
-    "merge": "merge.stage", "eval": None,
+    "merge": "merge.stage", "eval": "eval.stage",
 }
 PENDING = {"midtrain": 4, "sft": 4, "apo": 4, "synth-traces": 5, "synth-pairs": 5, "merge": 6, "eval": 7}
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"

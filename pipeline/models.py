@@ -91,12 +91,16 @@ def build_tiny_smollm3(out: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = SmolLM3ForCausalLM(config)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from pipeline.chat import install_template
+
+    install_template(tokenizer).save_pretrained(out)  # a SmolLM3-architecture model speaks our format
     _write_provenance(out, source=f"random init, seed {seed}, SmolLM2 tokenizer", license="Apache-2.0",
                       original=None)
 
 
 EMBEDDED = {"smollm2-135m-instruct": build_smollm2, "tiny-smollm3": build_tiny_smollm3}
+# Bump when a builder changes what it writes: cached builds of an older version are rebuilt.
+BUILD_VERSION = 2
 
 
 def resolve_model(ref: str) -> str:
@@ -107,10 +111,10 @@ def resolve_model(ref: str) -> str:
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded model {ref!r}; known: {', '.join('embedded:' + n for n in EMBEDDED)}")
     target = cache_dir() / "models" / name
-    if (target / "provenance.json").is_file():
+    if _current(target):
         return str(target)
     with file_lock(target.with_name(name + ".lock")):
-        if not (target / "provenance.json").is_file():  # another process may have built it meanwhile
+        if not _current(target):  # another process may have built it meanwhile
             tmp = target.with_name(name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -122,6 +126,11 @@ def resolve_model(ref: str) -> str:
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
     return str(target)
+
+
+def _current(target: Path) -> bool:
+    p = target / "provenance.json"
+    return p.is_file() and json.loads(p.read_text()).get("build_version") == BUILD_VERSION
 
 
 @contextmanager
@@ -137,4 +146,4 @@ def file_lock(path: Path):
 
 
 def _write_provenance(out: Path, **info) -> None:
-    (out / "provenance.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "provenance.json").write_text(json.dumps({**info, "build_version": BUILD_VERSION}, indent=2) + "\n")

@@ -219,13 +219,27 @@ class MergeRecipe(_RecipeBase):
     soup_weight: float = Field(0.9, gt=0, lt=1, description="Final = w * soup + (1 - w) * long_context.")
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     chat: ChatSpec = ChatSpec()
-    sweep: list[float] = Field(default_factory=list, description="Extra soup weights to evaluate.")
+    sweep: list[float] = Field(default_factory=list, description="Soup weights to merge and evaluate (0 < w <= 1).")
+    sweep_tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"ruler": {"lengths": [4096, 16384, 65536], "n": 20}, "math": {"n": 100}},
+        description="eval/ tasks scored at each sweep weight: long context and reasoning by default.")
+    sweep_modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
+    backend: BackendSpec = BackendSpec()
+    sampling: SamplingSpec = SamplingSpec()
+
+    @model_validator(mode="after")
+    def _sweep_weights(self):
+        bad = [w for w in self.sweep if not 0 < w <= 1]
+        if bad:
+            raise ValueError(f"sweep weights must be in (0, 1]; got {bad}")
+        return self
 
 
 class EvalRecipe(_RecipeBase):
     stage: Literal["eval"]
-    models: list[str] = Field(min_length=1)
-    tasks: dict[str, dict[str, Any]] = Field(min_length=1)
+    models: list[str] = Field(min_length=1, description="Checkpoints: run dirs, local dirs, Hub IDs, embedded:...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    tasks: dict[str, dict[str, Any]] = Field(min_length=1, description="task name -> options (n, lengths, ...)")
     modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
     backend: BackendSpec = BackendSpec()
     sampling: SamplingSpec = SamplingSpec()
@@ -409,7 +423,28 @@ _REMOVED_HINTS = {
 }
 
 
+def _check_eval_tasks(tasks: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """Task names and their options, from the task classes' own signatures (+ `n`)."""
+    import inspect
+
+    from eval.tasks import TASKS
+
+    problems = []
+    for name, options in tasks.items():
+        if name not in TASKS:
+            problems.append((f"tasks.{name}", f"unknown task; known: {', '.join(TASKS)}"))
+            continue
+        allowed = {"n"} | set(inspect.signature(TASKS[name]).parameters) - {"count_tokens"}
+        for key in set(options or {}) - allowed:
+            problems.append((f"tasks.{name}.{key}", f"unknown option; allowed: {', '.join(sorted(allowed))}"))
+    return problems
+
+
 def _check_combinations(recipe, base_dir: Path) -> list[tuple[str, str]]:
+    if isinstance(recipe, EvalRecipe):
+        return _check_eval_tasks(recipe.tasks)
+    if isinstance(recipe, MergeRecipe):
+        return [(k.replace("tasks.", "sweep_tasks.", 1), m) for k, m in _check_eval_tasks(recipe.sweep_tasks)]
     if not isinstance(recipe, TrainRecipe):
         return []
     t, problems = recipe.training, []

@@ -130,3 +130,32 @@ def test_failed_check_writes_nothing(write_recipe, tmp_path, ckpts):
     with pytest.raises(MergeCheckError, match="no config.json"):
         run(recipe)
     assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
+
+
+def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_path, ckpts):
+    recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5, 1.0],
+                          sweep_tasks={"ruler": {"lengths": [256], "variants": ["niah_single"], "n": 1},
+                                       "mode": {"n": 2}},
+                          sweep_modes=["no_think"], sampling={"temperature": 0.0, "max_new_tokens": 4})
+    out = run(recipe)
+    summary = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [r["weight"] for r in summary["rows"]] == [0.5, 1.0]
+    assert set(summary["rows"][0]["scores"]) == {"ruler (no_think)", "mode (no_think)"}
+    assert summary["best_weight"] in (0.5, 1.0)
+    assert (out / "sweep" / "sweep.png").is_file() and "Best weight" in (out / "sweep" / "sweep.md").read_text()
+    a, b = weights(ckpts["a"]), weights(ckpts["b"])
+    half, whole = weights(out / "sweep" / "w0.5"), weights(out / "sweep" / "w1")
+    for name in a:
+        assert torch.allclose(half[name], 0.5 * a[name] + 0.5 * b[name], atol=1e-6)
+        assert torch.allclose(whole[name], a[name], atol=1e-6)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["sweep_best_weight"] == summary["best_weight"]
+
+
+def test_bad_sweep_weight_is_refused(write_recipe, tmp_path, ckpts):
+    from pipeline.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"sweep weights must be in \(0, 1\]"):
+        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.0, 1.5])
+    with pytest.raises(RecipeError, match="sweep_tasks.ruler.depth"):
+        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5], sweep_tasks={"ruler": {"depth": 1}})

@@ -76,3 +76,21 @@ def test_embedded_smollm2_is_a_real_chat_model(smollm2):
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_tiny_model_ships_our_template_and_stale_builds_are_rebuilt(tiny_model, tmp_path, monkeypatch):
+    assert "Reasoning Mode" in (Path(tiny_model) / "chat_template.jinja").read_text()
+    monkeypatch.setenv("SMOLALIGN_CACHE", str(tmp_path))
+    calls = []
+    def builder(out):
+        calls.append(out)
+        models._write_provenance(out, source="stub")
+
+    monkeypatch.setitem(models.EMBEDDED, "tiny-smollm3", builder)
+    target = tmp_path / "models" / "tiny-smollm3"
+    target.mkdir(parents=True)
+    (target / "provenance.json").write_text(json.dumps({"build_version": models.BUILD_VERSION - 1}))
+    models.resolve_model("embedded:tiny-smollm3")
+    assert len(calls) == 1  # the old build was replaced
+    models.resolve_model("embedded:tiny-smollm3")
+    assert len(calls) == 1  # the new one is reused

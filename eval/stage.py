@@ -1,0 +1,155 @@
+"""Eval stage: every model on every task, in both modes, with a report to compare them.
+
+    smolalign eval --recipe recipes/smollm3/eval.yaml               # make eval RECIPE=... MODELS=a,b,c
+
+Reads top to bottom: for each model -> backend (transformers on CPU, vLLM on GPU machines, or an
+OpenAI-compatible server) -> for each task and mode: examples -> generate -> score -> per-model
+JSON (every completion, score and finish reason) -> report.md (a table of models x tasks x modes)
+and charts (RULER score by context length per model; task scores per mode).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from eval.backends import Request, Sampling, make_backend
+from eval.tasks import TASKS
+from eval.tasks.ruler import RulerTask
+from pipeline.models import resolve_model
+from pipeline.runs import stage_run, write_json_atomic
+
+
+def build_task(name: str, options: dict[str, Any], count_tokens):
+    opts = {k: v for k, v in options.items() if k != "n"}
+    if name == "ruler":
+        return RulerTask(count_tokens=count_tokens, **opts)
+    return TASKS[name](**opts)
+
+
+def evaluate_model(recipe, model_ref: str, progress: str = "") -> dict[str, Any]:
+    path = resolve_model(model_ref)
+    backend = make_backend(recipe.backend, path, recipe.dtype, seed=recipe.sampling.seed,
+                           renderer_kwargs={"today_date": recipe.chat.today_date,
+                                            "knowledge_cutoff": recipe.chat.knowledge_cutoff})
+    tokenizer = backend.tokenizer
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    s = recipe.sampling
+    sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
+    result: dict[str, Any] = {"model": model_ref, "path": path, "tasks": {}}
+    for name, options in recipe.tasks.items():
+        task = build_task(name, options, count_tokens)
+        examples = task.examples(n=options.get("n"), seed=recipe.seed)
+        result["tasks"][name] = {}
+        for mode in recipe.modes:
+            requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.meta.get("tools"))
+                        for ex in examples]
+            completions = backend.generate(requests, sampling, desc=f"{progress}{name}/{mode}")
+            rows = []
+            for ex, c in zip(examples, completions):
+                ex.meta["mode"] = mode
+                rows.append({"id": ex.id, "score": task.score(ex, c.text), "finish_reason": c.finish_reason,
+                             "completion_tokens": c.completion_tokens, "completion": c.text,
+                             **{k: ex.meta[k] for k in ("length", "variant") if k in ex.meta}})
+            result["tasks"][name][mode] = summarise(rows)
+    return result
+
+
+def summarise(rows: list[dict]) -> dict[str, Any]:
+    out = {"score": round(sum(r["score"] for r in rows) / len(rows), 4) if rows else None, "n": len(rows),
+           "truncated": sum(r["finish_reason"] == "length" for r in rows), "examples": rows}
+    lengths = sorted({r["length"] for r in rows if "length" in r})
+    if lengths:
+        out["by_length"] = {str(n): round(sum(r["score"] for r in rows if r["length"] == n)
+                                          / sum(1 for r in rows if r["length"] == n), 4) for n in lengths}
+    return out
+
+
+def slug(model_ref: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_ref.strip("/")).strip("_")
+
+
+def run(recipe, overwrite: bool = False) -> Path:
+    with stage_run(recipe, overwrite) as run:
+        results = []
+        for i, model in enumerate(recipe.models):
+            result = evaluate_model(recipe, model, progress=f"[{i + 1}/{len(recipe.models)}] ")
+            write_json_atomic(run.path / f"{slug(model)}.json", result)
+            results.append(result)
+        report = write_report(results, run.path, recipe.modes)
+        run.metrics.update({"scores": {r["model"]: {t: {m: v["score"] for m, v in modes.items()}
+                                                    for t, modes in r["tasks"].items()} for r in results}})
+        print(report)
+    return recipe.output_path()
+
+
+def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
+    tasks = list(results[0]["tasks"]) if results else []
+    header = "| model | " + " | ".join(f"{t} ({m})" for t in tasks for m in modes) + " |"
+    lines = ["# Evaluation report", "", header, "|---" * (1 + len(tasks) * len(modes)) + "|"]
+    for r in results:
+        cells = [_cell(r["tasks"][t][m]) for t in tasks for m in modes]
+        lines.append(f"| `{r['model']}` | " + " | ".join(cells) + " |")
+    lines += ["", "Scores are means over examples (0 to 1). `(k cut)`: k completions hit max_new_tokens.",
+              "Per-example completions and scores: one JSON per model next to this file."]
+    if "ruler" in tasks:
+        lines += ["", "## RULER by context length", "", "![ruler](ruler_by_length.png)"]
+        plot_ruler(results, modes, out / "ruler_by_length.png")
+    lines += ["", "## Scores by task", "", "![tasks](scores.png)"]
+    plot_scores(results, tasks, modes, out / "scores.png")
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _cell(summary: dict) -> str:
+    cut = f" ({summary['truncated']} cut)" if summary["truncated"] else ""
+    return f"{summary['score']:.3f}{cut}"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ruler(results, modes, path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for r in results:
+            by_length = r["tasks"]["ruler"][mode].get("by_length", {})
+            xs = [int(k) for k in by_length]
+            ax.plot(xs, list(by_length.values()), marker="o", label=Path(r["model"]).name or r["model"])
+        ax.set(xscale="log", xlabel="context length (tokens)", ylabel="RULER score", title=f"RULER, {mode}",
+               ylim=(-0.05, 1.05))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scores(results, tasks, modes, path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
+    width = 0.8 / max(len(results), 1)
+    for ax, mode in zip(axes[0], modes):
+        for i, r in enumerate(results):
+            xs = [t + i * width for t in range(len(tasks))]
+            ax.bar(xs, [r["tasks"][t][mode]["score"] for t in tasks], width=width,
+                   label=Path(r["model"]).name or r["model"])
+        ax.set_xticks([t + width * (len(results) - 1) / 2 for t in range(len(tasks))], tasks)
+        ax.set(ylabel="score", title=f"tasks, {mode}", ylim=(0, 1.05))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

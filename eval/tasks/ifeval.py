@@ -1,0 +1,81 @@
+"""Instruction following (IFEval): verifiable instructions checked by `if-verifiable`'s checkers.
+
+Prompts: a local or Hub JSONL with IFEval's columns (`prompt`, `instruction_id_list`, `kwargs`;
+`google/IFEval` on a machine with Hub access), or, offline, the IFEval-style prompts shipped in
+eval/data/ifeval_prompts.jsonl. Scores: strict and loose, prompt level (all instructions of a
+prompt pass) and instruction level. `score` is strict prompt level.
+
+Two checkers need NLTK's `punkt` model (number of sentences, capital-word frequency), which cannot
+be downloaded here. When punkt is absent those instructions are reported as unavailable and left
+out of the scores, and the count of left-out instructions is reported; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import lru_cache
+from pathlib import Path
+
+from eval.tasks.base import Example, strip_think
+
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
+NEEDS_PUNKT = {"length_constraints:number_sentences", "change_case:capital_word_frequency"}
+
+
+@lru_cache(maxsize=1)
+def punkt_available() -> bool:
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt/english.pickle")
+        return True
+    except LookupError:
+        return False
+
+
+class IFEvalTask:
+    name = "ifeval"
+
+    def __init__(self, source: str | None = None):
+        self.source = source
+
+    def rows(self) -> list[dict]:
+        if self.source and not Path(self.source).exists():
+            from datasets import load_dataset
+
+            return list(load_dataset(self.source, split="train"))
+        path = Path(self.source) if self.source else SHIPPED
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
+        rows = self.rows()
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        return [Example(id=f"ifeval-{rows[i].get('key', i)}", messages=[{"role": "user", "content": rows[i]["prompt"]}],
+                        target={"instruction_id_list": rows[i]["instruction_id_list"], "kwargs": rows[i]["kwargs"]},
+                        meta={"prompt": rows[i]["prompt"]})
+                for i in (order[:n] if n else order)]
+
+    def score(self, example: Example, completion: str) -> float:
+        return self.score_details(example, completion)["prompt_strict"]
+
+    def score_details(self, example: Example, completion: str) -> dict:
+        from if_verifiable.common import evaluate_instructions
+        from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+        ids, kwargs = example.target["instruction_id_list"], example.target["kwargs"]
+        unknown = [i for i in ids if i not in INSTRUCTION_DICT]
+        if unknown:  # if-verifiable silently skips unknown ids; we refuse to score around them
+            raise ValueError(f"{example.id}: unknown IFEval instruction ids {unknown}")
+        keep = [k for k, i in enumerate(ids) if punkt_available() or i not in NEEDS_PUNKT]
+        if not keep:
+            return {"prompt_strict": 0.0, "prompt_loose": 0.0, "instructions": [], "unavailable": len(ids)}
+        results, _ = evaluate_instructions(strip_think(completion), [ids[k] for k in keep], [kwargs[k] for k in keep],
+                                           example.meta["prompt"], INSTRUCTION_DICT)
+        return {
+            "prompt_strict": float(bool(results) and all(r.strict_pass for r in results)),
+            "prompt_loose": float(bool(results) and all(r.loose_pass for r in results)),
+            "instructions": [{"id": r.instruction_id, "strict": r.strict_pass, "loose": r.loose_pass} for r in results],
+            "unavailable": len(ids) - len(keep),
+        }

@@ -1,0 +1,104 @@
+"""The eval stage end to end on tiny models, and the HTTP backend against a local stub server."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from eval import stage
+from eval.backends import OpenAIBackend, Request, Sampling, TransformersBackend
+from pipeline.recipe import load_recipe
+
+
+def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, ckpt_copy):
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "eval", "output_dir": str(tmp_path / "eval"), "dtype": "float32",
+        "models": ["embedded:tiny-smollm3", str(ckpt_copy)],
+        "tasks": {"ruler": {"lengths": [256, 512], "variants": ["niah_single"], "n": 1}, "math": {"n": 2},
+                  "tools": {"n": 2}, "ifeval": {"n": 2}, "mode": {"n": 2}},
+        "modes": ["think", "no_think"], "backend": {"kind": "transformers", "batch_size": 4},
+        "sampling": {"temperature": 0.0, "max_new_tokens": 6}}))
+    out = stage.run(recipe)
+    files = {p.name for p in out.iterdir()}
+    assert {"report.md", "ruler_by_length.png", "scores.png", "manifest.json", "embedded_tiny-smollm3.json"} <= files
+    result = json.loads((out / "embedded_tiny-smollm3.json").read_text())
+    assert set(result["tasks"]) == {"ruler", "math", "tools", "ifeval", "mode"}
+    ruler = result["tasks"]["ruler"]["think"]
+    assert set(ruler["by_length"]) == {"256", "512"} and ruler["n"] == 2
+    example = result["tasks"]["math"]["no_think"]["examples"][0]
+    assert {"id", "score", "finish_reason", "completion"} <= set(example) and example["finish_reason"] == "length"
+    report = (out / "report.md").read_text()
+    assert report.count("| `") == 2 and "ruler (no_think)" in report and "(2 cut)" in report
+    scores = json.loads((out / "manifest.json").read_text())["metrics"]["scores"]
+    assert set(scores) == {"embedded:tiny-smollm3", str(ckpt_copy)}
+
+
+def test_greedy_generation_is_deterministic_and_batched_like_single(tiny_model):
+    backend = TransformersBackend(tiny_model, batch_size=3)
+    requests = [Request([{"role": "user", "content": text}], enable_thinking=mode)
+                for text in ("hi", "a longer question about many things", "x") for mode in (True, False)]
+    greedy = Sampling(temperature=0.0, max_new_tokens=5)
+    batched = backend.generate(requests, greedy)
+    backend.batch_size = 1
+    single = backend.generate(requests, greedy)
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert all(c.completion_tokens <= 5 for c in batched)
+
+
+@pytest.fixture
+def ckpt_copy(tiny_model, tmp_path):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(tiny_model, path)
+    return path
+
+
+class _Stub(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Stub.received.append((self.path, body))
+        reply = {"choices": [{"text": "Paris.", "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 11, "completion_tokens": 2}}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_backend_sends_our_rendered_prompt(tiny_model):
+    server = HTTPServer(("127.0.0.1", 0), _Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        backend = OpenAIBackend(tiny_model, base_url=f"http://127.0.0.1:{server.server_port}/v1",
+                                served_name="teacher", concurrency=2, renderer_kwargs={"today_date": "02 Feb 2024"})
+        requests = [Request([{"role": "user", "content": "Capital of France?"}], enable_thinking=False)] * 3
+        out = backend.generate(requests, Sampling(temperature=0.6, top_p=0.95, max_new_tokens=32, seed=7))
+    finally:
+        server.shutdown()
+    assert [c.text for c in out] == ["Paris."] * 3 and out[0].finish_reason == "stop" and out[0].prompt_tokens == 11
+    path, body = _Stub.received[0]
+    assert path == "/v1/completions" and body["model"] == "teacher" and body["stop"] == ["<|im_end|>"]
+    assert body["prompt"].endswith("Capital of France?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n")
+    assert "Today Date: 02 Feb 2024" in body["prompt"] and "Reasoning Mode: /no_think" in body["prompt"]
+    assert sorted(b["seed"] for _, b in _Stub.received[-3:]) == [7, 8, 9]
+
+
+def test_unknown_eval_task_and_option_are_refused(write_recipe):
+    from pipeline.recipe import RecipeError
+
+    body = {"name": "t", "stage": "eval", "models": ["m"], "tasks": {"gsm8k": {}, "ruler": {"lenghts": [1]}}}
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write_recipe(body))
+    problems = {key.split(" ")[0]: msg for key, msg in e.value.problems}
+    assert problems["tasks.gsm8k"] == "unknown task; known: ruler, ifeval, math, tools, mode"
+    assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, n, variants"

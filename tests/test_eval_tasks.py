@@ -1,0 +1,177 @@
+"""Scoring is deterministic and right on hand-made cases, for every task, with no model involved."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from eval.tasks import IFEvalTask, MathTask, ModeTask, RulerTask, ToolsTask, strip_think
+from eval.tasks.base import Example
+from eval.tasks.math import final_answer
+from eval.tasks.tools import parse_calls
+
+
+def test_strip_think():
+    assert strip_think("<think>\nx = 2\n</think>\n\nThe answer is 4.") == "The answer is 4."
+    assert strip_think("<think>\nstill thinking when cut off") == ""
+    assert strip_think("Just 4.") == "Just 4."
+
+
+# ---- math ------------------------------------------------------------------------------------
+def math_example(answer):
+    return Example(id="m", messages=[], target=answer)
+
+
+def test_math_right_wrong_and_equivalent_forms():
+    task = MathTask()
+    assert task.score(math_example("204"), "<think>9/s + t = 4 ...</think> It takes \\boxed{204} minutes.") == 1.0
+    assert task.score(math_example("204"), "It takes \\boxed{203} minutes.") == 0.0
+    for form in ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}", "so the answer is 0.5"):
+        assert task.score(math_example("\\frac{1}{2}"), form) == 1.0, form
+    assert task.score(math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 1.0  # the last one counts
+    assert task.score(math_example("3"), "<think>\\boxed{3}</think> I give up.") == 0.0  # answer, not reasoning
+    assert task.score(math_example("3"), "") == 0.0
+    assert final_answer("\\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
+
+
+def test_math_examples_from_the_package_are_seeded():
+    task = MathTask(subsets=["MATH500"])
+    a, b = task.examples(n=5, seed=1), task.examples(n=5, seed=1)
+    assert [e.id for e in a] == [e.id for e in b] and len(a) == 5
+    assert all(e.meta["subset"] == "MATH500" and "\\boxed{}" in e.messages[0]["content"] for e in a)
+    assert [e.id for e in task.examples(n=5, seed=2)] != [e.id for e in a]
+    assert len(MathTask().rows()) == 374
+
+
+# ---- ifeval ----------------------------------------------------------------------------------
+def ifeval_example(ids, kwargs, prompt="p"):
+    return Example(id="i", messages=[], target={"instruction_id_list": ids, "kwargs": kwargs}, meta={"prompt": prompt})
+
+
+def test_ifeval_strict_and_loose():
+    task = IFEvalTask()
+    lower = ifeval_example(["change_case:english_lowercase"], [{}])
+    assert task.score(lower, "all lowercase here.") == 1.0
+    assert task.score(lower, "Not lowercase.") == 0.0
+    no_comma = ifeval_example(["punctuation:no_comma"], [{}])
+    assert task.score(no_comma, "<think>a, b, c</think>No commas at all") == 1.0  # the think block is not judged
+    # strict fails, loose passes: loose also tries the answer without its first line
+    end = ifeval_example(["startend:end_checker"], [{"end_phrase": "Keep going."}])
+    details = task.score_details(end, "Keep going.\n**Sure**")
+    assert details["prompt_strict"] == 0.0 and details["prompt_loose"] == 1.0
+    both = ifeval_example(["change_case:english_lowercase", "punctuation:no_comma"], [{}, {}])
+    d = task.score_details(both, "lower, but a comma")
+    assert d["prompt_strict"] == 0.0 and [i["strict"] for i in d["instructions"]] == [True, False]
+
+
+def test_ifeval_unknown_ids_and_unavailable_punkt():
+    task = IFEvalTask()
+    with pytest.raises(ValueError, match="unknown IFEval instruction ids"):
+        task.score(ifeval_example(["made:up"], [{}]), "x")
+    from eval.tasks.ifeval import punkt_available
+
+    sentences = ifeval_example(["length_constraints:number_sentences"], [{"num_sentences": 3, "relation": "less than"}])
+    details = task.score_details(sentences, "One. Two.")
+    if punkt_available():
+        assert details["unavailable"] == 0 and details["prompt_strict"] == 1.0
+    else:
+        assert details["unavailable"] == 1 and details["instructions"] == []
+
+
+def test_shipped_ifeval_prompts_are_all_checkable():
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    examples = IFEvalTask().examples()
+    assert len(examples) == 24
+    for ex in examples:
+        for i, kwargs in zip(ex.target["instruction_id_list"], ex.target["kwargs"]):
+            INSTRUCTION_DICT[i](i).build_description(**kwargs)
+
+
+# ---- tools -----------------------------------------------------------------------------------
+TRIANGLE = [{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""]}}]
+REQUIRED = {"calculate_triangle_area": ["base", "height"]}
+
+
+def tool_example(truth=TRIANGLE):
+    return Example(id="t", messages=[], target=truth, meta={"required": REQUIRED})
+
+
+def call(name, args):
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
+
+
+def test_tool_calls_right_wrong_optional_malformed():
+    task = ToolsTask()
+    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
+    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10.0, "height": 5, "unit": "Units"})) == 1.0
+    assert task.score(tool_example(), "<think>hmm</think>" + call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
+    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10, "height": 6})) == 0.0
+    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10})) == 0.0  # required missing
+    assert task.score(tool_example(), call("calc_area", {"base": 10, "height": 5})) == 0.0
+    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5, "color": "red"})) == 0.0
+    assert task.score(tool_example(), "<tool_call>{'name': 'calculate_triangle_area'}</tool_call>") == 0.0
+    assert task.score(tool_example(), "The area is 25.") == 0.0
+    two = call("calculate_triangle_area", {"base": 10, "height": 5}) * 2
+    assert task.score(tool_example(), two) == 0.0
+    assert parse_calls('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>') == [{"name": "f", "arguments": {"x": 1}}]
+
+
+def test_bfcl_examples_carry_tools_and_their_answers_match():
+    task = ToolsTask(categories=["simple_python"])
+    examples = task.examples(n=20, seed=0)
+    assert len(examples) == 20 and all(e.meta["tools"] for e in examples)
+    assert '"type": "dict"' not in json.dumps(examples[0].meta["tools"])
+    for ex in examples:  # the first acceptable value of every argument is a correct answer
+        [(name, params)] = ex.target[0].items()
+        args = {k: v[0] for k, v in params.items() if v and v[0] != ""}
+        assert task.score(ex, call(name, args)) == 1.0, ex.id
+
+
+# ---- ruler -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def count_tokens(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    return lambda text: len(tok(text, add_special_tokens=False).input_ids)
+
+
+def test_ruler_examples_fit_the_length_and_hold_their_answers(count_tokens):
+    task = RulerTask(lengths=[512, 2048], count_tokens=count_tokens)
+    examples = task.examples(n=1, seed=0)
+    assert len(examples) == 2 * 6
+    for ex in examples:
+        text, length = ex.messages[0]["content"], ex.meta["length"]
+        assert 0.9 * length <= count_tokens(text) <= length, ex.id
+        assert all(str(t) in text for t in ex.target)
+        assert task.score(ex, " ".join(map(str, ex.target))) == 1.0
+        assert task.score(ex, "I do not know.") == 0.0
+    multi = next(e for e in examples if e.meta["variant"] == "niah_multivalue")
+    assert task.score(multi, f"<think>{multi.target}</think> {multi.target[0]}") == pytest.approx(1 / 3)
+    assert [e.messages for e in task.examples(n=1, seed=0)] == [e.messages for e in examples]
+
+
+def test_ruler_variable_chain_reads_forwards(count_tokens):
+    [ex] = RulerTask(lengths=[1024], variants=["vt"], count_tokens=count_tokens).examples(n=1, seed=3)
+    text = ex.messages[0]["content"]
+    positions = [text.index(f"VAR {name} =") for name in ex.target]
+    assert positions == sorted(positions)
+    with pytest.raises(ValueError, match="unknown RULER variants"):
+        RulerTask(variants=["niah_huge"])
+
+
+# ---- mode ------------------------------------------------------------------------------------
+def mode_example(mode):
+    return Example(id="m", messages=[], target=None, meta={"mode": mode})
+
+
+def test_mode_adherence():
+    task = ModeTask()
+    assert task.score(mode_example("think"), "<think>\nWater boils at 100 C.\n</think>\n\n100 °C.") == 1.0
+    assert task.score(mode_example("think"), "100 °C.") == 0.0
+    assert task.score(mode_example("think"), "<think>\n\n</think>\n100 °C.") == 0.0  # empty reasoning
+    assert task.score(mode_example("think"), "<think>\nreasoning cut off") == 0.0
+    assert task.score(mode_example("no_think"), "100 °C.") == 1.0
+    assert task.score(mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 1.0
+    assert task.score(mode_example("no_think"), "<think>\nLet me think.\n</think>\n100 °C.") == 0.0
+    assert task.score(mode_example("no_think"), "") == 0.0
+    assert len(ModeTask().examples(n=5)) == 5
