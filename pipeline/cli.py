@@ -21,7 +21,7 @@ from pipeline.recipe import STAGES, RecipeError, check_inputs, load_recipe
 # Stage -> module with `run(recipe, overwrite=False) -> Path`. A stage whose module is not built
 # yet says which issue brings it instead of failing obscurely.
 STAGE_MODULES: dict[str, str | None] = {
-    "midtrain": "pipeline.midtrain", "synth-traces": None, "synth-pairs": None, "sft": "pipeline.sft",
+    "midtrain": "pipeline.midtrain", "synth-traces": "synth.stage", "synth-pairs": "synth.stage", "sft": "pipeline.sft",
     "apo": "pipeline.apo",
     "merge": "merge.stage", "eval": "eval.stage",
 }
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe key, e.g. training.learning_rate=1e-5 (repeatable)")
         p.add_argument("--overwrite", action="store_true", help="replace a finished run of this stage")
+        if stage.startswith("synth"):
+            p.add_argument("--shard", metavar="I/N", help="generate only shard I of N (many machines, one job); "
+                                                         "a last run without --shard collects and finishes")
     v = sub.add_parser("validate", help="check recipes without running them")
     v.add_argument("files", nargs="+")
     v.add_argument("--inputs", action="store_true", help="also check that local inputs exist")
@@ -53,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
             return prepare_models(args.names)
         if args.command == "demo":
             return demo()
-        return run_stage(args.command, args.recipe, args.overrides, args.overwrite)
+        return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
     except (RecipeError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False) -> int:
+def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
+              shard: str | None = None) -> int:
     recipe = load_recipe(recipe_file, overrides, stage=stage)
     module = STAGE_MODULES[stage]
     if module is None:
@@ -67,7 +71,8 @@ def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite
               f"{recipe_file} is valid", file=sys.stderr)
         return 2
     check_inputs(recipe)
-    out = importlib.import_module(module).run(recipe, overwrite=overwrite)
+    extra = {"shard": shard} if shard else {}
+    out = importlib.import_module(module).run(recipe, overwrite=overwrite, **extra)
     print(f"{stage}: done -> {out}")
     return 0
 

@@ -200,6 +200,8 @@ class SynthRecipe(_RecipeBase):
     def _weak_for_pairs(self):
         if self.stage == "synth-pairs" and self.weak is None:
             raise ValueError("synth-pairs needs `weak` (the model whose answers become `rejected`)")
+        if self.weak is not None and self.weak.name_or_path == self.teacher.name_or_path:
+            raise ValueError("`weak` and `teacher` are the same model: a pair would compare a model with itself")
         if self.stage == "synth-traces" and self.weak is not None:
             raise ValueError("synth-traces uses only `teacher`; remove `weak`")
         return self
@@ -441,6 +443,11 @@ def _check_eval_tasks(tasks: dict[str, dict[str, Any]]) -> list[tuple[str, str]]
 
 
 def _check_combinations(recipe, base_dir: Path) -> list[tuple[str, str]]:
+    if isinstance(recipe, SynthRecipe):
+        from synth.filters import FILTER_SETTINGS
+
+        return [(f"filters.{k}", f"unknown filter setting; allowed: {', '.join(sorted(FILTER_SETTINGS))}")
+                for k in recipe.filters if k not in FILTER_SETTINGS]
     if isinstance(recipe, EvalRecipe):
         return _check_eval_tasks(recipe.tasks)
     if isinstance(recipe, MergeRecipe):

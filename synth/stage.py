@@ -1,0 +1,217 @@
+"""Synthetic data stages.
+
+    smolalign synth-traces --recipe recipes/smollm3/synth-traces.yaml [--shard i/n]
+    smolalign synth-pairs  --recipe recipes/smollm3/synth-pairs.yaml  [--shard i/n]
+
+synth-traces: prompts of non-reasoning datasets -> the teacher in thinking mode -> dual-mode SFT
+rows (`rows.jsonl`: messages with the <think> trace, chat_template_kwargs) that the SFT stage reads.
+synth-pairs: the same kind of prompts -> strong model (chosen) and weak model (rejected), in each
+mode -> preference rows (`pairs.jsonl`: prompt, chosen, rejected, chat_template_kwargs) that the
+APO stage reads.
+
+Reads top to bottom: prompts -> work items keyed by (prompt, model, sampling, mode) -> generate
+what is not on disk yet, batch by batch, appending to an fsynced shard file (a killed run loses at
+most the batch in flight and never duplicates) -> collect all shards -> filters (counted) -> rows,
+`filtered.jsonl` (every dropped row with its reason) and `report.json`.
+
+Many machines split one job with `--shard i/n` (each writes its own shard file under
+`<out>.partial/shards/`); a final run without `--shard` generates whatever is still missing,
+collects, filters and finishes the run directory. Every row records the model, the sampling
+parameters and the finish reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from eval.backends import Request, Sampling, make_backend
+from pipeline.data import load_source
+from pipeline.models import resolve_model
+from pipeline.runs import stage_run, write_json_atomic
+from synth.filters import apply_filters
+from synth.store import ShardStore, key_shard, parse_shard, read_all, work_key
+
+BATCH = 64  # prompts generated between two fsyncs of the shard file
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts and work
+# ----------------------------------------------------------------------------------------------
+def load_prompts(recipe) -> list[dict]:
+    """[{"id", "messages", "reference"}]: the conversation up to its last user turn."""
+    rng = random.Random(recipe.prompts.seed)
+    prompts, seen = [], set()
+    for source in recipe.prompts.sources:
+        rows = []
+        for index, row in enumerate(load_source(source)):
+            messages = _prompt_messages(row)
+            if messages is None:
+                continue
+            pid = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+            if pid not in seen:  # the same prompt twice would only be generated twice
+                seen.add(pid)
+                rows.append({"id": pid, "messages": messages, "reference": row.get("answer")})
+        if source.fraction is not None:
+            rows = rng.sample(rows, min(len(rows), round(source.fraction * len(rows))))
+        prompts += rows
+    return prompts[:recipe.max_prompts] if recipe.max_prompts else prompts
+
+
+def _prompt_messages(row) -> list[dict] | None:
+    if row.get("messages"):
+        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in row["messages"]]
+    elif isinstance(row.get("prompt"), list):
+        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in row["prompt"]]
+    elif isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    else:
+        return None
+    while messages and messages[-1]["role"] != "user":
+        messages.pop()  # drop the dataset's own answer: the teacher writes a new one
+    return messages or None
+
+
+def work_items(recipe, prompts, role: str, model: str) -> list[dict]:
+    sampling = recipe.sampling.model_dump()
+    items = []
+    for p in prompts:
+        for mode in recipe.modes:
+            kwargs = {"enable_thinking": mode == "think"}
+            # the role is part of the key: a chosen and a rejected answer are never the same work
+            items.append({"key": work_key(p["messages"], f"{role}:{model}", sampling, kwargs), "prompt_id": p["id"],
+                          "role": role, "model": model, "mode": mode, "messages": p["messages"]})
+    return items
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------
+def generate_missing(recipe, items: list[dict], spec, store: ShardStore, done: set[str], desc: str) -> None:
+    todo = [it for it in items if it["key"] not in done and it["key"] not in store]
+    if not todo:
+        return
+    backend = make_backend(recipe.backend, resolve_model(spec.name_or_path), spec.dtype, seed=recipe.sampling.seed)
+    s = recipe.sampling
+    sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
+    bar = tqdm(total=len(todo), desc=desc, unit="prompt")
+    t0, tokens = time.perf_counter(), 0
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start:start + BATCH]
+        requests = [Request(it["messages"], enable_thinking=it["mode"] == "think") for it in batch]
+        completions = backend.generate(requests, sampling, desc=desc)
+        store.append({**it, "text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                      "completion_tokens": c.completion_tokens, "sampling": s.model_dump()}
+                     for it, c in zip(batch, completions))
+        tokens += sum(c.completion_tokens for c in completions)
+        elapsed = time.perf_counter() - t0
+        bar.update(len(batch))
+        bar.set_postfix(prompts_per_s=f"{bar.n / elapsed:.2f}", tokens_per_s=f"{tokens / elapsed:.1f}")
+    bar.close()
+
+
+def _generate_all(recipe, prompts, shard_dir: Path, shard: tuple[int, int]) -> list[list[dict]]:
+    """Generate this shard's missing work for every model; return the work lists per model."""
+    i, n = shard
+    store = ShardStore(shard_dir / f"shard-{i}-of-{n}.jsonl" if n > 1 else shard_dir / "shard-all.jsonl")
+    done = set(read_all(shard_dir))  # rows other shards (or earlier runs) already wrote
+    roles = [("teacher", recipe.teacher)] + ([("weak", recipe.weak)] if recipe.weak else [])
+    lists = []
+    for role, spec in roles:
+        items = work_items(recipe, prompts, role, spec.name_or_path)
+        mine = [it for it in items if n == 1 or key_shard(it["key"], n) == i]
+        generate_missing(recipe, mine, spec, store, done, desc=f"{recipe.stage} {role}")
+        lists.append(items)
+    return lists
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+# ----------------------------------------------------------------------------------------------
+def trace_rows(prompts, teacher_items, generated) -> list[dict]:
+    refs = {p["id"]: p.get("reference") for p in prompts}
+    rows = []
+    for it in teacher_items:
+        g = generated.get(it["key"])
+        if g is None:
+            continue
+        rows.append({"messages": it["messages"] + [{"role": "assistant", "content": g["text"].strip()}],
+                     "chat_template_kwargs": {"enable_thinking": it["mode"] == "think"},
+                     "prompt": it["messages"], "reference": refs.get(it["prompt_id"]),
+                     "meta": _meta(g)})
+    return rows
+
+
+def pair_rows(prompts, teacher_items, weak_items, generated) -> list[dict]:
+    weak = {(it["prompt_id"], it["mode"]): generated.get(it["key"]) for it in weak_items}
+    rows = []
+    for it in teacher_items:
+        chosen, rejected = generated.get(it["key"]), weak.get((it["prompt_id"], it["mode"]))
+        if chosen is None or rejected is None:
+            continue
+        rows.append({"prompt": it["messages"],
+                     "chosen": [{"role": "assistant", "content": chosen["text"].strip()}],
+                     "rejected": [{"role": "assistant", "content": rejected["text"].strip()}],
+                     "chat_template_kwargs": {"enable_thinking": it["mode"] == "think"},
+                     "meta": {"chosen": _meta(chosen), "rejected": _meta(rejected)}})
+    return rows
+
+
+def _meta(g: dict) -> dict:
+    return {"key": g["key"], "model": g["model"], "mode": g["mode"], "sampling": g["sampling"],
+            "finish_reason": g["finish_reason"], "completion_tokens": g["completion_tokens"]}
+
+
+def _empty_rejected(row) -> str | None:
+    return "empty_rejected" if "rejected" in row and not row["rejected"][0]["content"].strip() else None
+
+
+def _answers(row) -> list[tuple[str, bool, str]]:
+    """The generations the strict filters judge: the trace, or the chosen answer of a pair
+    (a weak model's rejected answer may be truncated or malformed; that is what it is for)."""
+    thinking = row["chat_template_kwargs"]["enable_thinking"]
+    if "chosen" in row:
+        return [(row["chosen"][0]["content"], thinking, row["meta"]["chosen"]["finish_reason"])]
+    return [(row["messages"][-1]["content"], thinking, row["meta"]["finish_reason"])]
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------------------------
+def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
+    i, n = parse_shard(shard)
+    prompts = load_prompts(recipe)
+    if not prompts:
+        raise ValueError(f"{recipe._source}: no prompts found in prompts.sources (rows need `messages` or `prompt`)")
+    partial = recipe.output_path().with_name(recipe.output_path().name + ".partial")
+    if n > 1:  # one machine's share: generate and stop; a final run without --shard collects
+        _generate_all(recipe, prompts, partial / "shards", (i, n))
+        print(f"{recipe.stage}: shard {i}/{n} done -> {partial / 'shards'}; "
+              f"run once more without --shard to collect, filter and finish")
+        return partial
+    with stage_run(recipe, overwrite) as run:
+        lists = _generate_all(recipe, prompts, run.path / "shards", (0, 1))
+        generated = read_all(run.path / "shards")
+        if recipe.stage == "synth-traces":
+            rows, out_name = trace_rows(prompts, lists[0], generated), "rows.jsonl"
+        else:
+            rows, out_name = pair_rows(prompts, lists[0], lists[1], generated), "pairs.jsonl"
+        kept, dropped, counts = apply_filters(rows, recipe.filters, _answers, extra=_empty_rejected)
+        _write_jsonl(run.path / out_name, kept)
+        _write_jsonl(run.path / "filtered.jsonl", dropped)
+        report = {"prompts": len(prompts), "generations": len(generated), "rows": len(rows), "kept": len(kept),
+                  "filters": counts, "modes": {m: sum(r["chat_template_kwargs"]["enable_thinking"] == (m == "think")
+                                                      for r in kept) for m in recipe.modes}}
+        write_json_atomic(run.path / "report.json", report)
+        run.metrics.update(report)
+        print(f"{recipe.stage}: {len(prompts)} prompts -> {len(rows)} rows -> kept {len(kept)}; filters {counts}")
+    return recipe.output_path()
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
