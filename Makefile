@@ -2,6 +2,8 @@
 #   make demo                      whole pipeline on the embedded default (CPU)
 #   make test                      the test suite
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
+#   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
+#   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +14,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-fast demo bench validate clean $(STAGES)
+.PHONY: setup test test-fast demo bench validate clean synth $(STAGES)
 
 setup: $(STAMP)
 
@@ -47,6 +49,10 @@ MODEL_SET := $(if $(MODELS),--set models=[$(MODELS)])
 
 $(STAGES): setup
 	$(SMOL) $@ --recipe $(or $(RECIPE),recipes/demo/$@.yaml) $(SETS) $(if $(filter eval,$@),$(MODEL_SET))
+
+# `make synth RECIPE=...` runs a synth-traces or synth-pairs recipe; without RECIPE, both demo ones.
+synth: setup
+	$(SMOL) synth $(if $(RECIPE),--recipe $(RECIPE),--recipe recipes/demo/synth-traces.yaml --recipe recipes/demo/synth-pairs.yaml) $(SETS)
 
 demo: setup
 	$(SMOL) demo

@@ -97,7 +97,8 @@ class TransformersBackend:
                 generated = self.model.generate(
                     **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
                     temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
-                    top_k=None, eos_token_id=self.stop_id, pad_token_id=self.tokenizer.pad_token_id)
+                    top_k=None, eos_token_id=self.stop_id, pad_token_id=self.tokenizer.pad_token_id,
+                    use_cache=True)  # whatever the checkpoint's config says: without it, decoding is quadratic
             new = generated[:, batch["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 ids = new[row].tolist()
@@ -192,7 +193,7 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
     if spec.kind == "vllm":
         if spec.data_parallel_size > 1:
             raise ValueError("backend.data_parallel_size > 1 is not run in one process: start one process per "
-                             "GPU group, each on its own share of the work, and set data_parallel_size: 1")
+                             "GPU group with `--shard i/n` (scripts/slurm/synth.sbatch) and data_parallel_size: 1")
         return VLLMBackend(model_path, dtype=dtype, tensor_parallel_size=spec.tensor_parallel_size,
                            gpu_memory_utilization=spec.gpu_memory_utilization, max_model_len=spec.max_model_len,
                            seed=seed, renderer_kwargs=renderer_kwargs)

@@ -79,6 +79,7 @@ def run(recipe, overwrite: bool = False) -> Path:
                                    if weight < 1 else [(str(soup), 1.0)], recipe.dtype)
             run_mergekit(config, out, out / "mergekit_final.yml", run.path, run.final)
             tokenizer.save_pretrained(str(out))
+            inference_ready(out)
 
         merge_at(recipe.soup_weight, run.path)
         if recipe.sweep:
@@ -88,6 +89,14 @@ def run(recipe, overwrite: bool = False) -> Path:
                             "soup_weight": recipe.soup_weight})
         write_model_card(run, recipe, members)
     return recipe.output_path()
+
+
+def inference_ready(path: Path) -> None:
+    """Mid-training checkpoints (the soup's members) were saved with use_cache=False; the merge
+    copies their config, and generation without a KV cache would be quadratic."""
+    config = json.loads((path / "config.json").read_text())
+    config["use_cache"] = True
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def write_model_card(run, recipe, members) -> None:

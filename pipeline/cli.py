@@ -1,6 +1,7 @@
 """The `smolalign` command: one entry point for every stage.
 
     smolalign STAGE --recipe FILE [--set key=value ...] [--overwrite]
+    smolalign synth --recipe FILE [--recipe FILE]  # synth-traces / synth-pairs, by the recipe's stage
     smolalign validate FILE [FILE ...]        # schema + TRL args + combinations, no model loads
     smolalign prepare-model [NAME ...]        # build the embedded default checkpoints
     smolalign demo                            # the whole pipeline on recipes/demo/, CPU
@@ -18,14 +19,11 @@ from pathlib import Path
 
 from pipeline.recipe import STAGES, RecipeError, check_inputs, load_recipe
 
-# Stage -> module with `run(recipe, overwrite=False) -> Path`. A stage whose module is not built
-# yet says which issue brings it instead of failing obscurely.
-STAGE_MODULES: dict[str, str | None] = {
-    "midtrain": "pipeline.midtrain", "synth-traces": "synth.stage", "synth-pairs": "synth.stage", "sft": "pipeline.sft",
-    "apo": "pipeline.apo",
-    "merge": "merge.stage", "eval": "eval.stage",
+# Stage -> module with `run(recipe, overwrite=False) -> Path` (synth stages also take `shard`).
+STAGE_MODULES = {
+    "midtrain": "pipeline.midtrain", "synth-traces": "synth.stage", "synth-pairs": "synth.stage",
+    "sft": "pipeline.sft", "apo": "pipeline.apo", "merge": "merge.stage", "eval": "eval.stage",
 }
-PENDING = {"midtrain": 4, "sft": 4, "apo": 4, "synth-traces": 5, "synth-pairs": 5, "merge": 6, "eval": 7}
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
 
 
@@ -41,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         if stage.startswith("synth"):
             p.add_argument("--shard", metavar="I/N", help="generate only shard I of N (many machines, one job); "
                                                          "a last run without --shard collects and finishes")
+    y = sub.add_parser("synth", help="run a synth-traces or synth-pairs recipe (the recipe's `stage` decides)")
+    y.add_argument("--recipe", required=True, action="append", help="recipe YAML (repeatable)")
+    y.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    y.add_argument("--overwrite", action="store_true")
+    y.add_argument("--shard", metavar="I/N")
     v = sub.add_parser("validate", help="check recipes without running them")
     v.add_argument("files", nargs="+")
     v.add_argument("--inputs", action="store_true", help="also check that local inputs exist")
@@ -56,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
             return prepare_models(args.names)
         if args.command == "demo":
             return demo()
+        if args.command == "synth":
+            for path in args.recipe:
+                stage = load_recipe(path, args.overrides).stage
+                if not stage.startswith("synth"):
+                    raise RecipeError(path, [("stage", f"`smolalign synth` runs synth-traces or synth-pairs "
+                                                       f"recipes; this one is `{stage}`")])
+                run_stage(stage, path, args.overrides, args.overwrite, args.shard)
+            return 0
         return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
     except (RecipeError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -65,14 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
               shard: str | None = None) -> int:
     recipe = load_recipe(recipe_file, overrides, stage=stage)
-    module = STAGE_MODULES[stage]
-    if module is None:
-        print(f"error: the `{stage}` stage is not built yet (issue #{PENDING[stage]}); its recipe "
-              f"{recipe_file} is valid", file=sys.stderr)
-        return 2
     check_inputs(recipe)
     extra = {"shard": shard} if shard else {}
-    out = importlib.import_module(module).run(recipe, overwrite=overwrite, **extra)
+    out = importlib.import_module(STAGE_MODULES[stage]).run(recipe, overwrite=overwrite, **extra)
     print(f"{stage}: done -> {out}")
     return 0
 
@@ -100,22 +106,16 @@ def prepare_models(names: list[str]) -> int:
 
 
 def demo() -> int:
-    """Every stage that exists, in pipeline order, on the embedded default; then where things went."""
+    """The whole pipeline, in order, on the embedded default (CPU); then where everything went."""
     prepare_models([])
-    recipes = {stage: DEMO_RECIPES / f"{stage}.yaml" for stage in STAGES}
-    if validate([str(p) for p in recipes.values()]) != 0:
+    recipes = [DEMO_RECIPES / f"{stage}.yaml" for stage in STAGES]
+    if validate([str(p) for p in recipes]) != 0:
         return 2
-    done, pending = [], []
-    for stage, path in recipes.items():
-        if STAGE_MODULES[stage] is None:
-            pending.append(f"{stage} (issue #{PENDING[stage]})")
-            continue
+    for stage, path in zip(STAGES, recipes):
         run_stage(stage, str(path), overwrite=True)
-        done.append(str(load_recipe(path).output_path()))
-    print("\ndemo finished.")
-    print("outputs:\n" + "\n".join(f"  {d}" for d in done) if done else "outputs: none yet")
-    if pending:
-        print("stages not built yet: " + ", ".join(pending))
+    outputs = [load_recipe(p).output_path() for p in recipes]
+    print("\ndemo finished. outputs:\n" + "\n".join(f"  {o}" for o in outputs))
+    print(f"evaluation report: {outputs[-1] / 'report.md'}; merge sweep: {outputs[-2] / 'sweep' / 'sweep.md'}")
     return 0
 
 

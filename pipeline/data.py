@@ -101,7 +101,12 @@ def normalise_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _message(m: dict[str, Any]) -> dict[str, Any]:
-    out = {"role": m.get("role"), "content": _text(m.get("content"))}
+    content = _text(m.get("content"))
+    if m.get("role") == "assistant":
+        # transformers masks whole tokens: leading newlines would merge with the header's "\n"
+        # into one token and put part of the header into the trained span
+        content = content.lstrip()
+    out = {"role": m.get("role"), "content": content}
     if m.get("tool_calls"):
         out["tool_calls"] = m["tool_calls"]
     return out

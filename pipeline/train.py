@@ -115,6 +115,9 @@ def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] |
 
     With LoRA the adapter is kept in `adapter/` and the merged full model goes to the top, so the
     next stage (and vLLM, MergeKit) loads the run dir like any checkpoint."""
+    # Training ran without a KV cache (packed rows need that); a checkpoint saved with
+    # use_cache=False would make every later generate() recompute the whole prefix per token.
+    trainer.model.config.use_cache = True
     if recipe.peft is not None:
         trainer.save_model(str(run.path / "adapter"))
         if trainer.is_world_process_zero():

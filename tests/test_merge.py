@@ -45,6 +45,7 @@ def test_final_merge_is_exactly_09_a_plus_01_b(write_recipe, tmp_path, ckpts):
         assert torch.allclose(m[name], 0.9 * a[name] + 0.1 * b[name], atol=1e-6), name
     config = json.loads((out / "config.json").read_text())
     assert config["no_rope_layers"] == [1, 1, 1, 0, 1, 1, 1, 0] and config["tie_word_embeddings"] is True
+    assert config["use_cache"] is True
 
 
 def test_soup_then_merge_with_a_glob(write_recipe, tmp_path, ckpts):

@@ -101,3 +101,14 @@ def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
     row = dataset[0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert row["chat_template_kwargs"]["today_date"] == "01 July 2025"
+
+
+def test_leading_newlines_in_answers_do_not_train_the_header(write_recipe, tok, tmp_path):
+    data = tmp_path / "lead.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "\n\n<think>\nr\n</think>\n\nHello"}]})
+                    + "\n")
+    recipe = sft(write_recipe, [{"path": str(data), "mode": "think"}], packing=False)
+    dataset, _ = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    trained = tok.decode([t for t in dataset[0]["labels"] if t != -100])
+    assert trained == "<think>\nr\n</think>\n\nHello<|im_end|>"

@@ -284,3 +284,10 @@ def test_packing_without_padding_free_is_refused(write_recipe):
     recipe["training"]["padding_free"] = False
     [(key, msg)] = problems_of(write_recipe(recipe))
     assert key.startswith("training.padding_free") and "attend across documents" in msg
+
+
+def test_cli_synth_refuses_a_non_synth_recipe(write_recipe):
+    path = write_recipe(sft_recipe())
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "synth", "--recipe", str(path)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "runs synth-traces or synth-pairs recipes; this one is `sft`" in proc.stderr

@@ -38,6 +38,7 @@ def assert_checkpoint(out, tiny_model, stage):
     assert manifest["status"] == "complete" and manifest["stage"] == stage
     assert manifest["metrics"]["steps"] == 3 and manifest["metrics"]["final_loss"] is not None
     assert manifest["metrics"]["tokens_per_s"] > 0
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True  # inference-ready
     card = (out / "README.md").read_text()
     assert "embedded:tiny-smollm3" in card and "| final_loss |" in card
     before, after = weights(tiny_model), weights(out)
