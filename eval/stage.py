@@ -10,7 +10,6 @@ and charts (RULER score by context length per model; task scores per mode).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any

@@ -49,7 +49,7 @@ def load_prompts(recipe) -> list[dict]:
     prompts, seen = [], set()
     for source in recipe.prompts.sources:
         rows = []
-        for index, row in enumerate(load_source(source)):
+        for row in load_source(source):
             messages = _prompt_messages(row)
             if messages is None:
                 continue

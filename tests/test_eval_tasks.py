@@ -78,6 +78,31 @@ def test_ifeval_unknown_ids_and_unavailable_punkt():
         assert details["unavailable"] == 1 and details["instructions"] == []
 
 
+
+def test_ifeval_legacy_punkt_pickle_alone_is_not_enough(tmp_path, monkeypatch):
+    """nltk >= 3.9 reads `punkt_tab` even when asked for the legacy pickle: having only the pickle
+    must report the instructions unavailable, not crash with LookupError."""
+    import nltk
+
+    from eval.tasks.ifeval import punkt_available
+
+    (tmp_path / "tokenizers" / "punkt").mkdir(parents=True)
+    (tmp_path / "tokenizers" / "punkt" / "english.pickle").write_bytes(b"")
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    caches = [punkt_available.cache_clear, nltk.data._resource_cache.clear]
+    caches += [getattr(nltk.tokenize, "_get_punkt_tokenizer", punkt_available).cache_clear]
+    for clear in caches:
+        clear()
+    try:
+        assert not punkt_available()
+        capitals = ifeval_example(["change_case:capital_word_frequency"], [{"capital_frequency": 2,
+                                                                           "capital_relation": "less than"}])
+        assert IFEvalTask().score_details(capitals, "HELLO there")["unavailable"] == 1
+    finally:
+        monkeypatch.undo()
+        for clear in caches:
+            clear()
+
 def test_shipped_ifeval_prompts_are_all_checkable():
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
@@ -116,6 +141,22 @@ def test_tool_calls_right_wrong_optional_malformed():
     assert task.score(tool_example(), two) == 0.0
     assert parse_calls('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>') == [{"name": "f", "arguments": {"x": 1}}]
 
+
+
+def test_tool_strings_compare_as_bfcl_and_nested_dicts_need_their_keys():
+    task = ToolsTask()
+    query = [{"database.query": {"table": ["user"], "conditions": [[{"field": ["age"], "operation": [">"]}]]}}]
+    ex = Example(id="q", messages=[], target=query, meta={"required": {"database.query": ["table", "conditions"]}})
+    right = {"table": "User ", "conditions": [{"field": "age", "operation": ">"}]}
+    assert task.score(ex, call("database.query", right)) == 1.0
+    flipped = {"table": "user", "conditions": [{"field": "age", "operation": "<"}]}
+    assert task.score(ex, call("database.query", flipped)) == 0.0  # "<" is meaning, not formatting
+    date = [{"book": {"date": ["April 1, 2024"]}}]
+    assert task.score(Example(id="d", messages=[], target=date), call("book", {"date": "april 1 2024"})) == 1.0
+    budget = [{"find": {"budget": [{"min": [300000], "max": [400000], "currency": ["USD", ""]}]}}]
+    ex = Example(id="b", messages=[], target=budget, meta={"required": {"find": ["budget"]}})
+    assert task.score(ex, call("find", {"budget": {"min": 300000, "max": 400000}})) == 1.0  # optional key left out
+    assert task.score(ex, call("find", {"budget": {"min": 300000}})) == 0.0  # required key "max" missing
 
 def test_bfcl_examples_carry_tools_and_their_answers_match():
     task = ToolsTask(categories=["simple_python"])
@@ -175,3 +216,7 @@ def test_mode_adherence():
     assert task.score(mode_example("no_think"), "<think>\nLet me think.\n</think>\n100 °C.") == 0.0
     assert task.score(mode_example("no_think"), "") == 0.0
     assert len(ModeTask().examples(n=5)) == 5
+
+
+def test_n_zero_means_no_examples():
+    assert MathTask().examples(n=0) == [] and ModeTask().examples(n=0) == []

@@ -5,9 +5,12 @@ Prompts: a local or Hub JSONL with IFEval's columns (`prompt`, `instruction_id_l
 eval/data/ifeval_prompts.jsonl. Scores: strict and loose, prompt level (all instructions of a
 prompt pass) and instruction level. `score` is strict prompt level.
 
-Two checkers need NLTK's `punkt` model (number of sentences, capital-word frequency), which cannot
-be downloaded here. When punkt is absent those instructions are reported as unavailable and left
-out of the scores, and the count of left-out instructions is reported; nothing is guessed.
+Two checkers need NLTK's Punkt sentence model (number of sentences, capital-word frequency), which
+cannot be downloaded here. Since nltk 3.9 both of their calls (`nltk.data.load(".../punkt/english.pickle")`
+and `word_tokenize`) resolve to the pickle-free `punkt_tab` model, so availability is probed by making
+those same two calls, not by looking for the legacy `punkt` pickle. When the model is absent those
+instructions are reported as unavailable and left out of the scores, and the count of left-out
+instructions is reported; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ NEEDS_PUNKT = {"length_constraints:number_sentences", "change_case:capital_word_
 
 @lru_cache(maxsize=1)
 def punkt_available() -> bool:
+    """Whether the two NLTK calls the checkers make can run. Probed by calling them: which data file
+    they need depends on the nltk version (legacy `punkt` pickle before 3.9, `punkt_tab` after)."""
     import nltk
 
     try:
-        nltk.data.find("tokenizers/punkt/english.pickle")
+        nltk.data.load("nltk:tokenizers/punkt/english.pickle").tokenize("One. Two.")
+        nltk.word_tokenize("One. Two.")
         return True
     except LookupError:
         return False
@@ -55,7 +61,7 @@ class IFEvalTask:
         return [Example(id=f"ifeval-{rows[i].get('key', i)}", messages=[{"role": "user", "content": rows[i]["prompt"]}],
                         target={"instruction_id_list": rows[i]["instruction_id_list"], "kwargs": rows[i]["kwargs"]},
                         meta={"prompt": rows[i]["prompt"]})
-                for i in (order[:n] if n else order)]
+                for i in (order if n is None else order[:n])]
 
     def score(self, example: Example, completion: str) -> float:
         return self.score_details(example, completion)["prompt_strict"]

@@ -39,7 +39,7 @@ class MathTask:
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         out = []
-        for i in order[:n] if n else order:
+        for i in order if n is None else order[:n]:
             r = rows[i]
             out.append(Example(id=f"math-{r.get('data_source', 'local')}-{i}",
                                messages=[{"role": "user", "content": f"{r['question']}\n\n{INSTRUCTION}"}],

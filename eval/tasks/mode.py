@@ -22,11 +22,12 @@ PROMPTS = [
 class ModeTask:
     name = "mode"
 
-    def examples(self, n: int | None = None, seed: int = 0, modes=("think", "no_think")) -> list[Example]:
+    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
+        """The stage sets meta["mode"] per request; score() reads it."""
         order = list(range(len(PROMPTS)))
         random.Random(seed).shuffle(order)
         return [Example(id=f"mode-{i}", messages=[{"role": "user", "content": PROMPTS[i]}], target=None)
-                for i in (order[:n] if n else order)]
+                for i in (order if n is None else order[:n])]
 
     def score(self, example: Example, completion: str) -> float:
         return float(adheres(completion, example.meta["mode"]))

@@ -43,7 +43,7 @@ class RulerTask:
         out = []
         for length in self.lengths:
             for variant in self.variants:
-                for i in range(n or 1):
+                for i in range(1 if n is None else n):
                     rng = random.Random(f"{seed}-{length}-{variant}-{i}")
                     out.append(getattr(self, f"_{variant}")(rng, length, f"ruler-{variant}-{length}-{i}"))
         return out

@@ -6,8 +6,10 @@ its own checker imports every provider SDK, so it is not used. The model sees th
 
 Matching, as BFCL defines it: exactly one call (for these categories), the right function name,
 no unknown arguments, every required argument present, and each argument's value among the
-possible answers. An empty string among the possible values marks the argument optional. Numbers
-compare numerically (5 == 5.0); strings ignore case, surrounding spaces and punctuation.
+possible answers. An empty string among the possible values marks the argument optional, also for
+keys of a dict-valued argument. Numbers compare numerically (5 == 5.0); strings are compared as
+BFCL standardises them: lower case, without spaces and the characters , . / - _ * ^, single quotes
+as double quotes (so "April 1, 2024" == "april 1 2024", but "<" != ">").
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import string
 from typing import Any
 
 from eval.tasks.base import Example, package_dir, strip_think
@@ -39,7 +40,7 @@ class ToolsTask:
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         out = []
-        for i in order[:n] if n else order:
+        for i in order if n is None else order[:n]:
             q, truth = rows[i]
             tools = [_schema(f) for f in q["function"]]
             out.append(Example(id=q["id"], messages=q["question"][0], target=truth,
@@ -115,11 +116,21 @@ def _same(value: Any, allowed: Any) -> bool:
     if isinstance(allowed, list) and isinstance(value, list):
         return len(value) == len(allowed) and all(_same(v, a) for v, a in zip(value, allowed))
     if isinstance(allowed, dict) and isinstance(value, dict):
-        return set(value) <= set(allowed) and all(
-            any(_same(value[k], ok) for ok in (allowed[k] if isinstance(allowed[k], list) else [allowed[k]]))
-            for k in value)
+        return set(value) <= set(allowed) and all(_same_key(value, k, allowed[k]) for k in allowed)
     return value == allowed
 
 
+def _same_key(value: dict, key: str, allowed: Any) -> bool:
+    """A key of a dict-valued argument: absent only when "" is among its alternatives, as BFCL says."""
+    options = allowed if isinstance(allowed, list) else [allowed]
+    if key not in value:
+        return "" in options
+    return any(_same(value[key], ok) for ok in options)
+
+
+# BFCL's ast_checker drops exactly these characters: formatting noise, not meaning ("<" and ">" stay).
+_NOISE = re.compile(r"[ ,./\-_*^]")
+
+
 def _norm(s: str) -> str:
-    return s.strip().lower().translate(str.maketrans("", "", string.punctuation + " "))
+    return _NOISE.sub("", s.strip()).lower().replace("'", '"')
