@@ -168,22 +168,36 @@ def validate_conversation(messages: list[dict[str, Any]], thinking: bool, *, fin
         raise BadRow(f"message {len(messages) - 1}: think mode, but the final assistant turn has no <think> block")
 
 
-def _check_think_block(content: str, i: int, thinking: bool) -> None:
+MISSING_ANSWER = "nothing after </think>: the answer is missing"
+
+
+def think_block_problem(content: str, thinking: bool, required: bool = False) -> str | None:
+    """What is wrong with an assistant turn's think block for its mode, or None. The one rule for
+    training data (here), synthetic data (synth/filters.py) and mode adherence (eval/tasks/mode.py):
+    at most one block, opening the turn; reasoning in it in think mode, none in no-think mode; an
+    answer after it. `required`: think mode must have a block."""
     opens, closes = content.count(THINK_OPEN), content.count(THINK_CLOSE)
     if opens == 0 and closes == 0:
-        return
+        return "think mode, but the turn has no <think> block" if thinking and required else None
     if opens != 1 or closes != 1:
-        raise BadRow(f"message {i}: malformed think block ({opens} <think>, {closes} </think>)")
+        return f"malformed think block ({opens} <think>, {closes} </think>)"
     if not content.lstrip().startswith(THINK_OPEN):
-        raise BadRow(f"message {i}: the think block must open the assistant turn")
+        return "the think block must open the assistant turn"
     reasoning, answer = content.split(THINK_CLOSE, 1)
     reasoning = reasoning.split(THINK_OPEN, 1)[1].strip()
     if thinking and not reasoning:
-        raise BadRow(f"message {i}: think mode, but the think block is empty")
+        return "think mode, but the think block is empty"
     if not thinking and reasoning:
-        raise BadRow(f"message {i}: no_think mode, but the turn holds reasoning in its think block")
+        return "no_think mode, but the turn holds reasoning in its think block"
     if not answer.strip():
-        raise BadRow(f"message {i}: nothing after </think>: the answer is missing")
+        return MISSING_ANSWER
+    return None
+
+
+def _check_think_block(content: str, i: int, thinking: bool) -> None:
+    problem = think_block_problem(content, thinking)
+    if problem:
+        raise BadRow(f"message {i}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------

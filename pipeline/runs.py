@@ -67,7 +67,7 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
                               f"Delete {partial} to start over, or rerun the recipe it was started with.")
     run.manifest["resumed"] = previous is not None
     # Several ranks share one run dir: only rank 0 writes the manifest and promotes the result.
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     if main:
         partial.mkdir(parents=True, exist_ok=True)
         run.save_manifest()
@@ -83,6 +83,11 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
         run.save_manifest(status="complete", finished_at=_now(), duration_s=round(time.time() - run.t0, 1))
         _promote(partial, final)
     _barrier()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate job, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _barrier() -> None:

@@ -8,7 +8,6 @@ train -> save. TRL does the training; nothing here re-implements it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +188,6 @@ Ships the smolalign dual-mode template (`/think`, `/no_think`, `enable_thinking`
 rendered the training data, so `apply_chat_template` here and in vLLM matches training.
 """
     (run.path / "README.md").write_text(card)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def param_checksum(model) -> str:

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from eval.tasks.base import strip_think
-from pipeline.data import BadRow, _check_think_block
+from pipeline.data import MISSING_ANSWER, think_block_problem
 
 WORD = re.compile(r"\w+")
 
@@ -33,14 +33,11 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def check_think(answer: str, thinking: bool) -> str | None:
-    """The reason the answer's think block is wrong for its mode, or None."""
-    if thinking and "<think>" not in answer:
-        return "think_block"
-    try:
-        _check_think_block(answer, 0, thinking)
-    except BadRow as e:
-        return "empty_answer" if "answer is missing" in str(e) else "think_block"
-    return None
+    """The filter reason when the answer's think block is wrong for its mode, or None."""
+    problem = think_block_problem(answer, thinking, required=True)
+    if problem is None:
+        return None
+    return "empty_answer" if problem == MISSING_ANSWER else "think_block"
 
 
 class Contamination:

@@ -119,7 +119,7 @@ def _generate_all(recipe, prompts, shard_dir: Path, shard: tuple[int, int]) -> l
     """Generate this shard's missing work for every model; return the work lists per model."""
     i, n = shard
     store = ShardStore(shard_dir / f"shard-{i}-of-{n}.jsonl" if n > 1 else shard_dir / "shard-all.jsonl")
-    done = set(read_all(shard_dir))  # rows other shards (or earlier runs) already wrote
+    done = set(read_all(shard_dir, skip=store.path))  # what other shards wrote; our own rows are in `store`
     roles = [("teacher", recipe.teacher)] + ([("weak", recipe.weak)] if recipe.weak else [])
     lists = []
     for role, spec in roles:

@@ -81,9 +81,10 @@ class ShardStore:
         self.rows.update((r["key"], r) for r in rows)
 
 
-def read_all(shard_dir: Path) -> dict[str, dict]:
-    """Every row of every shard file, keyed."""
+def read_all(shard_dir: Path, skip: Path | None = None) -> dict[str, dict]:
+    """Every row of every shard file (but `skip`), keyed."""
     rows: dict[str, dict] = {}
     for path in sorted(shard_dir.glob("shard-*.jsonl")):
-        rows.update(ShardStore(path).rows)
+        if path != skip:
+            rows.update(ShardStore(path).rows)
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 from eval.tasks.base import Example
+from pipeline.data import think_block_problem
 
 PROMPTS = [
     "What is the boiling point of water at sea level?", "Name three primary colours.",
@@ -34,16 +35,7 @@ class ModeTask:
 
 
 def adheres(completion: str, mode: str) -> bool:
+    """Think mode: a well-formed, non-empty block then an answer; no-think: an empty block or none,
+    and an answer. The block rules are the training data's (pipeline.data.think_block_problem)."""
     text = completion.strip()
-    opens, closes = text.count("<think>"), text.count("</think>")
-    if mode == "think":
-        if not text.startswith("<think>") or opens != 1 or closes != 1:
-            return False
-        reasoning, answer = text[len("<think>"):].split("</think>", 1)
-        return bool(reasoning.strip() and answer.strip())
-    if opens == 0 and closes == 0:
-        return bool(text)
-    if not text.startswith("<think>") or opens != 1 or closes != 1:
-        return False
-    reasoning, answer = text[len("<think>"):].split("</think>", 1)
-    return not reasoning.strip() and bool(answer.strip())
+    return bool(text) and think_block_problem(text, mode == "think", required=True) is None
