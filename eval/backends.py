@@ -13,10 +13,12 @@ import json
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Request:
     messages: list[dict[str, Any]]
     enable_thinking: bool = True
     tools: list[dict] | None = None
+    prefill: str = ""  # the assistant turn starts with this (e.g. RULER's answer prefix)
 
 
 @dataclass
@@ -47,21 +50,19 @@ class Renderer:
     """Renders requests with the model's template and the recipe's fixed date."""
 
     tokenizer: Any
-    today_date: str = "01 July 2025"
-    knowledge_cutoff: str = "June 2025"
-    extra: dict = field(default_factory=dict)
+    today_date: str = DEFAULT_DATE
+    knowledge_cutoff: str = DEFAULT_CUTOFF
 
     def __call__(self, request: Request) -> str:
-        kwargs = {"enable_thinking": request.enable_thinking, "today_date": self.today_date,
-                  "knowledge_cutoff": self.knowledge_cutoff, **self.extra}
-        if request.tools:
-            kwargs["xml_tools"] = request.tools
-        return self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
-                                                  **kwargs)
+        kwargs = template_kwargs(request.enable_thinking, today_date=self.today_date,
+                                 knowledge_cutoff=self.knowledge_cutoff, xml_tools=request.tools)
+        prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
+                                                    **kwargs)
+        return prompt + request.prefill
 
 
 def end_of_turn(tokenizer) -> str:
-    return "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
+    return END_OF_TURN if END_OF_TURN in tokenizer.get_vocab() else tokenizer.eos_token
 
 
 class TransformersBackend:
@@ -191,9 +192,6 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
         return TransformersBackend(model_path, dtype=dtype if dtype != "auto" else "float32",
                                    batch_size=spec.batch_size, renderer_kwargs=renderer_kwargs)
     if spec.kind == "vllm":
-        if spec.data_parallel_size > 1:
-            raise ValueError("backend.data_parallel_size > 1 is not run in one process: start one process per "
-                             "GPU group with `--shard i/n` (scripts/slurm/synth.sbatch) and data_parallel_size: 1")
         return VLLMBackend(model_path, dtype=dtype, tensor_parallel_size=spec.tensor_parallel_size,
                            gpu_memory_utilization=spec.gpu_memory_utilization, max_model_len=spec.max_model_len,
                            seed=seed, renderer_kwargs=renderer_kwargs)

@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from eval.backends import Request, Sampling, make_backend
-from eval.tasks import TASKS
-from eval.tasks.ruler import RulerTask
+from eval.tasks import TaskContext, build_task, check_tasks
 from pipeline.models import resolve_model
 from pipeline.runs import stage_run, write_json_atomic
 
 
-def build_task(name: str, options: dict[str, Any], count_tokens):
-    opts = {k: v for k, v in options.items() if k != "n"}
-    if name == "ruler":
-        return RulerTask(count_tokens=count_tokens, **opts)
-    return TASKS[name](**opts)
+def check(recipe) -> list[tuple[str, str]]:
+    """Stage-specific recipe checks (task names and options), run by `smolalign validate` too."""
+    return check_tasks(recipe.tasks)
 
 
 def evaluate_model(recipe, model_ref: str, progress: str = "") -> dict[str, Any]:
@@ -33,40 +30,35 @@ def evaluate_model(recipe, model_ref: str, progress: str = "") -> dict[str, Any]
     backend = make_backend(recipe.backend, path, recipe.dtype, seed=recipe.sampling.seed,
                            renderer_kwargs={"today_date": recipe.chat.today_date,
                                             "knowledge_cutoff": recipe.chat.knowledge_cutoff})
-    tokenizer = backend.tokenizer
+    tokenizer, render = backend.tokenizer, backend.render
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
+    def prompt_tokens(messages, prefill: str = "", tools=None) -> int:
+        # the longer of the modes asked for: a prompt that fits in one fits in the other
+        return max(count_tokens(render(Request(messages, enable_thinking=mode == "think", tools=tools,
+                                               prefill=prefill))) for mode in recipe.modes)
+
     s = recipe.sampling
     sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
+    ctx = TaskContext(count_tokens=count_tokens, prompt_tokens=prompt_tokens, max_new_tokens=s.max_new_tokens)
     result: dict[str, Any] = {"model": model_ref, "path": path, "tasks": {}}
     for name, options in recipe.tasks.items():
-        task = build_task(name, options, count_tokens)
-        examples = task.examples(n=options.get("n"), seed=recipe.seed)
+        task = build_task(name, options)
+        examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed, ctx=ctx)
         result["tasks"][name] = {}
         for mode in recipe.modes:
-            requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.meta.get("tools"))
+            requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.tools, prefill=ex.prefill)
                         for ex in examples]
             completions = backend.generate(requests, sampling, desc=f"{progress}{name}/{mode}")
-            rows = []
-            for ex, c in zip(examples, completions):
-                ex.meta["mode"] = mode
-                rows.append({"id": ex.id, "score": task.score(ex, c.text), "finish_reason": c.finish_reason,
-                             "completion_tokens": c.completion_tokens, "completion": c.text,
-                             **{k: ex.meta[k] for k in ("length", "variant") if k in ex.meta}})
-            result["tasks"][name][mode] = summarise(rows)
+            scores = [task.score(ex, c.text, mode) for ex, c in zip(examples, completions)]
+            rows = [{"id": ex.id, **score, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens,
+                     "completion": c.text, **ex.meta} for ex, c, score in zip(examples, completions, scores)]
+            result["tasks"][name][mode] = {**task.aggregate(examples, scores), "n": len(rows),
+                                           "truncated": sum(r["finish_reason"] == "length" for r in rows),
+                                           "examples": rows}
     return result
-
-
-def summarise(rows: list[dict]) -> dict[str, Any]:
-    out = {"score": round(sum(r["score"] for r in rows) / len(rows), 4) if rows else None, "n": len(rows),
-           "truncated": sum(r["finish_reason"] == "length" for r in rows), "examples": rows}
-    lengths = sorted({r["length"] for r in rows if "length" in r})
-    if lengths:
-        out["by_length"] = {str(n): round(sum(r["score"] for r in rows if r["length"] == n)
-                                          / sum(1 for r in rows if r["length"] == n), 4) for n in lengths}
-    return out
 
 
 def slug(model_ref: str) -> str:
@@ -125,9 +117,10 @@ def plot_ruler(results, modes, path: Path) -> None:
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for r in results:
-            by_length = r["tasks"]["ruler"][mode].get("by_length", {})
-            xs = [int(k) for k in by_length]
-            ax.plot(xs, list(by_length.values()), marker="o", label=Path(r["model"]).name or r["model"])
+            summary = r["tasks"]["ruler"][mode]
+            by_length = {int(k.removeprefix("length_")): v for k, v in summary.items() if k.startswith("length_")}
+            xs = sorted(by_length)
+            ax.plot(xs, [by_length[x] for x in xs], marker="o", label=Path(r["model"]).name or r["model"])
         ax.set(xscale="log", xlabel="context length (tokens)", ylabel="RULER score", title=f"RULER, {mode}",
                ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)

@@ -21,8 +21,15 @@ import yaml
 
 from merge.checks import check_compatible
 from merge.sweep import sweep
-from pipeline.recipe import expand_glob, is_glob, template_text
+from eval.tasks import check_tasks
+from pipeline.chat import template_text
+from pipeline.inputs import expand_glob, is_glob
 from pipeline.runs import stage_run
+
+
+def check(recipe) -> list[tuple[str, str]]:
+    """Stage-specific recipe checks: the sweep's eval tasks and their options."""
+    return check_tasks(recipe.sweep_tasks, key="sweep_tasks")
 
 
 def soup_inputs(recipe) -> list[tuple[str, float]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.recipe import EvalRecipe
+from pipeline.schema import EvalRecipe
 
 
 def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:

@@ -8,6 +8,11 @@
 
 Stages: midtrain, synth-traces, synth-pairs, sft, apo, merge, eval. Exit codes: 0 ok, 2 bad recipe
 or missing input (nothing was loaded or written), 1 the stage failed while running.
+
+This module is the top of the house: it dispatches to the stage modules by name (STAGE_MODULES),
+so the foundation it lives in never imports a stage. Each stage module has `run(recipe, ...)` and
+may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names, synth
+filter settings); `load` runs those checks with the foundation's, for `validate` and every run.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from pipeline.recipe import STAGES, RecipeError, check_inputs, load_recipe
+from pipeline.inputs import check_inputs
+from pipeline.recipe import RecipeError, load_recipe, raise_problems
+from pipeline.schema import STAGES
 
 # Stage -> module with `run(recipe, overwrite=False) -> Path` (synth stages also take `shard`).
 STAGE_MODULES = {
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             return demo()
         if args.command == "synth":
             for path in args.recipe:
-                stage = load_recipe(path, args.overrides).stage
+                stage = load(path, args.overrides).stage
                 if not stage.startswith("synth"):
                     raise RecipeError(path, [("stage", f"`smolalign synth` runs synth-traces or synth-pairs "
                                                        f"recipes; this one is `{stage}`")])
@@ -73,12 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None = None):
+    """The recipe, checked by the foundation and by its stage. Raises RecipeError."""
+    recipe = load_recipe(recipe_file, overrides, stage=stage)
+    check = getattr(stage_module(recipe.stage), "check", None)
+    if check is not None:
+        raise_problems(recipe, check(recipe))
+    return recipe
+
+
+def stage_module(stage: str):
+    return importlib.import_module(STAGE_MODULES[stage])
+
+
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
               shard: str | None = None) -> int:
-    recipe = load_recipe(recipe_file, overrides, stage=stage)
+    recipe = load(recipe_file, overrides, stage=stage)
     check_inputs(recipe)
     extra = {"shard": shard} if shard else {}
-    out = importlib.import_module(STAGE_MODULES[stage]).run(recipe, overwrite=overwrite, **extra)
+    out = stage_module(stage).run(recipe, overwrite=overwrite, **extra)
     print(f"{stage}: done -> {out}")
     return 0
 
@@ -87,7 +107,7 @@ def validate(files: list[str], inputs: bool = False) -> int:
     failed = 0
     for f in files:
         try:
-            recipe = load_recipe(f)
+            recipe = load(f)
             if inputs:
                 check_inputs(recipe)
             print(f"ok    {f} ({recipe.stage})")
@@ -113,7 +133,7 @@ def demo() -> int:
         return 2
     for stage, path in zip(STAGES, recipes):
         run_stage(stage, str(path), overwrite=True)
-    outputs = [load_recipe(p).output_path() for p in recipes]
+    outputs = [load(p).output_path() for p in recipes]
     print("\ndemo finished. outputs:\n" + "\n".join(f"  {o}" for o in outputs))
     print(f"evaluation report: {outputs[-1] / 'report.md'}; merge sweep: {outputs[-2] / 'sweep' / 'sweep.md'}")
     return 0

@@ -32,12 +32,13 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from pipeline.recipe import Source, TrainRecipe, classify_input
+from pipeline.chat import THINK_OPEN, template_kwargs, think_block_problem
+from pipeline.inputs import classify_input
+from pipeline.schema import Source, TrainRecipe
 
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class BadRow(ValueError):
@@ -168,32 +169,6 @@ def validate_conversation(messages: list[dict[str, Any]], thinking: bool, *, fin
         raise BadRow(f"message {len(messages) - 1}: think mode, but the final assistant turn has no <think> block")
 
 
-MISSING_ANSWER = "nothing after </think>: the answer is missing"
-
-
-def think_block_problem(content: str, thinking: bool, required: bool = False) -> str | None:
-    """What is wrong with an assistant turn's think block for its mode, or None. The one rule for
-    training data (here), synthetic data (synth/filters.py) and mode adherence (eval/tasks/mode.py):
-    at most one block, opening the turn; reasoning in it in think mode, none in no-think mode; an
-    answer after it. `required`: think mode must have a block."""
-    opens, closes = content.count(THINK_OPEN), content.count(THINK_CLOSE)
-    if opens == 0 and closes == 0:
-        return "think mode, but the turn has no <think> block" if thinking and required else None
-    if opens != 1 or closes != 1:
-        return f"malformed think block ({opens} <think>, {closes} </think>)"
-    if not content.lstrip().startswith(THINK_OPEN):
-        return "the think block must open the assistant turn"
-    reasoning, answer = content.split(THINK_CLOSE, 1)
-    reasoning = reasoning.split(THINK_OPEN, 1)[1].strip()
-    if thinking and not reasoning:
-        return "think mode, but the think block is empty"
-    if not thinking and reasoning:
-        return "no_think mode, but the turn holds reasoning in its think block"
-    if not answer.strip():
-        return MISSING_ANSWER
-    return None
-
-
 def _check_think_block(content: str, i: int, thinking: bool) -> None:
     problem = think_block_problem(content, thinking)
     if problem:
@@ -215,8 +190,8 @@ class Rendering:
 def tokenize_row(tokenizer, messages, thinking: bool, rendering: Rendering, tools=None) -> dict[str, list[int]]:
     out = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=rendering.assistant_only,
-        enable_thinking=thinking, today_date=rendering.today_date, knowledge_cutoff=rendering.knowledge_cutoff,
-        xml_tools=tools,
+        **template_kwargs(thinking, today_date=rendering.today_date, knowledge_cutoff=rendering.knowledge_cutoff,
+                          xml_tools=tools),
     )
     ids = list(out["input_ids"])
     if rendering.assistant_only:
@@ -456,8 +431,8 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
                 quarantined.append({"source": label, "source_index": si, "row": index, "reason": str(e)})
                 continue
             kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": si, "thinking": thinking,
-                         "chat_template_kwargs": {"enable_thinking": thinking, "today_date": recipe.chat.today_date,
-                                                  "knowledge_cutoff": recipe.chat.knowledge_cutoff}})
+                         "chat_template_kwargs": template_kwargs(thinking, today_date=recipe.chat.today_date,
+                                                                 knowledge_cutoff=recipe.chat.knowledge_cutoff)})
         if source.tokens is not None:
             lengths = [sum(len(m["content"]) for m in r["prompt"] + r["chosen"] + r["rejected"]) // 4 for r in kept]
             picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here

@@ -25,7 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.recipe import classify_input, expand_glob, is_glob, recipe_hash, recipe_inputs
+from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
+from pipeline.recipe import recipe_hash
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",

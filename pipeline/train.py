@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.chat import has_generation_markers, template_text
+from pipeline.checks import trl_config_class
 from pipeline.models import resolve_model
-from pipeline.recipe import ModelSpec, TrainRecipe, template_text, trl_config_class
-
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
+from pipeline.schema import ModelSpec, TrainRecipe
 
 
 # ----------------------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def load_tokenizer(recipe: TrainRecipe):
         tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if recipe.training.get("assistant_only_loss") and "generation" not in (tokenizer.chat_template or ""):
+    if recipe.training.get("assistant_only_loss") and not has_generation_markers(tokenizer.chat_template or ""):
         raise ValueError(f"{recipe.model.name_or_path}: assistant_only_loss needs a template with "
                          "{% generation %} markers; set chat.template: smollm3")
     return tokenizer

@@ -2,7 +2,7 @@
 
 - truncated:        the generation hit max_new_tokens (finish_reason "length")
 - think_block:      think mode without exactly one well-formed, non-empty <think>...</think> first,
-                    or no-think mode with reasoning in a think block (reuses pipeline.data's rules)
+                    or no-think mode with reasoning in a think block (pipeline.chat's rules)
 - empty_answer:     nothing after the think block
 - exact_duplicate:  the same prompt and answer (normalised) seen before
 - near_duplicate:   answer 5-gram Jaccard >= threshold with an earlier kept answer (MinHash + LSH)
@@ -17,8 +17,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from eval.tasks.base import strip_think
-from pipeline.data import MISSING_ANSWER, think_block_problem
+from pipeline.chat import MISSING_ANSWER, strip_think, think_block_problem
 
 WORD = re.compile(r"\w+")
 
@@ -154,4 +153,4 @@ def _verifier(name: str | None):
     from eval.tasks.math import MathTask
 
     task = MathTask()
-    return lambda reference, answer: task.score(Example("v", [], str(reference)), answer) == 1.0
+    return lambda reference, answer: task.score(Example("v", [], str(reference)), answer, "think")["score"] == 1.0

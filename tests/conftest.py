@@ -41,7 +41,7 @@ def sft_recipe(**changes) -> dict:
         "stage": "sft",
         "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
         "data": {"sources": [{"path": "data.jsonl", "mode": "no_think"}]},
-        "training": {"max_steps": 1, "packing": True, "packing_strategy": "bfd", "bf16": False},
+        "training": {"max_steps": 1, "packing": True, "packing_strategy": "bfd", "max_length": 2048, "bf16": False},
     }
     recipe.update(changes)
     return recipe

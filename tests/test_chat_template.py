@@ -5,7 +5,7 @@ import datetime
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.chat import assistant_mask, install_template, render
+from pipeline.chat import install_template, template_kwargs
 
 SYSTEM_THINK = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nToday Date: 01 July 2025\n"
                 "Reasoning Mode: /think\n\n## Custom Instructions\n\n")
@@ -13,6 +13,18 @@ SYSTEM_NO_THINK = SYSTEM_THINK.replace("Reasoning Mode: /think", "Reasoning Mode
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 TOOL = {"name": "get_weather", "description": "Weather for a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def render(tokenizer, messages, *, add_generation_prompt: bool = False, **kwargs) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **template_kwargs(**kwargs))
+
+
+def assistant_mask(tokenizer, messages, **kwargs) -> tuple[list[int], list[int]]:
+    """(input_ids, mask): mask is 1 exactly on trained tokens (assistant content + <|im_end|>)."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True, **template_kwargs(**kwargs))
+    return list(out["input_ids"]), list(out["assistant_masks"])
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, c
     result = json.loads((out / "embedded_tiny-smollm3.json").read_text())
     assert set(result["tasks"]) == {"ruler", "math", "tools", "ifeval", "mode"}
     ruler = result["tasks"]["ruler"]["think"]
-    assert set(ruler["by_length"]) == {"256", "512"} and ruler["n"] == 2
+    assert {k for k in ruler if k.startswith("length_")} == {"length_256", "length_512"} and ruler["n"] == 2
     example = result["tasks"]["math"]["no_think"]["examples"][0]
     assert {"id", "score", "finish_reason", "completion"} <= set(example) and example["finish_reason"] == "length"
     report = (out / "report.md").read_text()
@@ -94,11 +94,12 @@ def test_openai_backend_sends_our_rendered_prompt(tiny_model):
 
 
 def test_unknown_eval_task_and_option_are_refused(write_recipe):
+    from pipeline.cli import load
     from pipeline.recipe import RecipeError
 
     body = {"name": "t", "stage": "eval", "models": ["m"], "tasks": {"gsm8k": {}, "ruler": {"lenghts": [1]}}}
     with pytest.raises(RecipeError) as e:
-        load_recipe(write_recipe(body))
+        load(write_recipe(body))
     problems = {key.split(" ")[0]: msg for key, msg in e.value.problems}
     assert problems["tasks.gsm8k"] == "unknown task; known: ruler, ifeval, math, tools, mode"
     assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, n, variants"

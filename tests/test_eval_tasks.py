@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from eval.tasks import IFEvalTask, MathTask, ModeTask, RulerTask, ToolsTask, strip_think
-from eval.tasks.base import Example
+from eval.tasks.base import Example, TaskContext
 from eval.tasks.math import final_answer
 from eval.tasks.tools import parse_calls
 
@@ -24,13 +24,13 @@ def math_example(answer):
 
 def test_math_right_wrong_and_equivalent_forms():
     task = MathTask()
-    assert task.score(math_example("204"), "<think>9/s + t = 4 ...</think> It takes \\boxed{204} minutes.") == 1.0
-    assert task.score(math_example("204"), "It takes \\boxed{203} minutes.") == 0.0
+    assert score(task, math_example("204"), "<think>9/s + t = 4 ...</think> It takes \\boxed{204} minutes.") == 1.0
+    assert score(task, math_example("204"), "It takes \\boxed{203} minutes.") == 0.0
     for form in ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}", "so the answer is 0.5"):
-        assert task.score(math_example("\\frac{1}{2}"), form) == 1.0, form
-    assert task.score(math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 1.0  # the last one counts
-    assert task.score(math_example("3"), "<think>\\boxed{3}</think> I give up.") == 0.0  # answer, not reasoning
-    assert task.score(math_example("3"), "") == 0.0
+        assert score(task, math_example("\\frac{1}{2}"), form) == 1.0, form
+    assert score(task, math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 1.0  # the last one counts
+    assert score(task, math_example("3"), "<think>\\boxed{3}</think> I give up.") == 0.0  # answer, not reasoning
+    assert score(task, math_example("3"), "") == 0.0
     assert final_answer("\\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
 
 
@@ -51,10 +51,10 @@ def ifeval_example(ids, kwargs, prompt="p"):
 def test_ifeval_strict_and_loose():
     task = IFEvalTask()
     lower = ifeval_example(["change_case:english_lowercase"], [{}])
-    assert task.score(lower, "all lowercase here.") == 1.0
-    assert task.score(lower, "Not lowercase.") == 0.0
+    assert score(task, lower, "all lowercase here.") == 1.0
+    assert score(task, lower, "Not lowercase.") == 0.0
     no_comma = ifeval_example(["punctuation:no_comma"], [{}])
-    assert task.score(no_comma, "<think>a, b, c</think>No commas at all") == 1.0  # the think block is not judged
+    assert score(task, no_comma, "<think>a, b, c</think>No commas at all") == 1.0  # the think block is not judged
     # strict fails, loose passes: loose also tries the answer without its first line
     end = ifeval_example(["startend:end_checker"], [{"end_phrase": "Keep going."}])
     details = task.score_details(end, "Keep going.\n**Sure**")
@@ -67,7 +67,7 @@ def test_ifeval_strict_and_loose():
 def test_ifeval_unknown_ids_and_unavailable_punkt():
     task = IFEvalTask()
     with pytest.raises(ValueError, match="unknown IFEval instruction ids"):
-        task.score(ifeval_example(["made:up"], [{}]), "x")
+        score(task, ifeval_example(["made:up"], [{}]), "x")
     from eval.tasks.ifeval import punkt_available
 
     sentences = ifeval_example(["length_constraints:number_sentences"], [{"num_sentences": 3, "relation": "less than"}])
@@ -128,17 +128,17 @@ def call(name, args):
 
 def test_tool_calls_right_wrong_optional_malformed():
     task = ToolsTask()
-    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
-    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10.0, "height": 5, "unit": "Units"})) == 1.0
-    assert task.score(tool_example(), "<think>hmm</think>" + call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
-    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10, "height": 6})) == 0.0
-    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10})) == 0.0  # required missing
-    assert task.score(tool_example(), call("calc_area", {"base": 10, "height": 5})) == 0.0
-    assert task.score(tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5, "color": "red"})) == 0.0
-    assert task.score(tool_example(), "<tool_call>{'name': 'calculate_triangle_area'}</tool_call>") == 0.0
-    assert task.score(tool_example(), "The area is 25.") == 0.0
+    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
+    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10.0, "height": 5, "unit": "Units"})) == 1.0
+    assert score(task, tool_example(), "<think>hmm</think>" + call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
+    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10, "height": 6})) == 0.0
+    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10})) == 0.0  # required missing
+    assert score(task, tool_example(), call("calc_area", {"base": 10, "height": 5})) == 0.0
+    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5, "color": "red"})) == 0.0
+    assert score(task, tool_example(), "<tool_call>{'name': 'calculate_triangle_area'}</tool_call>") == 0.0
+    assert score(task, tool_example(), "The area is 25.") == 0.0
     two = call("calculate_triangle_area", {"base": 10, "height": 5}) * 2
-    assert task.score(tool_example(), two) == 0.0
+    assert score(task, tool_example(), two) == 0.0
     assert parse_calls('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>') == [{"name": "f", "arguments": {"x": 1}}]
 
 
@@ -148,25 +148,25 @@ def test_tool_strings_compare_as_bfcl_and_nested_dicts_need_their_keys():
     query = [{"database.query": {"table": ["user"], "conditions": [[{"field": ["age"], "operation": [">"]}]]}}]
     ex = Example(id="q", messages=[], target=query, meta={"required": {"database.query": ["table", "conditions"]}})
     right = {"table": "User ", "conditions": [{"field": "age", "operation": ">"}]}
-    assert task.score(ex, call("database.query", right)) == 1.0
+    assert score(task, ex, call("database.query", right)) == 1.0
     flipped = {"table": "user", "conditions": [{"field": "age", "operation": "<"}]}
-    assert task.score(ex, call("database.query", flipped)) == 0.0  # "<" is meaning, not formatting
+    assert score(task, ex, call("database.query", flipped)) == 0.0  # "<" is meaning, not formatting
     date = [{"book": {"date": ["April 1, 2024"]}}]
-    assert task.score(Example(id="d", messages=[], target=date), call("book", {"date": "april 1 2024"})) == 1.0
+    assert score(task, Example(id="d", messages=[], target=date), call("book", {"date": "april 1 2024"})) == 1.0
     budget = [{"find": {"budget": [{"min": [300000], "max": [400000], "currency": ["USD", ""]}]}}]
     ex = Example(id="b", messages=[], target=budget, meta={"required": {"find": ["budget"]}})
-    assert task.score(ex, call("find", {"budget": {"min": 300000, "max": 400000}})) == 1.0  # optional key left out
-    assert task.score(ex, call("find", {"budget": {"min": 300000}})) == 0.0  # required key "max" missing
+    assert score(task, ex, call("find", {"budget": {"min": 300000, "max": 400000}})) == 1.0  # optional key left out
+    assert score(task, ex, call("find", {"budget": {"min": 300000}})) == 0.0  # required key "max" missing
 
 def test_bfcl_examples_carry_tools_and_their_answers_match():
     task = ToolsTask(categories=["simple_python"])
     examples = task.examples(n=20, seed=0)
-    assert len(examples) == 20 and all(e.meta["tools"] for e in examples)
-    assert '"type": "dict"' not in json.dumps(examples[0].meta["tools"])
+    assert len(examples) == 20 and all(e.tools for e in examples)
+    assert '"type": "dict"' not in json.dumps(examples[0].tools)
     for ex in examples:  # the first acceptable value of every argument is a correct answer
         [(name, params)] = ex.target[0].items()
         args = {k: v[0] for k, v in params.items() if v and v[0] != ""}
-        assert task.score(ex, call(name, args)) == 1.0, ex.id
+        assert score(task, ex, call(name, args)) == 1.0, ex.id
 
 
 # ---- ruler -----------------------------------------------------------------------------------
@@ -177,22 +177,23 @@ def count_tokens(tiny_model):
 
 
 def test_ruler_examples_fit_the_length_and_hold_their_answers(count_tokens):
-    task = RulerTask(lengths=[512, 2048], count_tokens=count_tokens)
-    examples = task.examples(n=1, seed=0)
+    task = RulerTask(lengths=[512, 2048])
+    examples = task.examples(n=1, seed=0, ctx=TaskContext(count_tokens=count_tokens))
     assert len(examples) == 2 * 6
     for ex in examples:
         text, length = ex.messages[0]["content"], ex.meta["length"]
         assert 0.9 * length <= count_tokens(text) <= length, ex.id
         assert all(str(t) in text for t in ex.target)
-        assert task.score(ex, " ".join(map(str, ex.target))) == 1.0
-        assert task.score(ex, "I do not know.") == 0.0
+        assert score(task, ex, " ".join(map(str, ex.target))) == 1.0
+        assert score(task, ex, "I do not know.") == 0.0
     multi = next(e for e in examples if e.meta["variant"] == "niah_multivalue")
-    assert task.score(multi, f"<think>{multi.target}</think> {multi.target[0]}") == pytest.approx(1 / 3)
-    assert [e.messages for e in task.examples(n=1, seed=0)] == [e.messages for e in examples]
+    assert score(task, multi, f"<think>{multi.target}</think> {multi.target[0]}") == pytest.approx(1 / 3)
+    again = task.examples(n=1, seed=0, ctx=TaskContext(count_tokens=count_tokens))
+    assert [e.messages for e in again] == [e.messages for e in examples]
 
 
 def test_ruler_variable_chain_reads_forwards(count_tokens):
-    [ex] = RulerTask(lengths=[1024], variants=["vt"], count_tokens=count_tokens).examples(n=1, seed=3)
+    [ex] = RulerTask(lengths=[1024], variants=["vt"]).examples(n=1, seed=3, ctx=TaskContext(count_tokens=count_tokens))
     text = ex.messages[0]["content"]
     positions = [text.index(f"VAR {name} =") for name in ex.target]
     assert positions == sorted(positions)
@@ -205,16 +206,21 @@ def mode_example(mode):
     return Example(id="m", messages=[], target=None, meta={"mode": mode})
 
 
+def score(task, example, completion, mode=None):
+    """The headline score, in the example's mode (no_think unless the example says otherwise)."""
+    return task.score(example, completion, mode or example.meta.get("mode", "no_think"))["score"]
+
+
 def test_mode_adherence():
     task = ModeTask()
-    assert task.score(mode_example("think"), "<think>\nWater boils at 100 C.\n</think>\n\n100 °C.") == 1.0
-    assert task.score(mode_example("think"), "100 °C.") == 0.0
-    assert task.score(mode_example("think"), "<think>\n\n</think>\n100 °C.") == 0.0  # empty reasoning
-    assert task.score(mode_example("think"), "<think>\nreasoning cut off") == 0.0
-    assert task.score(mode_example("no_think"), "100 °C.") == 1.0
-    assert task.score(mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 1.0
-    assert task.score(mode_example("no_think"), "<think>\nLet me think.\n</think>\n100 °C.") == 0.0
-    assert task.score(mode_example("no_think"), "") == 0.0
+    assert score(task, mode_example("think"), "<think>\nWater boils at 100 C.\n</think>\n\n100 °C.") == 1.0
+    assert score(task, mode_example("think"), "100 °C.") == 0.0
+    assert score(task, mode_example("think"), "<think>\n\n</think>\n100 °C.") == 0.0  # empty reasoning
+    assert score(task, mode_example("think"), "<think>\nreasoning cut off") == 0.0
+    assert score(task, mode_example("no_think"), "100 °C.") == 1.0
+    assert score(task, mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 1.0
+    assert score(task, mode_example("no_think"), "<think>\nLet me think.\n</think>\n100 °C.") == 0.0
+    assert score(task, mode_example("no_think"), "") == 0.0
     assert len(ModeTask().examples(n=5)) == 5
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from merge.checks import MergeCheckError, check_compatible
 from merge.stage import run
 from pipeline.models import build_tiny_smollm3
-from pipeline.recipe import load_recipe
+from pipeline.cli import load
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def merge_recipe(write_recipe, tmp_path, soup, long_context, **extra):
     body = {"name": "t", "stage": "merge", "output_dir": str(tmp_path / "merged"),
             "soup": [{"path": str(p)} for p in soup], "long_context": {"path": str(long_context)},
             "soup_weight": 0.9, "dtype": "float32", **extra}
-    return load_recipe(write_recipe(body))
+    return load(write_recipe(body))
 
 
 def test_final_merge_is_exactly_09_a_plus_01_b(write_recipe, tmp_path, ckpts):

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from conftest import REPO, sft_recipe
 
-from pipeline.recipe import RecipeError, check_inputs, load_recipe, recipe_hash, trl_config_class
+from pipeline.checks import trl_config_class
+from pipeline.inputs import check_inputs
+from pipeline.recipe import RecipeError, load_recipe, recipe_hash
 
 SHIPPED = sorted((REPO / "recipes").glob("smollm3/*.yaml")) + sorted((REPO / "recipes").glob("demo/*.yaml"))
 

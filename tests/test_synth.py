@@ -12,6 +12,7 @@ from conftest import REPO
 import synth.stage as synth_stage
 from eval.backends import Completion
 from pipeline.data import build_preference_mixture, build_sft_mixture
+from pipeline.cli import load
 from pipeline.recipe import RecipeError, load_recipe
 from synth.filters import Contamination, NearDuplicates, apply_filters
 from synth.store import ShardStore, parse_shard
@@ -213,4 +214,4 @@ def test_same_teacher_and_weak_is_refused(write_recipe, tmp_path):
     del body["weak"]["name_or_path"]
     body["weak"]["name_or_path"] = "m/b"
     with pytest.raises(RecipeError, match="filters.dedupe.*unknown filter setting"):
-        load_recipe(write_recipe(body))
+        load(write_recipe(body))

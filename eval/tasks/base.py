@@ -1,34 +1,87 @@
-"""What every task shares: the Example record, think-block stripping, package data lookup."""
+"""What every task shares: the Task interface, the Example record, package data lookup.
+
+A task is an object with a `name` and three methods; the eval stage, the merge sweep and the synth
+filters call every task the same way, and none of them knows a task by name:
+
+    examples(n, seed, ctx)              -> list[Example]      (ctx: TaskContext, see below)
+    score(example, completion, mode)    -> dict[str, float]   ("score" is the task's headline number;
+                                                               other keys are per-example details)
+    aggregate(examples, scores)         -> dict[str, float]   (the task's reported numbers; "score" first)
+
+`mode` is "think" or "no_think": the mode the prompt was sent in. `Task` below gives the defaults
+(`aggregate` = mean of "score"); a task overrides what it reports differently (IFEval's four
+numbers, RULER per sub-task and length).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-THINK_CLOSE = "</think>"
+from pipeline.chat import strip_think
+
+__all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "strip_think"]
 
 
 @dataclass
 class Example:
-    """One prompt to send and what scoring needs. `meta` carries e.g. tools, length, mode."""
+    """One prompt to send and what scoring needs.
+
+    `tools`: function schemas declared to the model (xml_tools). `prefill`: text the assistant turn
+    starts with, after the generation prompt (RULER's answer prefix); the completion is what the
+    model writes after it. `meta`: task-specific facts kept in the results (length, sub-task, ...)."""
 
     id: str
     messages: list[dict[str, Any]]
     target: Any
+    tools: list[dict] | None = None
+    prefill: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def strip_think(text: str) -> str:
-    """The answer part of a completion: everything after `</think>`. An unclosed think block
-    means the model never answered (truncated while reasoning): the answer is empty."""
-    text = text.strip()
-    if THINK_CLOSE in text:
-        return text.split(THINK_CLOSE, 1)[1].strip()
-    if text.startswith("<think>"):
-        return ""
-    return text
+def _approx_tokens(text: str) -> int:
+    return int(len(text.split()) * 1.3)
+
+
+@dataclass
+class TaskContext:
+    """What a task may know about the model it is building prompts for.
+
+    `count_tokens(text)`: tokens of plain text. `prompt_tokens(messages, prefill, tools)`: tokens of
+    the whole prompt as the model sees it (template, system turn, generation prompt and prefill), in
+    the longer of the modes evaluated. `max_new_tokens`: the generation budget. Without a model
+    (tests, filters), counts are approximate (words x 1.3)."""
+
+    count_tokens: Callable[[str], int] = _approx_tokens
+    prompt_tokens: Callable[..., int] | None = None
+    max_new_tokens: int = 0
+
+    def prompt_length(self, messages: list[dict], prefill: str = "", tools: list | None = None) -> int:
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens(messages, prefill, tools)
+        return sum(self.count_tokens(m.get("content") or "") for m in messages) + self.count_tokens(prefill)
+
+
+class Task:
+    """Defaults for the interface above; tasks subclass it."""
+
+    name = "task"
+
+    def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
+        raise NotImplementedError
+
+    def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
+        return {"score": mean(s["score"] for s in scores)}
+
+
+def mean(values) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def package_dir(package: str, install: str) -> Path:

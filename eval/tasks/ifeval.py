@@ -20,7 +20,7 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
-from eval.tasks.base import Example, strip_think
+from eval.tasks.base import Example, Task, TaskContext, mean, strip_think
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
 NEEDS_PUNKT = {"length_constraints:number_sentences", "change_case:capital_word_frequency"}
@@ -40,7 +40,7 @@ def punkt_available() -> bool:
         return False
 
 
-class IFEvalTask:
+class IFEvalTask(Task):
     name = "ifeval"
 
     def __init__(self, source: str | None = None):
@@ -54,7 +54,7 @@ class IFEvalTask:
         path = Path(self.source) if self.source else SHIPPED
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
+    def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
@@ -63,8 +63,24 @@ class IFEvalTask:
                         meta={"prompt": rows[i]["prompt"]})
                 for i in (order if n is None else order[:n])]
 
-    def score(self, example: Example, completion: str) -> float:
-        return self.score_details(example, completion)["prompt_strict"]
+    def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
+        d = self.score_details(example, completion)
+        return {"score": d["prompt_strict"], "prompt_strict": d["prompt_strict"], "prompt_loose": d["prompt_loose"],
+                "instructions": len(d["instructions"]), "unavailable": d["unavailable"],
+                "instructions_strict": sum(i["strict"] for i in d["instructions"]),
+                "instructions_loose": sum(i["loose"] for i in d["instructions"])}
+
+    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
+        """IFEval's four numbers: prompt level (all of a prompt's instructions pass) and instruction
+        level, strict and loose; prompts whose every instruction is unavailable are left out."""
+        judged = [s for s in scores if s["instructions"]]
+        total = sum(s["instructions"] for s in judged)
+        return {"score": mean(s["prompt_strict"] for s in judged),
+                "prompt_strict": mean(s["prompt_strict"] for s in judged),
+                "prompt_loose": mean(s["prompt_loose"] for s in judged),
+                "instruction_strict": round(sum(s["instructions_strict"] for s in judged) / total, 4) if total else None,
+                "instruction_loose": round(sum(s["instructions_loose"] for s in judged) / total, 4) if total else None,
+                "unavailable_instructions": sum(s["unavailable"] for s in scores)}
 
     def score_details(self, example: Example, completion: str) -> dict:
         from if_verifiable.common import evaluate_instructions

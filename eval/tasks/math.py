@@ -13,12 +13,12 @@ import random
 import re
 from pathlib import Path
 
-from eval.tasks.base import Example, package_dir, strip_think
+from eval.tasks.base import Example, Task, TaskContext, package_dir, strip_think
 
 INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
 
 
-class MathTask:
+class MathTask(Task):
     name = "math"
 
     def __init__(self, source: str = "mmath", subsets: list[str] | None = None):
@@ -34,7 +34,7 @@ class MathTask:
             rows = [r for r in rows if r.get("data_source") in self.subsets]
         return rows
 
-    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
+    def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
@@ -46,8 +46,8 @@ class MathTask:
                                target=str(r["answer"]), meta={"subset": r.get("data_source")}))
         return out
 
-    def score(self, example: Example, completion: str) -> float:
-        return float(answers_match(example.target, final_answer(strip_think(completion))))
+    def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
+        return {"score": float(answers_match(example.target, final_answer(strip_think(completion))))}
 
 
 def final_answer(text: str) -> str:

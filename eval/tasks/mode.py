@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from eval.tasks.base import Example
-from pipeline.data import think_block_problem
+from eval.tasks.base import Example, Task, TaskContext
+from pipeline.chat import think_block_problem
 
 PROMPTS = [
     "What is the boiling point of water at sea level?", "Name three primary colours.",
@@ -20,22 +20,21 @@ PROMPTS = [
 ]
 
 
-class ModeTask:
+class ModeTask(Task):
     name = "mode"
 
-    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
-        """The stage sets meta["mode"] per request; score() reads it."""
+    def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         order = list(range(len(PROMPTS)))
         random.Random(seed).shuffle(order)
         return [Example(id=f"mode-{i}", messages=[{"role": "user", "content": PROMPTS[i]}], target=None)
                 for i in (order if n is None else order[:n])]
 
-    def score(self, example: Example, completion: str) -> float:
-        return float(adheres(completion, example.meta["mode"]))
+    def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
+        return {"score": float(adheres(completion, mode))}
 
 
 def adheres(completion: str, mode: str) -> bool:
     """Think mode: a well-formed, non-empty block then an answer; no-think: an empty block or none,
-    and an answer. The block rules are the training data's (pipeline.data.think_block_problem)."""
+    and an answer. The block rules are the training data's (pipeline.chat.think_block_problem)."""
     text = completion.strip()
     return bool(text) and think_block_problem(text, mode == "think", required=True) is None

@@ -19,27 +19,24 @@ import random
 import re
 from typing import Callable
 
-from eval.tasks.base import Example, package_dir, strip_think
+from eval.tasks.base import Example, Task, TaskContext, mean, package_dir, strip_think
 
 VARIANTS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
 
 
-def _approx_tokens(text: str) -> int:
-    return int(len(text.split()) * 1.3)
-
-
-class RulerTask:
+class RulerTask(Task):
     name = "ruler"
 
-    def __init__(self, lengths=(4096,), variants=VARIANTS, count_tokens: Callable[[str], int] | None = None):
+    def __init__(self, lengths=(4096,), variants=VARIANTS):
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown RULER variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
         self.lengths, self.variants = list(lengths), list(variants)
-        self.count_tokens = count_tokens or _approx_tokens
+        self.ctx = TaskContext()
         self._essays = self._words = None
 
-    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
+    def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
+        self.ctx = ctx or TaskContext()
         out = []
         for length in self.lengths:
             for variant in self.variants:
@@ -48,9 +45,17 @@ class RulerTask:
                     out.append(getattr(self, f"_{variant}")(rng, length, f"ruler-{variant}-{length}-{i}"))
         return out
 
-    def score(self, example: Example, completion: str) -> float:
+    def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         answer = strip_think(completion).lower()
-        return sum(str(t).lower() in answer for t in example.target) / len(example.target)
+        return {"score": sum(str(t).lower() in answer for t in example.target) / len(example.target)}
+
+    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
+        out = {"score": mean(s["score"] for s in scores)}
+        for length in sorted({e.meta["length"] for e in examples}):
+            out[f"length_{length}"] = mean(s["score"] for e, s in zip(examples, scores) if e.meta["length"] == length)
+        for variant in sorted({e.meta["variant"] for e in examples}):
+            out[f"{variant}"] = mean(s["score"] for e, s in zip(examples, scores) if e.meta["variant"] == variant)
+        return out
 
     # ---- data ----------------------------------------------------------------------------------
     def essays(self) -> list[str]:
@@ -81,7 +86,7 @@ class RulerTask:
         lo, hi = 1, most
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.count_tokens(make(mid)) <= length:
+            if self.ctx.count_tokens(make(mid)) <= length:
                 lo = mid
             else:
                 hi = mid - 1

@@ -19,18 +19,18 @@ import random
 import re
 from typing import Any
 
-from eval.tasks.base import Example, package_dir, strip_think
+from eval.tasks.base import Example, Task, TaskContext, package_dir, strip_think
 
 CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 
 
-class ToolsTask:
+class ToolsTask(Task):
     name = "tools"
 
     def __init__(self, categories: list[str] | None = None):
         self.categories = categories or ["simple_python", "multiple"]
 
-    def examples(self, n: int | None = None, seed: int = 0) -> list[Example]:
+    def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         data = package_dir("bfcl_eval", "pip install --no-deps bfcl-eval==2026.3.23") / "data"
         rows = []
         for cat in self.categories:
@@ -43,14 +43,14 @@ class ToolsTask:
         for i in order if n is None else order[:n]:
             q, truth = rows[i]
             tools = [_schema(f) for f in q["function"]]
-            out.append(Example(id=q["id"], messages=q["question"][0], target=truth,
-                               meta={"tools": tools, "required": {f["name"]: f["parameters"].get("required", [])
+            out.append(Example(id=q["id"], messages=q["question"][0], target=truth, tools=tools,
+                               meta={"required": {f["name"]: f["parameters"].get("required", [])
                                                                   for f in q["function"]}}))
         return out
 
-    def score(self, example: Example, completion: str) -> float:
+    def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         calls = parse_calls(strip_think(completion))
-        return float(calls is not None and matches(calls, example.target, example.meta.get("required", {})))
+        return {"score": float(calls is not None and matches(calls, example.target, example.meta.get("required", {})))}
 
 
 def _jsonl(path) -> list[dict]:

@@ -1,0 +1,78 @@
+"""What a recipe reads: models and data named by Hub ID, local path, earlier run or `embedded:`.
+
+Whether inputs exist is checked at run time (`check_inputs`), not when a recipe loads: shipped
+recipes name outputs of earlier stages that do not exist yet.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+from pipeline.recipe import RecipeError
+from pipeline.schema import EvalRecipe, MergeRecipe, SynthRecipe, TrainRecipe
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LOCAL_HINT = re.compile(r"^(\.|/|~|runs/)|\.(jsonl|json|parquet|jinja|safetensors)$")
+
+
+def classify_input(ref: str) -> str:
+    """'embedded', 'local' (exists or clearly a path) or 'hub'."""
+    if ref.startswith("embedded:"):
+        return "embedded"
+    if Path(ref).expanduser().exists() or LOCAL_HINT.search(ref) or ref.count("/") != 1:
+        return "local"
+    return "hub" if HUB_ID.match(ref) else "local"
+
+
+def recipe_inputs(recipe) -> list[tuple[str, str]]:
+    """(key path, reference) for every model/data input the recipe names."""
+    out = []
+    if isinstance(recipe, TrainRecipe):
+        out.append(("model.name_or_path", recipe.model.name_or_path))
+        if recipe.ref_model:
+            out.append(("ref_model.name_or_path", recipe.ref_model.name_or_path))
+        out += [(f"data.sources.{i}.path", s.path) for i, s in enumerate(recipe.data.sources)]
+    elif isinstance(recipe, SynthRecipe):
+        out.append(("teacher.name_or_path", recipe.teacher.name_or_path))
+        if recipe.weak:
+            out.append(("weak.name_or_path", recipe.weak.name_or_path))
+        out += [(f"prompts.sources.{i}.path", s.path) for i, s in enumerate(recipe.prompts.sources)]
+    elif isinstance(recipe, MergeRecipe):
+        out += [(f"soup.{i}.path", m.path) for i, m in enumerate(recipe.soup)]
+        out.append(("long_context.path", recipe.long_context.path))
+    elif isinstance(recipe, EvalRecipe):
+        out += [(f"models.{i}", m) for i, m in enumerate(recipe.models)]
+    return out
+
+
+def check_inputs(recipe) -> None:
+    """Every local input exists; embedded names are known. Raises RecipeError listing the missing."""
+    from pipeline.models import EMBEDDED
+
+    problems = []
+    for key, ref in recipe_inputs(recipe):
+        kind = classify_input(ref)
+        if kind == "embedded" and ref.removeprefix("embedded:") not in EMBEDDED:
+            problems.append((key, f"unknown embedded model {ref!r}; known: "
+                                  + ", ".join(f"embedded:{n}" for n in EMBEDDED)))
+        elif kind == "local" and is_glob(ref):
+            if not expand_glob(ref):
+                problems.append((key, f"no path matches {ref!r}; run the stage that writes it first"))
+        elif kind == "local" and not Path(ref).expanduser().exists():
+            hint = ""
+            if ref.startswith("runs/"):
+                hint = f"; it is the output of an earlier stage: run that stage first (`make {ref.split('/')[2] if ref.count('/') >= 2 else '...'}`)"
+            problems.append((key, f"{ref!r} does not exist{hint}"))
+    if problems:
+        raise RecipeError(recipe._source or recipe.name, problems)
+
+
+def is_glob(ref: str) -> bool:
+    return any(c in ref for c in "*?[")
+
+
+def expand_glob(ref: str) -> list[str]:
+    """Sorted matches of a glob input (e.g. every APO checkpoint for a soup)."""
+    return sorted(glob.glob(str(Path(ref).expanduser())))

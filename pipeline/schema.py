@@ -1,0 +1,199 @@
+"""Typed recipes: one pydantic schema per stage, with help text and cross-field rules in one place.
+
+A recipe is YAML (`recipes/`), loaded and checked by pipeline/recipe.py. Every model here forbids
+unknown keys, so a typo is an error with a suggestion rather than a silently ignored setting.
+The `training:` block is TRL's own (SFTConfig / DPOConfig) and is checked against TRL in
+pipeline/checks.py; task names and filter settings are checked by the stages that own them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE
+
+TRAIN_STAGES = ("midtrain", "sft", "apo")
+STAGES = ("midtrain", "synth-traces", "synth-pairs", "sft", "apo", "merge", "eval")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+class ModelSpec(Strict):
+    name_or_path: str = Field(
+        description="Hub ID (org/name), local checkpoint dir, earlier stage output (runs/...), or "
+        "`embedded:smollm2-135m-instruct` / `embedded:tiny-smollm3` (built locally, no Hub)."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] = "sdpa"
+
+
+class ChatSpec(Strict):
+    template: str = Field(
+        "smollm3",
+        description="`smollm3` (our dual-mode template, installed on every checkpoint we write), "
+        "`model` (the tokenizer's own), or a path to a .jinja file.",
+    )
+    today_date: str = Field(DEFAULT_DATE, description="Fixed date stamped in the system turn (reproducible data).")
+    knowledge_cutoff: str = DEFAULT_CUTOFF
+
+
+class Source(Strict):
+    path: str = Field(description="Hub dataset ID or local .jsonl/.json/.parquet file.")
+    name: str | None = Field(None, description="Hub dataset config (subset).")
+    split: str = "train"
+    mode: Literal["think", "no_think", "from_row"] = Field(
+        "from_row", description="Reasoning mode of the rows; `from_row` reads chat_template_kwargs."
+    )
+    fraction: float | None = Field(None, gt=0, description="Share of rows to take; >1 upsamples.")
+    tokens: int | None = Field(None, gt=0, description="Token budget; rows are up/down-sampled to it.")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.fraction is not None and self.tokens is not None:
+            raise ValueError("give either `fraction` or `tokens`, not both")
+        return self
+
+
+class DataSpec(Strict):
+    sources: list[Source] = Field(min_length=1)
+    seed: int = 42
+
+
+class PeftSpec(Strict):
+    r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class SamplingSpec(Strict):
+    """SmolLM3's published defaults."""
+
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(4096, gt=0)
+    seed: int = 0
+
+
+class BackendSpec(Strict):
+    kind: Literal["transformers", "vllm", "openai"] = "transformers"
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = None
+    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
+    batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
+
+    @model_validator(mode="after")
+    def _url(self):
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("backend `openai` needs `base_url` (e.g. http://host:8000/v1)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage recipes
+# ----------------------------------------------------------------------------------------------
+class _RecipeBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: runs/<name>/<stage>.")
+    description: str = ""
+    seed: int = 42
+    output_dir: str | None = Field(None, description="Default: runs/<name>/<stage>.")
+    _source: str | None = PrivateAttr(None)  # the YAML file, for messages and manifests
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)  # key path -> line in that file
+
+    def output_path(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}/{self.stage}")
+
+
+class TrainRecipe(_RecipeBase):
+    """midtrain / sft / apo: a model, a data mixture and TRL arguments."""
+
+    stage: Literal["midtrain", "sft", "apo"]
+    model: ModelSpec
+    ref_model: ModelSpec | None = Field(
+        None, description="APO only. Default: a frozen copy of `model` (or precomputed log-probs)."
+    )
+    chat: ChatSpec = ChatSpec()
+    data: DataSpec
+    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig.")
+    peft: PeftSpec | None = None
+
+
+class SynthRecipe(_RecipeBase):
+    """synth-traces (teacher in thinking mode) / synth-pairs (strong = chosen, weak = rejected)."""
+
+    stage: Literal["synth-traces", "synth-pairs"]
+    teacher: ModelSpec
+    weak: ModelSpec | None = Field(None, description="synth-pairs: the model whose answers are rejected.")
+    backend: BackendSpec = BackendSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    prompts: DataSpec
+    modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
+    max_prompts: int | None = Field(None, gt=0)
+    filters: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weak_for_pairs(self):
+        if self.stage == "synth-pairs" and self.weak is None:
+            raise ValueError("synth-pairs needs `weak` (the model whose answers become `rejected`)")
+        if self.weak is not None and self.weak.name_or_path == self.teacher.name_or_path:
+            raise ValueError("`weak` and `teacher` are the same model: a pair would compare a model with itself")
+        if self.stage == "synth-traces" and self.weak is not None:
+            raise ValueError("synth-traces uses only `teacher`; remove `weak`")
+        return self
+
+
+class MergeInput(Strict):
+    path: str
+    weight: float | None = Field(None, gt=0)
+
+
+class MergeRecipe(_RecipeBase):
+    """Soup of APO checkpoints, then linear soup : long-context checkpoint (0.9 : 0.1)."""
+
+    stage: Literal["merge"]
+    soup: list[MergeInput] = Field(min_length=1)
+    long_context: MergeInput
+    soup_weight: float = Field(0.9, gt=0, lt=1, description="Final = w * soup + (1 - w) * long_context.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    chat: ChatSpec = ChatSpec()
+    sweep: list[float] = Field(default_factory=list, description="Soup weights to merge and evaluate (0 < w <= 1).")
+    sweep_tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"ruler": {"lengths": [4096, 16384, 65536], "n": 20}, "math": {"n": 100}},
+        description="eval/ tasks scored at each sweep weight: long context and reasoning by default.")
+    sweep_modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
+    backend: BackendSpec = BackendSpec()
+    sampling: SamplingSpec = SamplingSpec()
+
+    @model_validator(mode="after")
+    def _sweep_weights(self):
+        bad = [w for w in self.sweep if not 0 < w <= 1]
+        if bad:
+            raise ValueError(f"sweep weights must be in (0, 1]; got {bad}")
+        return self
+
+
+class EvalRecipe(_RecipeBase):
+    stage: Literal["eval"]
+    models: list[str] = Field(min_length=1, description="Checkpoints: run dirs, local dirs, Hub IDs, embedded:...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    tasks: dict[str, dict[str, Any]] = Field(min_length=1, description="task name -> options (n, lengths, ...)")
+    modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
+    backend: BackendSpec = BackendSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    chat: ChatSpec = ChatSpec()
+
+
+RECIPE_CLASSES = {
+    **{s: TrainRecipe for s in TRAIN_STAGES},
+    "synth-traces": SynthRecipe, "synth-pairs": SynthRecipe, "merge": MergeRecipe, "eval": EvalRecipe,
+}
