@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from eval.tasks import check_tasks
 from merge.checks import check_compatible
 from merge.sweep import sweep
-from eval.tasks import check_tasks
 from pipeline.chat import template_text
 from pipeline.inputs import expand_glob, is_glob
 from pipeline.runs import stage_run

@@ -19,8 +19,16 @@ from pathlib import Path
 
 from pipeline.data import build_preference_mixture
 from pipeline.runs import is_main_process, stage_run
-from pipeline.train import (check_environment, finish, last_checkpoint, load_model, load_tokenizer,
-                            peft_config, rank_checksums, trl_args)
+from pipeline.train import (
+    check_environment,
+    finish,
+    last_checkpoint,
+    load_model,
+    load_tokenizer,
+    peft_config,
+    rank_checksums,
+    trl_args,
+)
 
 
 def run(recipe, overwrite: bool = False) -> Path:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.checks import check_recipe
 from pipeline.schema import RECIPE_CLASSES, STAGES
 
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-5` as a float (YAML 1.2); PyYAML's 1.1 rules make it a string,
     and a learning rate of "1e-5" would reach TRL as text."""

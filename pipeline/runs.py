@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
 from pipeline.recipe import recipe_hash

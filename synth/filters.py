@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pipeline.chat import MISSING_ANSWER, strip_think, think_block_problem
 

@@ -8,8 +8,16 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline.data import (BadRow, normalise_messages, pack, pack_wrapped, packing_stats, take_fraction,
-                           take_tokens, validate_conversation)
+from pipeline.data import (
+    BadRow,
+    normalise_messages,
+    pack,
+    pack_wrapped,
+    packing_stats,
+    take_fraction,
+    take_tokens,
+    validate_conversation,
+)
 
 USER = {"role": "user", "content": "Hi"}
 

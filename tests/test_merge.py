@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from merge.checks import MergeCheckError, check_compatible
 from merge.stage import run
-from pipeline.models import build_tiny_smollm3
 from pipeline.cli import load
+from pipeline.models import build_tiny_smollm3
 
 
 @pytest.fixture(scope="module")

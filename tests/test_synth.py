@@ -11,8 +11,8 @@ from conftest import REPO
 
 import synth.stage as synth_stage
 from eval.backends import Completion
-from pipeline.data import build_preference_mixture, build_sft_mixture
 from pipeline.cli import load
+from pipeline.data import build_preference_mixture, build_sft_mixture
 from pipeline.recipe import RecipeError, load_recipe
 from synth.filters import Contamination, NearDuplicates, apply_filters
 from synth.store import ShardStore, parse_shard

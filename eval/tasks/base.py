@@ -16,9 +16,10 @@ numbers, RULER per sub-task and length).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.chat import strip_think
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from eval.tasks.base import Example, Task, TaskContext, mean, package_dir, strip_think
 
