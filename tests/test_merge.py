@@ -142,7 +142,13 @@ def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_pat
     summary = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [r["weight"] for r in summary["rows"]] == [0.5, 1.0]
     assert set(summary["rows"][0]["scores"]) == {"ruler (no_think)", "mode (no_think)"}
-    assert summary["best_weight"] in (0.5, 1.0)
+    # the best weight is the highest mean score, ties going to the weight nearest soup_weight
+    for row in summary["rows"]:
+        assert row["mean"] == round(sum(row["scores"].values()) / len(row["scores"]), 4)
+    means = {row["weight"]: row["mean"] for row in summary["rows"]}
+    top = [w for w, m in means.items() if m == max(means.values())]
+    assert summary["best_weight"] == min(top, key=lambda w: abs(w - recipe.soup_weight))
+    assert summary["best_mean"] == max(means.values())
     assert (out / "sweep" / "sweep.png").is_file() and "Best weight" in (out / "sweep" / "sweep.md").read_text()
     a, b = weights(ckpts["a"]), weights(ckpts["b"])
     half, whole = weights(out / "sweep" / "w0.5"), weights(out / "sweep" / "w1")

@@ -1,10 +1,11 @@
 """Benchmarks, as ratios against a baseline measured in the same process (`make bench`).
 
-    python -m pipeline.bench [--rows 2000] [--train-steps 4] [--out runs/bench]
+    python benchmarks/bench.py [--rows 2000] [--train-steps 4] [--out runs/bench]
 
-1. data path: our tokenize + assistant mask + BFD pack, against TRL's own SFT data path
-   (`SFTTrainer._prepare_dataset` with assistant_only_loss and BFD packing) on the same rows,
-   in tokens/s; both single-process, both from conversational rows to packed, labelled rows.
+1. data path: our tokenize + assistant mask + BFD pack, against TRL's own SFT data path on the same
+   rows, in tokens/s; both single-process, both from conversational rows to packed, labelled rows.
+   TRL is called through its public API: constructing an `SFTTrainer` with assistant_only_loss and
+   BFD packing prepares the dataset (the model is loaded before the clock starts).
 2. packing efficiency (non-pad share) of BFD and wrapped against the 100% limit, on log-normal
    SFT-like document lengths.
 3. training: tokens/s of packed + padding-free batches against padded batches, same rows, same
@@ -20,6 +21,8 @@ import random
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, install_template, template_kwargs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +45,7 @@ def bench_data_path(tokenizer, rows: list[dict], seq_length: int) -> dict:
 
     from pipeline.data import Rendering, pack, packing_stats, tokenize_row, validate_conversation
 
-    rendering = Rendering("01 July 2025", "June 2025", assistant_only=True)
+    rendering = Rendering(DEFAULT_DATE, DEFAULT_CUTOFF, assistant_only=True)
     t0 = time.perf_counter()
     tokenized = []
     for r in rows:
@@ -53,16 +56,14 @@ def bench_data_path(tokenizer, rows: list[dict], seq_length: int) -> dict:
     tokens = packing_stats(ours, seq_length)["tokens"]
 
     # TRL: the same rows as conversational data, the same template kwargs, its own preparation.
-    conv = Dataset.from_list([{"messages": r["messages"],
-                               "chat_template_kwargs": {"enable_thinking": r["thinking"], "today_date": "01 July 2025"}}
+    conv = Dataset.from_list([{"messages": r["messages"], "chat_template_kwargs": template_kwargs(r["thinking"])}
                               for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, max_length=seq_length, packing=True, packing_strategy="bfd",
                          assistant_only_loss=True, report_to="none", bf16=False)
         model = AutoModelForCausalLM.from_pretrained(_tiny())
-        trainer = SFTTrainer(model=model, args=args, train_dataset=conv.select(range(8)), processing_class=tokenizer)
         t0 = time.perf_counter()
-        theirs = trainer._prepare_dataset(conv, tokenizer, args, True, None, "bench")
+        theirs = SFTTrainer(model=model, args=args, train_dataset=conv, processing_class=tokenizer).train_dataset
         trl_s = time.perf_counter() - t0
     trl_tokens = sum(len(x) for x in theirs["input_ids"])
     return {"rows": len(rows), "seq_length": seq_length, "ours_tokens": tokens, "trl_tokens": trl_tokens,
@@ -93,13 +94,12 @@ def bench_training(rows: list[dict], steps: int, seq_length: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.chat import install_template
     from pipeline.data import Rendering, pack, tokenize_row
     from pipeline.models import resolve_model
 
     path = resolve_model("embedded:smollm2-135m-instruct")
     tokenizer = install_template(AutoTokenizer.from_pretrained(path))
-    rendering = Rendering("01 July 2025", "June 2025", assistant_only=True)
+    rendering = Rendering(DEFAULT_DATE, DEFAULT_CUTOFF, assistant_only=True)
     tokenized = Dataset.from_list([tokenize_row(tokenizer, r["messages"], r["thinking"], rendering) for r in rows])
     packed = pack(tokenized, seq_length, "bfd")
     # padded batches hold about as many real tokens per step as one packed row
@@ -140,8 +140,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer
-
-    from pipeline.chat import install_template
 
     tokenizer = install_template(AutoTokenizer.from_pretrained(_tiny()))
     rows = demo_rows(args.rows)
