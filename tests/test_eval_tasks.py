@@ -6,7 +6,6 @@ from transformers import AutoTokenizer
 
 from eval.tasks import IFEvalTask, MathTask, ModeTask, RulerTask, strip_think
 from eval.tasks.base import Example, TaskContext
-from eval.tasks.math import final_answer
 from eval.tasks.tools import parse_calls
 
 
@@ -27,10 +26,10 @@ def test_math_right_wrong_and_equivalent_forms():
     assert score(task, math_example("204"), "It takes \\boxed{203} minutes.") == 0.0
     for form in ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}", "so the answer is 0.5"):
         assert score(task, math_example("\\frac{1}{2}"), form) == 1.0, form
-    assert score(task, math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 1.0  # the last one counts
+    # math-verify reads several boxed answers as one set: hedging between answers is not the answer
+    assert score(task, math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 0.0
     assert score(task, math_example("3"), "<think>\\boxed{3}</think> I give up.") == 0.0  # answer, not reasoning
     assert score(task, math_example("3"), "") == 0.0
-    assert final_answer("\\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
 
 
 def test_math_examples_from_the_package_are_seeded():

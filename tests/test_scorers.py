@@ -254,3 +254,70 @@ def test_checker_import_leaves_no_stand_in_behind():
     official_checker()
     assert "bfcl_eval.constants.model_config" not in sys.modules
     assert not any(m.split(".")[0] in {"openai", "anthropic", "mistralai", "cohere"} for m in sys.modules)
+
+
+# ---- math --------------------------------------------------------------------------------------
+def math_score(reference, completion):
+    from eval.tasks import MathTask
+
+    return MathTask().score(Example(id="m", messages=[], target=reference), completion, "think")["score"]
+
+
+@pytest.mark.parametrize("reference, completion, right", [
+    # math-verify reads the answer text: an anchored answer, not the last number in the sentence
+    ("204", "Final answer: 204 minutes, including the 24 minutes spent in the coffee shop.", True),
+    ("24", "Final answer: 204 minutes, including the 24 minutes spent in the coffee shop.", False),
+    ("204", "The final answer is $204$ minutes, including $24$ minutes.", True),
+    # a LaTeX fraction is one number, not its denominator
+    ("\\frac{3}{4}", "The probability is $\\frac{3}{4}$.", True),
+    ("4", "The probability is $\\frac{3}{4}$.", False),
+    ("2", "So we get $\\frac{1}{2}$.", False),
+    ("0.5", "So we get $\\frac{1}{2}$.", True),
+    ("\\frac{1}{2}", "so the answer is 0.5", True),
+    ("\\frac{\\sqrt{6}}{4}", "Hence $\\boxed{\\dfrac{\\sqrt 6}{4}}$.", True),
+    ("(-\\infty,-1)\\cup(6,+\\infty)", "\\boxed{(-\\infty,-1)\\cup(6,\\infty)}", True),
+    ("$4049$", "\\boxed{4049}", True),  # CNMO writes its answers inside $...$
+    # a CNMO answer math-verify cannot turn into mathematics is compared as text, not read as "0"
+    ("$\\lambda=2\\sqrt{2}, A(\\pm 1, 0)$", "\\boxed{0}", False),
+    ("$\\lambda=2\\sqrt{2}, A(\\pm 1, 0)$", "\\boxed{\\lambda=2\\sqrt{2}, A(\\pm 1, 0)}", True),
+    ("204", "<think>\\boxed{204}</think> I could not finish.", False),  # the think block is not the answer
+    ("204", "", False),
+])
+def test_math_reads_the_answer_text_with_math_verify(reference, completion, right):
+    assert math_score(reference, completion) == float(right)
+
+
+def test_no_shipped_reference_is_satisfied_by_zero():
+    """A reference that parses to 0 by accident makes `\\boxed{0}` right; only real zeros may."""
+    from eval.tasks import MathTask
+
+    for row in MathTask().rows():
+        gold = str(row["answer"]).strip("$ ")
+        assert math_score(row["answer"], "\\boxed{0}") == float(gold == "0"), row["answer"]
+
+
+def test_every_check_has_a_deadline_in_the_main_thread_and_in_threads():
+    import threading
+    import time
+
+    from eval.tasks.math import check
+
+    assert check("204", "\\boxed{204}") == "equal"  # the helper is up: what follows times checking only
+    start = time.monotonic()
+    assert check("204", "\\boxed{10^{10^{10}}}", timeout_s=1) in {"different", "timeout"}
+    verdicts = []
+    worker = threading.Thread(target=lambda: verdicts.append(check("204", "\\boxed{10^{10^{10}}}", timeout_s=1)))
+    worker.start()
+    worker.join(30)
+    assert verdicts and verdicts[0] in {"different", "timeout"}
+    assert time.monotonic() - start < 12
+    assert check("204", "\\boxed{204}") == "equal"
+
+
+def test_a_dead_helper_is_replaced():
+    from eval.tasks.math import _CHECKER, check
+
+    assert check("1/2", "\\boxed{0.5}") == "equal"
+    _CHECKER.process.kill()
+    _CHECKER.process.wait()
+    assert check("1/2", "\\boxed{0.5}") == "equal"
