@@ -321,3 +321,86 @@ def test_a_dead_helper_is_replaced():
     _CHECKER.process.kill()
     _CHECKER.process.wait()
     assert check("1/2", "\\boxed{0.5}") == "equal"
+
+
+# ---- ifeval ------------------------------------------------------------------------------------
+def ifeval_example(ids, kwargs, prompt="p"):
+    return Example(id="i", messages=[], target={"instruction_id_list": ids, "kwargs": kwargs}, meta={"prompt": prompt})
+
+
+SENTENCES = ["length_constraints:number_sentences"]
+
+
+def test_punkt_ships_with_the_package_and_splits_as_nltk_english():
+    import nltk
+
+    from eval.tasks.ifeval import punkt_available
+
+    assert punkt_available()
+    # NLTK's English Punkt: its abbreviations (dr, p.m, mrs, prof, jan, u.s.a) end no sentence, "e.g" is not one
+    assert nltk.sent_tokenize("Dr. Smith arrived at 5 p.m. today. He left at once.") == [
+        "Dr. Smith arrived at 5 p.m. today.", "He left at once."]
+    assert nltk.sent_tokenize("Mr. and Mrs. Brown met Prof. Lee on Jan. 5. They talked.") == [
+        "Mr. and Mrs. Brown met Prof. Lee on Jan. 5.", "They talked."]
+    assert nltk.sent_tokenize("The U.S.A. is large. It cost 1,000 dollars.") == [
+        "The U.S.A. is large.", "It cost 1,000 dollars."]
+    assert nltk.sent_tokenize("Wait... what? No way! Really.") == ["Wait... what?", "No way!", "Really."]
+    assert nltk.sent_tokenize('He said "Stop." Then he left.') == ['He said "Stop."', "Then he left."]
+    assert nltk.sent_tokenize("See e.g. the appendix. It is short.") == ["See e.g.", "the appendix.", "It is short."]
+
+
+def test_number_of_sentences_is_scored():
+    from eval.tasks import IFEvalTask
+
+    task = IFEvalTask()
+    fewer_than_3 = ifeval_example(SENTENCES, [{"num_sentences": 3, "relation": "less than"}])
+    assert task.score(fewer_than_3, "Dr. Smith arrived at 5 p.m. today. He left.", "no_think")["score"] == 1.0
+    assert task.score(fewer_than_3, "One. Two. Three.", "no_think")["score"] == 0.0
+    capitals = ifeval_example(["change_case:capital_word_frequency"],
+                              [{"capital_frequency": 2, "capital_relation": "less than"}])
+    one_capital = task.score(capitals, "HELLO there", "no_think")
+    assert one_capital["score"] == 1.0 and one_capital["unavailable"] == 0
+    assert task.score(capitals, "HELLO THERE WORLD", "no_think")["score"] == 0.0
+
+
+def test_ifeval_four_numbers_as_google_defines_them():
+    from eval.tasks import IFEvalTask
+
+    task = IFEvalTask()
+    lower_no_comma = ifeval_example(["change_case:english_lowercase", "punctuation:no_comma"], [{}, {}])
+    end = ifeval_example(["startend:end_checker"], [{"end_phrase": "Keep going."}])
+    examples = [lower_no_comma, lower_no_comma, end, end]
+    completions = ["all lower, no", "all lower and no comma", "Keep going.\n**Sure**", ""]
+    scores = [task.score(e, c, "no_think") for e, c in zip(examples, completions)]
+    result = task.aggregate(examples, scores)
+    # prompts: fail (comma), pass, strict fail / loose pass (without its last line), empty fails
+    assert result["prompt_strict"] == 0.25 and result["prompt_loose"] == 0.5
+    # instructions: 1+2+0+0 of 6 strict, 1+2+1+0 of 6 loose
+    assert result["instruction_strict"] == round(3 / 6, 4) and result["instruction_loose"] == round(4 / 6, 4)
+    assert result["score"] == result["prompt_strict"] and result["unavailable_instructions"] == 0
+
+
+def test_unavailable_instructions_leave_numerator_and_denominator(monkeypatch):
+    import eval.tasks.ifeval as ifeval
+
+    monkeypatch.setattr(ifeval, "punkt_available", lambda: False)
+    task = ifeval.IFEvalTask()
+    mixed = ifeval_example(SENTENCES + ["punctuation:no_comma"], [{"num_sentences": 3, "relation": "less than"}, {}])
+    only = ifeval_example(SENTENCES, [{"num_sentences": 3, "relation": "less than"}])
+    lower = ifeval_example(["change_case:english_lowercase"], [{}])
+    examples = [mixed, only, lower]
+    scores = [task.score(e, c, "no_think") for e, c in zip(examples, ["No commas here.", "One. Two.", "UPPER"])]
+    result = task.aggregate(examples, scores)
+    # prompt level: only `lower` can be judged whole (and fails); instruction level: no_comma passes, lowercase fails
+    assert result["prompt_strict"] == 0.0 and result["prompts_left_out"] == 2
+    assert result["instruction_strict"] == 0.5 and result["unavailable_instructions"] == 2
+
+
+def test_only_google_ifeval_is_comparable():
+    from eval.tasks import IFEvalTask
+
+    task = IFEvalTask()
+    ex = ifeval_example(["punctuation:no_comma"], [{}])
+    shipped = task.aggregate([ex], [task.score(ex, "no comma", "no_think")])
+    assert shipped["comparable"] == 0.0 and "shipped" in shipped["source"]
+    assert IFEvalTask(source="google/IFEval").aggregate([ex], [task.score(ex, "x", "no_think")])["comparable"] == 1.0
