@@ -166,7 +166,8 @@ def test_mode_adherence():
     assert score(task, mode_example("think"), "<think>\n\n</think>\n100 °C.") == 0.0  # empty reasoning
     assert score(task, mode_example("think"), "<think>\nreasoning cut off") == 0.0
     assert score(task, mode_example("no_think"), "100 °C.") == 1.0
-    assert score(task, mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 1.0
+    # the template already wrote the empty block into the prompt: a second one is not the answer
+    assert score(task, mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 0.0
     assert score(task, mode_example("no_think"), "<think>\nLet me think.\n</think>\n100 °C.") == 0.0
     assert score(task, mode_example("no_think"), "") == 0.0
     assert len(ModeTask().examples(n=5)) == 5

@@ -404,3 +404,53 @@ def test_only_google_ifeval_is_comparable():
     shipped = task.aggregate([ex], [task.score(ex, "no comma", "no_think")])
     assert shipped["comparable"] == 0.0 and "shipped" in shipped["source"]
     assert IFEvalTask(source="google/IFEval").aggregate([ex], [task.score(ex, "x", "no_think")])["comparable"] == 1.0
+
+
+# ---- mode adherence ----------------------------------------------------------------------------
+NO_THINK_BAD = [
+    "Okay, so the user is asking about the boiling point of water. At sea level it is 100 °C.\n\n100 °C.",
+    "Alright, let me figure this out. 15% of 200 is 30.\n\n30",
+    "Let's think step by step. 15% of 200 is 0.15 × 200 = 30. The answer is 30.",
+    "Let me think. A hexagon has six sides.",
+    "Hmm, 91 = 7 × 13, so no.",
+    "First, I need to recall the capital of Canada. It is Ottawa.",
+    "The user wants a synonym for happy. Joyful.",
+    "91 is prime. Wait, 7 × 13 = 91, so it is not prime.",
+    "30. Let me double-check: 0.15 × 200 = 30.",
+    "<think>\n15% of 200 = 30\n</think>\n30",
+    "<think>\n\n</think>\n30",  # a second empty block: the template already wrote one
+    "30 </think>",
+    "",
+    "   \n",
+]
+NO_THINK_GOOD = [
+    "Water boils at 100 °C (212 °F) at sea level.",
+    "Okay! How about Whiskers?",
+    "Red, yellow and blue.",
+    "No: 91 = 7 × 13.",
+    "First, note that a leap year has 366 days.",
+    "Ottawa. Let me know if you want more facts about Canada.",
+    "Merci.",
+]
+THINK_BAD = [
+    "100 °C.",  # answered directly
+    "<think>\n\n</think>\n100 °C.",  # empty reasoning
+    "<think>\nAt sea level water boils at",  # cut off while reasoning
+    "<think>\nAt sea level water boils at 100 °C.\n</think>\n",  # no answer
+    "100 °C.\n<think>\nchecking\n</think>",  # the block does not open the turn
+    "<think>\na\n</think>\n<think>\nb\n</think>\n100 °C.",  # two blocks
+    "",
+]
+THINK_GOOD = ["<think>\nAt sea level water boils at 100 °C.\n</think>\n\n100 °C.",
+              "<think>Six sides.</think>A hexagon has 6 sides."]
+
+
+@pytest.mark.parametrize("mode, completion, follows", [("no_think", c, False) for c in NO_THINK_BAD]
+                         + [("no_think", c, True) for c in NO_THINK_GOOD] + [("think", c, False) for c in THINK_BAD]
+                         + [("think", c, True) for c in THINK_GOOD])
+def test_each_mode_half_can_fail_on_realistic_bad_outputs(mode, completion, follows):
+    from eval.tasks import ModeTask
+    from eval.tasks.mode import mode_problem
+
+    ex = Example(id="m", messages=[], target=None)
+    assert ModeTask().score(ex, completion, mode)["score"] == float(follows), mode_problem(completion, mode)
