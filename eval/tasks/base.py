@@ -16,6 +16,7 @@ numbers, RULER per sub-task and length).
 from __future__ import annotations
 
 import importlib.util
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 from pipeline.chat import strip_think
 
-__all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "strip_think"]
+__all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "sample_indices", "strip_think"]
 
 
 @dataclass
@@ -78,6 +79,14 @@ class Task:
 
     def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
         return {"score": mean(s["score"] for s in scores)}
+
+
+def sample_indices(count: int, n: int | None, seed: int) -> list[int]:
+    """`n` of `count` rows (all when n is None), in a seeded random order: the same seed draws the
+    same examples on every machine, and a larger n extends a smaller one's draw."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return order if n is None else order[:n]
 
 
 def mean(values) -> float | None:

@@ -24,15 +24,14 @@ with one is left out of the prompt-level numbers) and counted in `unavailable_in
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from eval.tasks.base import Example, Task, TaskContext, mean, strip_think
+from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices, strip_think
+from pipeline.files import read_jsonl
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
 HUB_SOURCE = "google/IFEval"
@@ -133,17 +132,15 @@ class IFEvalTask(Task):
 
             return list(load_dataset(self.source, split="train"))
         path = Path(self.source) if self.source else SHIPPED
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path)
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
         return [Example(id=f"ifeval-{rows[i].get('key', i)}",
                         messages=[{"role": "user", "content": rows[i]["prompt"]}],
                         target={"instruction_id_list": rows[i]["instruction_id_list"], "kwargs": rows[i]["kwargs"]},
                         meta={"prompt": rows[i]["prompt"]})
-                for i in (order if n is None else order[:n])]
+                for i in sample_indices(len(rows), n, seed)]
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         d = self.score_details(example, completion)

