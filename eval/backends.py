@@ -19,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
+from pipeline.errors import UserError
 
 
 @dataclass
@@ -121,7 +122,7 @@ class VLLMBackend:
         try:
             from vllm import LLM
         except ImportError:
-            raise RuntimeError("backend `vllm` needs vLLM, in its own environment on a GPU machine: "
+            raise UserError("backend `vllm` needs vLLM, in its own environment on a GPU machine: "
                                "`pip install -e '.[vllm]'` in a fresh venv (it pins its own torch)") from None
         from transformers import AutoTokenizer
 

@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import UserError
 
-class MergeCheckError(ValueError):
+
+class MergeCheckError(UserError):
     """Checkpoints that cannot be merged; the message lists every incompatibility."""
 
 

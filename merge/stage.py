@@ -23,6 +23,7 @@ from eval.tasks import check_tasks
 from merge.checks import check_compatible
 from merge.sweep import sweep
 from pipeline.chat import template_text
+from pipeline.errors import UserError
 from pipeline.inputs import expand_glob, is_glob
 from pipeline.runs import stage_run
 
@@ -40,7 +41,7 @@ def soup_inputs(recipe) -> list[tuple[str, float]]:
         members += [(p, item.weight) for p in paths]
     if any(w is None for _, w in members):
         if any(w is not None for _, w in members):
-            raise ValueError(f"{recipe._source}: give every soup member a weight, or none (uniform)")
+            raise UserError(f"{recipe._source}: give every soup member a weight, or none (uniform)")
         members = [(p, 1.0 / len(members)) for p, _ in members]
     return members
 

@@ -6,8 +6,9 @@
     smolalign prepare-model [NAME ...]        # build the embedded default checkpoints
     smolalign demo                            # the whole pipeline on recipes/demo/, CPU
 
-Stages: midtrain, synth-traces, synth-pairs, sft, apo, merge, eval. Exit codes: 0 ok, 2 bad recipe
-or missing input (nothing was loaded or written), 1 the stage failed while running.
+Stages: midtrain, synth-traces, synth-pairs, sft, apo, merge, eval. Exit codes: 0 ok; 2 an error the
+user can fix (a bad recipe or input, a busy or foreign run directory: one line on stderr, and a
+recipe error is found before anything loads); 1 a bug or a failure while running (traceback).
 
 This module is the top of the house: it dispatches to the stage modules by name (STAGE_MODULES),
 so the foundation it lives in never imports a stage. Each stage module has `run(recipe, ...)` and
@@ -22,6 +23,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, raise_problems
 from pipeline.schema import STAGES
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_stage(stage, path, args.overrides, args.overwrite, args.shard)
             return 0
         return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
-    except (RecipeError, FileExistsError, FileNotFoundError) as e:
+    except UserError as e:  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
 

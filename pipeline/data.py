@@ -34,6 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.chat import THINK_OPEN, template_kwargs, think_block_problem
+from pipeline.errors import UserError
 from pipeline.inputs import classify_input
 from pipeline.schema import Source, TrainRecipe
 
@@ -69,7 +70,7 @@ def load_source(source: Source) -> Iterable[dict[str, Any]]:
         from datasets import load_dataset
 
         return load_dataset("parquet", data_files=str(path), split="train")
-    raise ValueError(f"{source.path}: unsupported file type; use .jsonl, .json or .parquet")
+    raise UserError(f"{source.path}: unsupported file type; use .jsonl, .json or .parquet")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
     return rows
 
 
@@ -448,7 +449,7 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
               "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": count[i], "quarantined": bad[i]}
                           for i, s in enumerate(recipe.data.sources)]}
     if not rows:
-        raise ValueError(f"{recipe._source}: no usable preference pairs; see {quarantine_path}")
+        raise UserError(f"{recipe._source}: no usable preference pairs; see {quarantine_path}")
     columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
     return Dataset.from_list([{k: r[k] for k in columns} for r in rows]), report
 

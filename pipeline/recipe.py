@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.checks import check_recipe
+from pipeline.errors import UserError
 from pipeline.schema import RECIPE_CLASSES, STAGES
 
 
@@ -48,7 +49,7 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that cannot run. Lists every problem found, each with its key path."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):

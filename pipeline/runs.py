@@ -10,28 +10,37 @@ its hash, a fingerprint of every input, package versions, the git commit, metric
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+from pipeline.files import write_json_atomic
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
 from pipeline.recipe import recipe_hash
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",
             "vllm", "deepspeed", "flash-attn")
+
+
+class RunError(UserError, FileExistsError):
+    """A run directory that cannot be used as asked (finished, foreign, busy, or holding another recipe)."""
 
 
 @dataclass
@@ -48,43 +57,130 @@ class Run:
         self.manifest.update(updates, metrics=self.metrics)
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
+    def end_attempt(self, status: str, **updates) -> None:
+        """Close this attempt (status, duration) and total the durations of every attempt."""
+        attempt = self.manifest["attempts"][-1]
+        attempt.update(status=status, finished_at=_now(), duration_s=round(time.time() - self.t0, 3))
+        total = round(sum(a.get("duration_s", 0.0) for a in self.manifest["attempts"]), 3)
+        self.save_manifest(status=status, finished_at=attempt["finished_at"], duration_s=total, **updates)
+
+
+def partial_path(final: Path) -> Path:
+    """Where a stage writes until it has finished: `<out>.partial` beside `<out>`."""
+    return final.with_name(final.name + ".partial")
+
 
 @contextmanager
 def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     """Open `<out>.partial/`, yield a Run, and on success rename it to `<out>/` (status complete).
 
     On an exception the partial dir stays (status failed, with the error) so the job can resume,
-    and nothing at `<out>/` looks finished.
+    and nothing at `<out>/` looks finished. Only one process at a time may hold a run directory,
+    and a directory that is not one of our runs is never written into, moved or deleted.
     """
     final = recipe.output_path()
-    partial = final.with_name(final.name + ".partial")
-    if (final / MANIFEST).exists() and not overwrite:
-        raise FileExistsError(f"{final} already holds a finished {recipe.stage} run; pass --overwrite "
-                              f"to replace it, or set output_dir / name in the recipe")
-    run = Run(path=partial, final=final, manifest=new_manifest(recipe))
-    previous = read_manifest(partial)
-    if previous and previous.get("recipe_sha256") != run.manifest["recipe_sha256"]:
-        raise FileExistsError(f"{partial} holds an interrupted run of a different recipe (sha256 "
-                              f"{previous.get('recipe_sha256', '?')[:12]}); resuming it would mix the two. "
-                              f"Delete {partial} to start over, or rerun the recipe it was started with.")
-    run.manifest["resumed"] = previous is not None
-    # Several ranks share one run dir: only rank 0 writes the manifest and promotes the result.
+    partial = partial_path(final)
     main = is_main_process()
+    with run_lock(final) if main else nullcontext():
+        run = _open(recipe, final, partial, overwrite, main)
+        try:
+            yield run
+        except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
+            if main:
+                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                try:
+                    run.end_attempt("failed", error=error)
+                except Exception as manifest_error:  # the original error is the one to show
+                    print(f"warning: could not record the failure in {partial / MANIFEST}: {manifest_error}",
+                          file=sys.stderr)
+            raise
+        _barrier()  # every rank has written its share before the directory moves
+        if main:
+            run.end_attempt("complete")
+            _promote(partial, final)
+        _barrier()
+
+
+def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Run:
+    """Check the output and partial directories, then start (or resume) the run's manifest."""
+    _refuse_foreign(final, "output directory")
+    _refuse_foreign(partial, "partial directory")
+    if (final / MANIFEST).exists() and not overwrite:
+        raise RunError(f"{final} already holds a finished {recipe.stage} run; pass --overwrite "
+                       f"to replace it, or set output_dir / name in the recipe")
+    manifest = new_manifest(recipe)
+    previous = read_manifest(partial)
+    if previous and previous.get("identity_sha256") != manifest["identity_sha256"]:
+        if not overwrite:
+            raise RunError(f"{partial} holds an interrupted run of a different recipe (sha256 "
+                           f"{str(previous.get('recipe_sha256', '?'))[:12]}); resuming it would mix the two. "
+                           f"Pass --overwrite to discard it and start over, or rerun the recipe it was started with.")
+        if main:
+            shutil.rmtree(partial)
+        previous = None
+    manifest["resumed"] = previous is not None
+    manifest["attempts"] = (previous or {}).get("attempts", []) + [{"started_at": manifest["started_at"],
+                                                                    "host": socket.gethostname(), "pid": os.getpid()}]
+    run = Run(path=partial, final=final, manifest=manifest)
     if main:
         partial.mkdir(parents=True, exist_ok=True)
         run.save_manifest()
-    try:
-        yield run
-    except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
-        if main:
-            run.save_manifest(status="failed", finished_at=_now(),
-                              error="".join(traceback.format_exception_only(type(exc), exc)).strip())
-        raise
-    _barrier()  # every rank has written its share before the directory moves
-    if main:
-        run.save_manifest(status="complete", finished_at=_now(), duration_s=round(time.time() - run.t0, 1))
-        _promote(partial, final)
-    _barrier()
+    return run
+
+
+def join_run(recipe) -> Path:
+    """The partial directory of a run whose work is split over machines (`synth --shard i/n`): each
+    share writes its own files in it, and a last `stage_run` collects and finishes. The first share
+    writes the run's manifest; a share of a different recipe is refused, so two recipes never mix."""
+    final = recipe.output_path()
+    partial = partial_path(final)
+    _refuse_foreign(final, "output directory")
+    _refuse_foreign(partial, "partial directory")
+    if (final / MANIFEST).exists():
+        raise RunError(f"{final} already holds a finished {recipe.stage} run; pass --overwrite to the collecting "
+                       "run (without --shard) to replace it")
+    manifest = new_manifest(recipe)
+    previous = read_manifest(partial)
+    if previous and previous.get("identity_sha256") != manifest["identity_sha256"]:
+        raise RunError(f"{partial} holds a run of a different recipe (sha256 "
+                       f"{str(previous.get('recipe_sha256', '?'))[:12]}); its shares would mix with this one's. "
+                       "Use the recipe it was started with, or another output_dir.")
+    if previous is None:
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(partial / MANIFEST, {**manifest, "status": "sharded", "attempts": []})
+    return partial
+
+
+def _refuse_foreign(path: Path, what: str) -> None:
+    """A non-empty directory without our manifest was not made by us: never touch it."""
+    if path.is_dir() and not (path / MANIFEST).is_file() and any(path.iterdir()):
+        raise RunError(f"{path} is not a smolalign run (no {MANIFEST}) and is not empty; the {what} must be "
+                       f"one of our runs or empty: choose another output_dir (or name), or empty it yourself")
+
+
+@contextmanager
+def run_lock(final: Path) -> Iterator[None]:
+    """Hold `<out>.lock` while the run is open. flock is released by the kernel when its process
+    dies, so a killed run's lock is taken over by the next one; the file says who holds it."""
+    lock = final.with_name(final.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunError(f"{final} is in use by {holder}; wait for it to finish, or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {_now()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def is_main_process() -> bool:
@@ -102,15 +198,45 @@ def _barrier() -> None:
 
 
 def _promote(partial: Path, final: Path) -> None:
-    """Replace `final` with `partial` so that at no point a half-written `final` exists."""
+    """Replace `final` (one of our runs, or absent or empty) with `partial`, so that at no point a
+    half-written `final` exists."""
     trash = final.with_name(final.name + ".old")
-    if trash.exists():
+    if trash.exists() and (trash / MANIFEST).is_file():
         shutil.rmtree(trash)
     if final.exists():
         final.rename(trash)
     partial.rename(final)
     if trash.exists():
         shutil.rmtree(trash)
+
+
+# Recipe fields that do not change what a run computes: editing them does not block a resume.
+NON_IDENTITY_FIELDS = {"description", "output_dir"}
+NON_IDENTITY_TRAINING_KEYS = {"logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name",
+                              "disable_tqdm", "save_total_limit", "push_to_hub", "hub_model_id", "hub_token",
+                              "hub_private_repo", "hub_strategy"}
+SECRET = re.compile(r"token|key|secret|password", re.I)
+
+
+def identity_hash(recipe) -> str:
+    """sha256 of the fields that define what a run computes (the recipe less NON_IDENTITY_*)."""
+    data = recipe.model_dump(mode="json")
+    for name in NON_IDENTITY_FIELDS:
+        data.pop(name, None)
+    if isinstance(data.get("training"), dict):
+        data["training"] = {k: v for k, v in data["training"].items() if k not in NON_IDENTITY_TRAINING_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """The recipe as the manifest shows it: values under token/key/secret/password keys hidden."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if SECRET.search(key) and isinstance(value, str) and value:
+        return "<redacted>"
+    return value
 
 
 def new_manifest(recipe) -> dict[str, Any]:
@@ -121,7 +247,8 @@ def new_manifest(recipe) -> dict[str, Any]:
         "started_at": _now(),
         "recipe_file": getattr(recipe, "_source", None),
         "recipe_sha256": recipe_hash(recipe),
-        "recipe": recipe.model_dump(mode="json"),
+        "identity_sha256": identity_hash(recipe),
+        "recipe": redact(recipe.model_dump(mode="json")),
         "inputs": input_fingerprints(recipe),
         "versions": package_versions(),
         "git": git_state(),
@@ -194,14 +321,6 @@ def git_state() -> dict[str, Any]:
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write via a temp file + rename: a reader never sees half a JSON file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _now() -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.chat import has_generation_markers, template_text
 from pipeline.checks import trl_config_class
+from pipeline.errors import UserError
 from pipeline.models import resolve_model
 from pipeline.schema import ModelSpec, TrainRecipe
 
@@ -31,7 +32,7 @@ def load_tokenizer(recipe: TrainRecipe):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if recipe.training.get("assistant_only_loss") and not has_generation_markers(tokenizer.chat_template or ""):
-        raise ValueError(f"{recipe.model.name_or_path}: assistant_only_loss needs a template with "
+        raise UserError(f"{recipe.model.name_or_path}: assistant_only_loss needs a template with "
                          "{% generation %} markers; set chat.template: smollm3")
     return tokenizer
 
@@ -55,10 +56,10 @@ def check_environment(recipe: TrainRecipe) -> None:
     t = recipe.training
     if not torch.cuda.is_available():
         if t.get("bf16") or t.get("fp16"):
-            raise ValueError(f"{recipe._source}: training.bf16/fp16 need a GPU and none is visible; "
+            raise UserError(f"{recipe._source}: training.bf16/fp16 need a GPU and none is visible; "
                              "use --set training.bf16=false on CPU")
         if recipe.model.attn_implementation.startswith("flash_attention"):
-            raise ValueError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
+            raise UserError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
                              "needs a GPU; use sdpa on CPU (--set model.attn_implementation=sdpa)")
     trackers = t.get("report_to", "none")
     for tracker in [trackers] if isinstance(trackers, str) else trackers:
@@ -66,13 +67,13 @@ def check_environment(recipe: TrainRecipe) -> None:
             import importlib.util
 
             if importlib.util.find_spec(tracker) is None:
-                raise ValueError(f"{recipe._source}: training.report_to asks for {tracker}, which is not installed: "
+                raise UserError(f"{recipe._source}: training.report_to asks for {tracker}, which is not installed: "
                                  "`pip install -e '.[tracking]'`, or --set training.report_to=none")
     if t.get("use_liger_kernel"):
         try:
             import liger_kernel  # noqa: F401
         except ImportError:
-            raise ValueError(f"{recipe._source}: training.use_liger_kernel needs `pip install -e '.[gpu]'`") from None
+            raise UserError(f"{recipe._source}: training.use_liger_kernel needs `pip install -e '.[gpu]'`") from None
 
 
 def peft_config(recipe: TrainRecipe):

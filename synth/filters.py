@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.chat import MISSING_ANSWER, strip_think, think_block_problem
+from pipeline.errors import UserError
 
 WORD = re.compile(r"\w+")
 
@@ -149,7 +150,7 @@ def _verifier(name: str | None):
     if not name:
         return None
     if name != "math":
-        raise ValueError(f"filters.verify: {name!r} is not a verifier; available: math")
+        raise UserError(f"filters.verify: {name!r} is not a verifier; available: math")
     from eval.tasks.base import Example
     from eval.tasks.math import MathTask
 

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 from eval.backends import Request, Sampling, make_backend
 from pipeline.data import load_source
+from pipeline.errors import UserError
 from pipeline.models import resolve_model
-from pipeline.runs import stage_run, write_json_atomic
+from pipeline.runs import join_run, run_lock, stage_run, write_json_atomic
 from synth.filters import FILTER_SETTINGS, apply_filters
 from synth.store import ShardStore, key_shard, parse_shard, read_all, work_key
 
@@ -193,10 +194,11 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
     i, n = parse_shard(shard)
     prompts = load_prompts(recipe)
     if not prompts:
-        raise ValueError(f"{recipe._source}: no prompts found in prompts.sources (rows need `messages` or `prompt`)")
-    partial = recipe.output_path().with_name(recipe.output_path().name + ".partial")
+        raise UserError(f"{recipe._source}: no prompts found in prompts.sources (rows need `messages` or `prompt`)")
     if n > 1:  # one machine's share: generate and stop; a final run without --shard collects
-        _generate_all(recipe, prompts, partial / "shards", (i, n))
+        partial = join_run(recipe)  # the run's manifest: shares of different recipes never mix
+        with run_lock(partial / "shards" / f"shard-{i}-of-{n}"):  # one writer per shard file
+            _generate_all(recipe, prompts, partial / "shards", (i, n))
         print(f"{recipe.stage}: shard {i}/{n} done -> {partial / 'shards'}; "
               f"run once more without --shard to collect, filter and finish")
         return partial

@@ -2,8 +2,10 @@
 
 Work is keyed by a hash of everything that determines a generation: the prompt messages, the model,
 the sampling parameters and the template kwargs (mode). A shard file is append-only JSONL, flushed
-and fsynced after every batch. On restart, the keys already on disk are skipped; a last line cut
-short by a crash is dropped (its work is simply redone). Duplicate keys cannot arise: a key is
+and fsynced after every batch, and written by one process at a time (the shard run holds a lock on
+it). On restart, the keys already on disk are skipped; a last line cut short by a crash is dropped
+(its work is simply redone); an unreadable line is skipped and counted, never a reason to drop the
+lines after it. Other shards' files are only ever read. Duplicate keys cannot arise: a key is
 written by one shard only (`key_shard`), and once per run of it.
 """
 
@@ -15,6 +17,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import UserError
 
 
 def work_key(messages: list[dict], model: str, sampling: dict[str, Any], template_kwargs: dict[str, Any]) -> str:
@@ -34,38 +38,26 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/8") from None
+        raise UserError(f"--shard {text!r}: expected i/n, e.g. 0/8") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {text!r}: need 0 <= i < n")
+        raise UserError(f"--shard {text!r}: need 0 <= i < n")
     return i, n
 
 
 class ShardStore:
-    """One shard's JSONL file of {"key": ..., ...} rows."""
+    """One shard's JSONL file of {"key": ..., ...} rows, opened by the process that writes it.
+
+    Loading skips (and counts in `bad_lines`) a line that is not a JSON object with a key, and keeps
+    every line after it; only a last line cut short by a crash (no newline) is cut off, since this
+    process is the file's only writer."""
 
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.rows: dict[str, dict] = {}
-        if path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        good, size = [], 0
-        with open(self.path, "rb") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut short by a crash: it and anything after it is redone
-                if not line.endswith(b"\n"):
-                    break
-                good.append(row)
-                size += len(line)
-        if size != self.path.stat().st_size:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(size)
-        self.rows = {r["key"]: r for r in good}
+        self.rows, self.bad_lines, good_size = read_shard(path) if path.exists() else ({}, 0, 0)
+        if path.exists() and good_size != path.stat().st_size:
+            with open(path, "r+b") as fh:
+                fh.truncate(good_size)
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -82,10 +74,35 @@ class ShardStore:
         self.rows.update((r["key"], r) for r in rows)
 
 
+def read_shard(path: Path) -> tuple[dict[str, dict], int, int]:
+    """(rows by key, bad lines skipped, bytes up to the end of the last complete line), read-only.
+    A line without its newline is being written (or was cut by a crash): not counted as bad."""
+    rows, bad, complete = {}, 0, 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            complete += len(line)
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad += 1
+                continue
+            if not isinstance(row, dict) or "key" not in row:
+                bad += 1
+                continue
+            rows[row["key"]] = row
+    return rows, bad, complete
+
+
 def read_all(shard_dir: Path, skip: Path | None = None) -> dict[str, dict]:
-    """Every row of every shard file (but `skip`), keyed."""
+    """Every row of every shard file (but `skip`), keyed. Other shards' files are only read: their
+    writers may be appending to them right now."""
     rows: dict[str, dict] = {}
     for path in sorted(shard_dir.glob("shard-*.jsonl")):
         if path != skip:
-            rows.update(ShardStore(path).rows)
+            found, bad, _ = read_shard(path)
+            if bad:
+                print(f"warning: {path}: skipped {bad} unreadable line(s)")
+            rows.update(found)
     return rows

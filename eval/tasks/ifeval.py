@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices, strip_think
+from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
@@ -177,7 +178,7 @@ class IFEvalTask(Task):
         ids, kwargs = example.target["instruction_id_list"], example.target["kwargs"]
         unknown = [i for i in ids if i not in INSTRUCTION_DICT]
         if unknown:  # if-verifiable silently skips unknown ids; we refuse to score around them
-            raise ValueError(f"{example.id}: unknown IFEval instruction ids {unknown}")
+            raise UserError(f"{example.id}: unknown IFEval instruction ids {unknown}")
         keep = [k for k, i in enumerate(ids) if i not in NEEDS_PUNKT or punkt_available()]
         response = strip_think(completion)
         results, _ = evaluate_instructions(response, [ids[k] for k in keep], [kwargs[k] for k in keep],

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 
 from eval.tasks.base import Example, Task, TaskContext, mean, package_dir, strip_think
+from pipeline.errors import UserError
 
 VARIANTS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
 
@@ -30,7 +31,7 @@ class RulerTask(Task):
     def __init__(self, lengths=(4096,), variants=VARIANTS):
         unknown = set(variants) - set(VARIANTS)
         if unknown:
-            raise ValueError(f"unknown RULER variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+            raise UserError(f"unknown RULER variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
         self.lengths, self.variants = list(lengths), list(variants)
         self.ctx = TaskContext()
         self._essays = self._words = None

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices, strip_think
+from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 
 INSTALL = "pip install --no-deps bfcl-eval==2026.3.23"
@@ -50,7 +51,7 @@ class ToolsTask(Task):
         self.categories = categories or ["simple_python", "multiple"]
         unknown = [c for c in self.categories if c not in CATEGORIES]
         if unknown:
-            raise ValueError(f"unknown BFCL categories {unknown}; available (single-turn, Python, AST-checked): "
+            raise UserError(f"unknown BFCL categories {unknown}; available (single-turn, Python, AST-checked): "
                              f"{', '.join(CATEGORIES)}")
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:

@@ -1,0 +1,211 @@
+"""Runs never lose, mix or half-write anything: foreign directories, concurrent runs, failed runs,
+secrets, attempts, exit codes (issue 12). Each test failed on the code before its fix."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, sft_recipe
+
+from pipeline.recipe import load_recipe
+from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
+from pipeline.runs import RunError, read_manifest, stage_run
+
+SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
+
+
+@pytest.fixture
+def make_recipe(write_recipe, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"messages": []}\n')
+
+    def make(**changes):
+        r = sft_recipe(**{"output_dir": str(tmp_path / "runs" / "t" / "sft"), **changes})
+        r["data"]["sources"][0]["path"] = str(data)
+        return load_recipe(write_recipe(r))
+
+    return make
+
+
+# ---- 1. never delete or replace a directory we did not create ---------------------------------
+def test_a_foreign_output_dir_is_refused_and_left_alone(make_recipe, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my thesis")
+    recipe = make_recipe(output_dir=str(foreign))
+    for overwrite in (False, True):
+        with pytest.raises(RunError, match="not a smolalign run"):
+            with stage_run(recipe, overwrite=overwrite):
+                pass
+    assert (foreign / "notes.txt").read_text() == "my thesis"
+    assert not (tmp_path / "mine.partial").exists()
+
+
+def test_a_parent_run_dir_as_output_dir_does_not_remove_finished_stages(make_recipe, tmp_path):
+    done = make_recipe()
+    with stage_run(done) as run:
+        (run.path / "model.safetensors").write_text("x")
+    parent = done.output_path().parent  # runs/t, holding the finished runs/t/sft
+    with pytest.raises(RunError, match="not a smolalign run"):
+        with stage_run(make_recipe(output_dir=str(parent)), overwrite=True):
+            pass
+    assert (done.output_path() / "model.safetensors").is_file()
+
+
+def test_an_empty_existing_output_dir_is_fine(make_recipe, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with stage_run(make_recipe(output_dir=str(tmp_path / "empty"))) as run:
+        (run.path / "w").write_text("1")
+    assert (tmp_path / "empty" / "w").read_text() == "1"
+
+
+# ---- 2. one run at a time on a run directory ----------------------------------------------------
+def test_a_second_run_on_a_held_run_dir_is_refused_naming_the_holder(make_recipe, tmp_path):
+    recipe = make_recipe()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from pipeline.recipe import load_recipe
+from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
+from pipeline.runs import stage_run
+with stage_run(load_recipe({recipe._source!r})):
+    print("holding", flush=True)
+    time.sleep(60)
+"""], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunError, match=rf"in use by pid {holder.pid} on host \S+"):
+            with stage_run(recipe):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock goes with it, and the run resumes
+    with stage_run(recipe) as run:
+        assert run.manifest["resumed"] is True
+
+
+# ---- 5. a failed partial of another recipe is cleared by --overwrite ---------------------------
+def test_overwrite_clears_an_interrupted_run_of_another_recipe(make_recipe):
+    first = make_recipe()
+    with pytest.raises(RuntimeError):
+        with stage_run(first) as run:
+            (run.path / "stale").write_text("x")
+            raise RuntimeError("died")
+    second = make_recipe(seed=7)
+    with pytest.raises(RunError, match="--overwrite"):
+        with stage_run(second):
+            pass
+    with stage_run(second, overwrite=True) as run:
+        assert not (run.path / "stale").exists()
+
+
+# ---- 10. secrets never reach a manifest ---------------------------------------------------------
+def test_tokens_and_keys_are_redacted_in_the_manifest(make_recipe):
+    recipe = make_recipe(training={**sft_recipe()["training"], "hub_token": "hf_SECRETSECRET",
+                                   "push_to_hub": False})
+    with stage_run(recipe) as run:
+        pass
+    text = (recipe.output_path() / "manifest.json").read_text()
+    assert "hf_SECRETSECRET" not in text
+    assert read_manifest(recipe.output_path())["recipe"]["training"]["hub_token"] == "<redacted>"
+    assert run.manifest["recipe_sha256"]  # the hash still covers the real value
+
+
+# ---- 11. attempts are recorded; changes outside a run's identity do not block a resume ---------
+def test_attempts_are_recorded_and_description_changes_resume(make_recipe):
+    first = make_recipe()
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run(first):
+            time.sleep(0.05)
+            raise KeyboardInterrupt
+    # a change that defines the run (the learning rate) is refused ...
+    with pytest.raises(RunError, match="different recipe"):
+        with stage_run(make_recipe(training={**sft_recipe()["training"], "learning_rate": 1e-3})):
+            pass
+    # ... one that does not (description, logging, trackers) resumes
+    edited = make_recipe(description="now with a description",
+                         training={**sft_recipe()["training"], "logging_steps": 5, "report_to": "none"})
+    with stage_run(edited) as run:
+        assert run.manifest["resumed"] is True
+    m = read_manifest(edited.output_path())
+    assert [a["status"] for a in m["attempts"]] == ["failed", "complete"]
+    assert m["attempts"][0]["duration_s"] >= 0.05 and m["attempts"][1]["duration_s"] >= 0
+    assert m["duration_s"] == pytest.approx(sum(a["duration_s"] for a in m["attempts"]), abs=0.2)
+    assert m["recipe"]["description"] == "now with a description"  # the manifest shows the latest recipe
+
+
+# ---- 6. user errors: one line, exit 2; bugs: traceback, exit 1 ---------------------------------
+def cli(*args, cwd=REPO):
+    return subprocess.run(SMOLALIGN + list(args), cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("body, override, expected", [
+    ({"name": "t"}, None, "stage: required key is missing"),
+    (sft_recipe(), "k=[1", "not valid YAML"),
+    (sft_recipe(), "training.learning_rate=1e-5x", "training.learning_rate"),
+])
+def test_expected_user_errors_are_one_line_with_exit_2(write_recipe, body, override, expected):
+    path = write_recipe(body)
+    args = ["sft", "--recipe", str(path)] + (["--set", override] if override else [])
+    out = cli(*args)
+    assert out.returncode == 2, out.stderr
+    assert expected in out.stderr and "Traceback" not in out.stderr
+    assert "smolalign None" not in out.stderr
+
+
+def test_a_missing_input_is_a_user_error(write_recipe, tmp_path):
+    body = sft_recipe()
+    body["data"]["sources"][0]["path"] = str(tmp_path / "absent.jsonl")
+    out = cli("sft", "--recipe", str(write_recipe(body)))
+    assert out.returncode == 2 and "absent.jsonl" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_training_values_are_checked_by_validate(write_recipe):
+    cases = {"learning_rate": -1e-5, "max_steps": "ten", "lr_scheduler_type": "cosine_wiht_min_lr",
+             "max_length": 0}
+    for key, value in cases.items():
+        body = sft_recipe()
+        body["training"][key] = value
+        out = cli("validate", str(write_recipe(body)))
+        assert out.returncode == 2 and f"training.{key}" in out.stdout, (key, out.stdout)
+    body = sft_recipe()
+    del body["training"]["max_length"]
+    out = cli("validate", str(write_recipe(body)))
+    assert out.returncode == 2 and "packing needs a max_length" in out.stdout
+
+
+# ---- 7. the synth shard store: other shards are read, never modified ------------------------------
+def test_other_shards_are_read_only_and_bad_lines_are_skipped_and_counted(tmp_path):
+    from synth.store import ShardStore, read_all
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    other = shards / "shard-1-of-2.jsonl"
+    # shard 1 is appending right now: its last line is still being written
+    other.write_text('{"key": "b1", "text": "x"}\n{"key": "b2", "te')
+    before = other.read_bytes()
+    mine = ShardStore(shards / "shard-0-of-2.jsonl")
+    seen = read_all(shards, skip=mine.path)
+    assert set(seen) == {"b1"} and other.read_bytes() == before  # not truncated under the writer's feet
+
+    # a bad line in the middle of our own shard: skipped and counted, later lines kept
+    own = shards / "shard-0-of-2.jsonl"
+    own.write_text('{"key": "a1"}\n' + "garbage\n" + "".join(f'{{"key": "a{i}"}}\n' for i in range(2, 300))
+                   + '{"key": "torn')
+    store = ShardStore(own)
+    assert len(store.rows) == 299 and store.bad_lines == 1
+    assert own.read_text().endswith('{"key": "a299"}\n')  # only our own torn tail is cut
+
+
+def test_shard_runs_refuse_a_shards_dir_of_another_recipe(write_recipe, tmp_path, scripted):
+    import synth.stage as synth_stage
+    from test_synth import synth_recipe
+
+    synth_stage.run(synth_recipe(write_recipe, tmp_path), shard="0/2")
+    other = synth_recipe(write_recipe, tmp_path, sampling={"max_new_tokens": 7})
+    with pytest.raises(RunError, match="different recipe"):
+        synth_stage.run(other, shard="1/2")
