@@ -22,11 +22,11 @@ from pipeline.runs import is_main_process, stage_run
 from pipeline.train import (
     check_environment,
     finish,
-    last_checkpoint,
     load_model,
     load_tokenizer,
     peft_config,
     rank_checksums,
+    train_or_restore,
     trl_args,
 )
 
@@ -47,7 +47,7 @@ def run(recipe, overwrite: bool = False) -> Path:
         ref_model = load_model(recipe.ref_model) if recipe.ref_model else None
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=trl_args(recipe, run.path),
                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(recipe))
-        trainer.train(resume_from_checkpoint=last_checkpoint(run.path))
+        train_or_restore(trainer, run.path)
         finish(trainer, tokenizer, run, recipe, extra={
             "pairs": report["rows"], "quarantined_pairs": report["quarantined"],
             "rank_param_checksums": rank_checksums(trainer.model),

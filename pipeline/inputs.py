@@ -63,7 +63,8 @@ def check_inputs(recipe) -> None:
         elif kind == "local" and not Path(ref).expanduser().exists():
             hint = ""
             if ref.startswith("runs/"):
-                hint = f"; it is the output of an earlier stage: run that stage first (`make {ref.split('/')[2] if ref.count('/') >= 2 else '...'}`)"
+                stage = ref.split("/")[2] if ref.count("/") >= 2 else "..."
+                hint = f"; it is the output of an earlier stage: run that stage first (`make {stage}`)"
             problems.append((key, f"{ref!r} does not exist{hint}"))
     if problems:
         raise RecipeError(recipe._source or recipe.name, problems)

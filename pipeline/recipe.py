@@ -127,7 +127,8 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
             _set_child(node, part, nxt, ".".join(parts[: i + 1]), source)
         node = nxt
         if not isinstance(node, (dict, list)):
-            raise RecipeError(source, [(".".join(parts[: i + 1]), f"--set {key}: this key holds a value, not a mapping")])
+            where = ".".join(parts[: i + 1])
+            raise RecipeError(source, [(where, f"--set {key}: this key holds a value, not a mapping")])
     try:
         parsed = parse_yaml(value)
     except yaml.YAMLError as e:

@@ -23,11 +23,11 @@ from pipeline.runs import is_main_process, stage_run
 from pipeline.train import (
     check_environment,
     finish,
-    last_checkpoint,
     load_model,
     load_tokenizer,
     peft_config,
     rank_checksums,
+    train_or_restore,
     trl_args,
 )
 
@@ -66,7 +66,7 @@ def run(recipe, overwrite: bool = False) -> Path:
         )
         trainer = SFTTrainer(model=load_model(recipe.model), args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config(recipe))
-        trainer.train(resume_from_checkpoint=last_checkpoint(run.path))
+        train_or_restore(trainer, run.path)
         finish(trainer, tokenizer, run, recipe, extra={
             "mixture_rows": report["rows"], "quarantined_rows": report["quarantined"],
             "packing_efficiency": report.get("packing", {}).get("efficiency"),

@@ -100,11 +100,71 @@ def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
     return cls(**kwargs)
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` of an interrupted run, to resume from."""
-    from transformers.trainer_utils import get_last_checkpoint
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoint-N` dirs a run can resume from, newest first. transformers writes trainer_state.json
+    after the weights, optimizer and RNG states, so a checkpoint without it (or without weights) was
+    cut short by a kill while saving: it is renamed `checkpoint-N.incomplete` and said so, never
+    deleted and never resumed from."""
+    found = []
+    candidates = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (ckpt / "trainer_state.json").is_file() and any((ckpt / f).is_file() for f in WEIGHT_FILES):
+            found.append(ckpt)
+            continue
+        aside = ckpt.with_name(ckpt.name + ".incomplete")
+        n = 1
+        while aside.exists():
+            aside, n = ckpt.with_name(f"{ckpt.name}.incomplete-{n}"), n + 1
+        ckpt.rename(aside)
+        print(f"{ckpt.name} is incomplete (killed while saving?): set aside as {aside.name}; "
+              "resuming from the newest complete checkpoint")
+    return found
+
+
+def train_or_restore(trainer, output_dir: Path) -> None:
+    """Train, resuming from the newest complete checkpoint of an interrupted run. When that
+    checkpoint already holds the last planned step (the kill came after it, before the run was
+    finished), training is not resumed, which would step past max_steps: its weights and trainer
+    state are loaded and only the final save is redone."""
+    checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
+    newest = checkpoints[0] if checkpoints else None
+    if newest is not None:
+        state = json.loads((newest / "trainer_state.json").read_text())
+        if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+            print(f"{newest.name}: training had finished (step {state['global_step']} of {state['max_steps']}); "
+                  "redoing only the final save")
+            restore_checkpoint(trainer, newest)
+            return
+    trainer.train(resume_from_checkpoint=str(newest) if newest else None)
+
+
+def restore_checkpoint(trainer, checkpoint: Path) -> None:
+    """The weights and trainer state of `checkpoint`, as training left them."""
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        # partitioned weights: only the Trainer knows how to gather them back
+        trainer._load_from_checkpoint(str(checkpoint))
+    elif (checkpoint / "adapter_model.safetensors").is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trainer.model, load_file(checkpoint / "adapter_model.safetensors"))
+    elif (checkpoint / "model.safetensors").is_file():
+        missing, unexpected = trainer.model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
+        tied = {"lm_head.weight"} if trainer.model.config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"{checkpoint}: weights do not fit the model "
+                               f"(missing {missing}, unexpected {unexpected})")
+    else:
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        load_sharded_checkpoint(trainer.model, str(checkpoint), strict=False)
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +223,8 @@ def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
 def write_model_card(run, recipe: TrainRecipe) -> None:
     m = run.metrics
     sources = "\n".join(f"- `{s.path}`" + (f" ({s.name}/{s.split})" if s.name else "") + f", mode {s.mode}"
-                        + (f", fraction {s.fraction}" if s.fraction else "") + (f", {s.tokens} tokens" if s.tokens else "")
+                        + (f", fraction {s.fraction}" if s.fraction else "")
+                        + (f", {s.tokens} tokens" if s.tokens else "")
                         for s in recipe.data.sources)
     card = f"""---
 library_name: transformers

@@ -170,3 +170,58 @@ def test_missing_tracker_fails_before_loading(write_recipe, tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"report_to asks for wandb, which is not installed"):
         sft.run(recipe)
     assert not recipe.output_path().with_name("sft.partial").exists()
+
+
+# ---- kills at the wrong moment (issue 12, items 3 and 4) ----------------------------------------
+@pytest.fixture
+def straight_midtrain(write_recipe, tmp_path):
+    sources = [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, packing=True, packing_strategy="wrapped")
+    straight = sft.run(recipe_for(write_recipe, tmp_path / "a", "midtrain", sources, **common))
+    return straight, recipe_for(write_recipe, tmp_path / "b", "midtrain", sources, **common)
+
+
+def test_kill_during_checkpoint_save_resumes_from_the_last_complete_one(straight_midtrain, monkeypatch, capsys):
+    straight, recipe = straight_midtrain
+    import trl
+
+    original = trl.SFTTrainer.training_step
+
+    def crash_on_step_four(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise RuntimeError("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", crash_on_step_four)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        sft.run(recipe)
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", original)
+    partial = recipe.output_path().with_name("midtrain.partial")
+    # the kill hit while checkpoint-3 was being written: its weights are there, its trainer state is not
+    half = partial / "checkpoint-3"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes((partial / "checkpoint-2" / "model.safetensors").read_bytes())
+    out = sft.run(recipe)
+    assert "checkpoint-3 is incomplete" in capsys.readouterr().out
+    assert (out / "checkpoint-3.incomplete").is_dir()  # set aside, not deleted
+    a, b = weights(straight), weights(out)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_kill_between_last_checkpoint_and_promotion_only_redoes_the_save(straight_midtrain, monkeypatch):
+    straight, recipe = straight_midtrain
+    import pipeline.sft
+
+    real_finish = pipeline.sft.finish
+    monkeypatch.setattr(pipeline.sft, "finish", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        sft.run(recipe)
+    monkeypatch.setattr(pipeline.sft, "finish", real_finish)
+    assert (recipe.output_path().with_name("midtrain.partial") / "checkpoint-4" / "trainer_state.json").is_file()
+    out = sft.run(recipe)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 4  # not 5: no step past max_steps
+    a, b = weights(straight), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert len(losses) == 4
