@@ -128,6 +128,19 @@ class TrainRecipe(_RecipeBase):
     peft: PeftSpec | None = None
 
 
+class FilterSpec(Strict):
+    """Filters of generated data (synth/filters.py); each dropped row is counted and kept with its reason."""
+
+    drop_truncated: bool = Field(True, description="Drop generations that hit max_new_tokens.")
+    require_think_block: bool = Field(True, description="Think mode needs one well-formed, non-empty think block.")
+    dedup: Literal["none", "exact", "exact_and_near"] = Field(
+        "exact_and_near", description="Exact (normalised prompt + answer) and near (MinHash LSH on answers).")
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity of answer 5-grams.")
+    decontaminate: bool = Field(True, description="Drop prompts sharing an n-gram with our eval tasks' prompts.")
+    ngram: int = Field(13, ge=1, description="Words per n-gram for decontamination.")
+    verify: Literal["math"] | None = Field(None, description="`math`: keep traces whose answer matches `answer`.")
+
+
 class SynthRecipe(_RecipeBase):
     """synth-traces (teacher in thinking mode) / synth-pairs (strong = chosen, weak = rejected)."""
 
@@ -139,7 +152,7 @@ class SynthRecipe(_RecipeBase):
     prompts: DataSpec
     modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
     max_prompts: int | None = Field(None, gt=0)
-    filters: dict[str, Any] = Field(default_factory=dict)
+    filters: FilterSpec = FilterSpec()
 
     @model_validator(mode="after")
     def _weak_for_pairs(self):

@@ -5,14 +5,13 @@
                     or no-think mode with reasoning in a think block (pipeline.chat's rules)
 - empty_answer:     nothing after the think block
 - exact_duplicate:  the same prompt and answer (normalised) seen before
-- near_duplicate:   answer 5-gram Jaccard >= threshold with an earlier kept answer (MinHash + LSH)
+- near_duplicate:   answer 5-gram Jaccard >= threshold with an earlier kept answer (datasketch MinHash LSH)
 - contaminated:     the prompt shares an n-gram (default 13 words) with a prompt of our eval tasks
 - unverified:       with `verify: math`, a think trace whose final answer math-verify rejects
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from typing import Any
 
 from pipeline.chat import MISSING_ANSWER, strip_think, think_block_problem
 from pipeline.errors import UserError
+from pipeline.schema import FilterSpec
 
 WORD = re.compile(r"\w+")
 
@@ -65,51 +65,49 @@ def eval_prompts() -> list[str]:
 
 
 class NearDuplicates:
-    """MinHash over word 5-grams with LSH banding; candidates are confirmed by exact Jaccard."""
+    """Near-duplicate answers: MinHash over word 5-grams with datasketch's LSH index; a candidate
+    counts when its estimated Jaccard similarity reaches the threshold. The index is built for a
+    lower threshold than that, so that pairs just above it are found as candidates (LSH recall
+    falls off near its own threshold). Memory per kept answer is one MinHash signature (num_perm
+    64-bit values), not its shingles."""
 
-    def __init__(self, threshold: float = 0.85, perms: int = 64, bands: int = 16):
-        self.threshold, self.perms, self.bands = threshold, perms, bands
-        self.rows_per_band = perms // bands
-        self.buckets: dict[tuple[int, bytes], list[int]] = {}
-        self.shingles: list[set[tuple[str, ...]]] = []
+    def __init__(self, threshold: float = 0.85, num_perm: int = 128):
+        from datasketch import MinHashLSH
 
-    def _signature(self, shingles) -> list[int]:
-        hashes = [hashlib.blake2b(" ".join(s).encode(), digest_size=8).digest() for s in shingles] or [b"\0" * 8]
-        return [min(int.from_bytes(hashlib.blake2b(h, digest_size=8, salt=p.to_bytes(2, "little")).digest(), "little")
-                    for h in hashes) for p in range(self.perms)]
+        self.threshold, self.num_perm = threshold, num_perm
+        self.index = MinHashLSH(threshold=max(0.3, threshold - 0.2), num_perm=num_perm)
+        self.signatures: dict[int, object] = {}
+
+    def _minhash(self, text: str):
+        from datasketch import LeanMinHash, MinHash
+
+        shingles = ngrams(text, 5) or {tuple(WORD.findall(text.lower()))}
+        m = MinHash(num_perm=self.num_perm, seed=1)
+        m.update_batch([" ".join(s).encode() for s in shingles])
+        return LeanMinHash(m)
 
     def seen(self, text: str) -> bool:
         """True if `text` nearly duplicates an earlier one; otherwise remember it."""
-        shingles = ngrams(text, 5) or {tuple(WORD.findall(text.lower()))}
-        sig = self._signature(shingles)
-        keys = [(b, repr(sig[b * self.rows_per_band:(b + 1) * self.rows_per_band]).encode()) for b in range(self.bands)]
-        for key in keys:
-            for j in self.buckets.get(key, []):
-                other = self.shingles[j]
-                if len(shingles & other) / max(len(shingles | other), 1) >= self.threshold:
-                    return True
-        idx = len(self.shingles)
-        self.shingles.append(shingles)
-        for key in keys:
-            self.buckets.setdefault(key, []).append(idx)
+        m = self._minhash(text)
+        if any(m.jaccard(self.signatures[key]) >= self.threshold for key in self.index.query(m)):
+            return True
+        key = len(self.signatures)
+        self.signatures[key] = m
+        self.index.insert(key, m)
         return False
 
 
-FILTER_SETTINGS = {"drop_truncated", "require_think_block", "dedup", "near_threshold", "decontaminate", "ngram",
-                   "verify"}
-
-
-def apply_filters(rows: list[dict], settings: dict[str, Any], answers_of, extra=None):
+def apply_filters(rows: list[dict], settings: FilterSpec | dict[str, Any], answers_of, extra=None):
     """Keep rows that pass every filter. `answers_of(row)` lists the (answer text, thinking,
     finish_reason) the strict filters judge; `extra(row)` may return a further reason.
     Returns (kept, dropped rows with their `filter_reason`, counts per reason)."""
+    settings = settings if isinstance(settings, FilterSpec) else FilterSpec.model_validate(settings)
     counts: Counter = Counter()
-    dropped = []
-    contamination = Contamination(settings.get("ngram", 13)) if settings.get("decontaminate", True) else None
-    near = NearDuplicates(settings.get("near_threshold", 0.85)) if settings.get("dedup", "exact_and_near") == "exact_and_near" else None
-    exact: set[str] = set()
-    verifier = _verifier(settings.get("verify"))
-    kept = []
+    dropped, kept = [], []
+    contamination = Contamination(settings.ngram) if settings.decontaminate else None
+    exact: set[str] | None = set() if settings.dedup != "none" else None
+    near = NearDuplicates(settings.near_threshold) if settings.dedup == "exact_and_near" else None
+    verifier = _verifier(settings.verify)
     for row in rows:
         reason = (extra(row) if extra else None) or _reason(row, settings, answers_of, contamination, exact, near,
                                                             verifier)
@@ -121,12 +119,12 @@ def apply_filters(rows: list[dict], settings: dict[str, Any], answers_of, extra=
     return kept, dropped, dict(counts)
 
 
-def _reason(row, settings, answers_of, contamination, exact, near, verifier) -> str | None:
+def _reason(row, settings: FilterSpec, answers_of, contamination, exact, near, verifier) -> str | None:
     prompt = " ".join(m["content"] for m in row["prompt"])
     for answer, thinking, finish in answers_of(row):
-        if finish == "length" and settings.get("drop_truncated", True):
+        if finish == "length" and settings.drop_truncated:
             return "truncated"
-        if settings.get("require_think_block", True):
+        if settings.require_think_block:
             problem = check_think(answer, thinking)
             if problem:
                 return problem
@@ -135,10 +133,11 @@ def _reason(row, settings, answers_of, contamination, exact, near, verifier) -> 
     if contamination is not None and contamination.hits(prompt):
         return "contaminated"
     main = answers_of(row)[0][0]
-    fingerprint = normalise(prompt) + "\0" + normalise(main)
-    if fingerprint in exact:
-        return "exact_duplicate"
-    exact.add(fingerprint)
+    if exact is not None:
+        fingerprint = normalise(prompt) + "\0" + normalise(main)
+        if fingerprint in exact:
+            return "exact_duplicate"
+        exact.add(fingerprint)
     if near is not None and near.seen(strip_think(main)):
         return "near_duplicate"
     if verifier is not None and row.get("reference") is not None and not verifier(row["reference"], main):

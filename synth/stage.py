@@ -35,16 +35,10 @@ from pipeline.data import load_source
 from pipeline.errors import UserError
 from pipeline.models import resolve_model
 from pipeline.runs import join_run, run_lock, stage_run, write_json_atomic
-from synth.filters import FILTER_SETTINGS, apply_filters
+from synth.filters import apply_filters
 from synth.store import ShardStore, key_shard, parse_shard, read_all, work_key
 
 BATCH = 64  # prompts generated between two fsyncs of the shard file
-
-
-def check(recipe) -> list[tuple[str, str]]:
-    """Stage-specific recipe checks: filter settings."""
-    return [(f"filters.{k}", f"unknown filter setting; allowed: {', '.join(sorted(FILTER_SETTINGS))}")
-            for k in recipe.filters if k not in FILTER_SETTINGS]
 
 
 # ----------------------------------------------------------------------------------------------

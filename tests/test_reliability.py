@@ -8,9 +8,9 @@ import time
 
 import pytest
 from conftest import REPO, sft_recipe
-
-from pipeline.recipe import load_recipe
 from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
+
+from pipeline.recipe import RecipeError, load_recipe
 from pipeline.runs import RunError, read_manifest, stage_run
 
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
@@ -67,7 +67,7 @@ def test_a_second_run_on_a_held_run_dir_is_refused_naming_the_holder(make_recipe
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(REPO / 'tests')!r})
-from pipeline.recipe import load_recipe
+from pipeline.recipe import RecipeError, load_recipe
 from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
 from pipeline.runs import stage_run
 with stage_run(load_recipe({recipe._source!r})):
@@ -201,11 +201,34 @@ def test_other_shards_are_read_only_and_bad_lines_are_skipped_and_counted(tmp_pa
     assert own.read_text().endswith('{"key": "a299"}\n')  # only our own torn tail is cut
 
 
-def test_shard_runs_refuse_a_shards_dir_of_another_recipe(write_recipe, tmp_path, scripted):
-    import synth.stage as synth_stage
+def test_shard_runs_refuse_a_shards_dir_of_another_recipe(write_recipe, tmp_path, scripted):  # noqa: F811
     from test_synth import synth_recipe
+
+    import synth.stage as synth_stage
 
     synth_stage.run(synth_recipe(write_recipe, tmp_path), shard="0/2")
     other = synth_recipe(write_recipe, tmp_path, sampling={"max_new_tokens": 7})
     with pytest.raises(RunError, match="different recipe"):
         synth_stage.run(other, shard="1/2")
+
+
+# ---- 8. synth filters: typed settings; dedup none means none ------------------------------------
+def test_dedup_none_keeps_exact_duplicates():
+    from synth.filters import apply_filters
+
+    row = {"prompt": [{"role": "user", "content": "Hi"}], "text": "Hello there, how can I help?"}
+    kept, _, counts = apply_filters([row, dict(row)], {"dedup": "none", "decontaminate": False},
+                                    lambda r: [(r["text"], False, "stop")])
+    assert len(kept) == 2 and counts == {"kept": 2}
+    kept, _, counts = apply_filters([row, dict(row)], {"dedup": "exact", "decontaminate": False},
+                                    lambda r: [(r["text"], False, "stop")])
+    assert len(kept) == 1 and counts == {"kept": 1, "exact_duplicate": 1}
+
+
+def test_filter_settings_are_typed(write_recipe, tmp_path):
+    from test_synth import synth_recipe
+
+    for bad, message in (({"dedup": "nearr"}, "filters.dedup"), ({"near_threshold": 2}, "filters.near_threshold"),
+                         ({"dedupe": True}, "filters.dedupe")):
+        with pytest.raises(RecipeError, match=message):
+            synth_recipe(write_recipe, tmp_path, filters=bad)

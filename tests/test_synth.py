@@ -187,10 +187,11 @@ def test_math_verification_filter():
 
 
 def test_near_duplicates_and_contamination_units():
-    near = NearDuplicates(threshold=0.8)
-    text = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
+    near = NearDuplicates(threshold=0.8)  # MinHash estimates Jaccard (+-0.03 at 128 permutations): a clear case
+    text = ("the quick brown fox jumps over the lazy dog near the quiet river bank today while the old miller "
+            "watches the water wheel turn slowly and the children play by the stone bridge in the warm afternoon")
     assert not near.seen(text)
-    assert near.seen(text.replace("today", "tonight"))
+    assert near.seen(text.replace("afternoon", "evening"))  # 5-gram Jaccard 0.94
     assert not near.seen("an entirely different sentence about baking bread in a hot oven at noon")
     c = Contamination(n=5, texts=["What is the capital of France and why"])
     assert c.hits("Tell me: what is the capital of France and why?") and not c.hits("capital of Spain")
@@ -207,11 +208,11 @@ def test_store_drops_a_torn_last_line(tmp_path):
 
 def test_same_teacher_and_weak_is_refused(write_recipe, tmp_path):
     body = {"name": "t", "stage": "synth-pairs", "teacher": {"name_or_path": "m/a"}, "weak": {"name_or_path": "m/a"},
-            "prompts": {"sources": [{"path": "p.jsonl"}]}, "filters": {"dedupe": True}}
+            "prompts": {"sources": [{"path": "p.jsonl"}]}}
     with pytest.raises(RecipeError) as e:
         load_recipe(write_recipe(body))
     assert "a pair would compare a model with itself" in str(e.value)
-    del body["weak"]["name_or_path"]
     body["weak"]["name_or_path"] = "m/b"
-    with pytest.raises(RecipeError, match="filters.dedupe.*unknown filter setting"):
+    body["filters"] = {"dedupe": True}  # typed filter settings: a typo is an unknown key
+    with pytest.raises(RecipeError, match="filters.dedupe.*unknown key .did you mean `dedup`"):
         load(write_recipe(body))
