@@ -10,7 +10,10 @@ packs sequences (a KV cache would let packed documents see each other).
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,7 +69,34 @@ def end_of_turn(tokenizer) -> str:
     return END_OF_TURN if END_OF_TURN in tokenizer.get_vocab() else tokenizer.eos_token
 
 
-class TransformersBackend:
+class Backend:
+    """What every backend shares: `with make_backend(...) as backend:` releases the model (and the
+    accelerator memory it holds) when the block ends, so that a teacher and then a weak model, or
+    several checkpoints in a row, never hold two engines at once."""
+
+    def close(self) -> None:
+        import gc
+
+        for attribute in ("model", "llm"):
+            if hasattr(self, attribute):
+                delattr(self, attribute)
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TransformersBackend(Backend):
     """Batched `generate` with left padding; requests sorted by length so batches pad little."""
 
     def __init__(self, model_path: str, dtype: str = "float32", batch_size: int = 8, renderer_kwargs=None):
@@ -106,15 +136,20 @@ class TransformersBackend:
                 ids = new[row].tolist()
                 stopped = self.stop_id in ids
                 ids = ids[:ids.index(self.stop_id)] if stopped else ids
-                out[i] = Completion(self.tokenizer.decode(ids, skip_special_tokens=False), "stop" if stopped else "length",
-                                    int(batch["attention_mask"][row].sum()), len(ids) + int(stopped))
+                text = self.tokenizer.decode(ids, skip_special_tokens=False)
+                out[i] = Completion(text, "stop" if stopped else "length", int(batch["attention_mask"][row].sum()),
+                                    len(ids) + int(stopped))
             bar.update(len(idx))
         bar.close()
         return out
 
 
-class VLLMBackend:
-    """vLLM offline engine on the GPUs of this machine (tensor parallel across them)."""
+class VLLMBackend(Backend):
+    """vLLM offline engine on the GPUs of this machine (tensor parallel across them).
+
+    Stops on the end-of-turn *token id*: vLLM drops special tokens when it detokenises by default,
+    so a stop *string* "<|im_end|>" would never match. Special tokens are kept in the text, as the
+    transformers backend keeps them, so `<think>` / `<tool_call>` survive whichever backend ran."""
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
@@ -135,56 +170,119 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        stop_id = self.tokenizer.convert_tokens_to_ids(end_of_turn(self.tokenizer))
         params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                                max_tokens=sampling.max_new_tokens, stop=[end_of_turn(self.tokenizer)])
+                                max_tokens=sampling.max_new_tokens, stop_token_ids=[stop_id],
+                                skip_special_tokens=False, spaces_between_special_tokens=False)
         prompts = [TokensPrompt(prompt_token_ids=self.tokenizer(self.render(r), add_special_tokens=False).input_ids)
                    for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=True)
-        return [Completion(o.outputs[0].text, "stop" if o.outputs[0].finish_reason == "stop" else "length",
+        return [Completion(o.outputs[0].text, finish_reason(o.outputs[0].finish_reason),
                            len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs]
 
+    def close(self) -> None:
+        """vLLM's own teardown first (its distributed state), then the engine."""
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
-class OpenAIBackend:
-    """Text completions from an OpenAI-compatible server (`vllm serve MODEL`), prompts rendered here."""
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except ImportError:
+            pass
+        super().close()
+
+
+class BackendError(UserError):
+    """A generation server that refused a request or could not be reached in time."""
+
+
+class OpenAIBackend(Backend):
+    """Text completions from an OpenAI-compatible server (`vllm serve MODEL`), prompts rendered here.
+
+    Requests are retried on 408/429/5xx and connection errors, with exponential backoff and jitter
+    (or the server's Retry-After), for up to `retry_budget_s`; any other HTTP error (400: prompt
+    plus max_tokens over the server's limit) is not retried. Every error names the URL and the
+    server's own message. vLLM's extra parameters stop on the end-of-turn *token* and keep special
+    tokens in the text, as the offline backends do."""
 
     def __init__(self, model_path: str, base_url: str, served_name: str | None = None, concurrency: int = 32,
-                 timeout_s: float = 600, retries: int = 3, renderer_kwargs=None):
+                 timeout_s: float = 600, retry_budget_s: float = 600, api_key: str | None = None,
+                 renderer_kwargs=None):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.url = base_url.rstrip("/") + "/completions"
         self.model = served_name or model_path
-        self.concurrency, self.timeout_s, self.retries = concurrency, timeout_s, retries
+        self.concurrency, self.timeout_s, self.retry_budget_s = concurrency, timeout_s, retry_budget_s
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
 
     def _post(self, body: dict) -> dict:
         data = json.dumps(body).encode()
-        for attempt in range(self.retries):
+        deadline, attempt = time.monotonic() + self.retry_budget_s, 0
+        while True:
+            attempt += 1
             try:
-                req = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(self.url, data=data, headers=self.headers)
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except OSError:
-                if attempt == self.retries - 1:
-                    raise
-                time.sleep(2 ** attempt)
-        raise AssertionError("unreachable")
+                    return self._parse(resp.read())
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:500].decode("utf-8", "replace").strip()
+                if e.code not in (408, 429) and e.code < 500:
+                    raise BackendError(f"{self.url}: HTTP {e.code} ({detail}); not retried: fix the request "
+                                       "(e.g. prompt + max_new_tokens over the server's max_model_len)") from None
+                problem, wait = f"HTTP {e.code} ({detail})", _retry_after(e.headers.get("Retry-After"))
+            except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
+                problem, wait = f"{type(e).__name__}: {getattr(e, 'reason', e)}", None
+            wait = wait if wait is not None else min(60.0, 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            if time.monotonic() + wait > deadline:
+                raise BackendError(f"{self.url}: gave up after {attempt} tries in {self.retry_budget_s:g} s "
+                                   f"(backend.retry_budget_s); last: {problem}")
+            time.sleep(wait)
+
+    def _parse(self, raw: bytes) -> dict:
+        try:
+            reply = json.loads(raw)
+            reply["choices"][0]["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.url}: the reply is not an OpenAI completion (no choices[0].text): "
+                               f"{raw[:200]!r}") from None
+        return reply
 
     def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
         stop = end_of_turn(self.tokenizer)
+        stop_id = self.tokenizer.convert_tokens_to_ids(stop)
 
         def one(i_request):
             i, request = i_request
             body = {"model": self.model, "prompt": self.render(request), "max_tokens": sampling.max_new_tokens,
-                    "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed + i,
-                    "stop": [stop]}
+                    "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1,
+                    "seed": sampling.seed + i, "stop": [stop], "stop_token_ids": [stop_id],
+                    "skip_special_tokens": False}
             reply = self._post(body)
             choice, usage = reply["choices"][0], reply.get("usage", {})
-            return Completion(choice["text"], "stop" if choice.get("finish_reason") == "stop" else "length",
+            return Completion(choice["text"], finish_reason(choice.get("finish_reason")),
                               usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
-        with ThreadPoolExecutor(self.concurrency) as pool:
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
             return list(tqdm(pool.map(one, enumerate(requests)), total=len(requests), desc=desc, leave=False))
+        finally:  # on an error, requests not yet sent are dropped rather than waited for
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def finish_reason(reason: str | None) -> str:
+    """'stop' and 'length' as they are; anything else (abort, error, ...) kept, never read as a stop."""
+    return reason or "unknown"
 
 
 def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwargs=None):
@@ -196,4 +294,11 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
         return VLLMBackend(model_path, dtype=dtype, tensor_parallel_size=spec.tensor_parallel_size,
                            gpu_memory_utilization=spec.gpu_memory_utilization, max_model_len=spec.max_model_len,
                            seed=seed, renderer_kwargs=renderer_kwargs)
-    return OpenAIBackend(model_path, base_url=spec.base_url, renderer_kwargs=renderer_kwargs)
+    api_key = None
+    if spec.api_key_env:
+        api_key = os.environ.get(spec.api_key_env)
+        if not api_key:
+            raise UserError(f"backend.api_key_env: the environment variable {spec.api_key_env} is not set")
+    return OpenAIBackend(model_path, base_url=spec.base_url, served_name=spec.served_model_name,
+                         concurrency=spec.concurrency, timeout_s=spec.timeout_s, retry_budget_s=spec.retry_budget_s,
+                         api_key=api_key, renderer_kwargs=renderer_kwargs)

@@ -10,6 +10,7 @@ and charts (RULER score by context length per model; task scores per mode).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,40 @@ def check(recipe) -> list[tuple[str, str]]:
     return check_tasks(recipe.tasks)
 
 
-def evaluate_model(recipe, model_ref: str, progress: str = "") -> dict[str, Any]:
+def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | None = None, save=None) -> dict:
+    """Every task in every mode for one model. `result`: what an earlier attempt finished (those
+    (task, mode) entries are skipped); `save(result)` is called after each (task, mode), so a crash
+    loses at most the one in progress."""
     path = resolve_model(model_ref)
-    backend = make_backend(recipe.backend, path, recipe.dtype, seed=recipe.sampling.seed,
-                           renderer_kwargs={"today_date": recipe.chat.today_date,
-                                            "knowledge_cutoff": recipe.chat.knowledge_cutoff})
+    result = result or {"model": model_ref, "path": path, "tasks": {}}
+    todo = [(name, mode) for name in recipe.tasks for mode in recipe.modes
+            if mode not in result["tasks"].get(name, {})]
+    if not todo:
+        return result
+    renderer = {"today_date": recipe.chat.today_date, "knowledge_cutoff": recipe.chat.knowledge_cutoff}
+    with make_backend(recipe.backend, path, recipe.dtype, seed=recipe.sampling.seed,
+                      renderer_kwargs=renderer) as backend:  # released before the next model loads
+        ctx = task_context(recipe, backend)
+        s = recipe.sampling
+        sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
+        for name, options in recipe.tasks.items():
+            modes = [mode for mode in recipe.modes if (name, mode) in todo]
+            if not modes:
+                continue
+            task = build_task(name, options)
+            examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed, ctx=ctx)
+            for mode in modes:
+                requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.tools, prefill=ex.prefill)
+                            for ex in examples]
+                completions = backend.generate(requests, sampling, desc=f"{progress}{name}/{mode}")
+                result["tasks"].setdefault(name, {})[mode] = summarise(task, examples, completions, mode)
+                if save is not None:
+                    save(result)
+    return result
+
+
+def task_context(recipe, backend) -> TaskContext:
+    """Token counts as the evaluated model sees its prompts (template, system turn, generation prompt)."""
     tokenizer, render = backend.tokenizer, backend.render
 
     def count_tokens(text: str) -> int:
@@ -40,25 +70,16 @@ def evaluate_model(recipe, model_ref: str, progress: str = "") -> dict[str, Any]
         return max(count_tokens(render(Request(messages, enable_thinking=mode == "think", tools=tools,
                                                prefill=prefill))) for mode in recipe.modes)
 
-    s = recipe.sampling
-    sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
-    ctx = TaskContext(count_tokens=count_tokens, prompt_tokens=prompt_tokens, max_new_tokens=s.max_new_tokens)
-    result: dict[str, Any] = {"model": model_ref, "path": path, "tasks": {}}
-    for name, options in recipe.tasks.items():
-        task = build_task(name, options)
-        examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed, ctx=ctx)
-        result["tasks"][name] = {}
-        for mode in recipe.modes:
-            requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.tools, prefill=ex.prefill)
-                        for ex in examples]
-            completions = backend.generate(requests, sampling, desc=f"{progress}{name}/{mode}")
-            scores = [task.score(ex, c.text, mode) for ex, c in zip(examples, completions)]
-            rows = [{"id": ex.id, **score, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens,
-                     "completion": c.text, **ex.meta} for ex, c, score in zip(examples, completions, scores)]
-            result["tasks"][name][mode] = {**task.aggregate(examples, scores), "n": len(rows),
-                                           "truncated": sum(r["finish_reason"] == "length" for r in rows),
-                                           "examples": rows}
-    return result
+    return TaskContext(count_tokens=count_tokens, prompt_tokens=prompt_tokens,
+                       max_new_tokens=recipe.sampling.max_new_tokens)
+
+
+def summarise(task, examples, completions, mode: str) -> dict[str, Any]:
+    scores = [task.score(ex, c.text, mode) for ex, c in zip(examples, completions)]
+    rows = [{"id": ex.id, **score, "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens,
+             "completion": c.text, **ex.meta} for ex, c, score in zip(examples, completions, scores)]
+    return {**task.aggregate(examples, scores), "n": len(rows),
+            "truncated": sum(r["finish_reason"] == "length" for r in rows), "examples": rows}
 
 
 def slug(model_ref: str) -> str:
@@ -69,8 +90,11 @@ def run(recipe, overwrite: bool = False) -> Path:
     with stage_run(recipe, overwrite) as run:
         results = []
         for i, model in enumerate(recipe.models):
-            result = evaluate_model(recipe, model, progress=f"[{i + 1}/{len(recipe.models)}] ")
-            write_json_atomic(run.path / f"{slug(model)}.json", result)
+            out = run.path / f"{slug(model)}.json"
+            earlier = json.loads(out.read_text()) if out.is_file() else None  # what a killed attempt finished
+            result = evaluate_model(recipe, model, progress=f"[{i + 1}/{len(recipe.models)}] ", result=earlier,
+                                    save=lambda r, out=out: write_json_atomic(out, r))
+            write_json_atomic(out, result)
             results.append(result)
         report = write_report(results, run.path, recipe.modes)
         run.metrics.update({"scores": {r["model"]: {t: {m: v["score"] for m, v in modes.items()}

@@ -90,6 +90,14 @@ class BackendSpec(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = None
     base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
+    served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
+                                          "(`vllm serve --served-model-name`); default the model path.")
+    api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
+                                    "(`vllm serve --api-key`); the key itself never goes in a recipe.")
+    concurrency: int = Field(32, ge=1, description="For `openai`: requests in flight at once.")
+    timeout_s: float = Field(600, gt=0, description="For `openai`: seconds to wait for one reply.")
+    retry_budget_s: float = Field(600, ge=0, description="For `openai`: how long to keep retrying 429/5xx/"
+                                  "connection errors (with backoff and Retry-After) before giving up.")
     batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
 
     @model_validator(mode="after")

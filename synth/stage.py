@@ -97,7 +97,12 @@ def generate_missing(recipe, items: list[dict], spec, store: ShardStore, done: s
     todo = [it for it in items if it["key"] not in done and it["key"] not in store]
     if not todo:
         return
-    backend = make_backend(recipe.backend, resolve_model(spec.name_or_path), spec.dtype, seed=recipe.sampling.seed)
+    with make_backend(recipe.backend, resolve_model(spec.name_or_path), spec.dtype,
+                      seed=recipe.sampling.seed) as backend:  # released before the next model loads
+        _generate(recipe, todo, backend, store, desc)
+
+
+def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -> None:
     s = recipe.sampling
     sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
     bar = tqdm(total=len(todo), desc=desc, unit="prompt")

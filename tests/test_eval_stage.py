@@ -103,3 +103,72 @@ def test_unknown_eval_task_and_option_are_refused(write_recipe):
     problems = {key.split(" ")[0]: msg for key, msg in e.value.problems}
     assert problems["tasks.gsm8k"] == "unknown task; known: ruler, ifeval, math, tools, mode"
     assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, n, variants"
+
+
+def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, monkeypatch):
+    import eval.backends
+
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "eval", "output_dir": str(tmp_path / "eval"), "dtype": "float32",
+        "models": ["embedded:tiny-smollm3"], "tasks": {"mode": {"n": 2}, "math": {"n": 1}}, "modes": ["no_think"],
+        "backend": {"kind": "transformers"}, "sampling": {"temperature": 0.0, "max_new_tokens": 4}}))
+    generated = []
+    real = eval.backends.TransformersBackend.generate
+
+    def counting(self, requests, sampling, desc=""):
+        generated.append(desc.split("] ")[-1])
+        if desc.endswith("math/no_think") and len(generated) == 2:
+            raise RuntimeError("killed in the last task")
+        return real(self, requests, sampling, desc)
+
+    monkeypatch.setattr(eval.backends.TransformersBackend, "generate", counting)
+    with pytest.raises(RuntimeError, match="killed in the last task"):
+        stage.run(recipe)
+    partial = json.loads((tmp_path / "eval.partial" / "embedded_tiny-smollm3.json").read_text())
+    assert set(partial["tasks"]) == {"mode"}  # written as soon as it finished
+    out = stage.run(recipe)
+    assert generated == ["mode/no_think", "math/no_think", "math/no_think"]  # mode was not generated again
+    result = json.loads((out / "embedded_tiny-smollm3.json").read_text())
+    assert set(result["tasks"]) == {"mode", "math"}
+
+
+def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(tiny_model, monkeypatch):
+    """vLLM cannot run here: a stand-in `vllm` module records what the backend asks of it."""
+    import sys
+    import types
+
+    from eval.backends import VLLMBackend
+
+    calls = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["llm"] = kwargs
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls["params"] = params
+            out = types.SimpleNamespace(text="<think>\nx\n</think>\n\nok", finish_reason="abort", token_ids=[1, 2])
+            return [types.SimpleNamespace(outputs=[out], prompt_token_ids=p["prompt_token_ids"]) for p in prompts]
+
+    def destroy():
+        calls["destroyed"] = calls.get("destroyed", 0) + 1
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, lambda **kwargs: kwargs
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    parallel = types.ModuleType("vllm.distributed.parallel_state")
+    parallel.destroy_model_parallel = parallel.destroy_distributed_environment = destroy
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    monkeypatch.setitem(sys.modules, "vllm.distributed", types.ModuleType("vllm.distributed"))
+    monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel)
+
+    with VLLMBackend(tiny_model, dtype="float32") as backend:
+        [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], Sampling(max_new_tokens=5))
+        end_id = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    params = calls["params"]
+    assert params["stop_token_ids"] == [end_id] and "stop" not in params
+    assert params["skip_special_tokens"] is False
+    assert c.text.startswith("<think>") and c.finish_reason == "abort"  # not collapsed into "length"
+    assert calls["destroyed"] == 2  # the engine's distributed state torn down on close

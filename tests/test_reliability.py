@@ -1,6 +1,7 @@
 """Runs never lose, mix or half-write anything: foreign directories, concurrent runs, failed runs,
 secrets, attempts, exit codes (issue 12). Each test failed on the code before its fix."""
 
+import json
 import os
 import subprocess
 import sys
@@ -232,3 +233,114 @@ def test_filter_settings_are_typed(write_recipe, tmp_path):
                          ({"dedupe": True}, "filters.dedupe")):
         with pytest.raises(RecipeError, match=message):
             synth_recipe(write_recipe, tmp_path, filters=bad)
+
+
+# ---- 9. the HTTP teacher backend ----------------------------------------------------------------
+class _Scripted:
+    """A local OpenAI-compatible stub answering from a script of (status, headers, body) replies."""
+
+    def __init__(self, replies):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies, self.received, self.lock = list(replies), [], threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.received.append((time.monotonic(), dict(self.headers), body))
+                    status, headers, reply = outer.replies.pop(0) if outer.replies else (200, {}, _ok())
+                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def _ok(text="Paris."):
+    return {"choices": [{"text": text, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+def _backend(tiny_model, url, **kwargs):
+    from eval.backends import OpenAIBackend
+
+    return OpenAIBackend(tiny_model, base_url=url, **kwargs)
+
+
+def _ask(backend, n=1):
+    from eval.backends import Request, Sampling
+
+    return backend.generate([Request([{"role": "user", "content": f"q{i}"}]) for i in range(n)],
+                            Sampling(temperature=0.6, top_p=0.95, max_new_tokens=8))
+
+
+def test_http_429_is_retried_after_retry_after_and_succeeds(tiny_model):
+    stub = _Scripted([(429, {"Retry-After": "1"}, {"error": "slow down"})] * 3)
+    try:
+        out = _ask(_backend(tiny_model, stub.url, retry_budget_s=30))
+    finally:
+        stub.close()
+    assert [c.text for c in out] == ["Paris."]
+    times = [t for t, _, _ in stub.received]
+    assert len(times) == 4 and all(b - a >= 0.9 for a, b in zip(times, times[1:]))  # Retry-After honoured
+
+
+def test_http_400_is_not_retried_and_names_the_url_and_the_reason(tiny_model):
+    from pipeline.errors import UserError
+
+    reason = {"error": {"message": "This model's maximum context length is 2048 tokens"}}
+    stub = _Scripted([(400, {}, reason)])
+    try:
+        with pytest.raises(UserError, match=r"127\.0\.0\.1.*HTTP 400.*maximum context length is 2048"):
+            _ask(_backend(tiny_model, stub.url, retry_budget_s=30))
+    finally:
+        stub.close()
+    assert len(stub.received) == 1
+
+
+@pytest.mark.parametrize("reply", [b"<html>oops</html>", {"no": "choices"}])
+def test_http_malformed_reply_is_a_clear_error_with_the_url(tiny_model, reply):
+    from pipeline.errors import UserError
+
+    stub = _Scripted([(200, {}, reply)])
+    try:
+        with pytest.raises(UserError, match=r"127\.0\.0\.1.*/completions"):
+            _ask(_backend(tiny_model, stub.url, retry_budget_s=0))
+    finally:
+        stub.close()
+
+
+def test_http_recipe_settings_reach_the_request(tiny_model, monkeypatch, write_recipe):
+    from eval.backends import make_backend
+
+    monkeypatch.setenv("TEACHER_KEY", "sk-test-123")
+    stub = _Scripted([])
+    try:
+        recipe = load_recipe(write_recipe({
+            "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": tiny_model},
+            "prompts": {"sources": [{"path": "p.jsonl"}]},
+            "backend": {"kind": "openai", "base_url": stub.url, "served_model_name": "qwen", "api_key_env": "TEACHER_KEY",
+                        "concurrency": 3, "timeout_s": 12, "retry_budget_s": 5}}))
+        backend = make_backend(recipe.backend, tiny_model, "float32")
+        assert (backend.concurrency, backend.timeout_s) == (3, 12)
+        _ask(backend, n=2)
+    finally:
+        stub.close()
+    _, headers, body = stub.received[0]
+    assert headers["Authorization"] == "Bearer sk-test-123" and body["model"] == "qwen"
+    assert body["top_k"] == -1 and body["stop_token_ids"] and body["skip_special_tokens"] is False
+    assert "sk-test-123" not in json.dumps(recipe.model_dump())  # the recipe names the variable, never the key

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 import synth.stage as synth_stage
-from eval.backends import Completion
+from eval.backends import Backend, Completion
 from pipeline.cli import load
 from pipeline.data import build_preference_mixture, build_sft_mixture
 from pipeline.recipe import RecipeError, load_recipe
@@ -18,7 +18,7 @@ from synth.filters import Contamination, NearDuplicates, apply_filters
 from synth.store import ShardStore, parse_shard
 
 
-class Scripted:
+class Scripted(Backend):
     """Teacher: a think trace + answer in think mode, an answer otherwise. Weak: a wrong answer."""
 
     calls: list = []
