@@ -272,7 +272,8 @@ class _Scripted:
 
 
 def _ok(text="Paris."):
-    return {"choices": [{"text": text, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    return {"choices": [{"text": text, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
 
 
 def _backend(tiny_model, url, **kwargs):
@@ -333,7 +334,8 @@ def test_http_recipe_settings_reach_the_request(tiny_model, monkeypatch, write_r
         recipe = load_recipe(write_recipe({
             "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": tiny_model},
             "prompts": {"sources": [{"path": "p.jsonl"}]},
-            "backend": {"kind": "openai", "base_url": stub.url, "served_model_name": "qwen", "api_key_env": "TEACHER_KEY",
+            "backend": {"kind": "openai", "base_url": stub.url, "served_model_name": "qwen",
+                        "api_key_env": "TEACHER_KEY",
                         "concurrency": 3, "timeout_s": 12, "retry_budget_s": 5}}))
         backend = make_backend(recipe.backend, tiny_model, "float32")
         assert (backend.concurrency, backend.timeout_s) == (3, 12)
