@@ -43,7 +43,8 @@ def bench_data_path(tokenizer, rows: list[dict], seq_length: int) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.data import Rendering, pack, packing_stats, tokenize_row, validate_conversation
+    from pipeline.data import Rendering, tokenize_row, validate_conversation
+    from pipeline.packing import pack, packing_stats
 
     rendering = Rendering(DEFAULT_DATE, DEFAULT_CUTOFF, assistant_only=True)
     t0 = time.perf_counter()
@@ -74,7 +75,7 @@ def bench_data_path(tokenizer, rows: list[dict], seq_length: int) -> dict:
 def bench_packing(seq_length: int = 4096, n: int = 5000) -> dict:
     from datasets import Dataset
 
-    from pipeline.data import pack, packing_stats
+    from pipeline.packing import pack, packing_stats
 
     rng = random.Random(0)
     lengths = [min(seq_length, max(16, int(rng.lognormvariate(6.2, 0.9)))) for _ in range(n)]
@@ -94,8 +95,9 @@ def bench_training(rows: list[dict], steps: int, seq_length: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.data import Rendering, pack, tokenize_row
+    from pipeline.data import Rendering, tokenize_row
     from pipeline.models import resolve_model
+    from pipeline.packing import pack
 
     path = resolve_model("embedded:smollm2-135m-instruct")
     tokenizer = install_template(AutoTokenizer.from_pretrained(path))

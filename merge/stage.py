@@ -22,7 +22,7 @@ import yaml
 from eval.tasks import check_tasks
 from merge.checks import check_compatible
 from merge.sweep import sweep
-from pipeline.chat import template_text
+from pipeline.chat import end_of_turn_as_eos, template_text
 from pipeline.errors import UserError
 from pipeline.inputs import expand_glob, is_glob
 from pipeline.runs import stage_run
@@ -87,7 +87,7 @@ def run(recipe, overwrite: bool = False) -> Path:
                                    if weight < 1 else [(str(soup), 1.0)], recipe.dtype)
             run_mergekit(config, out, out / "mergekit_final.yml", run.path, run.final)
             tokenizer.save_pretrained(str(out))
-            inference_ready(out)
+            inference_ready(out, tokenizer)
 
         merge_at(recipe.soup_weight, run.path)
         if recipe.sweep:
@@ -99,12 +99,20 @@ def run(recipe, overwrite: bool = False) -> Path:
     return recipe.output_path()
 
 
-def inference_ready(path: Path) -> None:
-    """Mid-training checkpoints (the soup's members) were saved with use_cache=False; the merge
-    copies their config, and generation without a KV cache would be quadratic."""
+def inference_ready(path: Path, tokenizer) -> None:
+    """The merged checkpoint as generation needs it: a KV cache (mid-training checkpoints were saved
+    with use_cache=False and MergeKit copies their config) and `<|im_end|>` as EOS in config.json and
+    a generation_config.json (MergeKit writes none), as the official configs set it."""
+    from transformers import GenerationConfig
+
+    end_of_turn_as_eos(tokenizer)
+    tokenizer.save_pretrained(str(path))
+    eos = tokenizer.eos_token_id
     config = json.loads((path / "config.json").read_text())
-    config["use_cache"] = True
+    config.update(use_cache=True, eos_token_id=eos)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, bos_token_id=config.get("bos_token_id"),
+                     do_sample=True, temperature=0.6, top_p=0.95).save_pretrained(str(path))  # SmolLM3's defaults
 
 
 def write_model_card(run, recipe, members) -> None:

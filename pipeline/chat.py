@@ -67,6 +67,23 @@ def install_template(tokenizer, template: str | None = None):
     return tokenizer
 
 
+def end_of_turn_as_eos(tokenizer, model=None) -> None:
+    """`<|im_end|>` as the end-of-sequence token of the tokenizer (and the model's generation
+    config), as the official SmolLM3 configs set it: plain `generate()` and vLLM then stop at the
+    end of the assistant turn instead of running on into a new one."""
+    if END_OF_TURN not in tokenizer.get_vocab():
+        return
+    if tokenizer.pad_token is None:  # keep the base's own EOS as padding, not the end of a turn
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.eos_token = END_OF_TURN
+    if model is not None:
+        eos = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        model.config.eos_token_id = eos
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.eos_token_id = eos
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
 def has_generation_markers(template: str) -> bool:
     """Whether the template has a `{% generation %}` block (any whitespace control), found by
     parsing it as transformers does, so a comment that mentions the words does not count."""

@@ -3,6 +3,7 @@
     smolalign STAGE --recipe FILE [--set key=value ...] [--overwrite]
     smolalign synth --recipe FILE [--recipe FILE]  # synth-traces / synth-pairs, by the recipe's stage
     smolalign validate FILE [FILE ...]        # schema + TRL args + combinations, no model loads
+    smolalign prepare --recipe FILE [--shard I/N]   # build a training stage's mixture ahead of the GPU job
     smolalign prepare-model [NAME ...]        # build the embedded default checkpoints
     smolalign demo                            # the whole pipeline on recipes/demo/, CPU
 
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="check recipes without running them")
     v.add_argument("files", nargs="+")
     v.add_argument("--inputs", action="store_true", help="also check that local inputs exist")
+    d = sub.add_parser("prepare", help="tokenize, mask, budget and pack a midtrain/sft recipe's mixture into the "
+                                       "cache (CPU), so the training job only memory-maps it")
+    d.add_argument("--recipe", required=True)
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--shard", metavar="I/N", help="tokenize share I of N of every source; a last run without "
+                                                  "--shard collects the shares and packs")
     m = sub.add_parser("prepare-model", help="build the embedded default checkpoints")
     m.add_argument("names", nargs="*", help="default: all")
     sub.add_parser("demo", help="run the whole pipeline on recipes/demo/ (CPU)")
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return validate(args.files, args.inputs)
+        if args.command == "prepare":
+            return prepare(args.recipe, args.overrides, args.shard)
         if args.command == "prepare-model":
             return prepare_models(args.names)
         if args.command == "demo":
@@ -117,6 +126,32 @@ def validate(files: list[str], inputs: bool = False) -> int:
             failed += 1
             print(f"FAIL  {e}")
     return 2 if failed else 0
+
+
+def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
+    """Build the mixture the training stage will use (the same code, the same cache entry)."""
+    from pipeline.data import format_report
+    from pipeline.mixture import build_sft_mixture
+    from pipeline.models import cache_dir
+    from pipeline.runs import parse_shard
+    from pipeline.train import load_tokenizer
+
+    recipe = load(recipe_file, overrides)
+    if recipe.stage not in ("midtrain", "sft"):
+        raise RecipeError(recipe_file, [("stage", f"`prepare` builds midtrain and sft mixtures; this recipe is "
+                                                  f"`{recipe.stage}` (APO's pairs are read directly)")])
+    check_inputs(recipe)
+    share = parse_shard(shard) if shard else None
+    tokenizer = load_tokenizer(recipe)
+    quarantine = recipe.output_path().with_name(recipe.output_path().name + ".quarantine.jsonl")
+    dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine, shard=share)
+    if share is not None:
+        print(f"prepare: share {share[0]}/{share[1]} tokenized; run once more without --shard to collect and pack")
+        return 0
+    print(format_report(report))
+    print(f"prepare: {len(dataset)} rows -> {cache_dir() / 'mixtures' / report['fingerprint']}"
+          + (f"; quarantined rows: {quarantine}" if report["quarantined"] else ""))
+    return 0
 
 
 def prepare_models(names: list[str]) -> int:

@@ -1,30 +1,26 @@
-"""Data mixture: sources -> normalised, validated rows -> budgeted mixture -> tokens + loss masks -> packs.
+"""Rows: what one training example is, before it becomes Arrow columns (pipeline/mixture.py).
 
-    mixture = build_sft_mixture(recipe, tokenizer, out_dir)   # used by the midtrain and sft stages
+    messages = normalise_messages(row)                       # messages / ShareGPT / prompt-completion
+    enc, thinking = encode_row(row, source, tokenizer, rendering)   # ids + labels in the row's one mode
 
 Each source is a Hub dataset or a local .jsonl/.json/.parquet file with a mode (`think`, `no_think`,
 or `from_row`: the row's `chat_template_kwargs.enable_thinking`) and a budget: a row `fraction`
 (>1 upsamples) or a `tokens` budget, drawn with the mixture seed. Rows are normalised to chat
-`messages` and validated; a bad row goes to `quarantine.jsonl` with its source, index and reason,
-and is counted in the report: nothing is dropped silently.
+`messages`, given their one mode (`row_mode`), validated for it; a bad row of any shape is a
+`BadRow` whose message is its quarantine reason: nothing is dropped silently and nothing crashes.
 
-Tokenization renders each row with our chat template and keeps the template's assistant mask as the
-labels (assistant content + `<|im_end|>`; never headers, system, user or tool text). Mid-training
-trains on every token. Packing: best-fit decreasing through TRL's `pack_dataset` for SFT; for
-mid-training our own `wrapped` packer, which (unlike TRL's) records document boundaries in
-`seq_lengths`, so attention stays inside each document there too. Packed rows carry `seq_lengths`;
-TRL's padding-free collator turns them into per-document `position_ids`.
+A row's tools and custom instructions (smoltalk2's `chat_template_kwargs`: `xml_tools` as JSON
+strings, `python_tools`, `custom_instructions`; or a `tools` column) reach the template. Tokenization
+keeps the template's assistant mask as the labels (assistant content + `<|im_end|>`; never headers,
+system, user or tool text); mid-training trains on every token.
 
-Tokenized mixtures are cached under the cache dir by a fingerprint of the sources, their content,
-the tokenizer, the template and every setting that changes the tokens.
+Preference pairs (APO) are built here too (`build_preference_mixture`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,8 +29,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.chat import THINK_OPEN, template_kwargs, think_block_problem
+from pipeline.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
 from pipeline.errors import UserError
+from pipeline.files import read_jsonl
 from pipeline.inputs import classify_input
 from pipeline.schema import Source, TrainRecipe
 
@@ -62,7 +59,7 @@ def load_source(source: Source) -> Iterable[dict[str, Any]]:
         return load_dataset(source.path, source.name, split=source.split)
     path = Path(source.path).expanduser()
     if path.suffix == ".jsonl":
-        return _read_jsonl(path)
+        return read_jsonl(path)
     if path.suffix == ".json":
         data = json.loads(path.read_text())
         return data if isinstance(data, list) else [data]
@@ -73,29 +70,23 @@ def load_source(source: Source) -> Iterable[dict[str, Any]]:
     raise UserError(f"{source.path}: unsupported file type; use .jsonl, .json or .parquet")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
-    return rows
-
-
-def normalise_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Chat messages from the common layouts: messages, ShareGPT conversations, prompt/completion."""
+def normalise_messages(row: Any) -> list[dict[str, Any]]:
+    """Chat messages from the common layouts: messages, ShareGPT conversations, prompt/completion.
+    Every layout gets the same treatment (assistant content stripped of leading whitespace), and a
+    row of the wrong shape is a BadRow with the reason, never a traceback."""
+    if not isinstance(row, dict):
+        raise BadRow(f"a row must be a JSON object, got {_kind(row)}")
     if row.get("messages") is not None:
-        messages = [_message(m) for m in row["messages"]]
+        messages = [_message(m, i) for i, m in enumerate(_listed(row["messages"], "messages"))]
     elif row.get("conversations") is not None:
         messages = []
-        for turn in row["conversations"]:
+        for i, turn in enumerate(_listed(row["conversations"], "conversations")):
+            if not isinstance(turn, dict):
+                raise BadRow(f"conversations[{i}] must be an object with `from` and `value`, got {_kind(turn)}")
             role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
             if role is None:
                 raise BadRow(f"unknown ShareGPT speaker {turn.get('from')!r}")
-            messages.append({"role": role, "content": turn.get("value") or ""})
+            messages.append(_message({"role": role, "content": turn.get("value")}, i))
     elif row.get("prompt") is not None and row.get("completion") is not None:
         messages = _as_turns(row["prompt"], "user") + _as_turns(row["completion"], "assistant")
     else:
@@ -103,15 +94,30 @@ def normalise_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _message(m: dict[str, Any]) -> dict[str, Any]:
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _listed(value, key: str) -> list:
+    if not isinstance(value, list):
+        raise BadRow(f"`{key}` must be a list of messages, got {_kind(value)}")
+    return value
+
+
+def _message(m: Any, i: int = 0) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise BadRow(f"message {i} must be an object with `role` and `content`, got {_kind(m)}")
     content = _text(m.get("content"))
     if m.get("role") == "assistant":
         # transformers masks whole tokens: leading newlines would merge with the header's "\n"
         # into one token and put part of the header into the trained span
         content = content.lstrip()
     out = {"role": m.get("role"), "content": content}
-    if m.get("tool_calls"):
-        out["tool_calls"] = m["tool_calls"]
+    if m.get("tool_calls") is not None:
+        if not isinstance(m["tool_calls"], list):
+            raise BadRow(f"message {i}: `tool_calls` must be a list, got {_kind(m['tool_calls'])}")
+        if m["tool_calls"]:
+            out["tool_calls"] = m["tool_calls"]
     return out
 
 
@@ -127,17 +133,62 @@ def _text(content) -> str:
 
 
 def _as_turns(value, role: str) -> list[dict[str, Any]]:
-    return [_message(m) for m in value] if isinstance(value, list) else [{"role": role, "content": _text(value)}]
+    if isinstance(value, list):
+        return [_message(m, i) for i, m in enumerate(value)]
+    return [_message({"role": role, "content": value})]
 
 
-def row_mode(source: Source, row: dict[str, Any]) -> bool:
-    """enable_thinking for this row."""
-    if source.mode != "from_row":
-        return source.mode == "think"
+def row_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """What a row tells the template besides the mode: smoltalk2's `chat_template_kwargs`
+    (`xml_tools` as a list of JSON strings, `python_tools`, `custom_instructions`) and a `tools`
+    column (function schemas), as the released SmolLM3 training template uses them."""
     kwargs = row.get("chat_template_kwargs") or {}
-    if "enable_thinking" not in kwargs:
-        raise BadRow("mode `from_row` but the row has no chat_template_kwargs.enable_thinking")
-    return bool(kwargs["enable_thinking"])
+    if not isinstance(kwargs, dict):
+        raise BadRow(f"`chat_template_kwargs` must be an object, got {_kind(kwargs)}")
+    out = {}
+    for key in ("xml_tools", "python_tools"):
+        if kwargs.get(key) is not None:
+            out[key] = _tool_list(kwargs[key], f"chat_template_kwargs.{key}")
+    if row.get("tools") is not None:
+        out["xml_tools"] = out.get("xml_tools", []) + _tool_list(row["tools"], "tools")
+    if kwargs.get("custom_instructions"):
+        if not isinstance(kwargs["custom_instructions"], str):
+            raise BadRow("`chat_template_kwargs.custom_instructions` must be text")
+        out["custom_instructions"] = kwargs["custom_instructions"]
+    return out
+
+
+def _tool_list(value, key: str) -> list:
+    if isinstance(value, str):  # a JSON list stored as one string
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise BadRow(f"`{key}` is a string but not a JSON list of tools") from None
+    if not isinstance(value, list):
+        raise BadRow(f"`{key}` must be a list of tools, got {_kind(value)}")
+    return value
+
+
+def row_mode(source: Source, row: dict[str, Any], messages: list[dict[str, Any]]) -> bool:
+    """The one mode a row is validated and rendered in (enable_thinking).
+
+    The source's `mode` (or, with `from_row`, the row's `chat_template_kwargs.enable_thinking`)
+    decides. A `/think` or `/no_think` flag in the row's system message would make the template
+    render the other mode; such a conflict is a BadRow (quarantined with the reason), never
+    resolved silently: a think row rendered as /no_think would train its reasoning as an answer."""
+    if source.mode != "from_row":
+        declared = source.mode == "think"
+    else:
+        kwargs = row.get("chat_template_kwargs") or {}
+        if not isinstance(kwargs, dict) or "enable_thinking" not in kwargs:
+            raise BadRow("mode `from_row` but the row has no chat_template_kwargs.enable_thinking")
+        declared = bool(kwargs["enable_thinking"])
+    rendered = resolve_thinking(messages, declared)
+    if rendered != declared:
+        flag = "/think" if rendered else "/no_think"
+        raise BadRow(f"the system message says {flag} but the row's mode is "
+                     f"{'think' if declared else 'no_think'}; fix the row or the source's `mode`")
+    return declared
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,11 +240,13 @@ class Rendering:
     assistant_only: bool
 
 
-def tokenize_row(tokenizer, messages, thinking: bool, rendering: Rendering, tools=None) -> dict[str, list[int]]:
+def tokenize_row(tokenizer, messages, thinking: bool, rendering: Rendering,
+                 extra: dict[str, Any] | None = None) -> dict[str, list[int]]:
+    """Token ids and labels of one conversation; `extra`: the row's tools and custom instructions."""
     out = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=rendering.assistant_only,
         **template_kwargs(thinking, today_date=rendering.today_date, knowledge_cutoff=rendering.knowledge_cutoff,
-                          xml_tools=tools),
+                          **(extra or {})),
     )
     ids = list(out["input_ids"])
     if rendering.assistant_only:
@@ -204,6 +257,16 @@ def tokenize_row(tokenizer, messages, thinking: bool, rendering: Rendering, tool
     else:
         labels = list(ids)
     return {"input_ids": ids, "labels": labels}
+
+
+def encode_row(row: Any, source: Source, tokenizer, rendering: Rendering) -> tuple[dict[str, list[int]], bool]:
+    """(input_ids + labels, thinking) of one raw row: normalised, its one mode decided, validated
+    for that mode, rendered with its tools and custom instructions. Raises BadRow."""
+    messages = normalise_messages(row)
+    extra = row_kwargs(row)  # the row's shape first: a bad tools column is the reason, not what follows
+    thinking = row_mode(source, row, messages)
+    validate_conversation(messages, thinking)
+    return tokenize_row(tokenizer, messages, thinking, rendering, extra), thinking
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,154 +300,6 @@ def take_tokens(lengths: list[int], budget: int, rng: random.Random) -> list[int
 
 
 # ----------------------------------------------------------------------------------------------
-# Packing
-# ----------------------------------------------------------------------------------------------
-def pack_wrapped(rows: list[dict[str, list[int]]], seq_length: int) -> list[dict[str, list[int]]]:
-    """Concatenate documents and cut every `seq_length` tokens, recording where each document
-    (or its piece) lies in the chunk, so attention can stay inside documents."""
-    packs, ids, labels, lengths = [], [], [], []
-    for row in rows:
-        start = 0
-        while start < len(row["input_ids"]):
-            room = seq_length - len(ids)
-            piece = slice(start, start + room)
-            ids += row["input_ids"][piece]
-            labels += row["labels"][piece]
-            lengths.append(len(row["input_ids"][piece]))
-            start += room
-            if len(ids) == seq_length:
-                packs.append({"input_ids": ids, "labels": labels, "seq_lengths": lengths})
-                ids, labels, lengths = [], [], []
-    if ids:
-        packs.append({"input_ids": ids, "labels": labels, "seq_lengths": lengths})
-    return packs
-
-
-def pack(dataset, seq_length: int, strategy: str):
-    """Packed `datasets.Dataset` with input_ids, labels and seq_lengths."""
-    from datasets import Dataset
-    from trl.data_utils import pack_dataset
-
-    if strategy == "wrapped":
-        return Dataset.from_list(pack_wrapped(dataset.select_columns(["input_ids", "labels"]).to_list(), seq_length))
-    # One map batch = all rows, so best-fit sees every document (TRL's default batch is 1000 rows).
-    return pack_dataset(dataset.select_columns(["input_ids", "labels"]), seq_length, strategy,
-                        {"batch_size": max(len(dataset), 1)})
-
-
-def packing_stats(packed, seq_length: int) -> dict[str, Any]:
-    lengths = [len(ids) for ids in packed["input_ids"]]
-    tokens = sum(lengths)
-    trained = sum(sum(1 for t in labels if t != -100) for labels in packed["labels"])
-    docs = sum(len(s) for s in packed["seq_lengths"])
-    return {
-        "packed_rows": len(lengths),
-        "documents": docs,
-        "tokens": tokens,
-        "efficiency": round(tokens / (len(lengths) * seq_length), 4) if lengths else 0.0,
-        "trained_token_share": round(trained / tokens, 4) if tokens else 0.0,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# The mixture
-# ----------------------------------------------------------------------------------------------
-def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
-    from pipeline.runs import content_hash
-
-    h = hashlib.sha256()
-    for source in recipe.data.sources:
-        h.update(json.dumps(source.model_dump(), sort_keys=True).encode())
-        if classify_input(source.path) == "local":
-            h.update(content_hash(Path(source.path).expanduser()).encode())
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-    settings = {
-        "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
-        "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
-        "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
-    }
-    h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quarantine_path: Path):
-    """(dataset ready for TRL, report dict). Cached by fingerprint under `cache_root`."""
-    from pipeline.models import file_lock
-
-    fingerprint = mixture_fingerprint(recipe, tokenizer, tokenizer.chat_template or "")
-    cache = cache_root / fingerprint
-    with file_lock(cache_root / f"{fingerprint}.lock"):  # ranks of one job build it once
-        return _build_or_load(recipe, tokenizer, cache, fingerprint, quarantine_path)
-
-
-def _build_or_load(recipe, tokenizer, cache: Path, fingerprint: str, quarantine_path: Path):
-    from datasets import Dataset, load_from_disk
-
-    if (cache / "report.json").is_file():
-        report = json.loads((cache / "report.json").read_text())
-        if report.get("quarantined") and (cache / "quarantine.jsonl").is_file():
-            quarantine_path.write_text((cache / "quarantine.jsonl").read_text())
-        return load_from_disk(str(cache / "dataset")), report
-
-    max_length = recipe.training.get("max_length")
-    rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
-                          assistant_only=bool(recipe.training.get("assistant_only_loss")))
-    rng = random.Random(recipe.data.seed)
-    rows, quarantined = [], []
-    for si, source in enumerate(recipe.data.sources):
-        rows += _source_rows(si, source, tokenizer, rendering, rng, quarantined)
-
-    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
-    too_long = sum(1 for r in rows if max_length and len(r["input_ids"]) > max_length)
-    report = {"fingerprint": fingerprint, "sources": _per_source(recipe, rows, quarantined),
-              "modes": _per_mode(rows), "rows": len(rows), "quarantined": len(quarantined),
-              "max_length": max_length, "rows_over_max_length": too_long,
-              # wrapped packing splits long documents across rows; every other path truncates them
-              "over_length_rows_are": "split" if strategy in ("wrapped", "bfd_split") else "truncated"}
-    rng.shuffle(rows)
-    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    if strategy:
-        dataset = pack(dataset, max_length, strategy)
-        report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
-    elif max_length:
-        dataset = dataset.map(lambda r: {k: r[k][:max_length] for k in ("input_ids", "labels")})
-
-    _write_quarantine(quarantine_path, quarantined)
-    tmp = cache.with_name(cache.name + ".tmp")
-    dataset.save_to_disk(str(tmp / "dataset"))
-    if quarantined:
-        (tmp / "quarantine.jsonl").write_text(quarantine_path.read_text())
-    (tmp / "report.json").write_text(json.dumps(report, indent=2))
-    if cache.exists():
-        shutil.rmtree(cache)
-    tmp.rename(cache)
-    return load_from_disk(str(cache / "dataset")), report
-
-
-def _source_rows(si: int, source: Source, tokenizer, rendering: Rendering, rng: random.Random,
-                 quarantined: list[dict]) -> list[dict]:
-    label = source.path if source.split == "train" else f"{source.path}:{source.split}"
-    data = load_source(source)
-    tokenized = []
-    for index, row in enumerate(tqdm(data, desc=f"tokenizing {label}", leave=False)):
-        try:
-            thinking = row_mode(source, row)
-            messages = normalise_messages(row)
-            validate_conversation(messages, thinking)
-            enc = tokenize_row(tokenizer, messages, thinking, rendering, tools=row.get("tools"))
-        except BadRow as e:
-            quarantined.append({"source": label, "source_index": si, "row": index, "reason": str(e)})
-            continue
-        tokenized.append({**enc, "source": si, "thinking": thinking})
-    if source.tokens is not None:
-        picked = take_tokens([len(r["input_ids"]) for r in tokenized], source.tokens, rng)
-    else:
-        picked = take_fraction(len(tokenized), source.fraction, rng)
-    return [tokenized[i] for i in picked]
-
-
-# ----------------------------------------------------------------------------------------------
 # Preference pairs (APO / DPO)
 # ----------------------------------------------------------------------------------------------
 def normalise_pair(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -392,6 +307,8 @@ def normalise_pair(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[di
 
     Accepts a prompt string or message list with chosen/rejected as strings, single turns or full
     conversations that repeat the prompt (as many preference datasets store them)."""
+    if not isinstance(row, dict):
+        raise BadRow(f"a row must be a JSON object, got {_kind(row)}")
     for key in ("chosen", "rejected"):
         if row.get(key) is None:
             raise BadRow(f"no `{key}` column")
@@ -424,9 +341,10 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
         kept = []
         for index, row in enumerate(tqdm(load_source(source), desc=f"reading {label}", leave=False)):
             try:
-                thinking = row_mode(source, row)
                 prompt, chosen, rejected = normalise_pair(row)
+                thinking = row_mode(source, row, prompt + chosen)
                 validate_conversation(prompt + chosen, thinking)
+                extra = row_kwargs(row)
                 if not rejected[0]["content"].strip():
                     raise BadRow("empty rejected answer")
             except BadRow as e:
@@ -434,7 +352,8 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
                 continue
             kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": si, "thinking": thinking,
                          "chat_template_kwargs": template_kwargs(thinking, today_date=recipe.chat.today_date,
-                                                                 knowledge_cutoff=recipe.chat.knowledge_cutoff)})
+                                                                 knowledge_cutoff=recipe.chat.knowledge_cutoff,
+                                                                 **extra)})
         if source.tokens is not None:
             lengths = [sum(len(m["content"]) for m in r["prompt"] + r["chosen"] + r["rejected"]) // 4 for r in kept]
             picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here

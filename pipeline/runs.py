@@ -65,6 +65,19 @@ class Run:
         self.save_manifest(status=status, finished_at=attempt["finished_at"], duration_s=total, **updates)
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`--shard i/n` -> (i, n); None -> (0, 1). One share of a job split over machines."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected i/n, e.g. 0/8") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
 def partial_path(final: Path) -> Path:
     """Where a stage writes until it has finished: `<out>.partial` beside `<out>`."""
     return final.with_name(final.name + ".partial")

@@ -66,6 +66,7 @@ class Source(Strict):
 class DataSpec(Strict):
     sources: list[Source] = Field(min_length=1)
     seed: int = 42
+    num_proc: int | None = Field(None, ge=1, description="Processes that tokenize and pack (default: every core).")
 
 
 class PeftSpec(Strict):

@@ -17,7 +17,8 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.data import build_sft_mixture, format_report
+from pipeline.data import format_report
+from pipeline.mixture import build_sft_mixture
 from pipeline.models import cache_dir
 from pipeline.runs import is_main_process, stage_run
 from pipeline.train import (
@@ -48,7 +49,8 @@ def run(recipe, overwrite: bool = False) -> Path:
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:
-        dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", run.path / "quarantine.jsonl")
+        quarantine = run.path / "quarantine.jsonl"
+        dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine)
         if is_main_process():
             (run.path / "mixture.json").write_text(json.dumps(report, indent=2))
             (run.path / "mixture.txt").write_text(format_report(report) + "\n")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import has_generation_markers, template_text
+from pipeline.chat import end_of_turn_as_eos, has_generation_markers, template_text
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.models import resolve_model
@@ -31,6 +31,7 @@ def load_tokenizer(recipe: TrainRecipe):
         tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    end_of_turn_as_eos(tokenizer)  # what every checkpoint we write ships
     if recipe.training.get("assistant_only_loss") and not has_generation_markers(tokenizer.chat_template or ""):
         raise UserError(f"{recipe.model.name_or_path}: assistant_only_loss needs a template with "
                          "{% generation %} markers; set chat.template: smollm3")
@@ -178,6 +179,7 @@ def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] |
     # Training ran without a KV cache (packed rows need that); a checkpoint saved with
     # use_cache=False would make every later generate() recompute the whole prefix per token.
     trainer.model.config.use_cache = True
+    end_of_turn_as_eos(tokenizer, trainer.model)  # generate() and vLLM stop at the end of the turn
     if recipe.peft is not None:
         trainer.save_model(str(run.path / "adapter"))
         if trainer.is_world_process_zero():

@@ -34,9 +34,9 @@ from eval.backends import Request, Sampling, make_backend
 from pipeline.data import load_source
 from pipeline.errors import UserError
 from pipeline.models import resolve_model
-from pipeline.runs import join_run, run_lock, stage_run, write_json_atomic
+from pipeline.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
 from synth.filters import apply_filters
-from synth.store import ShardStore, key_shard, parse_shard, read_all, work_key
+from synth.store import ShardStore, key_shard, read_all, work_key
 
 BATCH = 64  # prompts generated between two fsyncs of the shard file
 

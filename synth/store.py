@@ -18,8 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-
 
 def work_key(messages: list[dict], model: str, sampling: dict[str, Any], template_kwargs: dict[str, Any]) -> str:
     blob = json.dumps({"messages": messages, "model": model, "sampling": sampling, "template": template_kwargs},
@@ -29,19 +27,6 @@ def work_key(messages: list[dict], model: str, sampling: dict[str, Any], templat
 
 def key_shard(key: str, n: int) -> int:
     return int(key[:8], 16) % n
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/n' -> (i, n); None -> (0, 1)."""
-    if not text:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected i/n, e.g. 0/8") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise UserError(f"--shard {text!r}: need 0 <= i < n")
-    return i, n
 
 
 class ShardStore:

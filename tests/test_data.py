@@ -8,16 +8,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline.data import (
-    BadRow,
-    normalise_messages,
-    pack,
-    pack_wrapped,
-    packing_stats,
-    take_fraction,
-    take_tokens,
-    validate_conversation,
-)
+from pipeline.data import BadRow, normalise_messages, take_fraction, take_tokens, validate_conversation
+from pipeline.packing import pack, packing_stats
 
 USER = {"role": "user", "content": "Hi"}
 
@@ -109,8 +101,10 @@ def _rows(lengths, seed=0):
 
 
 def test_wrapped_packing_keeps_every_token_and_document_boundaries():
+    from datasets import Dataset
+
     rows = _rows([5, 9, 3, 12])
-    packs = pack_wrapped(rows, 8)
+    packs = pack(Dataset.from_list(rows), 8, "wrapped").to_list()
     flat = [t for p in packs for t in p["input_ids"]]
     assert flat == [t for r in rows for t in r["input_ids"]]
     assert [len(p["input_ids"]) for p in packs] == [8, 8, 8, 5]

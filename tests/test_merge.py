@@ -46,6 +46,8 @@ def test_final_merge_is_exactly_09_a_plus_01_b(write_recipe, tmp_path, ckpts):
     config = json.loads((out / "config.json").read_text())
     assert config["no_rope_layers"] == [1, 1, 1, 0, 1, 1, 1, 0] and config["tie_word_embeddings"] is True
     assert config["use_cache"] is True
+    eos = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<|im_end|>")
+    assert config["eos_token_id"] == eos == json.loads((out / "generation_config.json").read_text())["eos_token_id"]
 
 
 def test_soup_then_merge_with_a_glob(write_recipe, tmp_path, ckpts):

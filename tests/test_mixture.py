@@ -7,7 +7,8 @@ from conftest import REPO
 from transformers import AutoTokenizer
 
 from pipeline.chat import install_template
-from pipeline.data import build_preference_mixture, build_sft_mixture, format_report
+from pipeline.data import build_preference_mixture, format_report
+from pipeline.mixture import build_sft_mixture
 from pipeline.recipe import load_recipe
 
 
@@ -25,22 +26,26 @@ def sft(write_recipe, sources, **training):
 
 
 def test_mixture_report_quarantine_and_labels(write_recipe, tok, tmp_path):
+    # the shipped bad rows, then two good ones (a source with no good row at all is an error: below)
+    mixed = tmp_path / "bad_rows.jsonl"
+    good = (REPO / "data/demo/chat_no_think.jsonl").read_text().splitlines()[:2]
+    mixed.write_text((REPO / "data/demo/bad_rows.jsonl").read_text() + "\n".join(good) + "\n")
     recipe = sft(write_recipe, [
         {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think", "fraction": 0.5},
         {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 2.0},
-        {"path": str(REPO / "data/demo/bad_rows.jsonl"), "mode": "no_think"},
+        {"path": str(mixed), "mode": "no_think"},
     ])
     quarantine = tmp_path / "quarantine.jsonl"
     dataset, report = build_sft_mixture(recipe, tok, tmp_path / "cache", quarantine)
     by_source = {s["source"].split("/")[-1]: s for s in report["sources"]}
     assert by_source["chat_no_think.jsonl"]["rows"] == 16 and by_source["reasoning.jsonl"]["rows"] == 96
-    assert by_source["bad_rows.jsonl"] == {**by_source["bad_rows.jsonl"], "rows": 0, "quarantined": 6}
-    assert report["modes"]["think"]["rows"] == 96 and report["modes"]["no_think"]["rows"] == 16
+    assert by_source["bad_rows.jsonl"] == {**by_source["bad_rows.jsonl"], "rows": 2, "quarantined": 6}
+    assert report["modes"]["think"]["rows"] == 96 and report["modes"]["no_think"]["rows"] == 18
     bad = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert [b["row"] for b in bad] == list(range(6)) and bad[0]["reason"] == "message 1: empty assistant turn"
     assert all(b["source"].endswith("bad_rows.jsonl") for b in bad)
     packing = report["packing"]
-    assert packing["documents"] == 112
+    assert packing["documents"] == 114
     assert packing["tokens"] == sum(len(r) for r in dataset["input_ids"])
     assert packing["efficiency"] == round(packing["tokens"] / (len(dataset) * 256), 4)
     assert all(len(r) <= 256 for r in dataset["input_ids"])
@@ -48,7 +53,7 @@ def test_mixture_report_quarantine_and_labels(write_recipe, tok, tmp_path):
     trained = tok.decode([t for labels in dataset["labels"] for t in labels if t != -100])
     assert "What is the capital" not in trained and "Metadata" not in trained
     everything = tok.decode([t for ids in dataset["input_ids"] for t in ids])
-    assert trained.count("<|im_end|>") == everything.count("<|im_start|>assistant") >= 112
+    assert trained.count("<|im_end|>") == everything.count("<|im_start|>assistant") >= 114
     assert "boxed" in trained and "<think>\n\n</think>\nThe capital of" in trained
     table = format_report(report)
     assert "quarantined 6" in table and "efficiency" in table

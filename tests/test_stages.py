@@ -34,6 +34,11 @@ def assert_checkpoint(out, tiny_model, stage):
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "manifest.json",
             "README.md", "loss.png", "log_history.json"} <= files
     assert "Reasoning Mode" in (out / "chat_template.jinja").read_text()  # ours, not SmolLM2's
+    # <|im_end|> ends generation, as the official configs set it
+    assert json.loads((out / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+    im_end = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
+    im_end = next(t["id"] for t in im_end if t["content"] == "<|im_end|>")
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == im_end
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["stage"] == stage
     assert manifest["metrics"]["steps"] == 3 and manifest["metrics"]["final_loss"] is not None
@@ -57,11 +62,13 @@ def test_midtrain_stage(write_recipe, tmp_path, tiny_model):
 
 
 def test_sft_stage(write_recipe, tmp_path, tiny_model):
+    # the tool-calling rows with the shipped bad rows among them (a source of bad rows only is an error)
+    tools_and_bad = tmp_path / "tools_and_bad.jsonl"
+    tools_and_bad.write_text((REPO / "data/demo/tools.jsonl").read_text() + (REPO / "data/demo/bad_rows.jsonl").read_text())
     recipe = recipe_for(write_recipe, tmp_path, "sft", [
         {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"},
-        {"path": str(REPO / "data/demo/tools.jsonl"), "mode": "no_think"},
-        {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 0.25},
-        {"path": str(REPO / "data/demo/bad_rows.jsonl"), "mode": "no_think"}],
+        {"path": str(tools_and_bad), "mode": "no_think"},
+        {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 0.25}],
         packing=True, packing_strategy="bfd", assistant_only_loss=True)
     out = sft.run(recipe)
     manifest = assert_checkpoint(out, tiny_model, "sft")

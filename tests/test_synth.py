@@ -12,10 +12,12 @@ from conftest import REPO
 import synth.stage as synth_stage
 from eval.backends import Backend, Completion
 from pipeline.cli import load
-from pipeline.data import build_preference_mixture, build_sft_mixture
+from pipeline.data import build_preference_mixture
+from pipeline.mixture import build_sft_mixture
 from pipeline.recipe import RecipeError, load_recipe
+from pipeline.runs import parse_shard
 from synth.filters import Contamination, NearDuplicates, apply_filters
-from synth.store import ShardStore, parse_shard
+from synth.store import ShardStore
 
 
 class Scripted(Backend):

@@ -1,0 +1,367 @@
+"""The SFT / mid-training mixture, built in Arrow from end to end: sources -> tokens + loss masks ->
+quarantine -> budgets -> shuffle -> packed rows, cached by content.
+
+    smolalign prepare --recipe recipes/smollm3/sft.yaml            # make prepare RECIPE=...
+    smolalign prepare --recipe recipes/smollm3/sft.yaml --shard 3/16   # one share; a last run collects
+    dataset, report = build_sft_mixture(recipe, tokenizer, cache_root, quarantine_path)  # what stages call
+
+No step holds the corpus as Python objects. Rows are read as Arrow (a local JSONL file line by
+line as text, each line parsed inside the map, since Arrow would otherwise merge every row's nested
+tool schemas into one struct); `datasets.map(batched=True, num_proc=N)` tokenizes them into int32
+columns on disk, with a `reason` column that is empty for good rows and says why a row was
+quarantined otherwise; budgets are drawn from the `length` column as index lists; the shuffle is a
+permutation of indices; packing (pipeline/packing.py) plans rows from lengths and builds them batch
+by batch. Peak memory is a few bytes per document plus one batch, whatever the token count.
+
+The result lands in `<cache>/mixtures/<fingerprint>/` (fingerprint: sources and their content, the
+tokenizer, the template and every setting that changes the tokens). Training ranks only
+memory-map it; the first process to need it builds it under a file lock, or `prepare` did so
+beforehand on a CPU machine. `--shard i/n` tokenizes the i-th share of every source (a Slurm array,
+scripts/slurm/prepare.sbatch); the collecting run uses the shares instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.chat import has_generation_markers
+from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens
+from pipeline.errors import UserError
+from pipeline.inputs import classify_input
+from pipeline.packing import pack, packing_stats
+from pipeline.schema import Source, TrainRecipe
+
+TOKENIZED = {"input_ids": ("list", "int32"), "labels": ("list", "int32"), "length": "int32", "trained": "int32",
+             "thinking": "bool", "source": "int32", "row": "int64", "reason": "string"}
+ROWS_PER_BATCH = 256
+
+
+def num_proc(recipe: TrainRecipe) -> int:
+    """`data.num_proc`, or every core of this machine."""
+    return recipe.data.num_proc or os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quarantine_path: Path,
+                      shard: tuple[int, int] | None = None):
+    """(dataset ready for TRL, report dict), built once per fingerprint under `cache_root`.
+    With `shard` (i, n): tokenize only that share of every source and return (None, None)."""
+    from pipeline.models import file_lock
+
+    fingerprint = mixture_fingerprint(recipe, tokenizer, tokenizer.chat_template or "")
+    cache = Path(cache_root) / fingerprint
+    if shard is not None:
+        for si, source in enumerate(recipe.data.sources):
+            _tokenized(recipe, si, source, tokenizer, cache, shard)
+        return None, None
+    with file_lock(Path(cache_root) / f"{fingerprint}.lock"):  # the ranks of one job build it once
+        if not (cache / "report.json").is_file():
+            _build(recipe, tokenizer, cache, fingerprint, quarantine_path)
+    from datasets import load_from_disk
+
+    report = json.loads((cache / "report.json").read_text())
+    if (cache / "quarantine.jsonl").is_file():
+        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cache / "quarantine.jsonl", quarantine_path)
+    return load_from_disk(str(cache / "dataset")), report
+
+
+def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
+    from pipeline.runs import content_hash
+
+    h = hashlib.sha256()
+    for source in recipe.data.sources:
+        h.update(json.dumps(source.model_dump(), sort_keys=True).encode())
+        if classify_input(source.path) == "local":
+            h.update(content_hash(Path(source.path).expanduser()).encode())
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    settings = {
+        "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
+        "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
+        "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
+        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 2,
+    }
+    h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+# ----------------------------------------------------------------------------------------------
+def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quarantine_path: Path) -> None:
+    from datasets import concatenate_datasets
+
+    tmp = cache.with_name(cache.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rng = random.Random(recipe.data.seed)
+    parts, quarantined = [], []
+    with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
+        for si, source in enumerate(recipe.data.sources):
+            tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
+            good, bad = _split_quarantine(tokenized, recipe.data.num_proc)
+            quarantined.append(_write_quarantine(bad, _label(source), si, quarantine))
+            if len(good) == 0:
+                quarantine.close()
+                quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(tmp / "quarantine.jsonl", quarantine_path)
+                raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
+                                f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
+            parts.append(good.select(_budget(source, good, rng)))
+    mixture = concatenate_datasets(parts)
+    order = np.random.default_rng(recipe.data.seed).permutation(len(mixture))
+    mixture = mixture.select(order)
+    report = _report(recipe, mixture, quarantined, fingerprint)
+
+    max_length = recipe.training.get("max_length")
+    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    if strategy == "bfd" and max_length:  # best fit keeps documents whole: cut the longer ones first
+        mixture = _truncate(mixture, max_length, recipe.data.num_proc)
+    if strategy:
+        dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe))
+        report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
+    else:
+        dataset = _truncate(mixture, max_length, recipe.data.num_proc) if max_length else mixture
+        dataset = dataset.select_columns(["input_ids", "labels"])
+    dataset.save_to_disk(str(tmp / "dataset"))
+    (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    if not sum(quarantined):
+        (tmp / "quarantine.jsonl").unlink()
+    shutil.rmtree(cache, ignore_errors=True)
+    parts_dir = cache.with_name(cache.name + ".parts")
+    tmp.rename(cache)
+    shutil.rmtree(parts_dir, ignore_errors=True)  # tokenized intermediates: the packed dataset is what stays
+
+
+def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: Path, shard: tuple[int, int] | None):
+    """One source tokenized (all rows, good and bad), from its shares when `prepare --shard` made
+    them all, else tokenized here; with `shard`, only that share, saved for the collecting run."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts_dir = cache.with_name(cache.name + ".parts") / f"source-{si}"
+    if shard is None:
+        shares = _complete_shares(parts_dir)
+        if shares:
+            return concatenate_datasets([load_from_disk(str(p)) for p in shares])
+    rows = source_rows(source, cache)
+    if shard is not None:
+        i, n = shard
+        rows = rows.shard(num_shards=n, index=i, contiguous=True)
+    if len(rows) == 0:
+        from datasets import Dataset
+
+        return Dataset.from_dict({k: [] for k in TOKENIZED}, features=_features())
+    offset = _shard_offset(source, cache, shard)
+    rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
+                          assistant_only=bool(recipe.training.get("assistant_only_loss")))
+    if rendering.assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
+        raise UserError("assistant_only_loss needs a chat template with {% generation %} markers")
+    tokenized = rows.map(
+        _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
+        fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
+                   "raw_json": "text" in rows.column_names and _is_local_json(source)},
+        remove_columns=rows.column_names, features=_features(), num_proc=_procs(recipe.data.num_proc, len(rows)),
+        desc=f"tokenizing {_label(source)}" + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
+    if shard is not None:
+        i, n = shard
+        target = parts_dir / f"share-{i}-of-{n}"
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        tokenized.save_to_disk(str(staging))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return tokenized
+
+
+def _complete_shares(parts_dir: Path) -> list[Path]:
+    """The shares of one `--shard i/n` job, if all n of them are there; else none."""
+    by_n: dict[int, list[Path]] = {}
+    for p in parts_dir.glob("share-*-of-*"):
+        if p.is_dir() and not p.name.endswith(".tmp"):
+            i, n = (int(x) for x in p.name.removeprefix("share-").split("-of-"))
+            by_n.setdefault(n, []).append(p)
+    for n, found in by_n.items():
+        if len(found) == n:
+            return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return []
+
+
+def _shard_offset(source: Source, cache: Path, shard: tuple[int, int] | None) -> int:
+    """Row number of a share's first row in its source (quarantine reports source row numbers)."""
+    if shard is None:
+        return 0
+    i, n = shard
+    total = len(source_rows(source, cache))
+    return sum(total // n + (1 if k < total % n else 0) for k in range(i))
+
+
+def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
+                    rendering: Rendering, offset: int, raw_json: bool) -> dict[str, list]:
+    out: dict[str, list] = {key: [] for key in TOKENIZED}
+    keys = list(batch)
+    for j, index in enumerate(indices):
+        row, reason, enc, thinking = None, "", {"input_ids": [], "labels": []}, False
+        try:
+            row = _parse(batch["text"][j]) if raw_json else {k: batch[k][j] for k in keys}
+            enc, thinking = encode_row(row, source, tokenizer, rendering)
+        except BadRow as e:
+            reason = str(e)
+        ids = np.asarray(enc["input_ids"], dtype=np.int32)
+        labels = np.asarray(enc["labels"], dtype=np.int32)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["trained"].append(int((labels != -100).sum()))
+        out["thinking"].append(thinking)
+        out["source"].append(si)
+        out["row"].append(offset + index)
+        out["reason"].append(reason)
+    return out
+
+
+def _parse(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadRow(f"not valid JSON ({e.msg})") from None
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    return Features({k: Sequence(Value(v[1])) if isinstance(v, tuple) else Value(v) for k, v in TOKENIZED.items()})
+
+
+def _procs(setting: int | None, rows: int) -> int | None:
+    """Worker processes for a map over `rows` rows: every core by default, none for small inputs
+    (starting workers costs more than a few hundred rows)."""
+    procs = setting or os.cpu_count() or 1
+    return min(procs, rows // ROWS_PER_BATCH) if procs > 1 and rows >= 2 * ROWS_PER_BATCH else None
+
+
+def _split_quarantine(tokenized, setting: int | None):
+    procs = _procs(setting, len(tokenized))
+    good = tokenized.filter(lambda reasons: [r == "" for r in reasons], input_columns=["reason"], batched=True,
+                            num_proc=procs, desc="keeping good rows")
+    bad = tokenized.filter(lambda reasons: [r != "" for r in reasons], input_columns=["reason"], batched=True,
+                           num_proc=procs, desc="quarantining bad rows")
+    return good, bad
+
+
+def _write_quarantine(bad, label: str, si: int, fh) -> int:
+    for batch in bad.select_columns(["row", "reason"]).iter(batch_size=10_000):
+        for row, reason in zip(batch["row"], batch["reason"]):
+            fh.write(json.dumps({"source": label, "source_index": si, "row": row, "reason": reason}) + "\n")
+    return len(bad)
+
+
+def _budget(source: Source, good, rng: random.Random) -> list[int]:
+    if source.tokens is not None:
+        lengths = np.asarray(good.with_format("numpy")["length"]).tolist()
+        return take_tokens(lengths, source.tokens, rng)
+    return take_fraction(len(good), source.fraction, rng)
+
+
+def _truncate(dataset, max_length: int, setting: int | None):
+    """Documents cut to `max_length` tokens (only the longer ones change)."""
+    def cut(batch):
+        return {"input_ids": [ids[:max_length] for ids in batch["input_ids"]],
+                "labels": [labels[:max_length] for labels in batch["labels"]],
+                "length": [min(n, max_length) for n in batch["length"]]}
+
+    return dataset.map(cut, batched=True, batch_size=ROWS_PER_BATCH, num_proc=_procs(setting, len(dataset)),
+                       desc=f"truncating to {max_length}")
+
+
+def _report(recipe: TrainRecipe, mixture, quarantined: list[int], fingerprint: str) -> dict[str, Any]:
+    columns = mixture.select_columns(["source", "thinking", "length", "trained"]).with_format("numpy")
+    source, thinking = np.asarray(columns["source"]), np.asarray(columns["thinking"], dtype=bool)
+    length, trained = np.asarray(columns["length"], dtype=np.int64), np.asarray(columns["trained"], dtype=np.int64)
+    max_length = recipe.training.get("max_length")
+    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    n = len(recipe.data.sources)
+    rows, tokens = np.bincount(source, minlength=n), np.bincount(source, weights=length, minlength=n)
+    trained_by = np.bincount(source, weights=trained, minlength=n)
+    return {
+        "fingerprint": fingerprint, "rows": int(len(source)), "quarantined": sum(quarantined),
+        "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": int(rows[i]),
+                     "tokens": int(tokens[i]),
+                     "trained_tokens": int(trained_by[i]), "quarantined": quarantined[i]}
+                    for i, s in enumerate(recipe.data.sources)],
+        "modes": {mode: {"rows": int(mask.sum()), "tokens": int(length[mask].sum())}
+                  for mode, mask in (("think", thinking), ("no_think", ~thinking)) if mask.any()},
+        "max_length": max_length, "rows_over_max_length": int((length > max_length).sum()) if max_length else 0,
+        # wrapped packing splits long documents across rows; every other path truncates them
+        "over_length_rows_are": "split" if strategy == "wrapped" else "truncated",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading sources as Arrow
+# ----------------------------------------------------------------------------------------------
+def source_rows(source: Source, cache: Path):
+    """A source as a `datasets.Dataset`: a Hub dataset or local parquet with its own columns, a
+    local JSONL (or JSON list) file as one `text` column of raw JSON lines."""
+    from datasets import Dataset, load_dataset
+
+    hf_cache = str(cache.with_name(cache.name + ".parts") / "hf")
+    if classify_input(source.path) == "hub":
+        return load_dataset(source.path, source.name, split=source.split, cache_dir=hf_cache)
+    path = Path(source.path).expanduser()
+    if path.suffix == ".parquet":
+        try:
+            return load_dataset("parquet", data_files=str(path), split="train", cache_dir=hf_cache)
+        except Exception as e:  # an unreadable file: say which, and why
+            raise UserError(f"{source.path}: cannot read as parquet ({type(e).__name__}: {e})") from None
+    if path.suffix == ".jsonl":
+        check_utf8(path)
+        if _blank(path):
+            return Dataset.from_dict({"text": []})  # datasets cannot read a text file without lines
+        rows = load_dataset("text", data_files=str(path), split="train", cache_dir=hf_cache)
+        return rows.filter(lambda texts: [bool(t.strip()) for t in texts], input_columns=["text"], batched=True)
+    if path.suffix == ".json":
+        check_utf8(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source.path}: not valid JSON ({e.msg} at line {e.lineno}); fix the file") from None
+        return Dataset.from_dict({"text": [json.dumps(r) for r in (data if isinstance(data, list) else [data])]})
+    raise UserError(f"{source.path}: unsupported file type; use .jsonl, .json or .parquet")
+
+
+def _blank(path: Path) -> bool:
+    if path.stat().st_size > 1 << 16:  # a file this size has a line; no need to read it here
+        return False
+    return not path.read_bytes().strip()
+
+
+def check_utf8(path: Path) -> None:
+    """Fail with the file and line on the first bytes that are not UTF-8 (read in 1 MB chunks)."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line += chunk[:e.start].count(b"\n")
+                raise UserError(f"{path}:{line}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
+            line += chunk.count(b"\n")
+
+
+def _is_local_json(source: Source) -> bool:
+    return classify_input(source.path) == "local" and Path(source.path).suffix in (".jsonl", ".json")
+
+
+def _label(source: Source) -> str:
+    return source.path if source.split == "train" else f"{source.path}:{source.split}"

@@ -1,0 +1,187 @@
+"""Data preparation on the real datasets' schema and at scale (issue 11): smoltalk2-shaped rows,
+every bad row shape quarantined, sources that yield nothing, sharded preparation, BFD against TRL."""
+
+import json
+import random
+
+import pytest
+from conftest import REPO
+from transformers import AutoTokenizer
+
+from pipeline.chat import install_template
+from pipeline.errors import UserError
+from pipeline.mixture import build_sft_mixture
+from pipeline.recipe import load_recipe
+
+TOOL = {"name": "get_weather", "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    return install_template(AutoTokenizer.from_pretrained(tiny_model))
+
+
+def sft(write_recipe, sources, name="recipe.yaml", **training):
+    return load_recipe(write_recipe({
+        "name": "t", "stage": "sft", "model": {"name_or_path": "embedded:tiny-smollm3"},
+        "data": {"sources": sources, "num_proc": 1},
+        "training": {"max_length": 512, "packing": True, "packing_strategy": "bfd", "assistant_only_loss": True,
+                     **training}}, name))
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def smoltalk2_row(thinking: bool):
+    """A row as HuggingFaceTB/smoltalk2 (config SFT) stores it: xml_tools as JSON strings."""
+    answer = ("<think>\nThe user wants the weather in Paris; call the tool.\n</think>\n\n" if thinking else "")
+    return {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                         {"role": "assistant", "content": answer + '<tool_call>\n{"name": "get_weather", '
+                                                          '"arguments": {"city": "Paris"}}\n</tool_call>'},
+                         {"role": "tool", "content": '{"temp": 21}'},
+                         {"role": "assistant", "content": ("<think>\n21 degrees.\n</think>\n\n" if thinking else "")
+                          + "It is 21 °C in Paris."}],
+            "chat_template_kwargs": {"enable_thinking": thinking, "xml_tools": [json.dumps(TOOL)],
+                                     "python_tools": None, "custom_instructions": "You are WeatherBot."},
+            "source": "xlam_traces_no_think"}
+
+
+def test_smoltalk2_rows_declare_their_tools_and_instructions_and_train_only_the_assistant(write_recipe, tok,
+                                                                                          tmp_path):
+    data = write_jsonl(tmp_path / "smoltalk2.jsonl", [smoltalk2_row(True), smoltalk2_row(False)])
+    dataset, report = build_sft_mixture(sft(write_recipe, [{"path": str(data), "mode": "from_row"}]), tok,
+                                        tmp_path / "cache", tmp_path / "q.jsonl")
+    assert report["rows"] == 2 and report["quarantined"] == 0
+    documents = [(row["input_ids"][s - n:s], row["labels"][s - n:s]) for row in dataset.to_list()
+                 for s, n in zip(_ends(row["seq_lengths"]), row["seq_lengths"])]
+    assert len(documents) == 2
+    for ids, labels in documents:
+        text = tok.decode(ids)
+        system = text.split("<|im_end|>")[0]
+        assert "<tools>" in system and '"name": "get_weather"' in system  # declared, as a JSON line
+        assert "You are WeatherBot." in system  # custom instructions from the row's kwargs
+        trained = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+        assert '<tool_call>\n{"name": "get_weather"' in trained and "It is 21 °C in Paris.<|im_end|>" in trained
+        # the tool result is a user turn: never trained; headers never trained
+        assert '"temp": 21' not in trained and "<|im_start|>" not in trained and "Weather in Paris?" not in trained
+
+
+BAD_SHAPES = [
+    (["a", "list"], "a row must be a JSON object, got list"),
+    (None, "a row must be a JSON object, got null"),
+    ({"messages": "hello"}, "`messages` must be a list of messages, got str"),
+    ({"messages": ["hi", "there"]}, "message 0 must be an object"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "tool_calls": "call"}]},
+     "`tool_calls` must be a list"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "tools": 5},
+     "`tools` must be a list of tools"),
+    ({"messages": [{"role": "system", "content": "Be brief. /no_think"}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "<think>\nhm\n</think>\n\nhello"}]},
+     "the system message says /no_think but the row's mode is think"),
+    ("{not json", "not valid JSON"),
+]
+
+
+def test_every_bad_row_shape_is_quarantined_with_its_reason(write_recipe, tok, tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": "<think>\nx\n</think>\n\nhello"}]}
+    data = write_jsonl(tmp_path / "bad.jsonl", [r if isinstance(r, str) else json.dumps(r) for r, _ in BAD_SHAPES]
+                       + [json.dumps(good)])
+    quarantine = tmp_path / "q.jsonl"
+    _, report = build_sft_mixture(sft(write_recipe, [{"path": str(data), "mode": "think"}]), tok,
+                                  tmp_path / "cache", quarantine)
+    bad = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert report["rows"] == 1 and [b["row"] for b in bad] == list(range(len(BAD_SHAPES)))
+    for b, (_, reason) in zip(bad, BAD_SHAPES):
+        assert reason in b["reason"], (b, reason)
+
+
+@pytest.mark.parametrize("content", ["", '{"messages": []}\n{"conversations": "x"}\n'])
+def test_a_source_with_no_usable_rows_is_one_clear_error(write_recipe, tok, tmp_path, content):
+    data = tmp_path / "empty.jsonl"
+    data.write_text(content)
+    quarantine = tmp_path / "run" / "q.jsonl"
+    with pytest.raises(UserError, match=r"data.sources.0 \(.*empty.jsonl\): no usable rows") as e:
+        build_sft_mixture(sft(write_recipe, [{"path": str(data), "mode": "no_think"}]), tok,
+                          tmp_path / "cache", quarantine)
+    assert "\n" not in str(e.value)
+    if content:
+        assert len(quarantine.read_text().splitlines()) == 2  # written before the error
+
+
+def test_a_parquet_of_the_wrong_schema_is_quarantined_then_refused(write_recipe, tok, tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([{"question": "q", "answer": "a"}] * 3).to_parquet(str(tmp_path / "wrong.parquet"))
+    with pytest.raises(UserError, match="wrong.parquet.*no usable rows"):
+        build_sft_mixture(sft(write_recipe, [{"path": str(tmp_path / "wrong.parquet"), "mode": "no_think"}]), tok,
+                          tmp_path / "cache", tmp_path / "q.jsonl")
+    reasons = {json.loads(line)["reason"] for line in (tmp_path / "q.jsonl").read_text().splitlines()}
+    assert reasons == {"no `messages`, `conversations` or `prompt`/`completion` column"}
+
+
+def test_invalid_utf8_names_the_file_and_line(write_recipe, tok, tmp_path):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes(b'{"messages": []}\n{"messages": []}\n{"prompt": "caf\xe9", "completion": "x"}\n')
+    with pytest.raises(UserError, match=r"latin1.jsonl:3: not valid UTF-8"):
+        build_sft_mixture(sft(write_recipe, [{"path": str(data), "mode": "no_think"}]), tok,
+                          tmp_path / "cache", tmp_path / "q.jsonl")
+
+
+def test_sharegpt_and_prompt_completion_answers_do_not_train_the_header(write_recipe, tok, tmp_path):
+    data = write_jsonl(tmp_path / "layouts.jsonl", [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "\n\nHello there."}]},
+        {"prompt": "Hi", "completion": "\n  Hello again."}])
+    dataset, _ = build_sft_mixture(sft(write_recipe, [{"path": str(data), "mode": "no_think"}]), tok,
+                                   tmp_path / "cache", tmp_path / "q.jsonl")
+    trained = tok.decode([t for labels in dataset["labels"] for t in labels if t != -100])
+    assert "assistant" not in trained
+    assert "<think>\n\n</think>\nHello there.<|im_end|>" in trained and "</think>\nHello again.<|im_end|>" in trained
+
+
+def test_sharded_preparation_equals_one_pass(write_recipe, tok, tmp_path):
+    sources = [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"},
+               {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 1.5}]
+    whole, report = build_sft_mixture(sft(write_recipe, sources), tok, tmp_path / "a", tmp_path / "q.jsonl")
+    recipe = sft(write_recipe, sources)
+    for i in range(3):
+        assert build_sft_mixture(recipe, tok, tmp_path / "b", tmp_path / "q.jsonl", shard=(i, 3)) == (None, None)
+    assert len(list((tmp_path / "b").glob("*.parts/source-*/share-*-of-3"))) == 6
+    sharded, sharded_report = build_sft_mixture(recipe, tok, tmp_path / "b", tmp_path / "q.jsonl")
+    assert sharded.to_list() == whole.to_list() and sharded_report == report
+
+
+def _ends(lengths):
+    total, out = 0, []
+    for n in lengths:
+        total += n
+        out.append(total)
+    return out
+
+
+def test_bfd_packs_as_tightly_as_trl(tiny_model):
+    """Our length-only best-fit decreasing against TRL's `pack_dataset(..., "bfd")` on log-normal lengths."""
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    from pipeline.packing import pack, packing_stats
+
+    rng = random.Random(0)
+    lengths = [min(2048, max(8, int(rng.lognormvariate(5.5, 0.9)))) for _ in range(2000)]
+    docs = Dataset.from_list([{"input_ids": [rng.randrange(5, 900) for _ in range(n)],
+                               "labels": [1] * n} for n in lengths])
+    ours = pack(docs, 2048, "bfd")
+    theirs = pack_dataset(docs, 2048, "bfd", {"batch_size": len(docs)})
+    assert len(ours) <= len(theirs)
+    assert packing_stats(ours, 2048)["tokens"] == sum(lengths)
+    # every document appears exactly once, whole
+    starts = []
+    for row in ours.to_list():
+        offset = 0
+        for n in row["seq_lengths"]:
+            starts.append(tuple(row["input_ids"][offset:offset + n]))
+            offset += n
+    assert sorted(starts) == sorted(tuple(d) for d in docs["input_ids"])
