@@ -50,7 +50,8 @@ def inspect(path: str | Path) -> Checkpoint:
                 dtypes.add(str(tensor.get_dtype()))
     vocab = _vocab(path)
     return Checkpoint(
-        path=str(path), architectures=tuple(config.get("architectures") or ()), model_type=config.get("model_type", ""),
+        path=str(path), architectures=tuple(config.get("architectures") or ()),
+        model_type=config.get("model_type", ""),
         tied=bool(config.get("tie_word_embeddings", False)), dtypes=frozenset(dtypes), tensors=tensors,
         vocab_size=len(vocab), vocab_hash=hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest(),
     )

@@ -29,7 +29,8 @@ def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:
                                  modes=recipe.sweep_modes, backend=recipe.backend, sampling=recipe.sampling,
                                  chat=recipe.chat, dtype=recipe.dtype, seed=recipe.seed)
         result = evaluate_model(eval_recipe, str(path), progress=f"[w={weight:g}] ")
-        scores = {f"{task} ({mode})": s["score"] for task, modes in result["tasks"].items() for mode, s in modes.items()}
+        scores = {f"{task} ({mode})": s["score"]
+                  for task, modes in result["tasks"].items() for mode, s in modes.items()}
         rows.append({"weight": weight, "scores": scores, "mean": round(sum(scores.values()) / len(scores), 4)})
         (path / "eval.json").write_text(json.dumps(result, indent=1))
     best = max(rows, key=lambda r: (r["mean"], -abs(r["weight"] - recipe.soup_weight)))
@@ -63,7 +64,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.plot(weights, [r["scores"][key] for r in summary["rows"]], marker="o", alpha=0.7, label=key)
     ax.plot(weights, [r["mean"] for r in summary["rows"]], marker="s", color="black", linewidth=2, label="mean")
     ax.axvline(summary["best_weight"], color="grey", linestyle="--", linewidth=1)
-    ax.set(xlabel="soup weight (1 - long-context weight)", ylabel="score", title="merge-weight sweep", ylim=(-0.05, 1.05))
+    ax.set(xlabel="soup weight (1 - long-context weight)", ylabel="score", title="merge-weight sweep",
+           ylim=(-0.05, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -81,7 +81,8 @@ def test_fraction_budget_up_and_down_sampling_is_seeded():
     counts = [picked.count(i) for i in range(10)]
     assert len(picked) == 25 and min(counts) == 2 and max(counts) == 3
     assert picked == take_fraction(10, 2.5, random.Random(0))
-    assert sorted(set(take_fraction(10, 0.3, random.Random(1)))) != sorted(set(take_fraction(10, 0.3, random.Random(2))))
+    one, two = take_fraction(10, 0.3, random.Random(1)), take_fraction(10, 0.3, random.Random(2))
+    assert sorted(set(one)) != sorted(set(two))
     assert take_fraction(4, None, random.Random(0)) == [0, 1, 2, 3]
 
 

@@ -73,7 +73,8 @@ def test_soup_then_merge_with_a_glob(write_recipe, tmp_path, ckpts):
 def test_merged_model_loads_and_generates_with_our_template(write_recipe, tmp_path, ckpts):
     out = run(merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"]))
     tok = AutoTokenizer.from_pretrained(out)
-    assert "Reasoning Mode" in tok.chat_template and "{% generation %}" in tok.chat_template.replace("{%- generation -%}", "{% generation %}")
+    assert "Reasoning Mode" in tok.chat_template
+    assert "{% generation %}" in tok.chat_template.replace("{%- generation -%}", "{% generation %}")
     model = AutoModelForCausalLM.from_pretrained(out)
     inputs = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                      enable_thinking=False, return_tensors="pt", return_dict=True)
@@ -167,4 +168,5 @@ def test_bad_sweep_weight_is_refused(write_recipe, tmp_path, ckpts):
     with pytest.raises(RecipeError, match=r"sweep weights must be in \(0, 1\]"):
         merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.0, 1.5])
     with pytest.raises(RecipeError, match="sweep_tasks.ruler.depth"):
-        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5], sweep_tasks={"ruler": {"depth": 1}})
+        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5],
+                     sweep_tasks={"ruler": {"depth": 1}})

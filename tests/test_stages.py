@@ -64,7 +64,8 @@ def test_midtrain_stage(write_recipe, tmp_path, tiny_model):
 def test_sft_stage(write_recipe, tmp_path, tiny_model):
     # the tool-calling rows with the shipped bad rows among them (a source of bad rows only is an error)
     tools_and_bad = tmp_path / "tools_and_bad.jsonl"
-    tools_and_bad.write_text((REPO / "data/demo/tools.jsonl").read_text() + (REPO / "data/demo/bad_rows.jsonl").read_text())
+    tools_and_bad.write_text((REPO / "data/demo/tools.jsonl").read_text()
+                             + (REPO / "data/demo/bad_rows.jsonl").read_text())
     recipe = recipe_for(write_recipe, tmp_path, "sft", [
         {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"},
         {"path": str(tools_and_bad), "mode": "no_think"},
@@ -117,7 +118,8 @@ def test_resume_after_crash_matches_uninterrupted_run(write_recipe, tmp_path, mo
     assert manifest["resumed"] is True and manifest["status"] == "complete"
 
     def curve(out):
-        return [(h["step"], round(h["loss"], 4)) for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+        history = json.loads((out / "log_history.json").read_text())
+        return [(h["step"], round(h["loss"], 4)) for h in history if "loss" in h]
 
     assert curve(resumed) == curve(straight) and [s for s, _ in curve(resumed)] == [1, 2, 3, 4]
     # same tokens seen in total: the restarted run skipped the batches it had trained on
@@ -171,9 +173,11 @@ def test_missing_tracker_fails_before_loading(write_recipe, tmp_path, monkeypatc
     import importlib.util
 
     real_find_spec = importlib.util.find_spec  # the test must not depend on whether wandb is installed here
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
     recipe = recipe_for(write_recipe, tmp_path, "sft",
-                        [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}], report_to=["wandb"])
+                        [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}],
+                        report_to=["wandb"])
     with pytest.raises(ValueError, match=r"report_to asks for wandb, which is not installed"):
         sft.run(recipe)
     assert not recipe.output_path().with_name("sft.partial").exists()

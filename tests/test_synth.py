@@ -126,7 +126,8 @@ def test_traces_feed_sft_and_pairs_feed_apo(write_recipe, tmp_path, scripted, ti
     dataset, preport = build_preference_mixture(apo, tmp_path / "qp.jsonl")
     assert preport["rows"] == 32 and preport["quarantined"] == 0
     row = dataset[0]
-    assert row["rejected"][0]["content"] == "I don't know." and row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    assert row["rejected"][0]["content"] == "I don't know."
+    assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
 
 
 def test_filters_count_every_reason():
@@ -136,7 +137,8 @@ def test_filters_count_every_reason():
                 "chat_template_kwargs": {"enable_thinking": thinking}, "meta": {"finish_reason": finish}}
 
     def answers(r):
-        return [(r["messages"][-1]["content"], r["chat_template_kwargs"]["enable_thinking"], r["meta"]["finish_reason"])]
+        thinking = r["chat_template_kwargs"]["enable_thinking"]
+        return [(r["messages"][-1]["content"], thinking, r["meta"]["finish_reason"])]
 
     answers_text = [
         "Bread rises because yeast ferments sugars in the dough and releases carbon dioxide, which the gluten "
@@ -184,7 +186,8 @@ def test_math_verification_filter():
     def answers(r):
         return [(r["messages"][-1]["content"], True, "stop")]
 
-    kept, dropped, counts = apply_filters([row, wrong], {"verify": "math", "decontaminate": False, "dedup": "none"}, answers)
+    settings = {"verify": "math", "decontaminate": False, "dedup": "none"}
+    kept, dropped, counts = apply_filters([row, wrong], settings, answers)
     assert counts == {"kept": 1, "unverified": 1} and dropped[0]["reference"] == "5"
 
 

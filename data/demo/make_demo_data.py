@@ -83,7 +83,8 @@ def chat_rows():
 
 WEATHER_TOOL = {"name": "get_weather", "description": "Current weather for a city.",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"},
-                                                                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                                                                "unit": {"type": "string",
+                                                                         "enum": ["celsius", "fahrenheit"]}},
                                "required": ["city"]}}
 CONVERT_TOOL = {"name": "convert_currency", "description": "Convert an amount between currencies.",
                 "parameters": {"type": "object", "properties": {"amount": {"type": "number"},
@@ -94,7 +95,8 @@ CONVERT_TOOL = {"name": "convert_currency", "description": "Convert an amount be
 def tool_rows():
     rows = []
     for city, temp in [("Paris", 18), ("Tokyo", 24), ("Oslo", 3), ("Lima", 21), ("Cairo", 33), ("Madrid", 27)]:
-        call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city, "unit": "celsius"}}}
+        arguments = {"city": city, "unit": "celsius"}
+        call = {"type": "function", "function": {"name": "get_weather", "arguments": arguments}}
         rows.append({"tools": [WEATHER_TOOL, CONVERT_TOOL], "messages": [
             {"role": "user", "content": f"What's the weather in {city} right now, in Celsius?"},
             {"role": "assistant", "content": "", "tool_calls": [call]},
@@ -134,7 +136,8 @@ def preference_rows():
         bad_prefix = f"<think>\nI think it is {wrong}.\n</think>\n\n" if think else ""
         rows.append({"prompt": [{"role": "user", "content": f"What is the capital of {country}?"}],
                      "chosen": [{"role": "assistant", "content": f"{prefix}The capital of {country} is {capital}."}],
-                     "rejected": [{"role": "assistant", "content": f"{bad_prefix}The capital of {country} is {wrong}."}],
+                     "rejected": [{"role": "assistant",
+                                   "content": f"{bad_prefix}The capital of {country} is {wrong}."}],
                      "chat_template_kwargs": {"enable_thinking": think}})
     return rows
 

@@ -9,7 +9,8 @@ from `wonderwords`' word lists; values: 7-digit numbers. Variants (after RULER):
   vt               variable tracking: which variables end up holding a value through a chain of assignments
   cwe              common-words extraction: the most frequent words of a long word list
 Lengths are in tokens of the evaluated model's tokenizer (pass `count_tokens`); the prompt is the
-longest that fits in the target (bisection on exact counts), with needles at fixed relative depths. Scoring is RULER's `string_match_all`: the fraction of
+longest that fits in the target (bisection on exact counts), with needles at fixed relative depths.
+Scoring is RULER's `string_match_all`: the fraction of
 expected strings that appear in the answer (case-insensitive), so partial recall gets partial credit.
 """
 
@@ -120,7 +121,8 @@ class RulerTask(Task):
     def _niah_single(self, rng, length, id_):
         [key], value = self._keys(rng, 1), self._value(rng)
         q = f"What is the special magic number for {key} mentioned in the provided text? Answer with the number."
-        return self._example(id_, self._fill(rng, length, [self._needle(key, value)], q), [value], "niah_single", length)
+        prompt = self._fill(rng, length, [self._needle(key, value)], q)
+        return self._example(id_, prompt, [value], "niah_single", length)
 
     def _niah_multikey(self, rng, length, id_):
         keys = self._keys(rng, 4)
