@@ -161,6 +161,8 @@ class SynthRecipe(_RecipeBase):
     prompts: DataSpec
     modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
     max_prompts: int | None = Field(None, gt=0)
+    prefill_think: bool = Field(False, description="Think mode: start the assistant turn with `<think>\\n` for a "
+                                "teacher whose template does not open one itself (the trace keeps it).")
     filters: FilterSpec = FilterSpec()
 
     @model_validator(mode="after")

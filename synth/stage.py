@@ -39,6 +39,7 @@ from synth.filters import apply_filters
 from synth.store import ShardStore, key_shard, read_all, work_key
 
 BATCH = 64  # prompts generated between two fsyncs of the shard file
+THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teacher that does not
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,9 +85,13 @@ def work_items(recipe, prompts, role: str, model: str) -> list[dict]:
     for p in prompts:
         for mode in recipe.modes:
             kwargs = {"enable_thinking": mode == "think"}
+            prefill = THINK_PREFILL if mode == "think" and recipe.prefill_think else ""
+            if prefill:  # part of the key: it changes what is generated
+                kwargs["prefill"] = prefill
             # the role is part of the key: a chosen and a rejected answer are never the same work
             items.append({"key": work_key(p["messages"], f"{role}:{model}", sampling, kwargs), "prompt_id": p["id"],
-                          "role": role, "model": model, "mode": mode, "messages": p["messages"]})
+                          "role": role, "model": model, "mode": mode, "messages": p["messages"],
+                          "prefill": prefill})
     return items
 
 
@@ -109,10 +114,12 @@ def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -
     t0, tokens = time.perf_counter(), 0
     for start in range(0, len(todo), BATCH):
         batch = todo[start:start + BATCH]
-        requests = [Request(it["messages"], enable_thinking=it["mode"] == "think") for it in batch]
+        requests = [Request(it["messages"], enable_thinking=it["mode"] == "think", prefill=it["prefill"])
+                    for it in batch]
         completions = backend.generate(requests, sampling, desc=desc)
-        store.append({**it, "text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                      "completion_tokens": c.completion_tokens, "sampling": s.model_dump()}
+        store.append({**it, "text": it["prefill"] + c.text, "finish_reason": c.finish_reason,
+                      "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                      "sampling": s.model_dump()}
                      for it, c in zip(batch, completions))
         tokens += sum(c.completion_tokens for c in completions)
         elapsed = time.perf_counter() - t0

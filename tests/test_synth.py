@@ -221,3 +221,19 @@ def test_same_teacher_and_weak_is_refused(write_recipe, tmp_path):
     body["filters"] = {"dedupe": True}  # typed filter settings: a typo is an unknown key
     with pytest.raises(RecipeError, match="filters.dedupe.*unknown key .did you mean `dedup`"):
         load(write_recipe(body))
+
+
+def test_prefill_think_opens_the_block_for_a_teacher_that_does_not(write_recipe, tmp_path, monkeypatch):
+    seen = []
+
+    class NeverThinks(Backend):
+        def generate(self, requests, sampling, desc=""):
+            seen.extend(r.prefill for r in requests)  # continues whatever the prompt ends with
+            return [Completion(f"The user wants ideas.\n</think>\n\nHere you go: {r.messages[-1]['content']}",
+                               "stop", 5, 5) for r in requests]
+
+    monkeypatch.setattr(synth_stage, "make_backend", lambda *a, **k: NeverThinks())
+    out = synth_stage.run(synth_recipe(write_recipe, tmp_path, prefill_think=True, max_prompts=3))
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert seen == ["<think>\n"] * 3 and len(rows) == 3
+    assert all(r["messages"][-1]["content"].startswith("<think>\nThe user wants ideas.\n</think>") for r in rows)
