@@ -293,3 +293,28 @@ def test_cli_synth_refuses_a_non_synth_recipe(write_recipe):
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "synth", "--recipe", str(path)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "runs synth-traces or synth-pairs recipes; this one is `sft`" in proc.stderr
+
+
+OFFICIAL_SFT_SPLITS = {
+    "smoltalk_smollm3_smol_magpie_ultra_no_think": 0.5, "smoltalk_smollm3_smol_summarize_no_think": None,
+    "smoltalk_smollm3_smol_rewrite_no_think": None, "smoltalk_smollm3_systemchats_30k_no_think": None,
+    "smoltalk_smollm3_explore_instruct_rewriting_no_think": None,
+    "smoltalk_smollm3_everyday_conversations_no_think": None, "smoltalk_multilingual_8languages_lang_5_no_think": None,
+    "tulu_3_sft_personas_instruction_following_no_think": None, "hermes_function_calling_v1_no_think": None,
+    "xlam_traces_no_think": None, "table_gpt_no_think": None, "OpenHermes_2.5_no_think": 0.5,
+    "OpenThoughts3_1.2M_no_think_no_think": 0.4, "Mixture_of_Thoughts_science_no_think": None,
+    "LongAlign_64k_context_lang_annotated_lang_6_no_think": None, "multi_turn_reasoning_if_think": None,
+    "smoltalk_everyday_convs_reasoning_Qwen3_32B_think": None, "smoltalk_systemchats_Qwen3_32B_think": None,
+    "smolagents_toolcalling_traces_think": None, "s1k_1.1_think": None,
+    "LongAlign_64k_Qwen3_32B_yarn_131k_think": None,
+    "aya_dataset_Qwen3_32B_think": None, "smoltalk_multilingual8_Qwen3_32B_think": 0.3,
+    "OpenThoughts3_1.2M_think": 0.02, "table_gpt_Qwen3_32B_think": None,
+}
+
+
+def test_sft_recipe_has_the_25_official_splits_with_their_weights():
+    sft = load_recipe(REPO / "recipes/smollm3/sft.yaml")
+    splits = {s.split: s.fraction for s in sft.data.sources}
+    assert splits == OFFICIAL_SFT_SPLITS
+    assert all(s.mode == ("think" if s.split.endswith("_think") and not s.split.endswith("no_think") else "no_think")
+               for s in sft.data.sources)
