@@ -3,6 +3,7 @@
 #   make test                      the test suite
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
+#   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -14,7 +15,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-fast lint demo bench validate clean synth $(STAGES)
+.PHONY: setup test test-fast lint demo bench validate clean synth prepare $(STAGES)
 
 setup: $(STAMP)
 
@@ -55,6 +56,10 @@ MODEL_SET := $(if $(MODELS),--set models=[$(MODELS)])
 $(STAGES): setup
 	$(SMOL) $@ --recipe $(or $(RECIPE),recipes/demo/$@.yaml) $(SETS) $(if $(filter eval,$@),$(MODEL_SET))
 
+# `make prepare RECIPE=recipes/smollm3/sft.yaml`: the training stage's mixture, built on this (CPU) machine.
+prepare: setup
+	$(SMOL) prepare --recipe $(or $(RECIPE),recipes/demo/sft.yaml) $(SETS)
+
 # `make synth RECIPE=...` runs a synth-traces or synth-pairs recipe; without RECIPE, both demo ones.
 synth: setup
 	$(SMOL) synth $(if $(RECIPE),--recipe $(RECIPE),--recipe recipes/demo/synth-traces.yaml --recipe recipes/demo/synth-pairs.yaml) $(SETS)
@@ -64,6 +69,8 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/synth_dedup.py
 
 clean:
 	rm -rf runs
