@@ -112,6 +112,9 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
             good, bad = _split_quarantine(tokenized, recipe.data.num_proc)
             quarantined.append(_write_quarantine(bad, _label(source), si, quarantine))
+            if len(good) == 0 and source.allow_empty:
+                print(f"data.sources.{si} ({_label(source)}): no usable rows; allowed by `allow_empty`")
+                continue
             if len(good) == 0:
                 quarantine.close()
                 quarantine_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +122,8 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
             parts.append(good.select(_budget(source, good, rng)))
+    if not parts:
+        raise UserError(f"{recipe._source}: no source has a usable row; nothing to train on")
     mixture = concatenate_datasets(parts)
     order = np.random.default_rng(recipe.data.seed).permutation(len(mixture))
     mixture = mixture.select(order)

@@ -55,6 +55,8 @@ class Source(Strict):
     )
     fraction: float | None = Field(None, gt=0, description="Share of rows to take; >1 upsamples.")
     tokens: int | None = Field(None, gt=0, description="Token budget; rows are up/down-sampled to it.")
+    allow_empty: bool = Field(False, description="Accept a source with no usable row (reported as 0 rows) "
+                              "instead of stopping: for the output of an earlier stage that may keep nothing.")
 
     @model_validator(mode="after")
     def _one_budget(self):

@@ -185,3 +185,12 @@ def test_bfd_packs_as_tightly_as_trl(tiny_model):
             starts.append(tuple(row["input_ids"][offset:offset + n]))
             offset += n
     assert sorted(starts) == sorted(tuple(d) for d in docs["input_ids"])
+
+
+def test_allow_empty_lets_a_stage_output_with_no_rows_through(write_recipe, tok, tmp_path):
+    empty = tmp_path / "rows.jsonl"
+    empty.write_text("")
+    recipe = sft(write_recipe, [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"},
+                                {"path": str(empty), "mode": "from_row", "allow_empty": True}])
+    _, report = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    assert [s["rows"] for s in report["sources"]] == [32, 0]
