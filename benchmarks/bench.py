@@ -8,8 +8,10 @@
    BFD packing prepares the dataset (the model is loaded before the clock starts).
 2. packing efficiency (non-pad share) of BFD and wrapped against the 100% limit, on log-normal
    SFT-like document lengths.
-3. training: tokens/s of packed + padding-free batches against padded batches, same rows, same
-   model (SmolLM2-135M on CPU), counting only real (non-pad) tokens.
+3. training: tokens/s of packed + padding-free batches against padded batches on a log-normal spread
+   of document lengths (SFT data is), with as many documents per step in both (a padded batch of one
+   document would have no padding and measure nothing), same model (SmolLM2-135M on CPU), counting
+   only real (non-pad) tokens.
 Results are printed as a table and written to <out>/bench.json.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import tempfile
 import time
@@ -89,24 +92,33 @@ def bench_packing(seq_length: int = 4096, n: int = 5000) -> dict:
     return {"documents": n, "seq_length": seq_length, **out}
 
 
-def bench_training(rows: list[dict], steps: int, seq_length: int) -> dict:
-    """Same rows, same model: BFD-packed padding-free rows vs padded batches of the raw rows."""
+def lognormal_documents(n: int, seq_length: int, seed: int = 0) -> list[dict]:
+    """SFT-like document lengths (log-normal, median ~seq_length/8, long tail, capped), token ids
+    drawn from the vocabulary, every token trained: only the lengths matter for this benchmark."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        k = min(seq_length, max(16, int(rng.lognormvariate(math.log(seq_length / 8), 0.9))))
+        ids = [rng.randrange(100, 40000) for _ in range(k)]
+        docs.append({"input_ids": ids, "labels": ids})
+    return docs
+
+
+def bench_training(docs: list[dict], steps: int, seq_length: int) -> dict:
+    """Same documents, same model: BFD-packed padding-free rows vs padded batches holding as many
+    documents per step as a packed row does on average (each batch padded to its longest document)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.data import Rendering, tokenize_row
     from pipeline.models import resolve_model
     from pipeline.packing import pack
 
     path = resolve_model("embedded:smollm2-135m-instruct")
     tokenizer = install_template(AutoTokenizer.from_pretrained(path))
-    rendering = Rendering(DEFAULT_DATE, DEFAULT_CUTOFF, assistant_only=True)
-    tokenized = Dataset.from_list([tokenize_row(tokenizer, r["messages"], r["thinking"], rendering) for r in rows])
+    tokenized = Dataset.from_list(docs)
     packed = pack(tokenized, seq_length, "bfd")
-    # padded batches hold about as many real tokens per step as one packed row
-    mean = sum(len(x) for x in tokenized["input_ids"]) / len(tokenized)
-    padded_batch = max(1, round(seq_length / mean))
+    padded_batch = max(1, round(len(tokenized) / len(packed)))  # documents per packed row, on average
     results = {}
     for name, data, batch, padding_free in (("packed_padding_free", packed, 1, True),
                                             ("padded", tokenized, padded_batch, False)):
@@ -146,7 +158,7 @@ def main(argv=None) -> int:
     tokenizer = install_template(AutoTokenizer.from_pretrained(_tiny()))
     rows = demo_rows(args.rows)
     report = {"data_path": bench_data_path(tokenizer, rows, 2048), "packing": bench_packing(),
-              "training": bench_training(demo_rows(64, seed=1), args.train_steps, 1024)}
+              "training": bench_training(lognormal_documents(400, 2048, seed=1), args.train_steps, 2048)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))

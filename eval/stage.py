@@ -17,6 +17,7 @@ from typing import Any
 
 from eval.backends import Request, Sampling, make_backend
 from eval.tasks import TaskContext, build_task, check_tasks
+from pipeline.files import pyplot, save_figure
 from pipeline.models import resolve_model
 from pipeline.runs import stage_run, write_json_atomic
 
@@ -127,18 +128,8 @@ def _cell(summary: dict) -> str:
     return f"{summary['score']:.3f}{cut}"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_ruler(results, modes, path: Path) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for r in results:
             summary = r["tasks"]["ruler"][mode]
@@ -149,14 +140,11 @@ def plot_ruler(results, modes, path: Path) -> None:
                ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_scores(results, tasks, modes, path: Path) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
     width = 0.8 / max(len(results), 1)
     for ax, mode in zip(axes[0], modes):
         for i, r in enumerate(results):
@@ -166,6 +154,4 @@ def plot_scores(results, tasks, modes, path: Path) -> None:
         ax.set_xticks([t + width * (len(results) - 1) / 2 for t in range(len(tasks))], tasks)
         ax.set(ylabel="score", title=f"tasks, {mode}", ylim=(0, 1.05))
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

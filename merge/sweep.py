@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.files import pyplot, save_figure
 from pipeline.schema import EvalRecipe
 
 
@@ -53,13 +54,8 @@ def table(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     weights = [r["weight"] for r in summary["rows"]]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6, 3.8))
     for key in summary["rows"][0]["scores"]:
         ax.plot(weights, [r["scores"][key] for r in summary["rows"]], marker="o", alpha=0.7, label=key)
     ax.plot(weights, [r["mean"] for r in summary["rows"]], marker="s", color="black", linewidth=2, label="mean")
@@ -68,6 +64,4 @@ def plot(summary: dict, path: Path) -> None:
            ylim=(-0.05, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pipeline.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
 from pipeline.errors import UserError
-from pipeline.files import read_jsonl
+from pipeline.files import read_jsonl, write_jsonl
 from pipeline.inputs import classify_input
 from pipeline.schema import Source, TrainRecipe
 
@@ -397,7 +397,7 @@ def _write_quarantine(path: Path, quarantined: Iterable[dict]) -> None:
     quarantined = list(quarantined)
     if quarantined:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(q) + "\n" for q in quarantined))
+        write_jsonl(path, quarantined)
 
 
 def format_report(report: dict[str, Any]) -> str:

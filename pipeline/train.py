@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.chat import end_of_turn_as_eos, has_generation_markers, template_text
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
+from pipeline.files import pyplot, save_figure
 from pipeline.models import resolve_model
 from pipeline.schema import ModelSpec, TrainRecipe
 
@@ -206,20 +207,14 @@ def final_metrics(history: list[dict], state) -> dict[str, Any]:
 
 
 def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
-    import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
     ax.set(xlabel="step", ylabel="training loss", title=title)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_model_card(run, recipe: TrainRecipe) -> None:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from eval.backends import Request, Sampling, make_backend
 from pipeline.data import load_source
 from pipeline.errors import UserError
+from pipeline.files import write_jsonl
 from pipeline.models import resolve_model
 from pipeline.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
 from synth.filters import apply_filters
@@ -216,8 +217,8 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
         else:
             rows, out_name = pair_rows(prompts, lists[0], lists[1], generated), "pairs.jsonl"
         kept, dropped, counts = apply_filters(rows, recipe.filters, _answers, extra=_empty_rejected)
-        _write_jsonl(run.path / out_name, kept)
-        _write_jsonl(run.path / "filtered.jsonl", dropped)
+        write_jsonl(run.path / out_name, kept)
+        write_jsonl(run.path / "filtered.jsonl", dropped)
         report = {"prompts": len(prompts), "generations": len(generated), "rows": len(rows), "kept": len(kept),
                   "filters": counts, "modes": {m: sum(r["chat_template_kwargs"]["enable_thinking"] == (m == "think")
                                                       for r in kept) for m in recipe.modes}}
@@ -226,6 +227,3 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
         print(f"{recipe.stage}: {len(prompts)} prompts -> {len(rows)} rows -> kept {len(kept)}; filters {counts}")
     return recipe.output_path()
 
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
