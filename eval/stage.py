@@ -40,15 +40,16 @@ def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | No
     renderer = {"today_date": recipe.chat.today_date, "knowledge_cutoff": recipe.chat.knowledge_cutoff}
     with make_backend(recipe.backend, path, recipe.dtype, seed=recipe.sampling.seed,
                       renderer_kwargs=renderer) as backend:  # released before the next model loads
-        ctx = task_context(recipe, backend)
         s = recipe.sampling
-        sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
         for name, options in recipe.tasks.items():
             modes = [mode for mode in recipe.modes if (name, mode) in todo]
             if not modes:
                 continue
             task = build_task(name, options)
-            examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed, ctx=ctx)
+            budget = task.max_new_tokens or s.max_new_tokens  # RULER answers in 128 tokens, as RULER does
+            sampling = Sampling(s.temperature, s.top_p, budget, s.seed)
+            examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed,
+                                     ctx=task_context(recipe, backend, budget))
             for mode in modes:
                 requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.tools, prefill=ex.prefill)
                             for ex in examples]
@@ -59,7 +60,7 @@ def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | No
     return result
 
 
-def task_context(recipe, backend) -> TaskContext:
+def task_context(recipe, backend, max_new_tokens: int) -> TaskContext:
     """Token counts as the evaluated model sees its prompts (template, system turn, generation prompt)."""
     tokenizer, render = backend.tokenizer, backend.render
 
@@ -71,8 +72,7 @@ def task_context(recipe, backend) -> TaskContext:
         return max(count_tokens(render(Request(messages, enable_thinking=mode == "think", tools=tools,
                                                prefill=prefill))) for mode in recipe.modes)
 
-    return TaskContext(count_tokens=count_tokens, prompt_tokens=prompt_tokens,
-                       max_new_tokens=recipe.sampling.max_new_tokens)
+    return TaskContext(count_tokens=count_tokens, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens)
 
 
 def summarise(task, examples, completions, mode: str) -> dict[str, Any]:
@@ -118,9 +118,40 @@ def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
         plot_ruler(results, modes, out / "ruler_by_length.png")
     lines += ["", "## Scores by task", "", "![tasks](scores.png)"]
     plot_scores(results, tasks, modes, out / "scores.png")
+    lines += details(results, tasks, modes)
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+SUMMARY_KEYS = {"score", "n", "truncated", "examples"}
+
+
+def details(results: list[dict], tasks: list[str], modes: list[str]) -> list[str]:
+    """Every number a task reports beyond its headline (IFEval's four, RULER per length and sub-task,
+    ...), one table per task: a row per model and mode."""
+    lines = []
+    for task in tasks:
+        keys = []
+        for r in results:
+            for mode in modes:
+                keys += [k for k in r["tasks"][task][mode] if k not in SUMMARY_KEYS and k not in keys]
+        if not keys:
+            continue
+        lines += ["", f"## {task}: details", "", "| model | mode | " + " | ".join(keys) + " |",
+                  "|---" * (2 + len(keys)) + "|"]
+        for r in results:
+            for mode in modes:
+                summary = r["tasks"][task][mode]
+                cells = [_value(summary.get(k)) for k in keys]
+                lines.append(f"| `{r['model']}` | {mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _value(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _cell(summary: dict) -> str:

@@ -29,7 +29,11 @@ def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, c
     example = result["tasks"]["math"]["no_think"]["examples"][0]
     assert {"id", "score", "finish_reason", "completion"} <= set(example) and example["finish_reason"] == "length"
     report = (out / "report.md").read_text()
-    assert report.count("| `") == 2 and "ruler (no_think)" in report and "(2 cut)" in report
+    assert report.split("## ")[0].count("| `") == 2 and "ruler (no_think)" in report and "(2 cut)" in report
+    # the details: IFEval's four numbers, RULER per length and sub-task
+    ifeval = report.split("## ifeval: details")[1].split("##")[0]
+    assert all(k in ifeval for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"))
+    assert "length_256" in report.split("## ruler: details")[1] and "niah_single" in report
     scores = json.loads((out / "manifest.json").read_text())["metrics"]["scores"]
     assert set(scores) == {"embedded:tiny-smollm3", str(ckpt_copy)}
 
@@ -102,7 +106,7 @@ def test_unknown_eval_task_and_option_are_refused(write_recipe):
         load(write_recipe(body))
     problems = {key.split(" ")[0]: msg for key, msg in e.value.problems}
     assert problems["tasks.gsm8k"] == "unknown task; known: ruler, ifeval, math, tools, mode"
-    assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, n, variants"
+    assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, max_new_tokens, n, variants"
 
 
 def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, monkeypatch):
@@ -172,3 +176,20 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     assert params["skip_special_tokens"] is False
     assert c.text.startswith("<think>") and c.finish_reason == "abort"  # not collapsed into "length"
     assert calls["destroyed"] == 2  # the engine's distributed state torn down on close
+
+
+def test_ruler_prompts_as_the_model_sees_them_plus_the_answer_fit_the_length(tiny_model, write_recipe, tmp_path):
+    """RULER's rule: template + system turn + generation prompt + tokens to generate <= length."""
+    from eval.tasks import RulerTask
+
+    recipe = load_recipe(write_recipe({"name": "t", "stage": "eval", "models": ["m"], "tasks": {"mode": {}},
+                                       "modes": ["think", "no_think"]}))
+    backend = TransformersBackend(tiny_model)
+    task = RulerTask(lengths=[1024, 2048], variants=["niah_single", "vt"], max_new_tokens=128)
+    examples = task.examples(n=1, seed=0, ctx=stage.task_context(recipe, backend, task.max_new_tokens))
+    for ex in examples:
+        for thinking in (True, False):
+            prompt = backend.render(Request(ex.messages, enable_thinking=thinking))
+            seen = len(backend.tokenizer(prompt, add_special_tokens=False).input_ids)
+            assert seen + 128 <= ex.meta["length"], (ex.id, seen)
+            assert seen + 128 > 0.9 * ex.meta["length"]  # and uses the length it was given

@@ -71,6 +71,7 @@ class Task:
     """Defaults for the interface above; tasks subclass it."""
 
     name = "task"
+    max_new_tokens: int | None = None  # the task's own generation budget; None: the recipe's sampling.max_new_tokens
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         raise NotImplementedError

@@ -29,12 +29,13 @@ VARIANTS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery"
 class RulerTask(Task):
     name = "ruler"
 
-    def __init__(self, lengths=(4096,), variants=VARIANTS):
+    def __init__(self, lengths=(4096,), variants=VARIANTS, max_new_tokens: int = 128):
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             raise UserError(f"unknown RULER variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
         self.lengths, self.variants = list(lengths), list(variants)
         self.ctx = TaskContext()
+        self.max_new_tokens = max_new_tokens  # RULER's budget for needle answers
         self._essays = self._words = None
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
@@ -84,11 +85,13 @@ class RulerTask(Task):
 
     # ---- haystack with needles -----------------------------------------------------------------
     def _fit(self, make: Callable[[int], str], length: int, most: int) -> str:
-        """The longest `make(k)` (k = 1..most) whose exact token count is at most `length`."""
+        """The longest `make(k)` (k = 1..most) that fits RULER's rule: the prompt as the model sees it
+        (template, system turn, generation prompt) plus the tokens to generate is at most `length`."""
         lo, hi = 1, most
+        budget = length - (self.ctx.max_new_tokens or 0)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.ctx.count_tokens(make(mid)) <= length:
+            if self.ctx.prompt_length([{"role": "user", "content": make(mid)}]) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
