@@ -153,7 +153,7 @@ class VLLMBackend(Backend):
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
-                 renderer_kwargs=None):
+                 hf_overrides: dict | None = None, renderer_kwargs=None):
         try:
             from vllm import LLM
         except ImportError:
@@ -162,8 +162,10 @@ class VLLMBackend(Backend):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        overrides = hf_overrides if hf_overrides is not None else context_overrides(model_path, max_model_len)
         self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed)
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
+                       **({"hf_overrides": overrides} if overrides else {}))
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
 
     def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
@@ -190,6 +192,24 @@ class VLLMBackend(Backend):
         except ImportError:
             pass
         super().close()
+
+
+def context_overrides(model_path: str, max_model_len: int | None) -> dict | None:
+    """YaRN rope scaling when `max_model_len` is past the checkpoint's native context (SmolLM3 is
+    trained to 64k and reaches 128k with YaRN x2), in the `rope_parameters` form vLLM's
+    `hf_overrides` takes; None when no scaling is needed. A model without RoPE cannot be stretched."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    native = getattr(config, "max_position_embeddings", None)
+    if not max_model_len or not native or max_model_len <= native:
+        return None
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if not rope:
+        raise UserError(f"backend.max_model_len {max_model_len} is past {model_path}'s native context {native} and "
+                        "the model has no rope parameters to scale; lower max_model_len or set backend.hf_overrides")
+    rope.update(rope_type="yarn", factor=max_model_len / native, original_max_position_embeddings=native)
+    return {"rope_parameters": rope}
 
 
 class BackendError(UserError):
@@ -293,7 +313,7 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
     if spec.kind == "vllm":
         return VLLMBackend(model_path, dtype=dtype, tensor_parallel_size=spec.tensor_parallel_size,
                            gpu_memory_utilization=spec.gpu_memory_utilization, max_model_len=spec.max_model_len,
-                           seed=seed, renderer_kwargs=renderer_kwargs)
+                           seed=seed, hf_overrides=spec.hf_overrides, renderer_kwargs=renderer_kwargs)
     api_key = None
     if spec.api_key_env:
         api_key = os.environ.get(spec.api_key_env)

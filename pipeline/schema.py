@@ -91,7 +91,10 @@ class BackendSpec(Strict):
     kind: Literal["transformers", "vllm", "openai"] = "transformers"
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int | None = None
+    max_model_len: int | None = Field(None, gt=0, description="vLLM context; above the checkpoint's native "
+                                      "length, YaRN rope scaling is applied (SmolLM3: x2 for 128k).")
+    hf_overrides: dict[str, Any] | None = Field(None, description="vLLM: config overrides, instead of the "
+                                                "automatic YaRN scaling.")
     base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
     served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
                                           "(`vllm serve --served-model-name`); default the model path.")

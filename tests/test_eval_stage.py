@@ -3,6 +3,7 @@
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +177,12 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     assert params["skip_special_tokens"] is False
     assert c.text.startswith("<think>") and c.finish_reason == "abort"  # not collapsed into "length"
     assert calls["destroyed"] == 2  # the engine's distributed state torn down on close
+    assert "hf_overrides" not in calls["llm"]  # within the native context: no rope scaling
+    native = json.loads((Path(tiny_model) / "config.json").read_text())["max_position_embeddings"]
+    VLLMBackend(tiny_model, dtype="float32", max_model_len=2 * native).close()
+    rope = calls["llm"]["hf_overrides"]["rope_parameters"]
+    assert rope["rope_type"] == "yarn" and rope["factor"] == 2.0 and rope["original_max_position_embeddings"] == native
+    assert rope["rope_theta"] == 5_000_000.0  # the model's own base frequency is kept
 
 
 def test_ruler_prompts_as_the_model_sees_them_plus_the_answer_fit_the_length(tiny_model, write_recipe, tmp_path):
