@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from eval import stage
 from eval.backends import OpenAIBackend, Request, Sampling, TransformersBackend
@@ -200,3 +201,36 @@ def test_ruler_prompts_as_the_model_sees_them_plus_the_answer_fit_the_length(tin
             seen = len(backend.tokenizer(prompt, add_special_tokens=False).input_ids)
             assert seen + 128 <= ex.meta["length"], (ex.id, seen)
             assert seen + 128 > 0.9 * ex.meta["length"]  # and uses the length it was given
+
+
+@pytest.mark.slow
+def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_path, monkeypatch):
+    """recipes/smollm3/eval.yaml as shipped (tasks, categories, modes, 131072-token RULER), with a
+    stand-in for vLLM that answers every prompt, on fewer examples."""
+    from eval.backends import Backend, Completion, Renderer
+    from pipeline.cli import load
+
+    class Stub(Backend):
+        def __init__(self, path):
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.render = Renderer(self.tokenizer)
+
+        def generate(self, requests, sampling, desc=""):
+            for r in requests:  # every prompt + its budget fits the context vLLM would be given
+                assert len(self.tokenizer(self.render(r)).input_ids) + sampling.max_new_tokens <= 131072
+            return [Completion("<think>\nLet me see.\n</think>\n\nThe answer is \\boxed{42}.", "stop", 1, 12)
+                    for _ in requests]
+
+    monkeypatch.setattr(stage, "make_backend", lambda spec, path, dtype, **kw: Stub(path))
+    recipe = load(REPO / "recipes/smollm3/eval.yaml", [
+        f"models=[{tiny_model}]", f"output_dir={tmp_path / 'eval'}", "tasks.ruler.n=1",
+        "tasks.ruler.lengths=[4096,131072]", "tasks.ifeval.n=3", "tasks.math.n=3", "tasks.tools.n=3",
+        "tasks.mode.n=3"])
+    out = stage.run(recipe)
+    [result] = [json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "manifest.json"]
+    assert set(result["tasks"]) == {"ruler", "ifeval", "math", "tools", "mode"}
+    for task, modes in result["tasks"].items():
+        assert set(modes) == {"think", "no_think"} and all(m["n"] > 0 for m in modes.values()), task
+    assert {e["length"] for e in result["tasks"]["ruler"]["no_think"]["examples"]} == {4096, 131072}
