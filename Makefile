@@ -15,7 +15,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-fast lint demo bench validate clean synth prepare $(STAGES)
+.PHONY: setup test test-fast lint demo bench gpu-check validate clean synth prepare $(STAGES)
 
 setup: $(STAMP)
 
@@ -71,6 +71,11 @@ bench: setup
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/synth_dedup.py
+
+# GPU machines only (never part of `make test`): vLLM/transformers parity, packed flash-attention,
+# SmolLM3-3B training throughput and MFU, recorded in runs/gpu-check.json.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf runs

@@ -73,3 +73,4 @@ def test_the_checker_sees_imports():
     edges = graph()
     assert "pipeline.chat" in edges["eval.backends"] and "pipeline.runs" in edges["eval.stage"]
     assert "eval.tasks" in edges["merge.stage"]
+
