@@ -346,3 +346,20 @@ def test_http_recipe_settings_reach_the_request(tiny_model, monkeypatch, write_r
     assert headers["Authorization"] == "Bearer sk-test-123" and body["model"] == "qwen"
     assert body["top_k"] == -1 and body["stop_token_ids"] and body["skip_special_tokens"] is False
     assert "sk-test-123" not in json.dumps(recipe.model_dump())  # the recipe names the variable, never the key
+
+
+def test_an_internal_error_is_a_bug_with_a_traceback_not_exit_2(write_recipe, monkeypatch):
+    import types
+
+    from pipeline import cli
+
+    body = sft_recipe()
+    body["data"]["sources"][0]["path"] = str(REPO / "data/demo/chat_no_think.jsonl")
+    path = write_recipe(body)
+
+    def broken(recipe, overwrite=False):
+        raise FileNotFoundError("/tmp/some/internal/file")  # not the user's input: a bug
+
+    monkeypatch.setattr(cli, "stage_module", lambda stage: types.SimpleNamespace(run=broken))
+    with pytest.raises(FileNotFoundError):  # uncaught: Python prints the traceback and exits 1
+        cli.main(["sft", "--recipe", str(path)])
