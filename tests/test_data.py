@@ -155,3 +155,15 @@ def test_packed_forward_equals_per_document_forward(tiny_model, impl):
     with torch.no_grad():
         bled = model(**{k: v for k, v in leaky.items() if k != "labels"}, use_cache=False).logits[0]
     assert (bled - logits).abs().max().item() > 1e-2
+
+
+def test_packing_refuses_a_row_length_that_is_not_positive():
+    """max_length 0 with wrapped packing once looped forever while memory grew."""
+    import numpy as np
+
+    from pipeline.packing import bfd_plan, wrapped_plan
+
+    for plan in (wrapped_plan, bfd_plan):
+        for bad in (0, -4):
+            with pytest.raises(ValueError, match="seq_length must be positive"):
+                plan(np.array([3, 5]), bad)
