@@ -320,9 +320,9 @@ def source_rows(source: Source, cache: Path):
     local JSONL (or JSON list) file as one `text` column of raw JSON lines."""
     from datasets import Dataset, load_dataset
 
-    hf_cache = str(cache.with_name(cache.name + ".parts") / "hf")
-    if classify_input(source.path) == "hub":
-        return load_dataset(source.path, source.name, split=source.split, cache_dir=hf_cache)
+    if classify_input(source.path) == "hub":  # the Hugging Face cache: downloaded once for every mixture
+        return load_dataset(source.path, source.name, split=source.split)
+    hf_cache = str(cache.with_name(cache.name + ".parts") / "hf")  # local files' Arrow copies: dropped when built
     path = Path(source.path).expanduser()
     if path.suffix == ".parquet":
         try:
