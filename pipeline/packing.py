@@ -136,15 +136,17 @@ def _procs(num_proc: int | None, rows: int) -> int | None:
 
 def packing_stats(packed, seq_length: int) -> dict[str, Any]:
     """Rows, documents, tokens, efficiency (non-pad share of rows x seq_length) and trained-token
-    share, read column by column from Arrow."""
+    share, counted from Arrow one record batch at a time (never the whole label column at once)."""
     import pyarrow.compute as pc
 
     table = packed.flatten_indices().data if packed._indices is not None else packed.data
-    lengths = pc.list_value_length(table.column("input_ids"))
-    tokens = int(pc.sum(lengths).as_py() or 0)
-    labels = pc.list_flatten(table.column("labels"))
-    trained = int(pc.sum(pc.not_equal(labels, -100)).as_py() or 0) if len(labels) else 0
-    docs = int(pc.sum(pc.list_value_length(table.column("seq_lengths"))).as_py() or 0)
+    tokens = trained = docs = 0
+    for batch in table.to_batches(max_chunksize=ROWS_PER_BATCH):
+        columns = dict(zip(batch.schema.names, batch.columns))
+        tokens += int(pc.sum(pc.list_value_length(columns["input_ids"])).as_py() or 0)
+        labels = pc.list_flatten(columns["labels"])
+        trained += int(pc.sum(pc.cast(pc.not_equal(labels, -100), "int64")).as_py() or 0) if len(labels) else 0
+        docs += int(pc.sum(pc.list_value_length(columns["seq_lengths"])).as_py() or 0)
     rows = len(packed)
     return {"packed_rows": rows, "documents": docs, "tokens": tokens,
             "efficiency": round(tokens / (rows * seq_length), 4) if rows else 0.0,
