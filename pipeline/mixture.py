@@ -134,7 +134,10 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
     if strategy == "bfd" and max_length:  # best fit keeps documents whole: cut the longer ones first
         mixture = _truncate(mixture, max_length, recipe.data.num_proc)
     if strategy:
-        dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe))
+        # an explicit file: datasets keeps the output of a map over an in-memory table (the plan) in memory
+        packed_file = cache.with_name(cache.name + ".parts") / "packed.arrow"
+        packed_file.parent.mkdir(parents=True, exist_ok=True)
+        dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe), cache_file_name=str(packed_file))
         report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
     else:
         dataset = _truncate(mixture, max_length, recipe.data.num_proc) if max_length else mixture
@@ -172,8 +175,11 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
                           assistant_only=bool(recipe.training.get("assistant_only_loss")))
     if rendering.assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
         raise UserError("assistant_only_loss needs a chat template with {% generation %} markers")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    name = "tokenized" + (f"-share-{shard[0]}-of-{shard[1]}" if shard else "")
     tokenized = rows.map(
         _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
+        cache_file_name=str(parts_dir / f"{name}.arrow"),  # on disk, with the build's other intermediates
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
                    "raw_json": "text" in rows.column_names and _is_local_json(source)},
         remove_columns=rows.column_names, features=_features(), num_proc=_procs(recipe.data.num_proc, len(rows)),
