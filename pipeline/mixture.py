@@ -162,15 +162,15 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         shares = _complete_shares(parts_dir)
         if shares:
             return concatenate_datasets([load_from_disk(str(p)) for p in shares])
-    rows = source_rows(source, cache)
+    rows, offset = source_rows(source, cache), 0
     if shard is not None:
         i, n = shard
+        offset = _shard_offset(len(rows), i, n)
         rows = rows.shard(num_shards=n, index=i, contiguous=True)
     if len(rows) == 0:
         from datasets import Dataset
 
         return Dataset.from_dict({k: [] for k in TOKENIZED}, features=_features())
-    offset = _shard_offset(source, cache, shard)
     rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
                           assistant_only=bool(recipe.training.get("assistant_only_loss")))
     if rendering.assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
@@ -208,12 +208,9 @@ def _complete_shares(parts_dir: Path) -> list[Path]:
     return []
 
 
-def _shard_offset(source: Source, cache: Path, shard: tuple[int, int] | None) -> int:
-    """Row number of a share's first row in its source (quarantine reports source row numbers)."""
-    if shard is None:
-        return 0
-    i, n = shard
-    total = len(source_rows(source, cache))
+def _shard_offset(total: int, i: int, n: int) -> int:
+    """Row number of share i's first row in its source of `total` rows (quarantine reports source
+    row numbers), as `Dataset.shard(n, i, contiguous=True)` splits it."""
     return sum(total // n + (1 if k < total % n else 0) for k in range(i))
 
 
