@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.backends import Request, Sampling, make_backend
-from eval.tasks import TaskContext, build_task, check_tasks
+from eval.tasks import Example, TaskContext, build_task, check_tasks
 from pipeline.files import pyplot, save_figure
 from pipeline.models import resolve_model
 from pipeline.runs import stage_run, write_json_atomic
@@ -46,18 +46,31 @@ def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | No
             if not modes:
                 continue
             task = build_task(name, options)
-            budget = task.max_new_tokens or s.max_new_tokens  # RULER answers in 128 tokens, as RULER does
-            sampling = Sampling(s.temperature, s.top_p, budget, s.seed)
             examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed,
-                                     ctx=task_context(recipe, backend, budget))
+                                     ctx=task_context(recipe, backend, s.max_new_tokens))
             for mode in modes:
-                requests = [Request(ex.messages, enable_thinking=mode == "think", tools=ex.tools, prefill=ex.prefill)
-                            for ex in examples]
-                completions = backend.generate(requests, sampling, desc=f"{progress}{name}/{mode}")
+                completions = generate(backend, examples, mode, s, desc=f"{progress}{name}/{mode}")
                 result["tasks"].setdefault(name, {})[mode] = summarise(task, examples, completions, mode)
                 if save is not None:
                     save(result)
     return result
+
+
+def generate(backend, examples: list[Example], mode: str, s, desc: str) -> list:
+    """Completions in the examples' order. An example with its own budget (RULER: 30 tokens for
+    variable tracking, 128 for needles) is generated with it; one backend call per budget."""
+    by_budget: dict[int, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_budget.setdefault(ex.max_new_tokens or s.max_new_tokens, []).append(i)
+    completions: list = [None] * len(examples)
+    for budget, indices in by_budget.items():
+        requests = [Request(examples[i].messages, enable_thinking=mode == "think", tools=examples[i].tools,
+                            prefill=examples[i].prefill) for i in indices]
+        suffix = f" ({budget} tokens)" if len(by_budget) > 1 else ""
+        outputs = backend.generate(requests, Sampling(s.temperature, s.top_p, budget, s.seed), desc=desc + suffix)
+        for i, completion in zip(indices, outputs):
+            completions[i] = completion
+    return completions
 
 
 def task_context(recipe, backend, max_new_tokens: int) -> TaskContext:
@@ -114,7 +127,8 @@ def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
     lines += ["", "Scores are means over examples (0 to 1). `(k cut)`: k completions hit max_new_tokens.",
               "Per-example completions and scores: one JSON per model next to this file."]
     if "ruler" in tasks:
-        lines += ["", "## RULER by context length", "", "![ruler](ruler_by_length.png)"]
+        lines += ["", "## RULER by task and context length", ""] + ruler_tables(results, modes)
+        lines += ["![ruler](ruler_by_length.png)"]
         plot_ruler(results, modes, out / "ruler_by_length.png")
     lines += ["", "## Scores by task", "", "![tasks](scores.png)"]
     plot_scores(results, tasks, modes, out / "scores.png")
@@ -135,7 +149,8 @@ def details(results: list[dict], tasks: list[str], modes: list[str]) -> list[str
         keys = []
         for r in results:
             for mode in modes:
-                keys += [k for k in r["tasks"][task][mode] if k not in SUMMARY_KEYS and k not in keys]
+                keys += [k for k, v in r["tasks"][task][mode].items()
+                         if k not in SUMMARY_KEYS and k not in keys and not isinstance(v, dict)]
         if not keys:
             continue
         lines += ["", f"## {task}: details", "", "| model | mode | " + " | ".join(keys) + " |",
@@ -148,6 +163,26 @@ def details(results: list[dict], tasks: list[str], modes: list[str]) -> list[str
     return lines
 
 
+def ruler_tables(results: list[dict], modes: list[str]) -> list[str]:
+    """A table per model and mode, as RULER reports it: its tasks x lengths, each task's metric, the
+    mean per length; then the tasks that could not run here and why."""
+    lines = []
+    for r in results:
+        for mode in modes:
+            summary = r["tasks"]["ruler"][mode]
+            lengths = sorted(int(k.removeprefix("length_")) for k in summary if k.startswith("length_"))
+            header = "| task | metric | " + " | ".join(map(str, lengths)) + " | mean |"
+            lines += [f"`{r['model']}`, {mode}:", "", header, "|---" * (3 + len(lengths)) + "|"]
+            for task, by_length in summary.get("by_task_length", {}).items():
+                cells = " | ".join(_value(by_length.get(str(k))) for k in lengths)
+                lines.append(f"| {task} | {summary['metric'][task]} | {cells} | {_value(summary[task])} |")
+            lines.append("| **mean** | | " + " | ".join(_value(summary[f"length_{k}"]) for k in lengths)
+                         + f" | {_value(summary['score'])} |")
+            lines += [f"- {task}: **unavailable**: {why}" for task, why in summary.get("unavailable", {}).items()]
+            lines.append("")
+    return lines
+
+
 def _value(value) -> str:
     if value is None:
         return "–"
@@ -156,7 +191,7 @@ def _value(value) -> str:
 
 def _cell(summary: dict) -> str:
     cut = f" ({summary['truncated']} cut)" if summary["truncated"] else ""
-    return f"{summary['score']:.3f}{cut}"
+    return f"{_value(summary['score'])}{cut}"
 
 
 def plot_ruler(results, modes, path: Path) -> None:
@@ -180,7 +215,8 @@ def plot_scores(results, tasks, modes, path: Path) -> None:
     for ax, mode in zip(axes[0], modes):
         for i, r in enumerate(results):
             xs = [t + i * width for t in range(len(tasks))]
-            ax.bar(xs, [r["tasks"][t][mode]["score"] for t in tasks], width=width,
+            scores = [r["tasks"][t][mode]["score"] for t in tasks]  # None: nothing could run (RULER qa offline)
+            ax.bar(xs, [float("nan") if x is None else x for x in scores], width=width,
                    label=Path(r["model"]).name or r["model"])
         ax.set_xticks([t + width * (len(results) - 1) / 2 for t in range(len(tasks))], tasks)
         ax.set(ylabel="score", title=f"tasks, {mode}", ylim=(0, 1.05))

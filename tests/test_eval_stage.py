@@ -17,7 +17,7 @@ def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, c
     recipe = load_recipe(write_recipe({
         "name": "t", "stage": "eval", "output_dir": str(tmp_path / "eval"), "dtype": "float32",
         "models": ["embedded:tiny-smollm3", str(ckpt_copy)],
-        "tasks": {"ruler": {"lengths": [256, 512], "variants": ["niah_single"], "n": 1}, "math": {"n": 2},
+        "tasks": {"ruler": {"lengths": [512, 1024], "variants": ["niah_single_1"], "n": 1}, "math": {"n": 2},
                   "tools": {"n": 2}, "ifeval": {"n": 2}, "mode": {"n": 2}},
         "modes": ["think", "no_think"], "backend": {"kind": "transformers", "batch_size": 4},
         "sampling": {"temperature": 0.0, "max_new_tokens": 6}}))
@@ -27,7 +27,7 @@ def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, c
     result = json.loads((out / "embedded_tiny-smollm3.json").read_text())
     assert set(result["tasks"]) == {"ruler", "math", "tools", "ifeval", "mode"}
     ruler = result["tasks"]["ruler"]["think"]
-    assert {k for k in ruler if k.startswith("length_")} == {"length_256", "length_512"} and ruler["n"] == 2
+    assert {k for k in ruler if k.startswith("length_")} == {"length_512", "length_1024"} and ruler["n"] == 2
     example = result["tasks"]["math"]["no_think"]["examples"][0]
     assert {"id", "score", "finish_reason", "completion"} <= set(example) and example["finish_reason"] == "length"
     report = (out / "report.md").read_text()
@@ -35,7 +35,9 @@ def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, c
     # the details: IFEval's four numbers, RULER per length and sub-task
     ifeval = report.split("## ifeval: details")[1].split("##")[0]
     assert all(k in ifeval for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"))
-    assert "length_256" in report.split("## ruler: details")[1] and "niah_single" in report
+    assert "length_512" in report.split("## ruler: details")[1]
+    ruler_table = report.split("## RULER by task and context length")[1]
+    assert "| niah_single_1 | string_match_all |" in ruler_table and "| 512 | 1024 | mean |" in ruler_table
     scores = json.loads((out / "manifest.json").read_text())["metrics"]["scores"]
     assert set(scores) == {"embedded:tiny-smollm3", str(ckpt_copy)}
 
@@ -108,7 +110,7 @@ def test_unknown_eval_task_and_option_are_refused(write_recipe):
         load(write_recipe(body))
     problems = {key.split(" ")[0]: msg for key, msg in e.value.problems}
     assert problems["tasks.gsm8k"] == "unknown task; known: ruler, ifeval, math, tools, mode"
-    assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, max_new_tokens, n, variants"
+    assert problems["tasks.ruler.lenghts"] == "unknown option; allowed: lengths, n, qa_sources, variants"
 
 
 def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, monkeypatch):
@@ -193,22 +195,38 @@ def test_ruler_prompts_as_the_model_sees_them_plus_the_answer_fit_the_length(tin
     recipe = load_recipe(write_recipe({"name": "t", "stage": "eval", "models": ["m"], "tasks": {"mode": {}},
                                        "modes": ["think", "no_think"]}))
     backend = TransformersBackend(tiny_model)
-    task = RulerTask(lengths=[1024, 2048], variants=["niah_single", "vt"], max_new_tokens=128)
-    examples = task.examples(n=1, seed=0, ctx=stage.task_context(recipe, backend, task.max_new_tokens))
+    task = RulerTask(lengths=[1024, 2048], variants=["niah_single_2", "vt"])
+    examples = task.examples(n=1, seed=0, ctx=stage.task_context(recipe, backend, 64))
+    assert {ex.max_new_tokens for ex in examples} == {128, 30}  # RULER's budgets for niah and vt
     for ex in examples:
         for thinking in (True, False):
-            prompt = backend.render(Request(ex.messages, enable_thinking=thinking))
+            prompt = backend.render(Request(ex.messages, enable_thinking=thinking, prefill=ex.prefill))
             seen = len(backend.tokenizer(prompt, add_special_tokens=False).input_ids)
-            assert seen + 128 <= ex.meta["length"], (ex.id, seen)
-            assert seen + 128 > 0.9 * ex.meta["length"]  # and uses the length it was given
+            assert seen + ex.max_new_tokens <= ex.meta["length"], (ex.id, seen)
+            # and uses the length it was given (the essay grows in RULER's steps of 500 words)
+            assert seen + ex.max_new_tokens > 0.6 * ex.meta["length"]
 
 
 @pytest.mark.slow
 def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_path, monkeypatch):
     """recipes/smollm3/eval.yaml as shipped (tasks, categories, modes, 131072-token RULER), with a
-    stand-in for vLLM that answers every prompt, on fewer examples."""
+    stand-in for vLLM that answers every prompt, on fewer examples, on a machine that cannot reach
+    RULER's QA datasets."""
+    import urllib.error
+
     from eval.backends import Backend, Completion, Renderer
     from pipeline.cli import load
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    def hub_offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'google/IFEval' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    monkeypatch.setattr("datasets.load_dataset", hub_offline)
+    monkeypatch.setenv("SMOLALIGN_CACHE", str(tmp_path / "cache"))
+    budgets = []
 
     class Stub(Backend):
         def __init__(self, path):
@@ -218,6 +236,7 @@ def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_p
             self.render = Renderer(self.tokenizer)
 
         def generate(self, requests, sampling, desc=""):
+            budgets.append(sampling.max_new_tokens)
             for r in requests:  # every prompt + its budget fits the context vLLM would be given
                 assert len(self.tokenizer(self.render(r)).input_ids) + sampling.max_new_tokens <= 131072
             return [Completion("<think>\nLet me see.\n</think>\n\nThe answer is \\boxed{42}.", "stop", 1, 12)
@@ -233,4 +252,11 @@ def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_p
     assert set(result["tasks"]) == {"ruler", "ifeval", "math", "tools", "mode"}
     for task, modes in result["tasks"].items():
         assert set(modes) == {"think", "no_think"} and all(m["n"] > 0 for m in modes.values()), task
-    assert {e["length"] for e in result["tasks"]["ruler"]["no_think"]["examples"]} == {4096, 131072}
+    ruler = result["tasks"]["ruler"]["no_think"]
+    assert {e["length"] for e in ruler["examples"]} == {4096, 131072}
+    assert len(ruler["by_task_length"]) == 11 and set(ruler["unavailable"]) == {"qa_1", "qa_2"}
+    assert {128, 30, 120, 50, 32768} <= set(budgets)  # RULER's own budgets per task; the recipe's for the rest
+    report = (out / "report.md").read_text()
+    assert "- qa_1: **unavailable**: https://rajpurkar.github.io/" in report and "| fwe | string_match_all |" in report
+    ifeval = result["tasks"]["ifeval"]["think"]
+    assert ifeval["comparable"] == 0.0 and "google/IFEval unreachable" in ifeval["source"]

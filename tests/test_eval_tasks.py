@@ -2,10 +2,9 @@
 
 
 import pytest
-from transformers import AutoTokenizer
 
-from eval.tasks import IFEvalTask, MathTask, ModeTask, RulerTask, strip_think
-from eval.tasks.base import Example, TaskContext
+from eval.tasks import IFEvalTask, MathTask, ModeTask, strip_think
+from eval.tasks.base import Example
 from eval.tasks.tools import parse_calls
 
 
@@ -62,6 +61,27 @@ def test_ifeval_strict_and_loose():
     assert d["prompt_strict"] == 0.0 and [i["strict"] for i in d["instructions"]] == [True, False]
 
 
+def test_ifeval_google_source_is_comparable_and_its_offline_fallback_says_it_is_not(monkeypatch):
+    hub_rows = [{"key": 1000, "prompt": "Answer in lowercase.",
+                 "instruction_id_list": ["change_case:english_lowercase"],
+                 "kwargs": [{}]}]
+    monkeypatch.setattr("datasets.load_dataset", lambda name, split: hub_rows if name == "google/IFEval" else None)
+    task = IFEvalTask(source="google/IFEval")
+    [ex] = task.examples(seed=0)
+    summary = task.aggregate([ex], [task.score(ex, "all lowercase here", "no_think")])
+    assert ex.id == "ifeval-1000" and summary["comparable"] == 1.0 and summary["source"] == "google/IFEval"
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'google/IFEval' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr("datasets.load_dataset", offline)
+    task = IFEvalTask(source="google/IFEval")
+    examples = task.examples(seed=0)
+    summary = task.aggregate(examples, [task.score(e, "x", "no_think") for e in examples])
+    assert len(examples) == 24 and summary["comparable"] == 0.0
+    assert summary["source"].startswith("shipped offline set") and "google/IFEval unreachable" in summary["source"]
+
+
 def test_ifeval_unknown_ids_and_unavailable_punkt():
     task = IFEvalTask()
     with pytest.raises(ValueError, match="unknown IFEval instruction ids"):
@@ -115,38 +135,6 @@ def test_tool_call_parsing():
     assert parse_calls("no call") == []
     assert parse_calls("<tool_call>{'name': 'f'}</tool_call>") is None  # not JSON
     assert parse_calls('<tool_call>{"name": "f", "arguments": [1]}</tool_call>') is None
-
-
-# ---- ruler -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def count_tokens(tiny_model):
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    return lambda text: len(tok(text, add_special_tokens=False).input_ids)
-
-
-def test_ruler_examples_fit_the_length_and_hold_their_answers(count_tokens):
-    task = RulerTask(lengths=[512, 2048])
-    examples = task.examples(n=1, seed=0, ctx=TaskContext(count_tokens=count_tokens))
-    assert len(examples) == 2 * 6
-    for ex in examples:
-        text, length = ex.messages[0]["content"], ex.meta["length"]
-        assert 0.9 * length <= count_tokens(text) <= length, ex.id
-        assert all(str(t) in text for t in ex.target)
-        assert score(task, ex, " ".join(map(str, ex.target))) == 1.0
-        assert score(task, ex, "I do not know.") == 0.0
-    multi = next(e for e in examples if e.meta["variant"] == "niah_multivalue")
-    assert score(task, multi, f"<think>{multi.target}</think> {multi.target[0]}") == pytest.approx(1 / 3)
-    again = task.examples(n=1, seed=0, ctx=TaskContext(count_tokens=count_tokens))
-    assert [e.messages for e in again] == [e.messages for e in examples]
-
-
-def test_ruler_variable_chain_reads_forwards(count_tokens):
-    [ex] = RulerTask(lengths=[1024], variants=["vt"]).examples(n=1, seed=3, ctx=TaskContext(count_tokens=count_tokens))
-    text = ex.messages[0]["content"]
-    positions = [text.index(f"VAR {name} =") for name in ex.target]
-    assert positions == sorted(positions)
-    with pytest.raises(ValueError, match="unknown RULER variants"):
-        RulerTask(variants=["niah_huge"])
 
 
 # ---- mode ------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def test_failed_check_writes_nothing(write_recipe, tmp_path, ckpts):
 
 def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_path, ckpts):
     recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5, 1.0],
-                          sweep_tasks={"ruler": {"lengths": [256], "variants": ["niah_single"], "n": 1},
+                          sweep_tasks={"ruler": {"lengths": [512], "variants": ["niah_single_1"], "n": 1},
                                        "mode": {"n": 2}},
                           sweep_modes=["no_think"], sampling={"temperature": 0.0, "max_new_tokens": 4})
     out = run(recipe)

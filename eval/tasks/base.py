@@ -34,13 +34,16 @@ class Example:
 
     `tools`: function schemas declared to the model (xml_tools). `prefill`: text the assistant turn
     starts with, after the generation prompt (RULER's answer prefix); the completion is what the
-    model writes after it. `meta`: task-specific facts kept in the results (length, sub-task, ...)."""
+    model writes after it. `max_new_tokens`: the example's own generation budget (RULER's per-task
+    tokens to generate); None: the recipe's sampling.max_new_tokens. `meta`: task-specific facts kept
+    in the results (length, sub-task, ...)."""
 
     id: str
     messages: list[dict[str, Any]]
     target: Any
     tools: list[dict] | None = None
     prefill: str = ""
+    max_new_tokens: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,7 +74,6 @@ class Task:
     """Defaults for the interface above; tasks subclass it."""
 
     name = "task"
-    max_new_tokens: int | None = None  # the task's own generation budget; None: the recipe's sampling.max_new_tokens
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         raise NotImplementedError

