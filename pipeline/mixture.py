@@ -68,13 +68,11 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
     with file_lock(Path(cache_root) / f"{fingerprint}.lock"):  # the ranks of one job build it once
         if not (cache / "report.json").is_file():
             _build(recipe, tokenizer, cache, fingerprint, quarantine_path)
-    from datasets import load_from_disk
-
     report = json.loads((cache / "report.json").read_text())
     if (cache / "quarantine.jsonl").is_file():
         quarantine_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cache / "quarantine.jsonl", quarantine_path)
-    return load_from_disk(str(cache / "dataset")), report
+    return open_arrow_files(cache / "dataset"), report
 
 
 def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
@@ -90,7 +88,7 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
         "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
         "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
         "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 2,
+        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 3,
     }
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -133,16 +131,20 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
     strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
     if strategy == "bfd" and max_length:  # best fit keeps documents whole: cut the longer ones first
         mixture = _truncate(mixture, max_length, recipe.data.num_proc)
+    (tmp / "dataset").mkdir()
     if strategy:
-        # an explicit file: datasets keeps the output of a map over an in-memory table (the plan) in memory
-        packed_file = cache.with_name(cache.name + ".parts") / "packed.arrow"
-        packed_file.parent.mkdir(parents=True, exist_ok=True)
-        dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe), cache_file_name=str(packed_file))
+        # The packed rows are written once, by the map, where the cache keeps them: an explicit file
+        # (datasets keeps the output of a map over an in-memory table, the plan, in memory), and no
+        # save_to_disk afterwards (it reads every row back through a memory map, so the process's
+        # resident memory grew by the size of the mixture).
+        dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe),
+                       cache_file_name=str(tmp / "dataset" / "packed.arrow"))
         report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
     else:
         dataset = _truncate(mixture, max_length, recipe.data.num_proc) if max_length else mixture
-        dataset = dataset.select_columns(["input_ids", "labels"])
-    dataset.save_to_disk(str(tmp / "dataset"))
+        dataset = dataset.select_columns(["input_ids", "labels"]).flatten_indices(
+            cache_file_name=str(tmp / "dataset" / "documents.arrow"))
+    keep_arrow_files(dataset, tmp / "dataset")
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
     if not sum(quarantined):
         (tmp / "quarantine.jsonl").unlink()
@@ -155,13 +157,13 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
 def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: Path, shard: tuple[int, int] | None):
     """One source tokenized (all rows, good and bad), from its shares when `prepare --shard` made
     them all, else tokenized here; with `shard`, only that share, saved for the collecting run."""
-    from datasets import concatenate_datasets, load_from_disk
+    from datasets import concatenate_datasets
 
     parts_dir = cache.with_name(cache.name + ".parts") / f"source-{si}"
     if shard is None:
         shares = _complete_shares(parts_dir)
         if shares:
-            return concatenate_datasets([load_from_disk(str(p)) for p in shares])
+            return concatenate_datasets([open_arrow_files(p) for p in shares])
     rows, offset = source_rows(source, cache), 0
     if shard is not None:
         i, n = shard
@@ -189,10 +191,34 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         target = parts_dir / f"share-{i}-of-{n}"
         staging = target.with_name(target.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        tokenized.save_to_disk(str(staging))
+        staging.mkdir()
+        for entry in tokenized.cache_files:  # the map's own files become the share (no copy)
+            os.replace(entry["filename"], staging / Path(entry["filename"]).name)
+        keep_arrow_files(tokenized, staging, moved=True)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
+        return open_arrow_files(target)
     return tokenized
+
+
+def keep_arrow_files(dataset, directory: Path, moved: bool = False) -> None:
+    """Make `directory` hold `dataset` as the Arrow files a map wrote there, listed in order in
+    files.json. `moved`: the files were moved there after the map wrote them."""
+    names = [Path(entry["filename"]).name for entry in dataset.cache_files]
+    if not moved:
+        outside = [e["filename"] for e in dataset.cache_files if Path(e["filename"]).parent != directory]
+        if outside or dataset._indices is not None or not names:
+            raise RuntimeError(f"expected the dataset's own Arrow files in {directory}, found {outside or names}")
+    (directory / "files.json").write_text(json.dumps(names))
+
+
+def open_arrow_files(directory: Path):
+    """The dataset `keep_arrow_files` left in `directory`, memory-mapped (nothing is read into memory)."""
+    from datasets import Dataset, concatenate_datasets
+
+    names = json.loads((directory / "files.json").read_text())
+    parts = [Dataset.from_file(str(directory / name)) for name in names]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
 def _complete_shares(parts_dir: Path) -> list[Path]:

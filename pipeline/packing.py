@@ -134,14 +134,28 @@ def _procs(num_proc: int | None, rows: int) -> int | None:
     return min(num_proc, rows // ROWS_PER_BATCH)
 
 
+def record_batches(dataset):
+    """The dataset's Arrow record batches. From its own files with plain reads where it has them:
+    through the memory map, every page read would stay resident in this process, so its memory
+    would grow by the size of the data."""
+    if dataset._indices is None and dataset.cache_files:
+        import pyarrow as pa
+
+        for entry in dataset.cache_files:
+            with pa.OSFile(entry["filename"]) as f:
+                yield from pa.ipc.open_stream(f)
+        return
+    table = dataset.flatten_indices().data if dataset._indices is not None else dataset.data
+    yield from table.to_batches(max_chunksize=ROWS_PER_BATCH)
+
+
 def packing_stats(packed, seq_length: int) -> dict[str, Any]:
     """Rows, documents, tokens, efficiency (non-pad share of rows x seq_length) and trained-token
     share, counted from Arrow one record batch at a time (never the whole label column at once)."""
     import pyarrow.compute as pc
 
-    table = packed.flatten_indices().data if packed._indices is not None else packed.data
     tokens = trained = docs = 0
-    for batch in table.to_batches(max_chunksize=ROWS_PER_BATCH):
+    for batch in record_batches(packed):
         columns = dict(zip(batch.schema.names, batch.columns))
         tokens += int(pc.sum(pc.list_value_length(columns["input_ids"])).as_py() or 0)
         labels = pc.list_flatten(columns["labels"])

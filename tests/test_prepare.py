@@ -3,6 +3,7 @@ every bad row shape quarantined, sources that yield nothing, sharded preparation
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -152,6 +153,32 @@ def test_sharded_preparation_equals_one_pass(write_recipe, tok, tmp_path):
     assert len(list((tmp_path / "b").glob("*.parts/source-*/share-*-of-3"))) == 6
     sharded, sharded_report = build_sft_mixture(recipe, tok, tmp_path / "b", tmp_path / "q.jsonl")
     assert sharded.to_list() == whole.to_list() and sharded_report == report
+
+
+@pytest.mark.parametrize("training", [{}, {"packing": False}, {"packing_strategy": "wrapped"}])
+def test_the_mixture_is_memory_mapped_from_the_cache_and_its_stats_count_its_rows(write_recipe, tok, tmp_path,
+                                                                                   training):
+    """Two workers (several Arrow files); what training ranks open is the cache's own files, and the
+    statistics read from those files equal the rows' own counts."""
+    sources = [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think", "fraction": 6.0},
+               {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 6.0}]
+    recipe = sft(write_recipe, sources, **training)
+    recipe.data.num_proc = 2
+    dataset, report = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    [cache] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    files = [Path(f["filename"]) for f in dataset.cache_files]
+    assert files and all(f.parent == cache / "dataset" for f in files)
+    assert not list((tmp_path / "cache").glob("*.parts")) and not list((tmp_path / "cache").glob("*.tmp"))
+    if training.get("packing", True):
+        assert len(files) == 2  # one per worker, kept as written
+        rows = dataset.to_list()
+        tokens = sum(len(r["input_ids"]) for r in rows)
+        assert report["packing"]["tokens"] == tokens and report["packing"]["packed_rows"] == len(rows)
+        assert report["packing"]["documents"] == sum(len(r["seq_lengths"]) for r in rows)
+        trained = sum(t != -100 for r in rows for t in r["labels"])
+        assert report["packing"]["trained_token_share"] == round(trained / tokens, 4)
+    again, _ = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    assert again.to_list() == dataset.to_list()
 
 
 def _ends(lengths):
