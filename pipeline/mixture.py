@@ -124,7 +124,11 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
         raise UserError(f"{recipe._source}: no source has a usable row; nothing to train on")
     mixture = concatenate_datasets(parts)
     order = np.random.default_rng(recipe.data.seed).permutation(len(mixture))
-    mixture = mixture.select(order)
+    # the shuffled order as a file: workers that read the mixture map it instead of each receiving a copy
+    order_file = cache.with_name(cache.name + ".parts") / "order.arrow"
+    order_file.parent.mkdir(parents=True, exist_ok=True)
+    mixture = mixture.select(order, indices_cache_file_name=str(order_file))
+    del order
     report = _report(recipe, mixture, quarantined, fingerprint)
 
     max_length = recipe.training.get("max_length")

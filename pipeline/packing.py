@@ -2,11 +2,12 @@
 
     packed = pack(tokenized, seq_length, "bfd")     # or "wrapped"; columns input_ids, labels, seq_lengths
 
-Both strategies first decide, from the documents' lengths alone (4 bytes a document), which pieces
-of which documents go into each row; the rows are then built by a batched `datasets.map` over that
-plan that reads the documents from the memory-mapped Arrow table and writes packed rows to Arrow on
-disk, a few rows at a time. Peak memory is the plan (a few bytes per document) plus one batch of
-rows, whatever the number of tokens.
+Both strategies first decide, from the documents' lengths alone, which pieces of which documents go
+into each row: BFD as two integer arrays (documents in row order, row offsets), wrapped from the
+documents' end offsets, a batch of rows at a time. The plan goes to .npy files; the rows are then
+built by a batched `datasets.map` over row numbers whose workers memory-map the plan, read the
+documents from the memory-mapped Arrow table and write packed rows to Arrow on disk, a few rows at a
+time. Memory: a few integers per document in the planning process, one batch of rows per worker.
 
 - `bfd`: best-fit decreasing, every document whole (TRL's `bfd`): documents longest first, each
   into the row with the least room that still fits it. Documents longer than `seq_length` must be
@@ -21,6 +22,8 @@ rows, whatever the number of tokens.
 from __future__ import annotations
 
 import bisect
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,19 +42,22 @@ def document_lengths(dataset) -> np.ndarray:
     return np.asarray(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def bfd_plan(lengths: np.ndarray, seq_length: int) -> list[list[int]]:
-    """Documents per row by best-fit decreasing. Free space is tracked per distinct value (at most
-    `seq_length` of them) in a sorted list, so finding the best fit is a bisection."""
+def bfd_plan(lengths: np.ndarray, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Documents per row by best-fit decreasing, as two arrays: row r holds the documents
+    `docs[offsets[r]:offsets[r + 1]]`, in the order they were placed. Free space is tracked per
+    distinct value (at most `seq_length` of them) in a sorted list, so finding the best fit is a
+    bisection; the only per-document state is two integer arrays."""
     if seq_length <= 0:
         raise ValueError(f"seq_length must be positive, got {seq_length}")
     if len(lengths) and int(lengths.max()) > seq_length:
         raise ValueError(f"a document of {int(lengths.max())} tokens is longer than seq_length {seq_length}; "
                          "truncate documents before best-fit packing")
-    rows: list[list[int]] = []
+    placed = np.argsort(-lengths, kind="stable")  # longest first
+    row_of = np.empty(len(placed), dtype=np.int64)  # row of the k-th document placed
+    rows = 0
     spaces: list[int] = []  # distinct free-space values that some row has, sorted
     rows_with: dict[int, list[int]] = {}  # free space -> rows with exactly that much room
-    for doc in np.argsort(-lengths, kind="stable"):
-        need = int(lengths[doc])
+    for k, need in enumerate(lengths[placed].tolist()):
         j = bisect.bisect_left(spaces, need)
         if j < len(spaces):
             space = spaces[j]
@@ -59,68 +65,108 @@ def bfd_plan(lengths: np.ndarray, seq_length: int) -> list[list[int]]:
             if not rows_with[space]:
                 del spaces[j], rows_with[space]
         else:
-            space, row = seq_length, len(rows)
-            rows.append([])
-        rows[row].append(int(doc))
+            space, row, rows = seq_length, rows, rows + 1
+        row_of[k] = row
         left = space - need
         if left > 0:
             if left not in rows_with:
                 bisect.insort(spaces, left)
                 rows_with[left] = []
             rows_with[left].append(row)
-    return rows
+    by_row = np.argsort(row_of, kind="stable")  # stable: a row keeps its documents in placement order
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_of, minlength=rows), out=offsets[1:])
+    return placed[by_row], offsets
 
 
-def wrapped_plan(lengths: np.ndarray, seq_length: int) -> list[list[tuple[int, int, int]]]:
-    """(document, start, end) pieces per row when documents run end to end and are cut every
-    `seq_length` tokens."""
-    if seq_length <= 0:
-        raise ValueError(f"seq_length must be positive, got {seq_length}")
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
+def wrapped_pieces(ends: np.ndarray, seq_length: int, first_row: int, last_row: int) -> list[list[tuple]]:
+    """(document, start, end) pieces of rows first_row..last_row - 1 when documents run end to end
+    (document d ends at token `ends[d]`) and are cut every `seq_length` tokens. Computed per batch of
+    rows from the documents' end offsets alone: no plan of the whole corpus is ever built."""
     total = int(ends[-1]) if len(ends) else 0
     rows = []
-    for row_start in range(0, total, seq_length):
+    for row_start in range(first_row * seq_length, min(last_row * seq_length, total), seq_length):
         row_end = min(row_start + seq_length, total)
-        first = int(np.searchsorted(ends, row_start, side="right"))
-        last = int(np.searchsorted(starts, row_end, side="left"))
+        doc = int(np.searchsorted(ends, row_start, side="right"))
         pieces = []
-        for doc in range(first, last):
-            lo, hi = max(row_start, int(starts[doc])), min(row_end, int(ends[doc]))
+        while doc < len(ends) and (start := int(ends[doc - 1]) if doc else 0) < row_end:
+            lo, hi = max(row_start, start), min(row_end, int(ends[doc]))
             if hi > lo:
-                pieces.append((doc, lo - int(starts[doc]), hi - int(starts[doc])))
+                pieces.append((doc, lo - start, hi - start))
+            doc += 1
         rows.append(pieces)
     return rows
 
 
+def wrapped_rows(lengths: np.ndarray, seq_length: int) -> int:
+    if seq_length <= 0:
+        raise ValueError(f"seq_length must be positive, got {seq_length}")
+    return -(-int(lengths.sum()) // seq_length)
+
+
 def pack(dataset, seq_length: int, strategy: str, num_proc: int | None = None, cache_file_name: str | None = None):
     """Packed `datasets.Dataset` (input_ids, labels, seq_lengths) from documents with input_ids and
-    labels. `cache_file_name`: where the packed Arrow table goes (default: datasets' cache)."""
+    labels. `cache_file_name`: where the packed Arrow table goes (default: datasets' cache).
+
+    The plan (BFD's document order and row offsets, or wrapped's document end offsets) is written to
+    .npy files that the workers memory-map: each reads the slice for its batch of rows, and nothing
+    proportional to the corpus is copied into every worker."""
     from datasets import Dataset, Features, Sequence, Value
 
     lengths = document_lengths(dataset)
-    if strategy == "wrapped":
-        plan = [[list(piece) for piece in row] for row in wrapped_plan(lengths, seq_length)]
-    elif strategy == "bfd":
-        plan = [[[doc, 0, int(lengths[doc])] for doc in row] for row in bfd_plan(lengths, seq_length)]
-    else:
+    if strategy not in ("bfd", "wrapped"):
         raise ValueError(f"unknown packing strategy {strategy!r}; use bfd or wrapped")
     documents = dataset.select_columns(["input_ids", "labels"])
     features = Features({k: Sequence(Value(v)) for k, v in PACKED_FEATURES.items()})
-    return Dataset.from_dict({"pieces": plan}).map(
-        _build_rows, fn_kwargs={"documents": documents}, batched=True, batch_size=ROWS_PER_BATCH,
-        remove_columns=["pieces"], features=features, num_proc=_procs(num_proc, len(plan)),
-        cache_file_name=cache_file_name, desc=f"packing ({strategy})")
+    where = Path(cache_file_name).parent if cache_file_name else None
+    with tempfile.TemporaryDirectory(prefix="packing-plan-", dir=where) as tmp:
+        plan = {}
+        if strategy == "bfd":
+            plan["docs"], plan["offsets"] = bfd_plan(lengths, seq_length)
+            plan["lengths"] = lengths
+            rows = len(plan["offsets"]) - 1
+        else:
+            rows = wrapped_rows(lengths, seq_length)
+            plan["ends"] = np.cumsum(lengths)
+        files = {}
+        for name, array in plan.items():
+            files[name] = str(Path(tmp) / f"{name}.npy")
+            np.save(files[name], array)
+        del plan
+        row_ids = Dataset.from_dict({"row": np.arange(rows, dtype=np.int64)})
+        return row_ids.map(
+            _build_rows, fn_kwargs={"documents": documents, "plan": files, "strategy": strategy,
+                                    "seq_length": seq_length},
+            batched=True, batch_size=ROWS_PER_BATCH, remove_columns=["row"], features=features,
+            num_proc=_procs(num_proc, rows), cache_file_name=cache_file_name, desc=f"packing ({strategy})")
 
 
-def _build_rows(batch: dict[str, list], documents) -> dict[str, list[Any]]:
-    """Packed rows for one batch of the plan: the documents it names, read in one `select`."""
-    wanted = sorted({piece[0] for row in batch["pieces"] for piece in row})
+def _pieces(rows: list[int], plan: dict[str, str], strategy: str, seq_length: int) -> list[list[tuple]]:
+    """(document, start, end) pieces of a contiguous batch of rows, read from the plan's files."""
+    first, last = rows[0], rows[-1] + 1
+    if strategy == "wrapped":
+        return wrapped_pieces(np.load(plan["ends"], mmap_mode="r"), seq_length, first, last)
+    offsets = np.load(plan["offsets"], mmap_mode="r")[first:last + 1]
+    docs = np.load(plan["docs"], mmap_mode="r")[offsets[0]:offsets[-1]]
+    lengths = np.load(plan["lengths"], mmap_mode="r")
+    out = []
+    for lo, hi in zip(offsets[:-1] - offsets[0], offsets[1:] - offsets[0]):
+        out.append([(int(d), 0, int(lengths[d])) for d in docs[lo:hi]])
+    return out
+
+
+def _build_rows(batch: dict[str, list], documents, plan: dict[str, str], strategy: str,
+                seq_length: int) -> dict[str, list[Any]]:
+    """Packed rows for one batch of row numbers: the documents they name, read in one `select`."""
+    if not batch["row"]:
+        return {"input_ids": [], "labels": [], "seq_lengths": []}
+    pieces = _pieces(batch["row"], plan, strategy, seq_length)
+    wanted = sorted({doc for row in pieces for doc, _, _ in row})
     position = {doc: i for i, doc in enumerate(wanted)}
     rows = documents.select(wanted).with_format("numpy")
     ids, labels = rows["input_ids"], rows["labels"]
     out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "seq_lengths": []}
-    for row in batch["pieces"]:
+    for row in pieces:
         parts = [(position[doc], start, end) for doc, start, end in row]
         out["input_ids"].append(np.concatenate([ids[p][s:e] for p, s, e in parts]).astype(np.int32))
         out["labels"].append(np.concatenate([labels[p][s:e] for p, s, e in parts]).astype(np.int32))

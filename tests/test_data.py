@@ -113,6 +113,34 @@ def test_wrapped_packing_keeps_every_token_and_document_boundaries():
     assert all(sum(p["seq_lengths"]) == len(p["labels"]) == len(p["input_ids"]) for p in packs)
 
 
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_wrapped_rows_equal_trls_wrapped_packing(num_proc):
+    """TRL's `pack_dataset(..., "wrapped")` cuts the concatenated stream every seq_length tokens; ours
+    cuts the same stream (rows computed per batch from document end offsets, in worker processes)
+    and adds where each document piece starts."""
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    rng = random.Random(1)
+    lengths = [max(1, int(rng.lognormvariate(4.0, 1.0))) for _ in range(1500)]  # some longer than a row
+    docs = Dataset.from_list(_rows(lengths))
+    ours = pack(docs, 128, "wrapped", num_proc=num_proc)
+    theirs = pack_dataset(docs, 128, "wrapped", {"batch_size": len(docs)})  # one stream, not one per map batch
+    assert ours["input_ids"] == theirs["input_ids"] and ours["labels"] == theirs["labels"]
+    pieces = [n for row in ours["seq_lengths"] for n in row]
+    assert sum(pieces) == sum(lengths) and len(pieces) >= len(lengths)
+    # merging the pieces that continue a document across a row boundary gives back the documents
+    merged = []
+    for row in ours["seq_lengths"]:
+        for j, n in enumerate(row):
+            continues = j == 0 and merged and merged[-1] < lengths[len(merged) - 1]
+            if continues:
+                merged[-1] += n
+            else:
+                merged.append(n)
+    assert merged == lengths
+
+
 def test_bfd_packing_efficiency_on_a_realistic_length_distribution():
     """Chat SFT lengths are roughly log-normal (median ~500 tokens, long tail); cap at the sequence length."""
     from datasets import Dataset
@@ -161,9 +189,9 @@ def test_packing_refuses_a_row_length_that_is_not_positive():
     """max_length 0 with wrapped packing once looped forever while memory grew."""
     import numpy as np
 
-    from pipeline.packing import bfd_plan, wrapped_plan
+    from pipeline.packing import bfd_plan, wrapped_rows
 
-    for plan in (wrapped_plan, bfd_plan):
+    for plan in (wrapped_rows, bfd_plan):
         for bad in (0, -4):
             with pytest.raises(ValueError, match="seq_length must be positive"):
                 plan(np.array([3, 5]), bad)
