@@ -37,6 +37,7 @@ from pipeline.chat import has_generation_markers
 from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens
 from pipeline.errors import UserError
 from pipeline.inputs import classify_input
+from pipeline.mapped import release_mapped_pages
 from pipeline.packing import pack, packing_stats
 from pipeline.schema import Source, TrainRecipe
 
@@ -246,6 +247,7 @@ def _shard_offset(total: int, i: int, n: int) -> int:
 
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
                     rendering: Rendering, offset: int, raw_json: bool) -> dict[str, list]:
+    release_mapped_pages()  # the pages this worker has read do not stay resident (pipeline/mapped.py)
     out: dict[str, list] = {key: [] for key in TOKENIZED}
     keys = list(batch)
     for j, index in enumerate(indices):
@@ -314,6 +316,7 @@ def _budget(source: Source, good, rng: random.Random) -> list[int]:
 def _truncate(dataset, max_length: int, setting: int | None):
     """Documents cut to `max_length` tokens (only the longer ones change)."""
     def cut(batch):
+        release_mapped_pages(random_access=True)  # rows come in shuffled order
         return {"input_ids": [ids[:max_length] for ids in batch["input_ids"]],
                 "labels": [labels[:max_length] for labels in batch["labels"]],
                 "length": [min(n, max_length) for n in batch["length"]]}

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.mapped import release_mapped_pages
+
 PACKED_FEATURES = {"input_ids": "int32", "labels": "int32", "seq_lengths": "int32"}
 ROWS_PER_BATCH = 64  # packed rows built per map batch: 64 x 64k tokens x 2 columns x 4 bytes = 32 MB
 
@@ -158,6 +160,7 @@ def _pieces(rows: list[int], plan: dict[str, str], strategy: str, seq_length: in
 def _build_rows(batch: dict[str, list], documents, plan: dict[str, str], strategy: str,
                 seq_length: int) -> dict[str, list[Any]]:
     """Packed rows for one batch of row numbers: the documents they name, read in one `select`."""
+    release_mapped_pages(random_access=True)  # what this worker has read does not stay resident
     if not batch["row"]:
         return {"input_ids": [], "labels": [], "seq_lengths": []}
     pieces = _pieces(batch["row"], plan, strategy, seq_length)
