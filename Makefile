@@ -47,7 +47,7 @@ test: setup lint
 VLLM_VENV ?= .venv-vllm
 test-vllm:
 	bash scripts/setup_vllm_venv.sh $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider -c tests_vllm/pytest.ini tests_vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_vllm
 
 lint: setup
 	$(VENV)/bin/ruff check .
