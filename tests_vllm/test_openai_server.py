@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from test_synth_eval_vllm import jsonl, jsonl_tolerant, run_stage, synth_body
 
-from eval.backends import OpenAIBackend, Request, Sampling
+from eval.backends import BackendError, OpenAIBackend, Request, Sampling
 
 MAX_MODEL_LEN = 1024
 GREEDY = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=24, seed=0)
@@ -96,7 +96,7 @@ def test_request_over_the_length_limit_is_a_clear_error_not_retried(server, smol
     backend = OpenAIBackend(smollm2, server.base_url, concurrency=1)
     too_long = Request([{"role": "user", "content": "word " * (MAX_MODEL_LEN + 200)}])
     before = server.status_lines(400)
-    with pytest.raises(Exception) as error:
+    with pytest.raises(BackendError) as error:
         backend.generate([too_long], GREEDY)
     message = str(error.value)
     assert "400" in message and "maximum context length" in message, message
