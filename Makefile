@@ -1,6 +1,7 @@
 # smolalign — thin wrapper around the `smolalign` CLI. Every target sets itself up first.
 #   make demo                      whole pipeline on the embedded default (CPU)
 #   make test                      the test suite
+#   make test-vllm                 the real-vLLM tests (vLLM's CPU build, in its own venv .venv-vllm)
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
@@ -15,7 +16,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-fast lint demo bench gpu-check validate clean synth prepare $(STAGES)
+.PHONY: setup test test-vllm test-fast lint demo bench gpu-check validate clean synth prepare $(STAGES)
 
 setup: $(STAMP)
 
@@ -40,6 +41,13 @@ $(STAMP): pyproject.toml Makefile
 test: setup lint
 	$(PY) -m pytest -q
 	bash scripts/check_wheel.sh $(PY)
+
+# vLLM pins its own torch and transformers: its tests run in a second venv (scripts/setup_vllm_venv.sh,
+# idempotent) and live in tests_vllm/, which `make test` never collects.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	bash scripts/setup_vllm_venv.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_vllm
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -153,7 +153,7 @@ class VLLMBackend(Backend):
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
-                 hf_overrides: dict | None = None, renderer_kwargs=None):
+                 hf_overrides: dict | None = None, enforce_eager: bool = False, renderer_kwargs=None):
         try:
             from vllm import LLM
         except ImportError:
@@ -165,7 +165,7 @@ class VLLMBackend(Backend):
         overrides = hf_overrides if hf_overrides is not None else context_overrides(model_path, max_model_len)
         self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
-                       **({"hf_overrides": overrides} if overrides else {}))
+                       enforce_eager=enforce_eager, **({"hf_overrides": overrides} if overrides else {}))
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
 
     def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
@@ -183,7 +183,14 @@ class VLLMBackend(Backend):
                            len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs]
 
     def close(self) -> None:
-        """vLLM's own teardown first (its distributed state), then the engine."""
+        """Stops the engine, then vLLM's distributed state, then drops the references.
+
+        The engine core runs in a process of its own that holds the weights and the KV cache; deleting
+        `self.llm` leaves it running as long as any reference (a traceback, a cycle) survives, so it is
+        shut down explicitly: the next model's engine must not start beside it."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
         try:
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
@@ -313,7 +320,8 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
     if spec.kind == "vllm":
         return VLLMBackend(model_path, dtype=dtype, tensor_parallel_size=spec.tensor_parallel_size,
                            gpu_memory_utilization=spec.gpu_memory_utilization, max_model_len=spec.max_model_len,
-                           seed=seed, hf_overrides=spec.hf_overrides, renderer_kwargs=renderer_kwargs)
+                           seed=seed, hf_overrides=spec.hf_overrides, enforce_eager=spec.enforce_eager,
+                           renderer_kwargs=renderer_kwargs)
     api_key = None
     if spec.api_key_env:
         api_key = os.environ.get(spec.api_key_env)

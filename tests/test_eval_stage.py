@@ -152,6 +152,8 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     class LLM:
         def __init__(self, **kwargs):
             calls["llm"] = kwargs
+            shutdown = lambda: calls.__setitem__("shutdown", calls.get("shutdown", 0) + 1)  # noqa: E731
+            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=shutdown))
 
         def generate(self, prompts, params, use_tqdm=True):
             calls["params"] = params
@@ -172,14 +174,16 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     monkeypatch.setitem(sys.modules, "vllm.distributed", types.ModuleType("vllm.distributed"))
     monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel)
 
-    with VLLMBackend(tiny_model, dtype="float32") as backend:
+    with VLLMBackend(tiny_model, dtype="float32", enforce_eager=True) as backend:
         [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], Sampling(max_new_tokens=5))
         end_id = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
     params = calls["params"]
     assert params["stop_token_ids"] == [end_id] and "stop" not in params
     assert params["skip_special_tokens"] is False
     assert c.text.startswith("<think>") and c.finish_reason == "abort"  # not collapsed into "length"
+    assert calls["shutdown"] == 1  # the engine's process stopped on close, not left to the garbage collector
     assert calls["destroyed"] == 2  # the engine's distributed state torn down on close
+    assert calls["llm"]["enforce_eager"] is True
     assert "hf_overrides" not in calls["llm"]  # within the native context: no rope scaling
     native = json.loads((Path(tiny_model) / "config.json").read_text())["max_position_embeddings"]
     VLLMBackend(tiny_model, dtype="float32", max_model_len=2 * native).close()

@@ -191,6 +191,16 @@ def test_not_yaml_and_not_a_mapping(write_recipe):
     assert "a recipe is a YAML mapping" in problems_of(write_recipe("- 1\n- 2\n"))[0][1]
 
 
+def test_enforce_eager_only_for_the_vllm_backend(write_recipe):
+    body = {"name": "t", "stage": "eval", "models": ["m"], "tasks": {"mode": {}}}
+    recipe = load_recipe(write_recipe({**body, "backend": {"kind": "vllm", "enforce_eager": True}}))
+    assert recipe.backend.enforce_eager is True
+    [(key, msg)] = problems_of(write_recipe({**body, "backend": {"kind": "transformers", "enforce_eager": True}}))
+    assert key.startswith("backend") and "`enforce_eager` is a setting of backend `vllm`" in msg
+    [(key, msg)] = problems_of(write_recipe({**body, "backend": {"kind": "vllm", "enforce_eager": "sometimes"}}))
+    assert key.startswith("backend.enforce_eager")
+
+
 def test_budget_fraction_and_tokens_exclusive(write_recipe):
     recipe = sft_recipe()
     recipe["data"]["sources"][0].update(fraction=0.5, tokens=1000)
