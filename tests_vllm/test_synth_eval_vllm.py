@@ -141,7 +141,7 @@ def jsonl_tolerant(path: Path) -> list[dict]:
 def test_eval_two_checkpoints(write_recipe, tmp_path, smollm2, scripted_smollm3):
     models = [smollm2, scripted_smollm3]
     body = {"name": "vllm", "stage": "eval", "output_dir": str(tmp_path / "eval"), "models": models,
-            "tasks": {"ruler": {"lengths": [512], "variants": ["niah_single"], "n": 1}, "ifeval": {"n": 2},
+            "tasks": {"ruler": {"lengths": [512], "variants": ["niah_single_1"], "n": 1}, "ifeval": {"n": 2},
                       "math": {"n": 2}, "tools": {"n": 2}, "mode": {"n": 2}},
             "modes": ["think", "no_think"], "backend": VLLM_BACKEND, "dtype": "float32",
             "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32}}
