@@ -105,7 +105,9 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = random.Random(recipe.data.seed)
-    parts, quarantined = [], []
+    max_length = recipe.training.get("max_length")
+    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    parts, quarantined, stats = [], [], []
     with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
         for si, source in enumerate(recipe.data.sources):
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
@@ -120,7 +122,11 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 shutil.copyfile(tmp / "quarantine.jsonl", quarantine_path)
                 raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
-            parts.append(good.select(_budget(source, good, rng)))
+            # the report's numbers and the budget come from the small columns, read once in file order
+            columns = good.select_columns(["length", "trained", "thinking"]).with_format("numpy")[:]
+            chosen = _budget(source, columns["length"], rng)
+            stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
+            parts.append(good.select(chosen))
     if not parts:
         raise UserError(f"{recipe._source}: no source has a usable row; nothing to train on")
     mixture = concatenate_datasets(parts)
@@ -130,20 +136,17 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
     order_file.parent.mkdir(parents=True, exist_ok=True)
     mixture = mixture.select(order, indices_cache_file_name=str(order_file))
     del order
-    report = _report(recipe, mixture, quarantined, fingerprint)
-
-    max_length = recipe.training.get("max_length")
-    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
-    if strategy == "bfd" and max_length:  # best fit keeps documents whole: cut the longer ones first
-        mixture = _truncate(mixture, max_length, recipe.data.num_proc)
+    report = _report(recipe, {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}, quarantined,
+                     fingerprint)
     (tmp / "dataset").mkdir()
     if strategy:
         # The packed rows are written once, by the map, where the cache keeps them: an explicit file
         # (datasets keeps the output of a map over an in-memory table, the plan, in memory), and no
         # save_to_disk afterwards (it reads every row back through a memory map, so the process's
         # resident memory grew by the size of the mixture).
+        # best fit keeps documents whole: the longer ones are cut to max_length as they are packed
         dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe),
-                       cache_file_name=str(tmp / "dataset" / "packed.arrow"))
+                       cache_file_name=str(tmp / "dataset" / "packed.arrow"), truncate=True)
         report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
     else:
         dataset = _truncate(mixture, max_length, recipe.data.num_proc) if max_length else mixture
@@ -306,11 +309,10 @@ def _write_quarantine(bad, label: str, si: int, fh) -> int:
     return len(bad)
 
 
-def _budget(source: Source, good, rng: random.Random) -> list[int]:
+def _budget(source: Source, lengths: np.ndarray, rng: random.Random) -> list[int]:
     if source.tokens is not None:
-        lengths = np.asarray(good.with_format("numpy")["length"]).tolist()
-        return take_tokens(lengths, source.tokens, rng)
-    return take_fraction(len(good), source.fraction, rng)
+        return take_tokens(lengths.tolist(), source.tokens, rng)
+    return take_fraction(len(lengths), source.fraction, rng)
 
 
 def _truncate(dataset, max_length: int, setting: int | None):
@@ -325,9 +327,10 @@ def _truncate(dataset, max_length: int, setting: int | None):
                        desc=f"truncating to {max_length}")
 
 
-def _report(recipe: TrainRecipe, mixture, quarantined: list[int], fingerprint: str) -> dict[str, Any]:
-    columns = mixture.select_columns(["source", "thinking", "length", "trained"]).with_format("numpy")
-    source, thinking = np.asarray(columns["source"]), np.asarray(columns["thinking"], dtype=bool)
+def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: list[int],
+            fingerprint: str) -> dict[str, Any]:
+    """Rows and tokens per source and mode, from the chosen documents' lengths before truncation."""
+    source, thinking = columns["source"], np.asarray(columns["thinking"], dtype=bool)
     length, trained = np.asarray(columns["length"], dtype=np.int64), np.asarray(columns["trained"], dtype=np.int64)
     max_length = recipe.training.get("max_length")
     strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None

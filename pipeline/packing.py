@@ -106,9 +106,12 @@ def wrapped_rows(lengths: np.ndarray, seq_length: int) -> int:
     return -(-int(lengths.sum()) // seq_length)
 
 
-def pack(dataset, seq_length: int, strategy: str, num_proc: int | None = None, cache_file_name: str | None = None):
+def pack(dataset, seq_length: int, strategy: str, num_proc: int | None = None, cache_file_name: str | None = None,
+         truncate: bool = False):
     """Packed `datasets.Dataset` (input_ids, labels, seq_lengths) from documents with input_ids and
     labels. `cache_file_name`: where the packed Arrow table goes (default: datasets' cache).
+    `truncate` (bfd): documents longer than `seq_length` keep their first `seq_length` tokens (read
+    as such while packing: no pass that copies the corpus to cut them first).
 
     The plan (BFD's document order and row offsets, or wrapped's document end offsets) is written to
     .npy files that the workers memory-map: each reads the slice for its batch of rows, and nothing
@@ -116,6 +119,8 @@ def pack(dataset, seq_length: int, strategy: str, num_proc: int | None = None, c
     from datasets import Dataset, Features, Sequence, Value
 
     lengths = document_lengths(dataset)
+    if truncate and strategy == "bfd":
+        lengths = np.minimum(lengths, seq_length)
     if strategy not in ("bfd", "wrapped"):
         raise ValueError(f"unknown packing strategy {strategy!r}; use bfd or wrapped")
     documents = dataset.select_columns(["input_ids", "labels"])

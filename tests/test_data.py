@@ -141,6 +141,27 @@ def test_wrapped_rows_equal_trls_wrapped_packing(num_proc):
     assert merged == lengths
 
 
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_bfd_with_truncate_packs_the_first_seq_length_tokens_of_longer_documents(num_proc):
+    from datasets import Dataset
+
+    rng = random.Random(2)
+    lengths = [rng.choice([5, 40, 64, 65, 200]) for _ in range(400)]
+    rows = _rows(lengths)
+    packed = pack(Dataset.from_list(rows), 64, "bfd", num_proc=num_proc, truncate=True).to_list()
+    pieces = []
+    for row in packed:
+        start = 0
+        for n in row["seq_lengths"]:
+            pieces.append((tuple(row["input_ids"][start:start + n]), tuple(row["labels"][start:start + n])))
+            start += n
+        assert start == len(row["input_ids"]) <= 64
+    expected = [(tuple(r["input_ids"][:64]), tuple(r["labels"][:64])) for r in rows]
+    assert sorted(pieces) == sorted(expected)  # every document once, cut to its first 64 tokens, labels aligned
+    with pytest.raises(ValueError, match="longer than seq_length"):
+        pack(Dataset.from_list(rows), 64, "bfd")  # without truncate, over-length documents are refused
+
+
 def test_bfd_packing_efficiency_on_a_realistic_length_distribution():
     """Chat SFT lengths are roughly log-normal (median ~500 tokens, long tail); cap at the sequence length."""
     from datasets import Dataset
