@@ -111,7 +111,7 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
     with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
         for si, source in enumerate(recipe.data.sources):
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
-            good, bad = _split_quarantine(tokenized, recipe.data.num_proc)
+            good, bad, columns = _split_quarantine(tokenized)
             quarantined.append(_write_quarantine(bad, _label(source), si, quarantine))
             if len(good) == 0 and source.allow_empty:
                 print(f"data.sources.{si} ({_label(source)}): no usable rows; allowed by `allow_empty`")
@@ -122,8 +122,6 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 shutil.copyfile(tmp / "quarantine.jsonl", quarantine_path)
                 raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
-            # the report's numbers and the budget come from the small columns, read once in file order
-            columns = good.select_columns(["length", "trained", "thinking"]).with_format("numpy")[:]
             chosen = _budget(source, columns["length"], rng)
             stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
             parts.append(good.select(chosen))
@@ -293,13 +291,16 @@ def _procs(setting: int | None, rows: int) -> int | None:
     return min(procs, rows // ROWS_PER_BATCH) if procs > 1 and rows >= 2 * ROWS_PER_BATCH else None
 
 
-def _split_quarantine(tokenized, setting: int | None):
-    procs = _procs(setting, len(tokenized))
-    good = tokenized.filter(lambda reasons: [r == "" for r in reasons], input_columns=["reason"], batched=True,
-                            num_proc=procs, desc="keeping good rows")
-    bad = tokenized.filter(lambda reasons: [r != "" for r in reasons], input_columns=["reason"], batched=True,
-                           num_proc=procs, desc="quarantining bad rows")
-    return good, bad
+def _split_quarantine(tokenized):
+    """(good rows, quarantined rows, the good rows' length/trained/thinking as numpy arrays), from
+    the small columns read once, in file order: the report and the budgets need nothing else."""
+    import pyarrow.compute as pc
+
+    table = tokenized.data  # the tokenized files themselves: no indices mapping
+    bad = pc.not_equal(table.column("reason"), "").to_numpy(zero_copy_only=False)
+    good_rows, bad_rows = np.flatnonzero(~bad), np.flatnonzero(bad)
+    columns = {name: table.column(name).to_numpy()[good_rows] for name in ("length", "trained", "thinking")}
+    return tokenized.select(good_rows), tokenized.select(bad_rows), columns
 
 
 def _write_quarantine(bad, label: str, si: int, fh) -> int:
