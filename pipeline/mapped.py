@@ -6,9 +6,10 @@ by the size of that share (about 8 bytes per token for ids + labels), so peak RS
 mixture. The pages are clean copies of the file, so dropping them from the process is free of risk:
 the kernel keeps them in its page cache, and a later read faults them back in. `release_mapped_pages`
 does that (madvise MADV_DONTNEED on this process's mappings of *.arrow files); the long passes call it
-once per batch. Per batch, because reads in shuffled order fault in far more than they use (each fault
-reads ahead): 256 random rows of a tokenized file left ~30 MB resident for ~2 MB of tokens. A call
-costs ~2 ms (reading /proc/self/maps), 0.5-4% of a batch. Linux only; elsewhere it does nothing.
+once per batch (packing, every 128 documents). That often, because reads in shuffled or packing order
+map far more than they use (the kernel maps the pages around each fault): 256 random rows of a
+tokenized file left ~30 MB resident for ~2 MB of tokens. A call costs ~2 ms (reading
+/proc/self/maps), 0.5-4% of a batch. Linux only; elsewhere it does nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from functools import lru_cache
 
-MADV_RANDOM = 1  # no read-around on a page fault
 MADV_DONTNEED = 4
 
 
+@lru_cache(maxsize=1)
 def _madvise():
     if not sys.platform.startswith("linux"):
         return None
@@ -29,11 +31,9 @@ def _madvise():
     return libc.madvise
 
 
-def release_mapped_pages(suffix: str = ".arrow", random_access: bool = False) -> int:
+def release_mapped_pages(suffix: str = ".arrow") -> int:
     """Drop this process's resident pages of read-only file mappings whose path ends in `suffix`;
-    returns the number of bytes of mappings advised. `random_access`: the pass reads rows in shuffled
-    or packing order, so a page fault should bring in that page only (by default the kernel reads
-    around it, up to the disk's read-ahead: 8 MB on this machine's disk, for a 4 kB row)."""
+    returns the number of bytes of mappings advised."""
     madvise = _madvise()
     if madvise is None:
         return 0
@@ -48,6 +48,4 @@ def release_mapped_pages(suffix: str = ".arrow", random_access: bool = False) ->
             start, end = (int(x, 16) for x in fields[0].split("-"))
             if madvise(start, end - start, MADV_DONTNEED) == 0:
                 advised += end - start
-            if random_access:
-                madvise(start, end - start, MADV_RANDOM)
     return advised

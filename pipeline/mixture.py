@@ -139,10 +139,9 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
     (tmp / "dataset").mkdir()
     if strategy:
         # The packed rows are written once, by the map, where the cache keeps them: an explicit file
-        # (datasets keeps the output of a map over an in-memory table, the plan, in memory), and no
-        # save_to_disk afterwards (it reads every row back through a memory map, so the process's
-        # resident memory grew by the size of the mixture).
-        # best fit keeps documents whole: the longer ones are cut to max_length as they are packed
+        # (datasets keeps the output of a map over an in-memory table in memory), and no save_to_disk
+        # afterwards (it read every row back through a memory map). Best fit keeps documents whole:
+        # the longer ones are cut to max_length as they are packed.
         dataset = pack(mixture, max_length, strategy, num_proc=num_proc(recipe),
                        cache_file_name=str(tmp / "dataset" / "packed.arrow"), truncate=True)
         report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
@@ -184,37 +183,34 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
     if rendering.assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
         raise UserError("assistant_only_loss needs a chat template with {% generation %} markers")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    name = "tokenized" + (f"-share-{shard[0]}-of-{shard[1]}" if shard else "")
+    out_dir = parts_dir
+    if shard is not None:  # a share is written straight into its staging directory, renamed when whole
+        target = parts_dir / f"share-{shard[0]}-of-{shard[1]}"
+        out_dir = target.with_name(target.name + ".tmp")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir()
     tokenized = rows.map(
         _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
-        cache_file_name=str(parts_dir / f"{name}.arrow"),  # on disk, with the build's other intermediates
+        cache_file_name=str(out_dir / "tokenized.arrow"),  # on disk, with the build's other intermediates
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
                    "raw_json": "text" in rows.column_names and _is_local_json(source)},
         remove_columns=rows.column_names, features=_features(), num_proc=_procs(recipe.data.num_proc, len(rows)),
         desc=f"tokenizing {_label(source)}" + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
     if shard is not None:
-        i, n = shard
-        target = parts_dir / f"share-{i}-of-{n}"
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        for entry in tokenized.cache_files:  # the map's own files become the share (no copy)
-            os.replace(entry["filename"], staging / Path(entry["filename"]).name)
-        keep_arrow_files(tokenized, staging, moved=True)
+        keep_arrow_files(tokenized, out_dir)
         shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        out_dir.rename(target)
         return open_arrow_files(target)
     return tokenized
 
 
-def keep_arrow_files(dataset, directory: Path, moved: bool = False) -> None:
-    """Make `directory` hold `dataset` as the Arrow files a map wrote there, listed in order in
-    files.json. `moved`: the files were moved there after the map wrote them."""
+def keep_arrow_files(dataset, directory: Path) -> None:
+    """Make `directory` hold `dataset` as the Arrow files a map wrote there (no copy), listed in order
+    in files.json."""
     names = [Path(entry["filename"]).name for entry in dataset.cache_files]
-    if not moved:
-        outside = [e["filename"] for e in dataset.cache_files if Path(e["filename"]).parent != directory]
-        if outside or dataset._indices is not None or not names:
-            raise RuntimeError(f"expected the dataset's own Arrow files in {directory}, found {outside or names}")
+    outside = [e["filename"] for e in dataset.cache_files if Path(e["filename"]).parent != directory]
+    if outside or dataset._indices is not None or not names:
+        raise RuntimeError(f"expected the dataset's own Arrow files in {directory}, found {outside or names}")
     (directory / "files.json").write_text(json.dumps(names))
 
 
@@ -319,7 +315,7 @@ def _budget(source: Source, lengths: np.ndarray, rng: random.Random) -> list[int
 def _truncate(dataset, max_length: int, setting: int | None):
     """Documents cut to `max_length` tokens (only the longer ones change)."""
     def cut(batch):
-        release_mapped_pages(random_access=True)  # rows come in shuffled order
+        release_mapped_pages()
         return {"input_ids": [ids[:max_length] for ids in batch["input_ids"]],
                 "labels": [labels[:max_length] for labels in batch["labels"]],
                 "length": [min(n, max_length) for n in batch["length"]]}

@@ -198,7 +198,7 @@ def _gather(documents, wanted: list[int]) -> tuple[np.ndarray, np.ndarray, np.nd
             into.append(pc.list_flatten(column).to_numpy().astype(np.int32, copy=True))
         lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy())
         del table
-        release_mapped_pages(random_access=True)  # what this worker has read does not stay resident
+        release_mapped_pages()  # what this worker has read does not stay resident
     counts = np.concatenate(lengths)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
