@@ -99,7 +99,7 @@ def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
                              {"path": str(bad), "mode": "from_row"}]},
         "training": {"loss_type": "apo_zero"}}))
     dataset, report = build_preference_mixture(recipe, tmp_path / "q.jsonl")
-    assert report["rows"] == 16 and report["modes"] == {"think": 8, "no_think": 8} and report["quarantined"] == 2
+    assert report["rows"] == 64 and report["modes"] == {"think": 32, "no_think": 32} and report["quarantined"] == 2
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert reasons == ["message 1: empty assistant turn",
                        "mode `from_row` but the row has no chat_template_kwargs.enable_thinking"]

@@ -6,13 +6,18 @@ Small but real: every answer is correct, every think trace is a real derivation.
 - reasoning.jsonl      think-mode arithmetic/word problems with step-by-step <think> traces
 - chat_no_think.jsonl  direct answers to factual questions, some multi-turn, some with a system prompt
 - tools.jsonl          tool-calling conversations (assistant tool_calls, tool results, final answer)
-- prompts.jsonl        prompts of a "non-reasoning" dataset, for synth-traces / synth-pairs
-- preferences.jsonl    chosen (correct) vs rejected (wrong) answers, both modes, chat_template_kwargs set
+- dual_think.jsonl     everyday questions answered with a short <think> derivation, then the answer
+- dual_no_think.jsonl  the same questions answered directly (the mode flag, not the question, decides)
+- prompts.jsonl        prompts of a "non-reasoning" dataset (open-ended requests)
+- questions.jsonl      short everyday questions, none in the SFT rows: the demo synth stages' prompts
+- preferences.jsonl    chosen vs rejected (wrong mode's format, or a wrong answer), both modes, for APO
+- preferences_heldout.jsonl  pairs of the same kind on questions APO never sees: the demo's preference check
 - bad_rows.jsonl       rows that must be quarantined, one per reason (used by tests)
 """
 
 import json
 import random
+import re
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent
@@ -47,7 +52,7 @@ def reasoning_rows():
                           {"role": "assistant", "content": f"<think>\n{t}\n</think>\n\n{a}"}]} for q, t, a in rows]
 
 
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Canada", "Ottawa"), ("Egypt", "Cairo"),
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Mexico", "Mexico City"), ("Egypt", "Cairo"),
             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Norway", "Oslo"), ("Spain", "Madrid"),
             ("Australia", "Canberra"), ("Brazil", "Brasília"), ("India", "New Delhi"), ("Germany", "Berlin"),
             ("Portugal", "Lisbon"), ("Chile", "Santiago"), ("Greece", "Athens")]
@@ -126,20 +131,199 @@ PROMPTS = ["Suggest a name for a small bakery.", "How do I politely decline a me
            "What is a polite way to ask a colleague to speak more quietly?", "Plan a 20-minute morning routine."]
 
 
-def preference_rows():
-    rows = []
-    for i, (country, capital) in enumerate(CAPITALS):
-        wrong = CAPITALS[(i + 3) % len(CAPITALS)][1]
-        think = i % 2 == 0
-        prefix = (f"<think>\nThe question asks for the capital of {country}. It is {capital}.\n</think>\n\n"
-                  if think else "")
-        bad_prefix = f"<think>\nI think it is {wrong}.\n</think>\n\n" if think else ""
-        rows.append({"prompt": [{"role": "user", "content": f"What is the capital of {country}?"}],
-                     "chosen": [{"role": "assistant", "content": f"{prefix}The capital of {country} is {capital}."}],
-                     "rejected": [{"role": "assistant",
-                                   "content": f"{bad_prefix}The capital of {country} is {wrong}."}],
-                     "chat_template_kwargs": {"enable_thinking": think}})
-    return rows
+# Dual-mode rows: everyday questions, each answered in both modes (think: a 1-3 sentence derivation
+# in <think>, then a 1-2 sentence answer; no-think: the answer alone), so that the mode flag, not the
+# question, decides whether to reason. Short on purpose: a CPU demo generates 64-96 new tokens.
+# Each item is (question, reasoning, answer, wrong answer); the wrong answer feeds the rejected side
+# of preference pairs. The mode-adherence eval's prompts (eval/tasks/mode.py) are held out: checked below.
+COUNTRIES = CAPITALS + [("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Argentina", "Buenos Aires"),
+                        ("Thailand", "Bangkok"), ("Ireland", "Dublin"), ("Austria", "Vienna"),
+                        ("Turkey", "Ankara"), ("Morocco", "Rabat"), ("Vietnam", "Hanoi"), ("Finland", "Helsinki"),
+                        ("Cuba", "Havana"), ("Nigeria", "Abuja"), ("Hungary", "Budapest"), ("Denmark", "Copenhagen")]
+SHAPES = [("triangle", 3, "tri-"), ("square", 4, "quadri-, as in quadrilateral,"), ("pentagon", 5, "penta-"),
+          ("heptagon", 7, "hepta-"), ("octagon", 8, "octa-"), ("nonagon", 9, "nona-"), ("decagon", 10, "deca-"),
+          ("dodecagon", 12, "dodeca-")]
+SYNONYMS = [("big", "large", "of great size"), ("fast", "quick", "moving at high speed"),
+            ("tired", "exhausted", "in need of rest"), ("smart", "clever", "quick to learn and understand"),
+            ("angry", "furious", "feeling strong displeasure"), ("begin", "start", "to set something going"),
+            ("small", "tiny", "of little size"), ("sad", "unhappy", "feeling sorrow"),
+            ("brave", "courageous", "ready to face danger"), ("easy", "simple", "not hard to do"),
+            ("old", "ancient", "having existed for a long time"), ("rich", "wealthy", "having a lot of money")]
+TRANSLATIONS = [("hello", "French", "bonjour"), ("good night", "French", "bonne nuit"), ("water", "French", "eau"),
+                ("thank you", "Spanish", "gracias"), ("friend", "Spanish", "amigo"), ("cheese", "Spanish", "queso"),
+                ("good morning", "German", "guten Morgen"), ("dog", "German", "Hund"), ("house", "German", "Haus"),
+                ("please", "Italian", "per favore"), ("goodbye", "Italian", "arrivederci"),
+                ("cat", "Italian", "gatto")]
+ACRONYMS = [("GPU", "Graphics Processing Unit"), ("RAM", "Random Access Memory"), ("USB", "Universal Serial Bus"),
+            ("HTML", "HyperText Markup Language"), ("NASA", "National Aeronautics and Space Administration"),
+            ("DNA", "deoxyribonucleic acid"), ("URL", "Uniform Resource Locator"), ("PDF", "Portable Document Format"),
+            ("ATM", "Automated Teller Machine"), ("FAQ", "Frequently Asked Questions"),
+            ("SMS", "Short Message Service"), ("Wi-Fi", "Wireless Fidelity")]
+FACTS = [("Which planet is the largest in the Solar System?", "The gas giants are the biggest planets, and Jupiter is "
+          "bigger than Saturn.", "Jupiter is the largest planet in the Solar System.", "Saturn"),
+         ("Which planet is known as the Red Planet?", "The planet whose iron-rich dust looks red is Mars.",
+          "Mars is known as the Red Planet.", "Venus"),
+         ("Which planet is farthest from the Sun?", "Pluto is no longer counted as a planet, so the outermost planet "
+          "is Neptune.", "Neptune is the planet farthest from the Sun.", "Uranus"),
+         ("What is the freezing point of water in Celsius?", "The Celsius scale is defined so that water freezes at 0 "
+          "degrees at normal pressure.", "Water freezes at 0 °C.", "32"),
+         ("What gas do plants absorb from the air?", "Plants take in carbon dioxide for photosynthesis and release "
+          "oxygen.", "Plants absorb carbon dioxide.", "oxygen"),
+         ("How many continents are there?", "The usual count is Africa, Antarctica, Asia, Australia, Europe, North "
+          "America and South America, which makes 7.", "There are 7 continents.", "6"),
+         ("What is the largest ocean on Earth?", "The Pacific covers more area than the Atlantic and the Indian "
+          "Ocean.", "The Pacific Ocean is the largest ocean.", "Atlantic"),
+         ("How many legs does a spider have?", "Spiders are arachnids, and arachnids have 8 legs, unlike insects "
+          "with 6.", "A spider has 8 legs.", "6"),
+         ("What is the chemical symbol for gold?", "Gold's symbol comes from its Latin name, aurum.",
+          "The chemical symbol for gold is Au.", "Ag"),
+         ("Who wrote Romeo and Juliet?", "Romeo and Juliet is a tragedy from the 1590s by William Shakespeare.",
+          "William Shakespeare wrote Romeo and Juliet.", "Charles Dickens"),
+         ("What is the tallest mountain on Earth?", "Measured from sea level, Mount Everest is the highest peak.",
+          "Mount Everest is the tallest mountain on Earth.", "K2"),
+         ("How many strings does a standard guitar have?", "A standard guitar is tuned E A D G B E, one note per "
+          "string, so it has 6.", "A standard guitar has 6 strings.", "4")]
+NAMES = [("dog", "Biscuit", "it is friendly and easy to shout across a park"),
+         ("goldfish", "Bubbles", "it matches how a fish moves"), ("parrot", "Kiwi", "it is short and bright"),
+         ("hamster", "Peanut", "it suits a small, round pet"), ("rabbit", "Clover", "rabbits love clover"),
+         ("turtle", "Sheldon", "it is a pun on shell"), ("horse", "Thunder", "it sounds strong and fast"),
+         ("sailing boat", "Sea Breeze", "it evokes the wind that moves it"),
+         ("coffee shop", "The Daily Grind", "it is a pun on grinding coffee"),
+         ("robot", "Bolt", "it is short and sounds mechanical")]
+CATEGORIES = [("fruits", ["apple", "banana", "mango"]), ("mammals", ["dog", "whale", "elephant"]),
+              ("musical instruments", ["piano", "violin", "drum"]), ("vegetables", ["carrot", "spinach", "onion"]),
+              ("birds", ["sparrow", "eagle", "penguin"]), ("European countries", ["Spain", "Poland", "Greece"]),
+              ("programming languages", ["Python", "Java", "Rust"]), ("metals", ["iron", "copper", "silver"])]
+
+
+def capital_items():
+    capitals = [k for _, k in COUNTRIES]
+    return [(f"What is the capital of {c}?",
+             f"The question asks for the capital city of {c}. The capital of {c} is {k}.",
+             f"The capital of {c} is {k}.", capitals[(i + 5) % len(capitals)]) for i, (c, k) in enumerate(COUNTRIES)]
+
+
+def arithmetic_items(rng):
+    items = []
+    for _ in range(60):
+        a, b = rng.randint(12, 89), rng.randint(11, 89)
+        tens, ones = b // 10 * 10, b % 10
+        items.append((f"What is {a} + {b}?", f"{a} + {tens} = {a + tens}, and {a + tens} + {ones} = {a + b}.",
+                      f"{a} + {b} = {a + b}.", str(a + b + 10)))
+        big, small = max(a, b), min(a, b)
+        items.append((f"What is {big} - {small}?", f"Subtracting {small} from {big} leaves {big - small}.",
+                      f"{big} - {small} = {big - small}.", str(big - small + 1)))
+    for _ in range(40):
+        p, n = rng.choice([5, 10, 20, 25, 30, 40, 50, 75]), rng.randint(2, 30) * 20
+        r = n * p // 100
+        items.append((f"What is {p}% of {n}?", f"{p}% means {p} per hundred, so {n} × {p} / 100 = {r}.",
+                      f"{p}% of {n} is {r}.", str(r + n // 10)))
+    for _ in range(30):
+        h = rng.randint(2, 12)
+        items.append((f"How many minutes are in {h} hours?", f"An hour has 60 minutes, so {h} × 60 = {h * 60}.",
+                      f"There are {h * 60} minutes in {h} hours.", str(h * 100)))
+        w = rng.randint(2, 9)
+        items.append((f"How many days are in {w} weeks?", f"A week has 7 days, so {w} × 7 = {w * 7}.",
+                      f"There are {w * 7} days in {w} weeks.", str(w * 5)))
+    return items
+
+
+def prime_items():
+    items = []
+    for n in range(21, 120, 2):
+        divisor = next((d for d in (3, 5, 7) if n % d == 0), None)
+        if divisor:
+            items.append((f"Is {n} a prime number?", f"{n} = {divisor} × {n // divisor}, so it has a divisor other "
+                          "than 1 and itself.", f"No, {n} is not prime: it equals {divisor} × {n // divisor}.", "Yes"))
+        else:
+            items.append((f"Is {n} a prime number?", f"{n} is odd and not divisible by 3, 5 or 7, and 11 × 11 = 121 "
+                          f"is larger than {n}, so no smaller factor is possible.", f"Yes, {n} is a prime number.",
+                          "No"))
+    return items
+
+
+def word_items():
+    items = []
+    for shape, n, prefix in SHAPES:
+        items.append((f"How many sides does a {shape} have?", f"The prefix {prefix} means {n}, and a {shape} is a "
+                      f"polygon with that many sides.", f"A {shape} has {n} sides.", str(n + 1)))
+    for word, syn, gloss in SYNONYMS:
+        items.append((f"Give me a synonym for '{word}'.", f"'{word}' means {gloss}. A word with the same meaning is "
+                      f"'{syn}'.", f"A synonym for '{word}' is '{syn}'.", "'" + word[::-1] + "'"))
+    for english, lang, said in TRANSLATIONS:
+        items.append((f"Translate '{english}' into {lang}.", f"In {lang}, '{english}' is said '{said}'.",
+                      f"'{english}' in {lang} is '{said}'.", "'" + english + "o'"))
+    for acronym, expansion in ACRONYMS:
+        items.append((f"What does {acronym} stand for?", f"{acronym} is an abbreviation, one letter per word: "
+                      f"{expansion}.", f"{acronym} stands for {expansion}.", "a brand name"))
+    for thing, name, why in NAMES:
+        items.append((f"Suggest a name for a {thing}.", f"A good name for a {thing} is short and memorable. '{name}' "
+                      f"works because {why}.", f"How about '{name}'? It is short and easy to remember.", "'X'"))
+    for category, (a, b, c) in CATEGORIES:
+        items.append((f"Name three {category}.", f"I need three well-known {category}: {a}, {b} and {c} are "
+                      "clear examples.", f"Three {category}: {a}, {b} and {c}.", "none"))
+    items.extend(FACTS)
+    return items
+
+
+def held_out_prompts():
+    """The mode-adherence eval's prompts: never in the training data (run from the repo root)."""
+    import sys
+    sys.path.insert(0, str(OUT.parent.parent))
+    from eval.tasks.mode import PROMPTS as MODE_PROMPTS
+    return set(MODE_PROMPTS)
+
+
+def dual_mode_items():
+    """Every question once, shuffled with a fixed seed, none of them a held-out eval prompt."""
+    items = capital_items() + arithmetic_items(random.Random(1)) + prime_items() + word_items()
+    held_out, seen, unique = held_out_prompts(), set(), []
+    for item in items:
+        if item[0] not in held_out and item[0] not in seen:
+            seen.add(item[0])
+            unique.append(item)
+    random.Random(2).shuffle(unique)
+    return unique
+
+
+def think_content(reasoning, answer):
+    return f"<think>\n{reasoning}\n</think>\n\n{answer}"
+
+
+def dual_rows(items, think):
+    return [{"messages": [{"role": "user", "content": q},
+                          {"role": "assistant", "content": think_content(r, a) if think else a}]}
+            for q, r, a, _ in items]
+
+
+def wrong_answer(answer, wrong):
+    """The same sentence with a wrong value: replace the last number or quoted/capitalised answer word."""
+    numbers = re.findall(r"\d+", answer)
+    if numbers and wrong.isdigit():
+        head, _, tail = answer.rpartition(numbers[-1])
+        return head + wrong + tail
+    return f"I believe it is {wrong}."
+
+
+def preference_pair(item, think, kind):
+    """chosen: correct and in the row's mode. rejected (by `kind`): the wrong mode's format, or a wrong answer."""
+    q, reasoning, answer, wrong = item
+    if think:
+        chosen = think_content(reasoning, answer)
+        rejected = answer if kind == 0 else think_content(f"I recall the answer directly: {wrong}.",
+                                                          wrong_answer(answer, wrong))
+    else:
+        chosen = answer
+        rejected = (f"Okay, let me think step by step. {reasoning} So, {answer[0].lower() + answer[1:]}" if kind == 0
+                    else wrong_answer(answer, wrong))
+    return {"prompt": [{"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "chat_template_kwargs": {"enable_thinking": think}}
+
+
+def preference_rows(items):
+    return [preference_pair(item, think=i % 2 == 0, kind=i // 2 % 2) for i, item in enumerate(items)]
 
 
 def bad_rows():
@@ -156,9 +340,17 @@ def bad_rows():
 
 
 if __name__ == "__main__":
+    items = dual_mode_items()
+    # disjoint splits: SFT rows, synth prompts (the demo teacher answers them), APO pairs, held-out pairs
+    sft_items, synth_items = items[:-112], items[-112:-96]
+    pair_items, heldout_items = items[-96:-32], items[-32:]
     write("reasoning.jsonl", reasoning_rows())
     write("chat_no_think.jsonl", chat_rows())
     write("tools.jsonl", tool_rows())
+    write("dual_think.jsonl", dual_rows(sft_items, think=True))
+    write("dual_no_think.jsonl", dual_rows(sft_items, think=False))
     write("prompts.jsonl", [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS])
-    write("preferences.jsonl", preference_rows())
+    write("questions.jsonl", [{"messages": [{"role": "user", "content": q}]} for q, _, _, _ in synth_items])
+    write("preferences.jsonl", preference_rows(pair_items))
+    write("preferences_heldout.jsonl", preference_rows(heldout_items))
     write("bad_rows.jsonl", bad_rows())
