@@ -10,6 +10,11 @@ of the policy (one more model in memory per GPU), or, with `training.precompute_
 true`, runs the reference once over the data before training and keeps no copy (one extra pass,
 no extra memory during training). With `peft:` the reference is the adapter-free base model.
 Checkpoints (`save_steps`) are what the merge stage soups.
+
+With `eval_pairs:` (held-out pairs), the stage measures what it exists for: how often the model
+prefers the chosen answer before training (the SFT model, which is also the reference) and after,
+the mean log-probability margins, and the implicit reward margin of the result against the start
+(pipeline/preference.py); written to `preference.json` and the run's metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.data import build_preference_mixture
+from pipeline.chat import template_kwargs
+from pipeline.data import build_preference_mixture, normalise_pair, row_kwargs
+from pipeline.files import read_jsonl
+from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
 from pipeline.train import (
     check_environment,
@@ -44,12 +52,40 @@ def run(recipe, overwrite: bool = False) -> Path:
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
         model = load_model(recipe.model)
+        pairs = held_out_pairs(recipe) if recipe.eval_pairs else []
+        before = pair_logprobs(model, tokenizer, pairs)  # the starting point, before any step
         ref_model = load_model(recipe.ref_model) if recipe.ref_model else None
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=trl_args(recipe, run.path),
                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(recipe))
         train_or_restore(trainer, run.path)
+        extra = {}
+        if pairs:
+            extra["held_out_preference"] = preference_report(recipe, before, pair_logprobs(trainer.model, tokenizer,
+                                                                                           pairs))
+            if is_main_process():
+                (run.path / "preference.json").write_text(json.dumps(extra["held_out_preference"], indent=2))
+                print(f"held-out preference: {extra['held_out_preference']}")
         finish(trainer, tokenizer, run, recipe, extra={
             "pairs": report["rows"], "quarantined_pairs": report["quarantined"],
-            "rank_param_checksums": rank_checksums(trainer.model),
+            "rank_param_checksums": rank_checksums(trainer.model), **extra,
         })
     return recipe.output_path()
+
+
+def held_out_pairs(recipe) -> list[dict]:
+    """The recipe's held-out pairs with the chat_template_kwargs training would give them (mode, date)."""
+    pairs = []
+    for row in read_jsonl(recipe.eval_pairs):
+        prompt, chosen, rejected = normalise_pair(row)
+        thinking = (row.get("chat_template_kwargs") or {}).get("enable_thinking", True)
+        kwargs = template_kwargs(thinking, today_date=recipe.chat.today_date,
+                                 knowledge_cutoff=recipe.chat.knowledge_cutoff, **row_kwargs(row))
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chat_template_kwargs": kwargs})
+    return pairs
+
+
+def preference_report(recipe, before, after) -> dict:
+    """Held-out preference before (the starting point, also the reference) and after training."""
+    beta = recipe.training.get("beta", 0.1)  # TRL's DPOConfig default
+    return {"pairs_file": recipe.eval_pairs, "start": {"model": recipe.model.name_or_path, **preference_stats(before)},
+            "end": preference_stats(after), "beta": beta, "reward_margin": reward_margin(after, before, beta)}

@@ -34,6 +34,8 @@ def recipe_inputs(recipe) -> list[tuple[str, str]]:
         if recipe.ref_model:
             out.append(("ref_model.name_or_path", recipe.ref_model.name_or_path))
         out += [(f"data.sources.{i}.path", s.path) for i, s in enumerate(recipe.data.sources)]
+        if recipe.eval_pairs:
+            out.append(("eval_pairs", recipe.eval_pairs))
     elif isinstance(recipe, SynthRecipe):
         out.append(("teacher.name_or_path", recipe.teacher.name_or_path))
         if recipe.weak:

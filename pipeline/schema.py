@@ -145,6 +145,15 @@ class TrainRecipe(_RecipeBase):
     data: DataSpec
     training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig.")
     peft: PeftSpec | None = None
+    eval_pairs: str | None = Field(
+        None, description="APO only: held-out preference pairs (.jsonl, the training rows' layout), scored before "
+        "and after training: how often the model prefers chosen over rejected, and the reward margin.")
+
+    @model_validator(mode="after")
+    def _eval_pairs_for_apo(self):
+        if self.eval_pairs is not None and self.stage != "apo":
+            raise ValueError("`eval_pairs` is an APO setting (held-out preference pairs); remove it here")
+        return self
 
 
 class FilterSpec(Strict):

@@ -10,18 +10,21 @@ import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from pipeline import apo, sft
+from pipeline.preference import pair_logprobs, preference_stats
 from pipeline.recipe import load_recipe
+from pipeline.train import load_tokenizer
 
 TRAINING = {"max_steps": 3, "learning_rate": 1.0e-3, "per_device_train_batch_size": 2, "bf16": False,
             "logging_steps": 1, "save_strategy": "no", "max_length": 128}
 
 
-def recipe_for(write_recipe, tmp_path, stage, sources, name="recipe.yaml", **training):
+def recipe_for(write_recipe, tmp_path, stage, sources, name="recipe.yaml", top=None, **training):
     body = {"name": "t", "stage": stage, "output_dir": str(tmp_path / "runs" / stage),
             "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
-            "data": {"sources": sources}, "training": {**TRAINING, **training}}
+            "data": {"sources": sources}, "training": {**TRAINING, **training}, **(top or {})}
     return load_recipe(write_recipe(body, name))
 
 
@@ -79,15 +82,29 @@ def test_sft_stage(write_recipe, tmp_path, tiny_model):
 
 
 def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
+    held_out = str(REPO / "data/demo/preferences_heldout.jsonl")
     recipe = recipe_for(write_recipe, tmp_path, "apo",
                         [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"}],
-                        loss_type="apo_zero", beta=0.05, max_length=256)
+                        top={"eval_pairs": held_out}, loss_type="apo_zero", beta=0.05, max_length=256)
     out = apo.run(recipe)
-    assert_checkpoint(out, tiny_model, "apo")
+    manifest = assert_checkpoint(out, tiny_model, "apo")
     history = json.loads((out / "log_history.json").read_text())
     # apo_zero = sigmoid(-b*chosen_logratio) + sigmoid(b*rejected_logratio) = 0.5 + 0.5 when policy == reference
     assert history[0]["loss"] == pytest.approx(1.0, abs=1e-6)
     assert history[1]["loss"] != pytest.approx(1.0, abs=1e-6)
+
+    # the held-out preference check: "start" is the untrained model, measured again here on its own
+    report = json.loads((out / "preference.json").read_text())
+    assert manifest["metrics"]["held_out_preference"] == report and "eval_pairs" in manifest["inputs"]
+    pairs = apo.held_out_pairs(recipe)
+    assert len(pairs) == report["start"]["pairs"] == report["end"]["pairs"] == 32
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(recipe)
+    start = preference_stats(pair_logprobs(model, tokenizer, pairs))
+    assert report["start"]["accuracy"] == start["accuracy"]
+    assert report["start"]["mean_margin"] == pytest.approx(start["mean_margin"], abs=1e-3)
+    # the reward margin against the start is beta x the change of the mean log-probability margin
+    change = report["end"]["mean_margin"] - report["start"]["mean_margin"]
+    assert report["reward_margin"] == pytest.approx(0.05 * change, abs=1e-3) and report["reward_margin"] != 0
 
 
 def test_resume_after_crash_matches_uninterrupted_run(write_recipe, tmp_path, monkeypatch):
