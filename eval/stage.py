@@ -11,6 +11,7 @@ and charts (RULER score by context length per model; task scores per mode).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -118,14 +119,24 @@ def run(recipe, overwrite: bool = False) -> Path:
 
 
 def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
+    """report.md: the models in the recipe's order (a pipeline: base model first, then each stage),
+    every score with its change from the first model, a picture of what moved, and, for models that
+    are run directories of ours, links to what each stage wrote (loss curve, mixture, pairs, sweep)."""
     tasks = list(results[0]["tasks"]) if results else []
     header = "| model | " + " | ".join(f"{t} ({m})" for t in tasks for m in modes) + " |"
     lines = ["# Evaluation report", "", header, "|---" * (1 + len(tasks) * len(modes)) + "|"]
-    for r in results:
-        cells = [_cell(r["tasks"][t][m]) for t in tasks for m in modes]
+    for i, r in enumerate(results):
+        cells = [_cell(r["tasks"][t][m], results[0]["tasks"][t][m] if i else None) for t in tasks for m in modes]
         lines.append(f"| `{r['model']}` | " + " | ".join(cells) + " |")
-    lines += ["", "Scores are means over examples (0 to 1). `(k cut)`: k completions hit max_new_tokens.",
+    lines += ["", "Scores are means over examples (0 to 1); in brackets, the change from the first row "
+              f"(`{results[0]['model']}`), the starting point.",
+              "`(k cut)`: k completions hit max_new_tokens. "
               "Per-example completions and scores: one JSON per model next to this file."]
+    if len(results) > 1:
+        lines += ["", "## What moved, model by model", "", "![progress](progress.png)", ""]
+        lines += moved_lines(results, tasks, modes)
+        plot_progress(results, tasks, modes, out / "progress.png")
+    lines += stage_outputs(results, out)
     if "ruler" in tasks:
         lines += ["", "## RULER by task and context length", ""] + ruler_tables(results, modes)
         lines += ["![ruler](ruler_by_length.png)"]
@@ -136,6 +147,119 @@ def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+MOVED = 0.1  # a (task, mode) score "moved" when its range over the models is at least this
+
+
+def label(model: str) -> str:
+    """A short name for a model: a run directory's stage (`runs/demo/sft` -> `sft`), else the reference."""
+    path = Path(model)
+    return path.name if path.is_dir() else model.removeprefix("embedded:")
+
+
+def moved_lines(results, tasks, modes) -> list[str]:
+    """One line per (task, mode) whose score moved, as the scores go from model to model."""
+    lines = []
+    for t in tasks:
+        for m in modes:
+            scores = [r["tasks"][t][m]["score"] for r in results]
+            if max(scores) - min(scores) >= MOVED:
+                steps = " → ".join(f"{label(r['model'])} {s:.2f}" for r, s in zip(results, scores))
+                lines.append(f"- **{t} ({m})**: {steps}")
+    return lines or [f"No score moved by {MOVED} or more between the models."]
+
+
+def plot_progress(results, tasks, modes, path: Path) -> None:
+    """The models left to right (pipeline order), one line per (task, mode) score that moved."""
+    fig, ax = pyplot().subplots(figsize=(max(6, 1.6 * len(results)), 4))
+    xs = list(range(len(results)))
+    for t in tasks:
+        for m in modes:
+            scores = [r["tasks"][t][m]["score"] for r in results]
+            if max(scores) - min(scores) >= MOVED:
+                ax.plot(xs, scores, marker="o", label=f"{t} ({m})")
+    ax.set_xticks(xs, [label(r["model"]) for r in results])
+    ax.set(ylabel="score", title="scores that moved, stage by stage", ylim=(-0.05, 1.05))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def stage_outputs(results, out: Path) -> list[str]:
+    """For each model that is a run directory: links to its loss curve and data reports, the data it
+    trained on (rows per source, so synthetic rows can be seen reaching SFT and APO), APO's held-out
+    preference check and the merge sweep."""
+    lines = []
+    for r in results:
+        run = Path(r["model"])
+        if not (run / "manifest.json").is_file():
+            continue
+        links = [f"[{name}]({os.path.relpath(run / name, out)})" for name in
+                 ("loss.png", "mixture.txt", "pairs.json", "preference.json", "sweep/sweep.md", "README.md")
+                 if (run / name).is_file()]
+        lines += ["", f"### {label(r['model'])}", "", "Outputs: " + ", ".join(links)]
+        if (run / "loss.png").is_file():
+            lines += ["", f"![{label(r['model'])} loss]({os.path.relpath(run / 'loss.png', out)})"]
+        lines += loss_line(run) + data_lines(run) + preference_lines(run) + sweep_lines(run)
+    return ["", "## Each stage's outputs"] + lines if lines else []
+
+
+def loss_line(run: Path) -> list[str]:
+    history = run / "log_history.json"
+    if not history.is_file():
+        return []
+    losses = [h["loss"] for h in json.loads(history.read_text()) if "loss" in h]
+    if len(losses) < 2:
+        return []
+    k = min(10, len(losses) // 2)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    trend = "falls" if last < first else "does not fall"
+    return ["", f"Training loss {trend}: mean of the first {k} logged steps {first:.3f}, of the last {k} {last:.3f} "
+            f"({len(losses)} steps)."]
+
+
+def data_lines(run: Path) -> list[str]:
+    for name in ("mixture.json", "pairs.json"):
+        if (run / name).is_file():
+            report = json.loads((run / name).read_text())
+            rows = ", ".join(f"`{s['source']}` {s['rows']}" for s in report.get("sources", []))
+            return ["", f"Trained on ({name.split('.')[0]} rows per source): {rows}."]
+    return []
+
+
+def preference_lines(run: Path) -> list[str]:
+    path = run / "preference.json"
+    if not path.is_file():
+        return []
+    p = json.loads(path.read_text())
+    start, end = p["start"], p["end"]
+    return ["", f"Held-out preference pairs (`{p['pairs_file']}`, {end['pairs']} pairs): how often the model "
+            "gives the chosen answer a higher log-probability than the rejected one.", "",
+            "| model | accuracy | mean log p(chosen) - log p(rejected) |", "|---|---|---|",
+            f"| before: `{start['model']}` | {start['accuracy']:.3f} | {start['mean_margin']:.3f} |",
+            f"| after: {label(str(run))} | {end['accuracy']:.3f} | {end['mean_margin']:.3f} |", "",
+            f"Mean implicit reward margin of the result against the start (beta {p['beta']}): "
+            f"{p['reward_margin']:.4f}."]
+
+
+def sweep_lines(run: Path) -> list[str]:
+    path = run / "sweep" / "sweep.json"
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text())
+    rows = summary["rows"]
+    spread = {k: max(r["scores"][k] for r in rows) - min(r["scores"][k] for r in rows) for k in rows[0]["scores"]}
+    lines = ["", "Merge-weight sweep (soup weight against the long-context checkpoint):", "",
+             (run / "sweep" / "sweep.md").read_text().strip()]
+    if not any(spread.values()):
+        lines += ["", "**No trade-off shows here**: every sweep weight scores the same on these tasks. At this "
+                  "scale (a few examples per task, a few training steps) the sweep cannot separate the weights."]
+    else:
+        changed = ", ".join(f"{k} (range {v:.3f})" for k, v in spread.items() if v)
+        lines += ["", f"Scores that change with the weight: {changed}."]
+    return lines
 
 
 SUMMARY_KEYS = {"score", "n", "truncated", "examples"}
@@ -189,9 +313,11 @@ def _value(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _cell(summary: dict) -> str:
+def _cell(summary: dict, start: dict | None = None) -> str:
     cut = f" ({summary['truncated']} cut)" if summary["truncated"] else ""
-    return f"{_value(summary['score'])}{cut}"
+    score, base = summary["score"], start["score"] if start is not None else None
+    delta = f" ({score - base:+.3f})" if isinstance(score, float) and isinstance(base, float) else ""
+    return f"{_value(score)}{delta}{cut}"
 
 
 def plot_ruler(results, modes, path: Path) -> None:

@@ -264,3 +264,45 @@ def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_p
     assert "- qa_1: **unavailable**: https://rajpurkar.github.io/" in report and "| fwe | string_match_all |" in report
     ifeval = result["tasks"]["ifeval"]["think"]
     assert ifeval["comparable"] == 0.0 and "google/IFEval unreachable" in ifeval["source"]
+
+
+def _summary(score: float) -> dict:
+    return {"score": score, "n": 4, "truncated": 0, "examples": []}
+
+
+def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_path):
+    """A pipeline's report: deltas from the first row, what moved, and each run dir's outputs."""
+    sft_run, merge_run = tmp_path / "runs" / "sft", tmp_path / "runs" / "merge"
+    for run in (sft_run, merge_run):
+        (run / "sweep").mkdir(parents=True)
+        (run / "manifest.json").write_text("{}")
+    (sft_run / "loss.png").write_bytes(b"png")
+    losses = [3.0 - 0.1 * i for i in range(24)]  # falls: first 10 mean 2.55, last 10 mean 1.15
+    (sft_run / "log_history.json").write_text(json.dumps([{"step": i + 1, "loss": v} for i, v in enumerate(losses)]))
+    (sft_run / "mixture.json").write_text(json.dumps({"sources": [{"source": "runs/x/synth-traces/rows.jsonl",
+                                                                   "rows": 7}]}))
+    (sft_run / "preference.json").write_text(json.dumps({
+        "pairs_file": "held.jsonl", "beta": 0.05, "reward_margin": 0.25,
+        "start": {"model": "runs/x/sft", "pairs": 32, "accuracy": 0.75, "mean_margin": 1.0},
+        "end": {"pairs": 32, "accuracy": 0.875, "mean_margin": 6.0}}))
+    rows = [{"weight": w, "scores": {"math (no_think)": 0.5}, "mean": 0.5} for w in (0.8, 1.0)]
+    (merge_run / "sweep" / "sweep.json").write_text(json.dumps({"rows": rows, "best_weight": 0.8}))
+    (merge_run / "sweep" / "sweep.md").write_text("| soup weight | math (no_think) | mean |\n")
+    results = [{"model": "embedded:base", "tasks": {"mode": {"think": _summary(0.0), "no_think": _summary(1.0)}}},
+               {"model": str(sft_run), "tasks": {"mode": {"think": _summary(0.75), "no_think": _summary(1.0)}}},
+               {"model": str(merge_run), "tasks": {"mode": {"think": _summary(0.5), "no_think": _summary(1.0)}}}]
+    out = tmp_path / "eval"
+    out.mkdir()
+    report = stage.write_report(results, out, ["think", "no_think"])
+
+    table = report.split("## ")[0]
+    assert "| `embedded:base` | 0.000 | 1.000 |" in table  # the starting point: no delta
+    assert f"| `{sft_run}` | 0.750 (+0.750) | 1.000 (+0.000) |" in table
+    assert f"| `{merge_run}` | 0.500 (+0.500) | 1.000 (+0.000) |" in table
+    assert (out / "progress.png").is_file()
+    assert "**mode (think)**: base 0.00 → sft 0.75 → merge 0.50" in report and "mode (no_think)**" not in report
+    assert "[loss.png](../runs/sft/loss.png)" in report and "[preference.json](../runs/sft/preference.json)" in report
+    assert "loss falls: mean of the first 10 logged steps 2.550, of the last 10 1.150" in report
+    assert "`runs/x/synth-traces/rows.jsonl` 7" in report
+    assert "| before: `runs/x/sft` | 0.750 | 1.000 |" in report and "| after: sft | 0.875 | 6.000 |" in report
+    assert "No trade-off shows here" in report.split("### merge")[1]
