@@ -9,7 +9,8 @@ Small but real: every answer is correct, every think trace is a real derivation.
 - dual_think.jsonl     everyday questions answered with a short <think> derivation, then the answer
 - dual_no_think.jsonl  the same questions answered directly (the mode flag, not the question, decides)
 - prompts.jsonl        prompts of a "non-reasoning" dataset (open-ended requests)
-- questions.jsonl      short everyday questions, none in the SFT rows: the demo synth stages' prompts
+- questions.jsonl      short everyday questions, none in the SFT rows: the demo synth stages' prompts (with
+                       `answer` where it is a number, for the `verify: math` filter)
 - preferences.jsonl    chosen vs rejected (wrong mode's format, or a wrong answer), both modes, for APO
 - preferences_heldout.jsonl  pairs of the same kind on questions APO never sees: the demo's preference check
 - bad_rows.jsonl       rows that must be quarantined, one per reason (used by tests)
@@ -305,6 +306,16 @@ def wrong_answer(answer, wrong):
     return f"I believe it is {wrong}."
 
 
+def numeric_answer(question, answer, wrong):
+    """The number a numeric item's answer ends with (the synth filter `verify: math` checks traces against
+    it), or None: for non-numeric items, or when that number is in the question too (then it is not the
+    result, as in "There are 120 minutes in 2 hours.")."""
+    numbers = re.findall(r"\d+", answer)
+    if wrong.isdigit() and numbers and numbers[-1] not in re.findall(r"\d+", question):
+        return numbers[-1]
+    return None
+
+
 def preference_pair(item, think, kind):
     """chosen: correct and in the row's mode. rejected (by `kind`): the wrong mode's format, or a wrong answer."""
     q, reasoning, answer, wrong = item
@@ -350,7 +361,8 @@ if __name__ == "__main__":
     write("dual_think.jsonl", dual_rows(sft_items, think=True))
     write("dual_no_think.jsonl", dual_rows(sft_items, think=False))
     write("prompts.jsonl", [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS])
-    write("questions.jsonl", [{"messages": [{"role": "user", "content": q}]} for q, _, _, _ in synth_items])
+    write("questions.jsonl", [{"messages": [{"role": "user", "content": q}], "answer": numeric_answer(q, a, w)}
+                              for q, _, a, w in synth_items])
     write("preferences.jsonl", preference_rows(pair_items))
     write("preferences_heldout.jsonl", preference_rows(heldout_items))
     write("bad_rows.jsonl", bad_rows())
