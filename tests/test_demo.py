@@ -18,7 +18,7 @@ from pipeline import sft
 from pipeline.recipe import load_recipe
 
 BASE = "embedded:smollm2-135m-instruct"
-STEPS = 24  # >= 20 logged steps: the loss check compares the mean of the first 10 with the last 10
+STEPS = 40  # >= 20 logged steps: the loss check compares the mean of the first 10 with the last 10
 
 
 def short_sft_recipe(write_recipe, out):

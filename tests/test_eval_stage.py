@@ -305,4 +305,27 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
     assert "loss falls: mean of the first 10 logged steps 2.550, of the last 10 1.150" in report
     assert "`runs/x/synth-traces/rows.jsonl` 7" in report
     assert "| before: `runs/x/sft` | 0.750 | 1.000 |" in report and "| after: sft | 0.875 | 6.000 |" in report
-    assert "No trade-off shows here" in report.split("### merge")[1]
+    assert "**No trade-off shows at this scale**: every sweep weight scores the same" in report.split("### merge")[1]
+
+
+def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directions(tmp_path):
+    def write(rows):
+        (tmp_path / "sweep").mkdir(exist_ok=True)
+        (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"rows": rows}))
+        (tmp_path / "sweep" / "sweep.md").write_text("table")
+        return "\n".join(stage.sweep_lines(tmp_path))
+
+    def row(weight, ruler, mode):
+        return {"weight": weight, "scores": {"ruler (think)": ruler, "mode (no_think)": mode}}
+
+    both = write([row(0.5, 0.9, 0.5), row(0.9, 0.6, 0.8), row(1.0, 0.5, 0.9)])
+    assert "**Trade-off**: ruler (think) is better at soup weight 0.5, mode (no_think) at 0.9" in both
+    one_way = write([row(0.5, 0.5, 0.5), row(0.9, 0.5, 0.8), row(1.0, 0.5, 0.8)])
+    assert "No trade-off shows at this scale**: only mode (no_think) changes with the weight" in one_way
+    assert "Trade-off**" not in one_way
+
+
+def test_report_skips_a_task_that_could_not_run_when_finding_what_moved():
+    results = [{"model": "a", "tasks": {"ruler": {"think": _summary(None)}, "mode": {"think": _summary(0.0)}}},
+               {"model": "b", "tasks": {"ruler": {"think": _summary(0.5)}, "mode": {"think": _summary(1.0)}}}]
+    assert stage.moved_lines(results, ["ruler", "mode"], ["think"]) == ["- **mode (think)**: a 0.00 → b 1.00"]
