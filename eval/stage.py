@@ -133,8 +133,9 @@ def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
               "`(k cut)`: k completions hit max_new_tokens. "
               "Per-example completions and scores: one JSON per model next to this file."]
     if len(results) > 1:
-        lines += ["", "## What moved, model by model", "", "![progress](progress.png)", ""]
-        lines += moved_lines(results, tasks, modes)
+        lines += ["", "## At a glance: the pipeline, stage by stage", "",
+                  f"Scores that moved by {MOVED} or more, model by model, and what each stage wrote.", ""]
+        lines += glance_table(results, tasks, modes, out) + ["", "![progress](progress.png)"]
         plot_progress(results, tasks, modes, out / "progress.png")
     lines += stage_outputs(results, out)
     if "ruler" in tasks:
@@ -163,16 +164,41 @@ def moved(scores: list) -> bool:
     return None not in scores and max(scores) - min(scores) >= MOVED
 
 
-def moved_lines(results, tasks, modes) -> list[str]:
-    """One line per (task, mode) whose score moved, as the scores go from model to model."""
-    lines = []
+def glance_table(results, tasks, modes, out: Path) -> list[str]:
+    """The pipeline left to right: one column per model, a row per score that moved, then for run
+    directories of ours their loss curve, the data they trained on and APO's held-out preference."""
+    runs = [Path(r["model"]) for r in results]
+    lines = ["| | " + " | ".join(f"**{label(r['model'])}**" for r in results) + " |",
+             "|---" * (1 + len(results)) + "|"]
     for t in tasks:
         for m in modes:
             scores = [r["tasks"][t][m]["score"] for r in results]
             if moved(scores):
-                steps = " → ".join(f"{label(r['model'])} {x:.2f}" for r, x in zip(results, scores))
-                lines.append(f"- **{t} ({m})**: {steps}")
-    return lines or [f"No score moved by {MOVED} or more between the models."]
+                lines.append(f"| {t} ({m}) | " + " | ".join(f"{x:.2f}" for x in scores) + " |")
+
+    def row(name, cell):
+        cells = [cell(run) if (run / "manifest.json").is_file() else "" for run in runs]
+        if any(cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    def link(text, path: Path) -> str:
+        return f"[{text}]({os.path.relpath(path, out)})" if path.is_file() else ""
+
+    row("loss curve", lambda run: link("loss", run / "loss.png"))
+    row("trained on", lambda run: link("mixture", run / "mixture.txt") or link("pairs", run / "pairs.json"))
+    row("held-out pairs preferred", held_out_cell)
+    row("merge sweep", lambda run: link("sweep", run / "sweep" / "sweep.md"))
+    if len(lines) == 2:
+        lines.append("| " + f"no score moved by {MOVED} or more" + " |" * len(results))
+    return lines
+
+
+def held_out_cell(run: Path) -> str:
+    path = run / "preference.json"
+    if not path.is_file():
+        return ""
+    p = json.loads(path.read_text())
+    return f"{p['start']['accuracy']:.2f} → {p['end']['accuracy']:.2f}"
 
 
 def plot_progress(results, tasks, modes, path: Path) -> None:
@@ -207,7 +233,7 @@ def stage_outputs(results, out: Path) -> list[str]:
         lines += ["", f"### {label(r['model'])}", "", "Outputs: " + ", ".join(links)]
         if (run / "loss.png").is_file():
             lines += ["", f"![{label(r['model'])} loss]({os.path.relpath(run / 'loss.png', out)})"]
-        lines += loss_line(run) + data_lines(run) + preference_lines(run) + sweep_lines(run)
+        lines += loss_line(run) + data_lines(run, out) + preference_lines(run) + sweep_lines(run)
     return ["", "## Each stage's outputs"] + lines if lines else []
 
 
@@ -225,13 +251,23 @@ def loss_line(run: Path) -> list[str]:
             f"({len(losses)} steps)."]
 
 
-def data_lines(run: Path) -> list[str]:
+def data_lines(run: Path, out: Path) -> list[str]:
+    """Rows per source the run trained on; a source written by a synth run links that run's filter report
+    (how many generations each filter dropped)."""
     for name in ("mixture.json", "pairs.json"):
         if (run / name).is_file():
             report = json.loads((run / name).read_text())
-            rows = ", ".join(f"`{s['source']}` {s['rows']}" for s in report.get("sources", []))
+            rows = ", ".join(f"`{s['source']}` {s['rows']}{synth_report_link(s['source'], out)}"
+                             for s in report.get("sources", []))
             return ["", f"Trained on ({name.split('.')[0]} rows per source): {rows}."]
     return []
+
+
+def synth_report_link(source: str, out: Path) -> str:
+    report = Path(source).parent / "report.json"
+    if not (report.is_file() and (report.parent / "manifest.json").is_file()):
+        return ""
+    return f" ([synth filters]({os.path.relpath(report, out)}))"
 
 
 def preference_lines(run: Path) -> list[str]:

@@ -277,10 +277,15 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
         (run / "sweep").mkdir(parents=True)
         (run / "manifest.json").write_text("{}")
     (sft_run / "loss.png").write_bytes(b"png")
+    (sft_run / "mixture.txt").write_text("source  rows")
     losses = [3.0 - 0.1 * i for i in range(24)]  # falls: first 10 mean 2.55, last 10 mean 1.15
     (sft_run / "log_history.json").write_text(json.dumps([{"step": i + 1, "loss": v} for i, v in enumerate(losses)]))
-    (sft_run / "mixture.json").write_text(json.dumps({"sources": [{"source": "runs/x/synth-traces/rows.jsonl",
-                                                                   "rows": 7}]}))
+    traces = tmp_path / "runs" / "synth-traces"
+    traces.mkdir()
+    (traces / "manifest.json").write_text("{}")
+    (traces / "report.json").write_text("{}")
+    (sft_run / "mixture.json").write_text(json.dumps({"sources": [
+        {"source": "runs/x/synth-traces/rows.jsonl", "rows": 7}, {"source": str(traces / "rows.jsonl"), "rows": 5}]}))
     (sft_run / "preference.json").write_text(json.dumps({
         "pairs_file": "held.jsonl", "beta": 0.05, "reward_margin": 0.25,
         "start": {"model": "runs/x/sft", "pairs": 32, "accuracy": 0.75, "mean_margin": 1.0},
@@ -300,10 +305,17 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
     assert f"| `{sft_run}` | 0.750 (+0.750) | 1.000 (+0.000) |" in table
     assert f"| `{merge_run}` | 0.500 (+0.500) | 1.000 (+0.000) |" in table
     assert (out / "progress.png").is_file()
-    assert "**mode (think)**: base 0.00 → sft 0.75 → merge 0.50" in report and "mode (no_think)**" not in report
+    glance = report.split("## At a glance")[1].split("## ")[0]
+    assert "| | **base** | **sft** | **merge** |" in glance  # the pipeline, left to right
+    assert "| mode (think) | 0.00 | 0.75 | 0.50 |" in glance and "mode (no_think)" not in glance  # only what moved
+    assert "| loss curve |  | [loss](../runs/sft/loss.png) |  |" in glance
+    assert "| trained on |  | [mixture](../runs/sft/mixture.txt) |  |" in glance
+    assert "| held-out pairs preferred |  | 0.75 → 0.88 |  |" in glance
+    assert "| merge sweep |  |  | [sweep](../runs/merge/sweep/sweep.md) |" in glance
     assert "[loss.png](../runs/sft/loss.png)" in report and "[preference.json](../runs/sft/preference.json)" in report
     assert "loss falls: mean of the first 10 logged steps 2.550, of the last 10 1.150" in report
-    assert "`runs/x/synth-traces/rows.jsonl` 7" in report
+    synth_link = "([synth filters](../runs/synth-traces/report.json))"  # a synth run's rows link its filter report
+    assert f"`runs/x/synth-traces/rows.jsonl` 7, `{traces / 'rows.jsonl'}` 5 {synth_link}" in report
     assert "| before: `runs/x/sft` | 0.750 | 1.000 |" in report and "| after: sft | 0.875 | 6.000 |" in report
     assert "**No trade-off shows at this scale**: every sweep weight scores the same" in report.split("### merge")[1]
 
@@ -328,4 +340,5 @@ def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directi
 def test_report_skips_a_task_that_could_not_run_when_finding_what_moved():
     results = [{"model": "a", "tasks": {"ruler": {"think": _summary(None)}, "mode": {"think": _summary(0.0)}}},
                {"model": "b", "tasks": {"ruler": {"think": _summary(0.5)}, "mode": {"think": _summary(1.0)}}}]
-    assert stage.moved_lines(results, ["ruler", "mode"], ["think"]) == ["- **mode (think)**: a 0.00 → b 1.00"]
+    glance = stage.glance_table(results, ["ruler", "mode"], ["think"], Path("."))
+    assert glance[2:] == ["| mode (think) | 0.00 | 1.00 |"]
