@@ -265,8 +265,20 @@ def new_manifest(recipe) -> dict[str, Any]:
         "inputs": input_fingerprints(recipe),
         "versions": package_versions(),
         "git": git_state(),
-        "host": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "host": host_info(),
     }
+
+
+def host_info() -> dict[str, Any]:
+    """Python, platform and, where a stage runs on GPUs, which ones and the CUDA build: a throughput or a
+    loss curve is read differently on an H100 than on a CPU. torch is looked up, never imported here
+    (CPU-only stages such as synth against a server do not load it)."""
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda"] = torch.version.cuda
+    return info
 
 
 def input_fingerprints(recipe) -> dict[str, Any]:

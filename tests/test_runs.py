@@ -6,7 +6,7 @@ import pytest
 from conftest import sft_recipe
 
 from pipeline.recipe import load_recipe, recipe_hash
-from pipeline.runs import content_hash, fingerprint, read_manifest, stage_run, write_json_atomic
+from pipeline.runs import content_hash, fingerprint, new_manifest, read_manifest, stage_run, write_json_atomic
 
 
 @pytest.fixture
@@ -34,6 +34,19 @@ def test_success_promotes_partial_with_complete_manifest(recipe):
     assert m["inputs"]["model.name_or_path"] == {"kind": "embedded", "ref": "embedded:tiny-smollm3"}
     data_fp = m["inputs"]["data.sources.0.path"]
     assert data_fp["kind"] == "file" and len(data_fp["content_sha256"]) == 64
+
+
+def test_manifest_names_the_gpus_a_stage_ran_on(recipe, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "gpus" not in new_manifest(recipe)["host"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"NVIDIA H100 80GB HBM3 #{i}")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    host = new_manifest(recipe)["host"]
+    assert host["gpus"] == ["NVIDIA H100 80GB HBM3 #0", "NVIDIA H100 80GB HBM3 #1"] and host["cuda"] == "13.0"
 
 
 def test_failure_leaves_nothing_that_looks_finished(recipe):
