@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 
 from pipeline.chat import template_kwargs
-from pipeline.data import build_preference_mixture, normalise_pair, row_kwargs
+from pipeline.data import BadRow, build_preference_mixture, declared_thinking, normalise_pair, row_kwargs
+from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
@@ -51,8 +52,8 @@ def run(recipe, overwrite: bool = False) -> Path:
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
+        pairs = held_out_pairs(recipe) if recipe.eval_pairs else []  # a bad file fails before any model loads
         model = load_model(recipe.model)
-        pairs = held_out_pairs(recipe) if recipe.eval_pairs else []
         before = pair_logprobs(model, tokenizer, pairs)  # the starting point, before any step
         ref_model = load_model(recipe.ref_model) if recipe.ref_model else None
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=trl_args(recipe, run.path),
@@ -73,14 +74,22 @@ def run(recipe, overwrite: bool = False) -> Path:
 
 
 def held_out_pairs(recipe) -> list[dict]:
-    """The recipe's held-out pairs with the chat_template_kwargs training would give them (mode, date)."""
+    """The recipe's held-out pairs with the chat_template_kwargs training would give them (mode, date).
+    Each row needs its own mode (`chat_template_kwargs.enable_thinking`); a bad row is an error naming
+    the file and the pair, raised before any model loads."""
     pairs = []
-    for row in read_jsonl(recipe.eval_pairs):
-        prompt, chosen, rejected = normalise_pair(row)
-        thinking = (row.get("chat_template_kwargs") or {}).get("enable_thinking", True)
-        kwargs = template_kwargs(thinking, today_date=recipe.chat.today_date,
-                                 knowledge_cutoff=recipe.chat.knowledge_cutoff, **row_kwargs(row))
+    for i, row in enumerate(read_jsonl(recipe.eval_pairs), 1):
+        try:
+            prompt, chosen, rejected = normalise_pair(row)
+            kwargs = template_kwargs(declared_thinking(row), today_date=recipe.chat.today_date,
+                                     knowledge_cutoff=recipe.chat.knowledge_cutoff, **row_kwargs(row))
+        except BadRow as e:
+            raise UserError(f"{recipe.eval_pairs}: pair {i}: {e}"
+                            " (eval_pairs: held-out pairs in the training rows' layout, each with "
+                            "chat_template_kwargs.enable_thinking)") from None
         pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chat_template_kwargs": kwargs})
+    if not pairs:
+        raise UserError(f"{recipe.eval_pairs}: no pairs (eval_pairs): add held-out pairs or remove the key")
     return pairs
 
 

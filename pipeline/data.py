@@ -169,6 +169,17 @@ def _tool_list(value, key: str) -> list:
     return value
 
 
+def declared_thinking(row: dict[str, Any], missing: str = "no chat_template_kwargs.enable_thinking") -> bool:
+    """A row's own mode, `chat_template_kwargs.enable_thinking`: true or false, nothing else (a string
+    "false" is truthy and would train a no-think row as a think row)."""
+    kwargs = row.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict) or "enable_thinking" not in kwargs:
+        raise BadRow(missing)
+    if not isinstance(kwargs["enable_thinking"], bool):
+        raise BadRow(f"chat_template_kwargs.enable_thinking must be true or false, got {kwargs['enable_thinking']!r}")
+    return kwargs["enable_thinking"]
+
+
 def row_mode(source: Source, row: dict[str, Any], messages: list[dict[str, Any]]) -> bool:
     """The one mode a row is validated and rendered in (enable_thinking).
 
@@ -179,10 +190,7 @@ def row_mode(source: Source, row: dict[str, Any], messages: list[dict[str, Any]]
     if source.mode != "from_row":
         declared = source.mode == "think"
     else:
-        kwargs = row.get("chat_template_kwargs") or {}
-        if not isinstance(kwargs, dict) or "enable_thinking" not in kwargs:
-            raise BadRow("mode `from_row` but the row has no chat_template_kwargs.enable_thinking")
-        declared = bool(kwargs["enable_thinking"])
+        declared = declared_thinking(row, "mode `from_row` but the row has no chat_template_kwargs.enable_thinking")
     rendered = resolve_thinking(messages, declared)
     if rendered != declared:
         flag = "/think" if rendered else "/no_think"

@@ -92,17 +92,21 @@ def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
     bad = tmp_path / "bad_pairs.jsonl"
     bad.write_text(json.dumps({"prompt": "Hi", "chosen": "", "rejected": "x",
                                "chat_template_kwargs": {"enable_thinking": False}}) + "\n"
-                   + json.dumps({"prompt": "Hi", "chosen": "ok", "rejected": "x"}) + "\n")
+                   + json.dumps({"prompt": "Hi", "chosen": "ok", "rejected": "x"}) + "\n"
+                   # a string is truthy: trained as think mode before it was refused
+                   + json.dumps({"prompt": "Hi", "chosen": "ok", "rejected": "x",
+                                 "chat_template_kwargs": {"enable_thinking": "false"}}) + "\n")
     recipe = load_recipe(write_recipe({
         "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
         "data": {"sources": [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"},
                              {"path": str(bad), "mode": "from_row"}]},
         "training": {"loss_type": "apo_zero"}}))
     dataset, report = build_preference_mixture(recipe, tmp_path / "q.jsonl")
-    assert report["rows"] == 64 and report["modes"] == {"think": 32, "no_think": 32} and report["quarantined"] == 2
+    assert report["rows"] == 64 and report["modes"] == {"think": 32, "no_think": 32} and report["quarantined"] == 3
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert reasons == ["message 1: empty assistant turn",
-                       "mode `from_row` but the row has no chat_template_kwargs.enable_thinking"]
+                       "mode `from_row` but the row has no chat_template_kwargs.enable_thinking",
+                       "chat_template_kwargs.enable_thinking must be true or false, got 'false'"]
     row = dataset[0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert row["chat_template_kwargs"]["today_date"] == "01 July 2025"

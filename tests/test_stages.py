@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pipeline import apo, sft
+from pipeline.errors import UserError
 from pipeline.preference import pair_logprobs, preference_stats
 from pipeline.recipe import load_recipe
 from pipeline.train import load_tokenizer
@@ -105,6 +106,27 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
     # the reward margin against the start is beta x the change of the mean log-probability margin
     change = report["end"]["mean_margin"] - report["start"]["mean_margin"]
     assert report["reward_margin"] == pytest.approx(0.05 * change, abs=1e-3) and report["reward_margin"] != 0
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"prompt": "Hi", "chosen": "Hello."}', "pair 2: no `rejected` column"),
+    ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}', "pair 2: no chat_template_kwargs.enable_thinking"),
+    ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.", "chat_template_kwargs": {"enable_thinking": "no"}}',
+     "pair 2: chat_template_kwargs.enable_thinking must be true or false"),
+])
+def test_bad_held_out_pairs_fail_before_any_model_loads(write_recipe, tmp_path, monkeypatch, line, problem):
+    good = json.dumps({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.",
+                       "chat_template_kwargs": {"enable_thinking": False}})
+    held_out = tmp_path / "held.jsonl"
+    held_out.write_text(good + "\n" + line + "\n")
+    recipe = recipe_for(write_recipe, tmp_path, "apo",
+                        [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"}],
+                        top={"eval_pairs": str(held_out)}, loss_type="apo_zero")
+    monkeypatch.setattr(apo, "load_model", lambda spec: pytest.fail("a model was loaded before the pairs were read"))
+    with pytest.raises(UserError) as e:
+        apo.run(recipe)
+    assert f"{held_out}: {problem}" in str(e.value) and "eval_pairs" in str(e.value)
+    assert not recipe.output_path().exists()
 
 
 def test_resume_after_crash_matches_uninterrupted_run(write_recipe, tmp_path, monkeypatch):
