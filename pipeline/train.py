@@ -63,6 +63,15 @@ def check_environment(recipe: TrainRecipe) -> None:
         if recipe.model.attn_implementation.startswith("flash_attention"):
             raise UserError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
                              "needs a GPU; use sdpa on CPU (--set model.attn_implementation=sdpa)")
+    elif recipe.model.attn_implementation == "flash_attention_2":
+        import transformers.utils
+
+        # transformers would only fail at model load, after the data is built; and sdpa is a choice to make
+        # knowingly: it materialises each packed row's block-diagonal mask, L x L (4 GiB at 64k)
+        if not transformers.utils.is_flash_attn_2_available():
+            raise UserError(f"{recipe._source}: model.attn_implementation=flash_attention_2 but flash-attn is not "
+                             "installed: `pip install -e '.[gpu]'`, or --set model.attn_implementation=sdpa "
+                             "(packed rows are masked per document too, with an L x L mask: fine for short rows)")
     trackers = t.get("report_to", "none")
     for tracker in [trackers] if isinstance(trackers, str) else trackers:
         if tracker in ("wandb", "trackio"):
