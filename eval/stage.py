@@ -210,12 +210,28 @@ def plot_progress(results, tasks, modes, path: Path) -> None:
             scores = [r["tasks"][t][m]["score"] for r in results]
             if moved(scores):
                 ax.plot(xs, scores, marker="o", label=f"{t} ({m})")
+    points = held_out_points(results)
+    if points:  # APO's own check: what it moves does not show in generation scores on a few prompts
+        ax.plot(*zip(*points), marker="s", linestyle="--", color="black", label="held-out pairs preferred")
     ax.set_xticks(xs, [label(r["model"]) for r in results])
     ax.set(ylabel="score", title="scores that moved, stage by stage", ylim=(-0.05, 1.05))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def held_out_points(results) -> list[tuple[int, float]]:
+    """(model index, accuracy) of a run's held-out preference check (preference.json): where it started,
+    when that model is in the report too, and where it ended."""
+    for i, r in enumerate(results):
+        path = Path(r["model"]) / "preference.json"
+        if path.is_file():
+            p = json.loads(path.read_text())
+            start = [j for j, s in enumerate(results) if Path(s["model"]) == Path(p["start"]["model"])]
+            before = [(start[0], p["start"]["accuracy"])] if start else []
+            return before + [(i, p["end"]["accuracy"])]
+    return []
 
 
 def stage_outputs(results, out: Path) -> list[str]:

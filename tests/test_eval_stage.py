@@ -320,6 +320,17 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
     assert "**No trade-off shows at this scale**: every sweep weight scores the same" in report.split("### merge")[1]
 
 
+def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "apo").mkdir(parents=True)
+    (tmp_path / "runs" / "apo" / "preference.json").write_text(json.dumps(
+        {"start": {"model": "runs/sft", "accuracy": 0.8125}, "end": {"accuracy": 0.9375}}))
+    results = [{"model": m} for m in ("embedded:base", "runs/sft/", "runs/apo", "runs/merge")]
+    assert stage.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
+    assert stage.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
+    assert stage.held_out_points([results[0], results[1]]) == []
+
+
 def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directions(tmp_path):
     def write(rows):
         (tmp_path / "sweep").mkdir(exist_ok=True)
