@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.chat import template_kwargs
-from pipeline.data import BadRow, build_preference_mixture, declared_thinking, normalise_pair, row_kwargs
+from pipeline.data import BadRow, build_preference_mixture, preference_row
 from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
+from pipeline.schema import Source
 from pipeline.train import (
     check_environment,
     finish,
@@ -74,20 +74,18 @@ def run(recipe, overwrite: bool = False) -> Path:
 
 
 def held_out_pairs(recipe) -> list[dict]:
-    """The recipe's held-out pairs with the chat_template_kwargs training would give them (mode, date).
-    Each row needs its own mode (`chat_template_kwargs.enable_thinking`); a bad row is an error naming
-    the file and the pair, raised before any model loads."""
+    """The recipe's held-out pairs, checked and given chat_template_kwargs exactly as training rows of mode
+    `from_row` are (pipeline.data.preference_row); a bad pair is an error naming the file and the pair,
+    raised before any model loads."""
+    source = Source(path=recipe.eval_pairs, mode="from_row")
     pairs = []
     for i, row in enumerate(read_jsonl(recipe.eval_pairs), 1):
         try:
-            prompt, chosen, rejected = normalise_pair(row)
-            kwargs = template_kwargs(declared_thinking(row), today_date=recipe.chat.today_date,
-                                     knowledge_cutoff=recipe.chat.knowledge_cutoff, **row_kwargs(row))
+            pairs.append(preference_row(recipe, source, row))
         except BadRow as e:
             raise UserError(f"{recipe.eval_pairs}: pair {i}: {e}"
                             " (eval_pairs: held-out pairs in the training rows' layout, each with "
                             "chat_template_kwargs.enable_thinking)") from None
-        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chat_template_kwargs": kwargs})
     if not pairs:
         raise UserError(f"{recipe.eval_pairs}: no pairs (eval_pairs): add held-out pairs or remove the key")
     return pairs

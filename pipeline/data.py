@@ -169,12 +169,12 @@ def _tool_list(value, key: str) -> list:
     return value
 
 
-def declared_thinking(row: dict[str, Any], missing: str = "no chat_template_kwargs.enable_thinking") -> bool:
+def declared_thinking(row: dict[str, Any]) -> bool:
     """A row's own mode, `chat_template_kwargs.enable_thinking`: true or false, nothing else (a string
     "false" is truthy and would train a no-think row as a think row)."""
     kwargs = row.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict) or "enable_thinking" not in kwargs:
-        raise BadRow(missing)
+        raise BadRow("mode `from_row` but the row has no chat_template_kwargs.enable_thinking")
     if not isinstance(kwargs["enable_thinking"], bool):
         raise BadRow(f"chat_template_kwargs.enable_thinking must be true or false, got {kwargs['enable_thinking']!r}")
     return kwargs["enable_thinking"]
@@ -190,7 +190,7 @@ def row_mode(source: Source, row: dict[str, Any], messages: list[dict[str, Any]]
     if source.mode != "from_row":
         declared = source.mode == "think"
     else:
-        declared = declared_thinking(row, "mode `from_row` but the row has no chat_template_kwargs.enable_thinking")
+        declared = declared_thinking(row)
     rendered = resolve_thinking(messages, declared)
     if rendered != declared:
         flag = "/think" if rendered else "/no_think"
@@ -334,6 +334,20 @@ def normalise_pair(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[di
     return prompt, chosen, rejected
 
 
+def preference_row(recipe: TrainRecipe, source: Source, row: dict[str, Any]) -> dict[str, Any]:
+    """One pair as the APO stage trains on it and scores it held out: prompt, chosen, rejected, its mode
+    (`thinking`) and the chat_template_kwargs the template gets. A BadRow says why it cannot be used."""
+    prompt, chosen, rejected = normalise_pair(row)
+    thinking = row_mode(source, row, prompt + chosen)
+    validate_conversation(prompt + chosen, thinking)
+    extra = row_kwargs(row)
+    if not rejected[0]["content"].strip():
+        raise BadRow("empty rejected answer")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "thinking": thinking,
+            "chat_template_kwargs": template_kwargs(thinking, today_date=recipe.chat.today_date,
+                                                    knowledge_cutoff=recipe.chat.knowledge_cutoff, **extra)}
+
+
 def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
     """(conversational preference `datasets.Dataset` for TRL's DPO trainer, report dict).
 
@@ -349,19 +363,9 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
         kept = []
         for index, row in enumerate(tqdm(load_source(source), desc=f"reading {label}", leave=False)):
             try:
-                prompt, chosen, rejected = normalise_pair(row)
-                thinking = row_mode(source, row, prompt + chosen)
-                validate_conversation(prompt + chosen, thinking)
-                extra = row_kwargs(row)
-                if not rejected[0]["content"].strip():
-                    raise BadRow("empty rejected answer")
+                kept.append({**preference_row(recipe, source, row), "source": si})
             except BadRow as e:
                 quarantined.append({"source": label, "source_index": si, "row": index, "reason": str(e)})
-                continue
-            kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": si, "thinking": thinking,
-                         "chat_template_kwargs": template_kwargs(thinking, today_date=recipe.chat.today_date,
-                                                                 knowledge_cutoff=recipe.chat.knowledge_cutoff,
-                                                                 **extra)})
         if source.tokens is not None:
             lengths = [sum(len(m["content"]) for m in r["prompt"] + r["chosen"] + r["rejected"]) // 4 for r in kept]
             picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here

@@ -110,9 +110,13 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
 
 @pytest.mark.parametrize("line, problem", [
     ('{"prompt": "Hi", "chosen": "Hello."}', "pair 2: no `rejected` column"),
-    ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}', "pair 2: no chat_template_kwargs.enable_thinking"),
+    ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}',
+     "pair 2: mode `from_row` but the row has no chat_template_kwargs.enable_thinking"),
     ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.", "chat_template_kwargs": {"enable_thinking": "no"}}',
      "pair 2: chat_template_kwargs.enable_thinking must be true or false"),
+    # the training rows' own checks apply too (pipeline.data.preference_row)
+    ('{"prompt": "Hi", "chosen": "Hello.", "rejected": " ", "chat_template_kwargs": {"enable_thinking": false}}',
+     "pair 2: empty rejected answer"),
 ])
 def test_bad_held_out_pairs_fail_before_any_model_loads(write_recipe, tmp_path, monkeypatch, line, problem):
     good = json.dumps({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.",
