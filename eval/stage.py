@@ -159,9 +159,16 @@ def label(model: str) -> str:
     return path.name if path.is_dir() else model.removeprefix("embedded:")
 
 
-def moved(scores: list) -> bool:
-    """Whether scores range over MOVED or more; a None (the task could not run for a model) never moves."""
-    return None not in scores and max(scores) - min(scores) >= MOVED
+def moved_scores(results, tasks, modes) -> list[tuple[str, list[float]]]:
+    """("task (mode)", its score per model) for every score whose range over the models is MOVED or more;
+    a None (the task could not run for a model) never moves."""
+    out = []
+    for t in tasks:
+        for m in modes:
+            scores = [r["tasks"][t][m]["score"] for r in results]
+            if None not in scores and max(scores) - min(scores) >= MOVED:
+                out.append((f"{t} ({m})", scores))
+    return out
 
 
 def glance_table(results, tasks, modes, out: Path) -> list[str]:
@@ -170,11 +177,8 @@ def glance_table(results, tasks, modes, out: Path) -> list[str]:
     runs = [Path(r["model"]) for r in results]
     lines = ["| | " + " | ".join(f"**{label(r['model'])}**" for r in results) + " |",
              "|---" * (1 + len(results)) + "|"]
-    for t in tasks:
-        for m in modes:
-            scores = [r["tasks"][t][m]["score"] for r in results]
-            if moved(scores):
-                lines.append(f"| {t} ({m}) | " + " | ".join(f"{x:.2f}" for x in scores) + " |")
+    for name, scores in moved_scores(results, tasks, modes):
+        lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in scores) + " |")
 
     def row(name, cell):
         cells = [cell(run) if (run / "manifest.json").is_file() else "" for run in runs]
@@ -205,11 +209,8 @@ def plot_progress(results, tasks, modes, path: Path) -> None:
     """The models left to right (pipeline order), one line per (task, mode) score that moved."""
     fig, ax = pyplot().subplots(figsize=(max(6, 1.6 * len(results)), 4))
     xs = list(range(len(results)))
-    for t in tasks:
-        for m in modes:
-            scores = [r["tasks"][t][m]["score"] for r in results]
-            if moved(scores):
-                ax.plot(xs, scores, marker="o", label=f"{t} ({m})")
+    for name, scores in moved_scores(results, tasks, modes):
+        ax.plot(xs, scores, marker="o", label=name)
     points = held_out_points(results)
     if points:  # APO's own check: what it moves does not show in generation scores on a few prompts
         ax.plot(*zip(*points), marker="s", linestyle="--", color="black", label="held-out pairs preferred")
