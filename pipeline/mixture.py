@@ -123,6 +123,13 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
             chosen = _budget(source, columns["length"], rng)
+            if not chosen:  # a fraction too small for the source: as empty as a source with no usable row
+                problem = (f"data.sources.{si} ({_label(source)}): fraction {source.fraction:g} of its {len(good)} "
+                           f"usable rows selects none")
+                if not source.allow_empty:
+                    raise UserError(f"{problem}; raise it to at least {1 / len(good):.2g}, or remove the source")
+                print(f"{problem}; allowed by `allow_empty`")
+                continue
             stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
             parts.append(good.select(chosen))
     if not parts:
@@ -272,6 +279,8 @@ def _parse(line: str):
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise BadRow(f"not valid JSON ({e.msg})") from None
+    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] 100,000 deep
+        raise BadRow("not valid JSON (nested too deep to parse)") from None
 
 
 def _features():

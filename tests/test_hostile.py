@@ -1,0 +1,160 @@
+"""Hostile inputs and settings (issue 21, items 3, 5-10): secrets, connection settings that change
+between attempts, a flaky HTTP server, YAML alias bombs, huge and deeply nested rows, a budget that
+selects nothing. Each test failed on the code before its fix."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, sft_recipe
+
+SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
+
+
+def cli(*args, cache=None, timeout=120):
+    """The real CLI in a subprocess; `cache`: its own mixture cache (never the user's)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({"SMOLALIGN_CACHE": str(cache)} if cache else {})}
+    return subprocess.run(SMOLALIGN + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def chat_rows(n):
+    return [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(n)]
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as fh:
+        for r in rows:
+            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    from transformers import AutoTokenizer
+
+    from pipeline.chat import install_template
+
+    return install_template(AutoTokenizer.from_pretrained(tiny_model))
+
+
+def build(write_recipe, tmp_path, tok, data, **source):
+    """build_sft_mixture (what `prepare` and the training stages run) on one no-think source."""
+    from pipeline.mixture import build_sft_mixture
+    from pipeline.recipe import load_recipe
+
+    body = sft_recipe()
+    body["data"] = {"sources": [{"path": str(data), "mode": "no_think", **source}], "num_proc": 1}
+    body["training"]["max_length"] = 512
+    return build_sft_mixture(load_recipe(write_recipe(body)), tok, tmp_path / "cache", tmp_path / "q.jsonl")
+
+
+def quarantined(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "q.jsonl").read_text().splitlines()]
+
+
+# ---- 10. a fraction that selects no rows --------------------------------------------------------
+def test_a_fraction_that_selects_no_rows_is_one_clear_error(write_recipe, tmp_path, tok):
+    from pipeline.errors import UserError
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(10))
+    with pytest.raises(UserError, match=r"data.sources.0 \(.*chat.jsonl\): fraction 0.001 of its 10 usable rows "
+                                        r"selects none; raise it to at least 0.1") as e:
+        build(write_recipe, tmp_path, tok, data, fraction=0.001)
+    assert "\n" not in str(e.value)  # the CLI prints a UserError as one line and exits 2
+
+
+# ---- 9. a row nested 100,000 deep ----------------------------------------------------------------
+def test_a_row_nested_100000_deep_is_quarantined_as_invalid_json(write_recipe, tmp_path, tok):
+    deep = '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    _, report = build(write_recipe, tmp_path, tok, write_jsonl(tmp_path / "deep.jsonl", chat_rows(3) + [deep]))
+    assert report["rows"] == 3 and [(q["row"], q["reason"]) for q in quarantined(tmp_path)] == [
+        (3, "not valid JSON (nested too deep to parse)")]
+
+
+# ---- 6. a reply cut short; a Retry-After past the budget -----------------------------------------
+class Server:
+    """A real HTTP server on 127.0.0.1 (a thread of the test) answering POSTs from a script. A reply is
+    (status, headers, body) or "cut": a 200 that promises 1000 bytes, sends 20 and closes the connection."""
+
+    def __init__(self, replies):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies, self.received, lock = list(replies), [], threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    outer.received.append(dict(self.headers))
+                    reply = outer.replies.pop(0) if outer.replies else (200, {}, ok_reply())
+                if reply == "cut":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [{"text"')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                status, headers, body = reply
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ok_reply(text="Paris."):
+    return {"choices": [{"text": text, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+def ask(tiny_model, url, n=1, **kwargs):
+    from eval.backends import OpenAIBackend, Request, Sampling
+
+    backend = OpenAIBackend(tiny_model, base_url=url, concurrency=1, **kwargs)
+    return backend.generate([Request([{"role": "user", "content": f"q{i}"}]) for i in range(n)],
+                            Sampling(temperature=0.6, top_p=0.95, max_new_tokens=8))
+
+
+def test_a_reply_cut_short_mid_body_is_retried_like_a_dropped_connection(tiny_model):
+    with Server(["cut"]) as server:
+        out = ask(tiny_model, server.url, retry_budget_s=30)
+    assert [c.text for c in out] == ["Paris."] and len(server.received) == 2
+
+
+@pytest.mark.parametrize("retry_after", ["3600", "date"])
+def test_a_retry_after_past_the_budget_gives_up_at_once_and_says_so(tiny_model, retry_after):
+    import time
+    from email.utils import formatdate
+
+    from pipeline.errors import UserError
+
+    value = formatdate(time.time() + 3600, usegmt=True) if retry_after == "date" else retry_after
+    with Server([(503, {"Retry-After": value}, {"error": "overloaded"})] * 50) as server:
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=r"Retry-After.*(3600|359\d) s.*retry_budget_s \(20 s\)") as e:
+            ask(tiny_model, server.url, retry_budget_s=20)
+        assert time.monotonic() - t0 < 5 and len(server.received) == 1
+    assert "\n" not in str(e.value)
