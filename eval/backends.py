@@ -9,6 +9,9 @@ packs sequences (a KV cache would let packed documents see each other).
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import http.client
 import json
 import os
 import random
@@ -256,13 +259,20 @@ class OpenAIBackend(Backend):
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     return self._parse(resp.read())
             except urllib.error.HTTPError as e:
-                detail = e.read()[:500].decode("utf-8", "replace").strip()
+                detail = _error_detail(e)
                 if e.code not in (408, 429) and e.code < 500:
                     raise BackendError(f"{self.url}: HTTP {e.code} ({detail}); not retried: fix the request "
                                        "(e.g. prompt + max_new_tokens over the server's max_model_len)") from None
                 problem, wait = f"HTTP {e.code} ({detail})", _retry_after(e.headers.get("Retry-After"))
-            except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
+            # refused, reset, timed out, or a reply cut short mid-body (http.client.IncompleteRead)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 problem, wait = f"{type(e).__name__}: {getattr(e, 'reason', e)}", None
+            left = deadline - time.monotonic()
+            if wait is not None and wait > left:  # waiting as asked would outlast the budget: no point trying
+                raise BackendError(f"{self.url}: the server's Retry-After asks to wait {wait:.0f} s, more than the "
+                                   f"{max(left, 0):.0f} s left of backend.retry_budget_s ({self.retry_budget_s:g} s); "
+                                   f"gave up at once after {attempt} tries (last: {problem}); try later, or raise "
+                                   "backend.retry_budget_s")
             wait = wait if wait is not None else min(60.0, 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
             if time.monotonic() + wait > deadline:
                 raise BackendError(f"{self.url}: gave up after {attempt} tries in {self.retry_budget_s:g} s "
@@ -301,10 +311,30 @@ class OpenAIBackend(Backend):
 
 
 def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110); None if absent
+    or unreadable."""
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+def _error_detail(error: urllib.error.HTTPError) -> str:
+    """The start of an error reply's body (the server's own message), even when it is cut short."""
+    try:
+        raw = error.read(500)
+    except (OSError, http.client.HTTPException):
+        return "reply cut short"
+    return raw.decode("utf-8", "replace").strip()
 
 
 def finish_reason(reason: str | None) -> str:
