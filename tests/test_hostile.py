@@ -158,3 +158,39 @@ def test_a_retry_after_past_the_budget_gives_up_at_once_and_says_so(tiny_model, 
             ask(tiny_model, server.url, retry_budget_s=20)
         assert time.monotonic() - t0 < 5 and len(server.received) == 1
     assert "\n" not in str(e.value)
+
+
+# ---- 7. YAML alias bombs ---------------------------------------------------------------------------
+def alias_bomb(levels: int, key: str = "lol") -> str:
+    """~1 KB of YAML whose aliases expand to 9**levels strings."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\n{key}: *a{levels - 1}\n"
+
+
+@pytest.mark.parametrize("where", ["top", "lr_scheduler_kwargs"])
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, where):
+    import time
+
+    import yaml
+
+    body = yaml.safe_dump(sft_recipe(), sort_keys=False)
+    if where == "top":  # 9**9 strings: 33 s and 1.6 GB before this check, one level more a MemoryError
+        text = alias_bomb(9) + body
+    else:  # 9**6 strings inside a free-form TRL block: validated "ok"
+        text = alias_bomb(6, "anchors").replace("anchors: *a5", "") + body.replace(
+            "training:\n", "training:\n  lr_scheduler_kwargs: {min_lr_rate: 0.1, spam: *a5}\n")
+    t0 = time.monotonic()
+    out = cli("validate", str(write_recipe(text)), timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "aliases" in out.stdout and "expand" in out.stdout and "Traceback" not in out.stderr
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_recipe_with_a_few_aliases_still_loads(write_recipe):
+    from pipeline.recipe import load_recipe
+
+    text = ("name: t\nstage: sft\nmodel: {name_or_path: embedded:tiny-smollm3}\n"
+            "data: {sources: [&src {path: data.jsonl, mode: no_think}, *src]}\n"
+            "training: {max_steps: 1, bf16: false}\n")
+    assert [s.path for s in load_recipe(write_recipe(text)).data.sources] == ["data.jsonl"] * 2
