@@ -228,6 +228,10 @@ NON_IDENTITY_FIELDS = {"description", "output_dir"}
 NON_IDENTITY_TRAINING_KEYS = {"logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name",
                               "disable_tqdm", "save_total_limit", "push_to_hub", "hub_model_id", "hub_token",
                               "hub_private_repo", "hub_strategy"}
+# How a generation server is reached (synth, merge sweep, eval): fixing them after a run gave up
+# (a longer retry budget, a moved server) must resume it with the rows it has, not start over.
+NON_IDENTITY_BACKEND_KEYS = {"base_url", "served_model_name", "api_key_env", "concurrency", "timeout_s",
+                             "retry_budget_s"}
 SECRET = re.compile(r"token|key|secret|password", re.I)
 
 
@@ -238,6 +242,8 @@ def identity_hash(recipe) -> str:
         data.pop(name, None)
     if isinstance(data.get("training"), dict):
         data["training"] = {k: v for k, v in data["training"].items() if k not in NON_IDENTITY_TRAINING_KEYS}
+    if isinstance(data.get("backend"), dict):
+        data["backend"] = {k: v for k, v in data["backend"].items() if k not in NON_IDENTITY_BACKEND_KEYS}
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -194,3 +194,36 @@ def test_a_recipe_with_a_few_aliases_still_loads(write_recipe):
             "data: {sources: [&src {path: data.jsonl, mode: no_think}, *src]}\n"
             "training: {max_steps: 1, bf16: false}\n")
     assert [s.path for s in load_recipe(write_recipe(text)).data.sources] == ["data.jsonl"] * 2
+
+
+# ---- 5. connection settings are not part of a run's identity ---------------------------------------
+def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recipe, tmp_path, tiny_model,
+                                                                     monkeypatch):
+    import synth.stage as synth_stage
+    from pipeline.errors import UserError
+    from pipeline.recipe import load_recipe
+    from pipeline.runs import read_manifest
+
+    monkeypatch.setattr(synth_stage, "BATCH", 4)
+
+    def recipe(backend):
+        return load_recipe(write_recipe({
+            "name": "t", "stage": "synth-traces", "output_dir": str(tmp_path / "synth"),
+            "teacher": {"name_or_path": tiny_model}, "modes": ["no_think"],
+            "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")}]},
+            "filters": {"dedup": "none", "decontaminate": False},
+            "backend": {"kind": "openai", **backend}}))
+
+    # the first server answers 8 prompts, then is overloaded; a budget of 0 s gives up at once
+    with Server([(200, {}, ok_reply())] * 8 + [(503, {}, {"error": "overloaded"})] * 20) as flaky:
+        with pytest.raises(UserError, match="gave up"):
+            synth_stage.run(recipe({"base_url": flaky.url, "retry_budget_s": 0, "concurrency": 1}))
+    # the user moves to another server, with a longer budget, more concurrency and a shorter timeout
+    with Server([]) as healthy:
+        out = synth_stage.run(recipe({"base_url": healthy.url, "retry_budget_s": 300, "concurrency": 4,
+                                      "timeout_s": 30, "served_model_name": "teacher"}))
+        assert len(healthy.received) == 8  # only what the first server never answered
+    manifest = read_manifest(out)
+    assert manifest["resumed"] is True and [a["status"] for a in manifest["attempts"]] == ["failed", "complete"]
+    assert json.loads((out / "report.json").read_text())["generations"] == 16
+    assert manifest["recipe"]["backend"]["base_url"] == healthy.url  # the manifest shows the settings that ran
