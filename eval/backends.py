@@ -9,6 +9,7 @@ packs sequences (a KV cache would let packed documents see each other).
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.utils
 import http.client
@@ -17,6 +18,7 @@ import os
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 from pipeline.errors import UserError
+from pipeline.secrets import remember
 
 
 @dataclass
@@ -241,10 +244,16 @@ class OpenAIBackend(Backend):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.url = base_url.rstrip("/") + "/completions"
+        url, user_password = split_credentials(base_url.rstrip("/") + "/completions")
+        self.url = url  # what messages show: without the password
         self.model = served_name or model_path
         self.concurrency, self.timeout_s, self.retry_budget_s = concurrency, timeout_s, retry_budget_s
         self.headers = {"Content-Type": "application/json"}
+        if user_password and api_key:
+            raise UserError(f"backend.base_url {url} carries user:password@ and backend.api_key_env an API key: both "
+                            "go in the one Authorization header; keep one")
+        if user_password:  # what a user:password@host URL means over HTTP (a proxy with basic auth)
+            self.headers["Authorization"] = "Basic " + base64.b64encode(user_password.encode()).decode()
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
@@ -310,6 +319,19 @@ class OpenAIBackend(Backend):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """(`url` without `user:password@`, "user:password" or None). urllib would take the user info for
+    part of the host name, and every message that names the URL would show the password."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    user_info, host = parts.netloc.rsplit("@", 1)
+    user, _, password = user_info.partition(":")
+    remember(password)  # a message quoting it from elsewhere is redacted too
+    user_password = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), user_password
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110); None if absent
     or unreadable."""
@@ -357,6 +379,7 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
         api_key = os.environ.get(spec.api_key_env)
         if not api_key:
             raise UserError(f"backend.api_key_env: the environment variable {spec.api_key_env} is not set")
+        remember(api_key)
     return OpenAIBackend(model_path, base_url=spec.base_url, served_name=spec.served_model_name,
                          concurrency=spec.concurrency, timeout_s=spec.timeout_s, retry_budget_s=spec.retry_budget_s,
                          api_key=api_key, renderer_kwargs=renderer_kwargs)

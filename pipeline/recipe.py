@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.checks import check_recipe
 from pipeline.errors import UserError
 from pipeline.schema import RECIPE_CLASSES, STAGES
+from pipeline.secrets import remember_secrets
 
 
 class _Loader(yaml.SafeLoader):
@@ -139,6 +140,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
     lines = _key_lines(text)
     for item in overrides:
         _apply_override(raw, item, str(path))
+    remember_secrets(raw)  # a message that echoes a token's value (a wrong type, say) must not show it
 
     source = str(path)
     declared = raw.get("stage")

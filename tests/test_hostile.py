@@ -4,6 +4,7 @@ selects nothing. Each test failed on the code before its fix."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,27 @@ def write_jsonl(path, rows):
         for r in rows:
             fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
     return path
+
+
+def run_cli(monkeypatch, capfd, *args):
+    """The CLI's main() in this process (faster than a subprocess when TRL is imported already), as
+    (returncode, stdout, stderr) like subprocess.run."""
+    from pipeline.cli import main
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() installs its own: put pytest's back after
+    capfd.readouterr()
+    code = main(list(args))
+    captured = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def one_error_line(out):
+    """What a user error prints: exit 2, one `error:` line on stderr (among progress bars), no traceback."""
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out.stderr).splitlines()  # less progress bars' cursor moves
+    errors = [line.strip() for line in lines if line.strip().startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +249,73 @@ def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recip
     assert manifest["resumed"] is True and [a["status"] for a in manifest["attempts"]] == ["failed", "complete"]
     assert json.loads((out / "report.json").read_text())["generations"] == 16
     assert manifest["recipe"]["backend"]["base_url"] == healthy.url  # the manifest shows the settings that ran
+
+
+# ---- 3. no secret in any file we write or any line we print ----------------------------------------
+HUB_TOKEN = "hf_" + "Q7dLmP2xVb9KcR4tWz8NfYs1HgJe6Ua3Ko"  # the shape of a Hugging Face token
+SK_TOKEN = "sk-" + "proj-4fGh7JkL9mNq2RsT5vWx8Yz1Ab3Cd6Ef"
+PASSWORD = "s3cr3t-pa55w0rd-that-is-long"
+
+
+def files_holding(directory, *secrets):
+    """Every file under `directory` (binary ones too: training_args.bin is a pickle) holding one of `secrets`."""
+    found = []
+    for path in directory.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.relative_to(directory)}: {s}" for s in secrets if s.encode() in data]
+    return found
+
+
+@pytest.mark.slow  # ~25 s: one step of real training, saved twice (checkpoint and run)
+def test_a_training_run_writes_no_token_into_any_file(write_recipe, tmp_path):
+    from pipeline import sft
+    from pipeline.recipe import load_recipe
+
+    body = sft_recipe(output_dir=str(tmp_path / "runs" / "sft"),
+                      description=f"pushes with {HUB_TOKEN}; teacher key {SK_TOKEN}")
+    body["data"]["sources"][0]["path"] = str(REPO / "data/demo/chat_no_think.jsonl")
+    body["training"].update(max_steps=1, save_strategy="steps", save_steps=1, max_length=128,
+                            hub_token=HUB_TOKEN, run_name=f"try-{HUB_TOKEN}", eos_token="<|im_end|>")
+    out = sft.run(load_recipe(write_recipe(body)))
+    assert (out / "training_args.bin").is_file() and (out / "checkpoint-1" / "training_args.bin").is_file()
+    assert files_holding(out, HUB_TOKEN, SK_TOKEN) == []
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]
+    assert recipe["training"]["hub_token"] == "<redacted>" and "<redacted>" in recipe["training"]["run_name"]
+    # names that only look like secrets stay readable
+    assert recipe["training"]["eos_token"] == "<|im_end|>" and recipe["description"].startswith("pushes with")
+
+
+def test_a_password_in_base_url_is_sent_as_basic_auth_and_never_printed_or_written(write_recipe, tmp_path,
+                                                                                     tiny_model, monkeypatch, capfd):
+    import base64
+
+    from pipeline.recipe import load_recipe
+    from pipeline.runs import stage_run
+
+    with Server([]) as server:
+        ask(tiny_model, server.url.replace("://", f"://me:{PASSWORD}@"), retry_budget_s=5)
+        assert server.received[0]["Authorization"] == "Basic " + base64.b64encode(f"me:{PASSWORD}".encode()).decode()
+        closed = server.port
+    body = {"name": "t", "stage": "synth-traces", "output_dir": str(tmp_path / "synth"),
+            "teacher": {"name_or_path": tiny_model}, "modes": ["no_think"],
+            "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")}]},
+            "backend": {"kind": "openai", "base_url": f"http://me:{PASSWORD}@127.0.0.1:{closed}/v1",
+                        "retry_budget_s": 0}}
+    out = run_cli(monkeypatch, capfd, "synth-traces", "--recipe", str(write_recipe(body)))  # the server is gone
+    line = one_error_line(out)
+    assert "gave up" in line and f"127.0.0.1:{closed}" in line and PASSWORD not in out.stderr + out.stdout
+    assert files_holding(tmp_path / "synth.partial", PASSWORD) == []
+    with stage_run(load_recipe(write_recipe(body))) as run:  # the manifest of a run that finishes, too
+        pass
+    assert files_holding(run.final, PASSWORD) == [] and "me:<redacted>@127.0.0.1" in (
+        run.final / "manifest.json").read_text()
+
+
+def test_a_secret_value_is_not_echoed_by_a_recipe_error(write_recipe, monkeypatch, capfd):
+    body = sft_recipe()
+    body["training"]["hub_token"] = ["not-a-real-shape-but-secret-123"]  # a wrong type: the check quotes it
+    body["training"]["learning_rate"] = "fast"
+    out = run_cli(monkeypatch, capfd, "validate", str(write_recipe(body)))
+    assert out.returncode == 2 and "training.learning_rate" in out.stdout and "training.hub_token" in out.stdout
+    assert "not-a-real-shape-but-secret-123" not in out.stdout + out.stderr
