@@ -62,13 +62,14 @@ def tok(tiny_model):
     return install_template(AutoTokenizer.from_pretrained(tiny_model))
 
 
-def build(write_recipe, tmp_path, tok, data, **source):
+def build(write_recipe, tmp_path, tok, data, data_settings=None, **source):
     """build_sft_mixture (what `prepare` and the training stages run) on one no-think source."""
     from pipeline.mixture import build_sft_mixture
     from pipeline.recipe import load_recipe
 
     body = sft_recipe()
-    body["data"] = {"sources": [{"path": str(data), "mode": "no_think", **source}], "num_proc": 1}
+    body["data"] = {"sources": [{"path": str(data), "mode": "no_think", **source}], "num_proc": 1,
+                    **(data_settings or {})}
     body["training"]["max_length"] = 512
     return build_sft_mixture(load_recipe(write_recipe(body)), tok, tmp_path / "cache", tmp_path / "q.jsonl")
 
@@ -319,3 +320,67 @@ def test_a_secret_value_is_not_echoed_by_a_recipe_error(write_recipe, monkeypatc
     out = run_cli(monkeypatch, capfd, "validate", str(write_recipe(body)))
     assert out.returncode == 2 and "training.learning_rate" in out.stdout and "training.hub_token" in out.stdout
     assert "not-a-real-shape-but-secret-123" not in out.stdout + out.stderr
+
+
+# ---- 8. a size bound on a row -----------------------------------------------------------------------
+def big_row(chars):
+    return {"messages": [{"role": "user", "content": "Summarise this."},
+                         {"role": "assistant", "content": "word " * (chars // 5)}]}
+
+
+def test_a_row_over_the_size_bound_is_quarantined_with_its_size(write_recipe, tmp_path, tok):
+    from datasets import Dataset
+
+    # max_length 512: the default bound is 1 MiB; this row would be ~300k tokens, silently cut to 512
+    rows = chat_rows(3) + [big_row(1_200_000)]
+    data = write_jsonl(tmp_path / "big.jsonl", rows)
+    size = len(json.dumps(rows[-1])) + 1  # its line, newline included
+    _, report = build(write_recipe, tmp_path, tok, data)
+    assert report["rows"] == 3 and [(q["row"], q["reason"]) for q in quarantined(tmp_path)] == [
+        (3, f"row of {size:,} bytes, over the 1,048,576-byte limit (data.max_row_bytes); not read: split it or "
+            "raise the limit")]
+    # a parquet row (or a Hub dataset's) is measured by the text it holds
+    Dataset.from_list(chat_rows(3) + [big_row(5000)]).to_parquet(str(tmp_path / "big.parquet"))
+    _, report = build(write_recipe, tmp_path, tok, tmp_path / "big.parquet", {"max_row_bytes": 4096})
+    assert report["rows"] == 3 and [q["row"] for q in quarantined(tmp_path)] == [3]
+    assert "over the 4,096-byte limit" in quarantined(tmp_path)[0]["reason"]
+
+
+def test_the_default_bound_follows_max_length():
+    from pipeline.mixture import row_byte_limit
+    from pipeline.schema import TrainRecipe
+
+    def recipe(max_length=None, limit=None):
+        body = sft_recipe()
+        body["training"] = {"max_length": max_length} if max_length else {}
+        body["data"]["max_row_bytes"] = limit
+        return TrainRecipe.model_validate(body)
+
+    assert row_byte_limit(recipe(65536)) == 64 * 65536  # SFT at 64k: 4 MiB, room for any 64k-token row
+    assert row_byte_limit(recipe(512)) == 1 << 20  # never below 1 MiB
+    assert row_byte_limit(recipe()) == 16 << 20 and row_byte_limit(recipe(512, 1000)) == 1000
+
+
+@pytest.mark.slow  # ~20 s: writes a 50 MB line and runs `prepare` in a fresh process
+def test_a_50_mb_line_is_quarantined_without_being_read(write_recipe, tmp_path, tiny_model):
+    data = tmp_path / "huge.jsonl"
+    with open(data, "w") as fh:
+        for row in chat_rows(600):  # enough rows that two map workers share them (num_proc 2)
+            fh.write(json.dumps(row) + "\n")
+        fh.write(json.dumps(big_row(50_000_000)) + "\n")
+    body = sft_recipe(output_dir=str(tmp_path / "runs" / "sft"))
+    body["model"]["name_or_path"] = tiny_model
+    body["data"] = {"sources": [{"path": str(data), "mode": "no_think"}], "num_proc": 2}
+    recipe = write_recipe(body)
+    # peak RSS of the prepare process and every worker it ran: a parent of its own, so no earlier child counts
+    measure = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", measure, *SMOLALIGN, "prepare", "--recipe", str(recipe)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "SMOLALIGN_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    peak_mb = int(out.stdout.strip().splitlines()[-1])
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "runs" / "sft.quarantine.jsonl").open()]
+    assert len(reasons) == 1 and reasons[0].startswith("row of 50,000,") and "1,048,576-byte limit" in reasons[0]
+    assert peak_mb < 1500, f"peak RSS {peak_mb} MB"  # measured 7.3 GB before the bound
+    print(f"peak RSS with a 50 MB line: {peak_mb} MB")
