@@ -384,3 +384,19 @@ def test_a_50_mb_line_is_quarantined_without_being_read(write_recipe, tmp_path, 
     assert len(reasons) == 1 and reasons[0].startswith("row of 50,000,") and "1,048,576-byte limit" in reasons[0]
     assert peak_mb < 1500, f"peak RSS {peak_mb} MB"  # measured 7.3 GB before the bound
     print(f"peak RSS with a 50 MB line: {peak_mb} MB")
+
+
+def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path):
+    from pipeline.data import build_preference_mixture
+    from pipeline.errors import UserError
+    from pipeline.recipe import load_recipe
+
+    pairs = str(REPO / "data/demo/preferences.jsonl")
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
+        "data": {"sources": [{"path": pairs, "mode": "from_row"}, {"path": pairs, "mode": "from_row",
+                                                                    "fraction": 0.001}]},
+        "training": {"loss_type": "apo_zero"}}))
+    with pytest.raises(UserError, match=r"data.sources.1 \(.*preferences.jsonl\): fraction 0.001 of its 64 usable "
+                                        r"pairs selects none"):
+        build_preference_mixture(recipe, tmp_path / "q.jsonl")
