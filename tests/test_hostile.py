@@ -400,3 +400,18 @@ def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_sile
     with pytest.raises(UserError, match=r"data.sources.1 \(.*preferences.jsonl\): fraction 0.001 of its 64 usable "
                                         r"pairs selects none"):
         build_preference_mixture(recipe, tmp_path / "q.jsonl")
+
+
+def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
+    import synth.stage as synth_stage
+    from pipeline.errors import UserError
+    from pipeline.recipe import load_recipe
+
+    more = write_jsonl(tmp_path / "more.jsonl", chat_rows(10))
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": "embedded:tiny-smollm3"},
+        "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")},
+                                {"path": str(more), "fraction": 0.001}]}}))
+    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 prompts "
+                                        r"selects none"):
+        synth_stage.load_prompts(recipe)
