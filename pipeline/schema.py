@@ -101,7 +101,8 @@ class BackendSpec(Strict):
                                                 "automatic YaRN scaling.")
     enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
                                 "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
-    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
+    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint; `user:password@` in it "
+                                  "is sent as HTTP basic auth and never shown.")
     served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
                                           "(`vllm serve --served-model-name`); default the model path.")
     api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
