@@ -406,6 +406,83 @@ def test_only_google_ifeval_is_comparable():
     assert IFEvalTask(source="google/IFEval").aggregate([ex], [task.score(ex, "x", "no_think")])["comparable"] == 1.0
 
 
+LETTERS = ["keywords:letter_frequency"]
+
+
+def letters(letter, relation, frequency):
+    return ifeval_example(LETTERS, [{"letter": letter, "let_relation": relation, "let_frequency": frequency}])
+
+
+def test_letter_frequency_counts_the_character_it_is_given_on_every_run():
+    """google's current checker counts the `letter` kwarg as given; if-verifiable 0.1.2 ships the older one,
+    which swaps a non-letter (`!`, `#`: google/IFEval has both) for a random letter on every call."""
+    from eval.tasks import IFEvalTask
+
+    task = IFEvalTask()
+    bangs = letters("!", "at least", 6)
+    assert {task.score(bangs, "Wow! Yes! Go! Run! Now! Ok!", "no_think")["score"] for _ in range(40)} == {1.0}
+    assert {task.score(bangs, "Wow! Yes! Go! Run! Now!", "no_think")["score"] for _ in range(40)} == {0.0}
+    hashes = letters("#", "less than", 2)
+    assert {task.score(hashes, "# Title\nabc", "no_think")["score"] for _ in range(40)} == {1.0}
+    assert {task.score(hashes, "# One\n## Two", "no_think")["score"] for _ in range(40)} == {0.0}
+
+
+def test_letter_frequency_agrees_with_the_reference_checker_on_letters():
+    """On a-z, where google's checker (if-verifiable's copy of it) is deterministic, ours gives its verdicts."""
+    import random
+
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    from eval.tasks import IFEvalTask
+
+    rng, task, verdicts = random.Random(0), IFEvalTask(), set()
+    for _ in range(300):
+        text = "".join(rng.choice("aAbBeE xyz!.\n") for _ in range(rng.randint(1, 40)))
+        kwargs = {"letter": rng.choice("abeABE"), "let_relation": rng.choice(["less than", "at least"]),
+                  "let_frequency": rng.randint(0, 12)}
+        reference = INSTRUCTION_DICT[LETTERS[0]](LETTERS[0])
+        reference.build_description(**kwargs)
+        expected = bool(text.strip() and reference.check_following(text))
+        ours = task.score(ifeval_example(LETTERS, [kwargs]), text, "no_think")["score"]
+        assert ours == float(expected), (text, kwargs)
+        verdicts.add(expected)
+    assert verdicts == {True, False}
+
+
+def test_language_detection_gives_the_same_verdict_on_every_run():
+    """langdetect draws at random unless seeded: "Jo jo" is Finnish or Slovenian from one call to the next."""
+    from eval.tasks import IFEvalTask
+
+    task = IFEvalTask()
+    finnish = ifeval_example(["language:response_language"], [{"language": "fi"}])
+    assert len({task.score(finnish, "Jo jo", "no_think")["score"] for _ in range(60)}) == 1
+
+
+NTH = ["length_constraints:nth_paragraph_first_word"]
+BOOSTER = [{"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "booster"}]
+
+
+def test_ifeval_checks_the_response_as_written_as_google_does():
+    """google checks the raw text: leading blank lines make the first paragraph empty (strict fails;
+    loose, without the first line, passes). Only a think block, and the line breaks after it, are removed."""
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    from eval.tasks import IFEvalTask
+
+    raw = "\n\nBooster shots help.\n\nThat is all."
+    reference = INSTRUCTION_DICT[NTH[0]](NTH[0])
+    reference.build_description(**BOOSTER[0])
+    assert not reference.check_following(raw) and reference.check_following(raw.strip())
+    task, example = IFEvalTask(), ifeval_example(NTH, BOOSTER)
+    ours = task.score(example, raw, "no_think")
+    assert (ours["prompt_strict"], ours["prompt_loose"]) == (0.0, 1.0)
+    thought = task.score(example, "<think>\nTwo paragraphs.\n</think>\n\nBooster shots help.\n\nThat is all.", "think")
+    assert (thought["prompt_strict"], thought["prompt_loose"]) == (1.0, 1.0)
+    # trailing whitespace is the response's own: an end phrase followed by blank lines is still checked raw
+    end = ifeval_example(["startend:end_checker"], [{"end_phrase": "Any other questions?"}])
+    assert task.score(end, "Done. Any other questions?\n\n", "no_think")["score"] == 1.0
+
+
 # ---- mode adherence ----------------------------------------------------------------------------
 NO_THINK_BAD = [
     "Okay, so the user is asking about the boiling point of water. At sea level it is 100 °C.\n\n100 °C.",
