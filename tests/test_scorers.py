@@ -280,6 +280,11 @@ def math_score(reference, completion):
     # a CNMO answer math-verify cannot turn into mathematics is compared as text, not read as "0"
     ("$\\lambda=2\\sqrt{2}, A(\\pm 1, 0)$", "\\boxed{0}", False),
     ("$\\lambda=2\\sqrt{2}, A(\\pm 1, 0)$", "\\boxed{\\lambda=2\\sqrt{2}, A(\\pm 1, 0)}", True),
+    # ... where spacing never decides: whitespace and LaTeX spacing commands are left out on both sides
+    ("\\lambda=2\\sqrt{2}, A(\\pm 1, 0)", "\\boxed{\\lambda=2\\sqrt{2},\\ A(\\pm1,0)}", True),
+    ("$\\lambda=2\\sqrt{2},\\;A(\\pm1,0)$", "\\boxed{\\lambda = 2\\sqrt{2},\\, A(\\pm 1,\\! 0)}", True),
+    ("\\lambda=2\\sqrt{2}, A(\\pm 1, 0)", "\\boxed{\\lambda=2\\sqrt{3},\\ A(\\pm1,0)}", False),
+    ("\\lambda=2\\sqrt{2}, A(\\pm 1, 0)", "\\boxed{\\lambda=2\\sqrt{2},\\ B(\\pm1,0)}", False),
     ("204", "<think>\\boxed{204}</think> I could not finish.", False),  # the think block is not the answer
     ("204", "", False),
 ])
