@@ -236,7 +236,7 @@ def checkers() -> dict:
     from if_verifiable.ifeval.instructions import LetterFrequencyChecker
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
-    class CurrentLetterFrequency(LetterFrequencyChecker):
+    class LetterFrequencyAsGiven(LetterFrequencyChecker):
         """Counts the character given, whatever it is (google/IFEval asks for `!` and `#`)."""
 
         def build_description(self, *, letter=None, let_frequency=None, let_relation=None):
@@ -250,4 +250,4 @@ def checkers() -> dict:
                                                     let_relation=self._comparison_relation)
 
     langdetect.DetectorFactory.seed = 0
-    return {**INSTRUCTION_DICT, "keywords:letter_frequency": CurrentLetterFrequency}
+    return {**INSTRUCTION_DICT, "keywords:letter_frequency": LetterFrequencyAsGiven}
