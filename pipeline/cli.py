@@ -27,8 +27,8 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, raise_problems
+from pipeline.redaction import redact_text
 from pipeline.schema import STAGES
-from pipeline.secrets import redact_text
 
 # Stage -> module with `run(recipe, overwrite=False) -> Path` (synth stages also take `shard`).
 STAGE_MODULES = {

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.checks import check_recipe
 from pipeline.errors import UserError
+from pipeline.redaction import remember_secrets
 from pipeline.schema import RECIPE_CLASSES, STAGES
-from pipeline.secrets import remember_secrets
 
 
 class _Loader(yaml.SafeLoader):

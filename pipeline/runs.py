@@ -32,7 +32,7 @@ from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
 from pipeline.recipe import recipe_hash
-from pipeline.secrets import redact
+from pipeline.redaction import redact
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",

@@ -17,8 +17,8 @@ from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
 from pipeline.models import resolve_model
+from pipeline.redaction import redact
 from pipeline.schema import ModelSpec, TrainRecipe
-from pipeline.secrets import redact
 
 
 # ----------------------------------------------------------------------------------------------
