@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 from pipeline.errors import UserError
-from pipeline.secrets import remember
+from pipeline.redaction import remember
 
 
 @dataclass

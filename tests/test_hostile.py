@@ -415,3 +415,21 @@ def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
     with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 prompts "
                                         r"selects none"):
         synth_stage.load_prompts(recipe)
+
+
+def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
+    from pipeline.recipe import load_recipe
+    from pipeline.runs import read_manifest, stage_run
+
+    body = sft_recipe(output_dir=str(tmp_path / "sft"), description=f"see https://me:{PASSWORD}@host/x, {SK_TOKEN}")
+    body["data"]["sources"][0]["path"] = str(REPO / "data/demo/chat_no_think.jsonl")
+    body["training"].update(hub_token=HUB_TOKEN, run_name=f"run-{HUB_TOKEN}", eos_token="<|im_end|>",
+                            include_num_input_tokens_seen="non_padding", hub_model_id="me/model")
+    with stage_run(load_recipe(write_recipe(body))):
+        pass
+    recipe = read_manifest(tmp_path / "sft")["recipe"]
+    assert recipe["description"] == "see https://me:<redacted>@host/x, <redacted>"
+    assert recipe["training"]["hub_token"] == "<redacted>" and recipe["training"]["run_name"] == "run-<redacted>"
+    # keys that only contain "token" or "key" are not secrets: they stay readable
+    assert (recipe["training"]["eos_token"], recipe["training"]["include_num_input_tokens_seen"],
+            recipe["training"]["hub_model_id"]) == ("<|im_end|>", "non_padding", "me/model")
