@@ -144,7 +144,7 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
     if pub is None:
         return None
     ours = flatten(resolved(recipe))
-    defaults = trl_defaults(recipe.stage) if "training" in ours or any(k.startswith("training.") for k in ours) else {}
+    defaults = trl_defaults(recipe.stage)  # every published stage is a training stage
     rows = []
     for path, entry in pub["keys"].items():
         theirs, shown = entry["value"], entry["value"]
