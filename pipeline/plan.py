@@ -205,10 +205,10 @@ def _global_batch_row(recipe, pub, gpus: int) -> dict[str, Any] | None:
         return None
     per_device = int(t.get("per_device_train_batch_size", 8))
     accumulation = pub["global_batch"] / (gpus * per_device)
-    fix = (f" To match on {gpus} GPUs: gradient_accumulation_steps={accumulation:g}."
+    fix = (f"; to match it on {gpus} GPU(s): gradient_accumulation_steps={accumulation:g}"
            if accumulation == int(accumulation) and accumulation >= 1 else "")
     return {"key": "global batch (GPUs x per-device x accumulation)",
-            "published": f"{pub['global_batch']} ({pub['gpus']} GPUs)", "ours": f"{ours} on {gpus} GPUs",
+            "published": f"{pub['global_batch']} ({pub['gpus']} GPUs)", "ours": f"{ours} on {gpus} GPU(s)",
             "changes_identity": True, "note": note_for("training.gradient_accumulation_steps") + fix}
 
 
@@ -476,6 +476,11 @@ def _memory_hint(t: dict[str, Any], memory: dict[str, Any]) -> str:
     return "; shard more (zero3 / fsdp2, more GPUs), lower max_length, or turn on Liger"
 
 
+def _published_mixture(recipe) -> bool:
+    """Whether the recipe's sources and weights are the published ones (its token count then applies)."""
+    return not _source_differences(recipe, published()["stages"][recipe.stage])
+
+
 def _work(recipe, data: dict[str, Any], max_length: int) -> dict[str, Any]:
     """Rows and tokens an epoch holds, from the built mixture, or from the published token count as an estimate."""
     if data.get("status") == "built":
@@ -490,7 +495,7 @@ def _work(recipe, data: dict[str, Any], max_length: int) -> dict[str, Any]:
         return {"rows_per_epoch": data["rows"], "tokens_per_epoch": data["tokens"],
                 "span": data["tokens"] / max(2 * data["rows"], 1), "work_from": "the pairs"}
     pub = published()["stages"].get(recipe.stage, {}).get("tokens_per_epoch")
-    if pub and recipe.stage in ("midtrain", "sft"):
+    if pub and recipe.stage in ("midtrain", "sft") and _published_mixture(recipe):
         return {"rows_per_epoch": math.ceil(pub["value"] / max_length), "tokens_per_epoch": pub["value"],
                 "span": max_length, "work_from": f"estimate: the published token count ({pub['from']}), full "
                 "rows of max_length, attention over whole rows (an upper bound); `make prepare` gives this mixture's"}
@@ -555,13 +560,16 @@ def _yes(flag: bool) -> str:
     return "changes" if flag else "no"
 
 
-def _cell(value: Any, width: int = 44) -> str:
+def _cell(value: Any, width: int = 44, keep_end: bool = False) -> str:
+    """A value cut to `width` characters; keys keep their end, where sources differ (their split)."""
     text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    if len(text) <= width:
+        return text
+    return "..." + text[3 - width:] if keep_end else text[: width - 3] + "..."
 
 
 def _table(header: list[str], rows: list[list[Any]], notes: list[str] | None = None) -> list[str]:
-    cells = [[_cell(c) for c in row] for row in rows]
+    cells = [[_cell(c, 64, keep_end=True) if i == 0 else _cell(c) for i, c in enumerate(row)] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
     out = ["  " + "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     for i, row in enumerate(cells):

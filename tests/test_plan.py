@@ -48,7 +48,7 @@ def test_the_real_sft_recipe_shows_the_known_differences_from_the_published_conf
     assert warmup["published_as"] == "warmup_ratio" and "removed in transformers 5" in warmup["note"]
     assert "strftime_now" in rows["chat.template"]["note"]
     batch = rows["global batch (GPUs x per-device x accumulation)"]
-    assert batch["published"] == "128 (64 GPUs)" and batch["ours"] == "16 on 8 GPUs"
+    assert batch["published"] == "128 (64 GPUs)" and batch["ours"] == "16 on 8 GPU(s)"
     assert "gradient_accumulation_steps=16" in batch["note"]
     # equal values are not differences, and the 25 splits and their weights are the published ones
     assert not {"training.learning_rate", "training.max_length", "training.lr_scheduler_kwargs"} & set(rows)
