@@ -334,11 +334,13 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
     n = len(recipe.data.sources)
     rows, tokens = np.bincount(source, minlength=n), np.bincount(source, weights=length, minlength=n)
     trained_by = np.bincount(source, weights=trained, minlength=n)
+    over_by = np.bincount(source, weights=length > max_length, minlength=n) if max_length else np.zeros(n)
     return {
         "fingerprint": fingerprint, "rows": int(len(source)), "quarantined": sum(quarantined),
         "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": int(rows[i]),
                      "tokens": int(tokens[i]),
-                     "trained_tokens": int(trained_by[i]), "quarantined": quarantined[i]}
+                     "trained_tokens": int(trained_by[i]), "quarantined": quarantined[i],
+                     "rows_over_max_length": int(over_by[i])}
                     for i, s in enumerate(recipe.data.sources)],
         "modes": {mode: {"rows": int(mask.sum()), "tokens": int(length[mask].sum())}
                   for mode, mask in (("think", thinking), ("no_think", ~thinking)) if mask.any()},

@@ -588,10 +588,10 @@ def _format_data(data: dict[str, Any]) -> list[str]:
     if status == "built":
         lines = [f"\n-- what it trains on (mixture cache {data['cache']})"]
         rows = [[s["label"], s["mode"], s["rows"], f"{s['tokens']:,}", f"{s['trained_tokens']:,}",
-                 f"{s['trained_share_of_own_tokens']:.1%}", f"{s['share_of_trained_tokens']:.1%}", s["quarantined"]]
-                for s in data["sources"]]
+                 f"{s['trained_share_of_own_tokens']:.1%}", f"{s['share_of_trained_tokens']:.1%}",
+                 s.get("rows_over_max_length", "?"), s["quarantined"]] for s in data["sources"]]
         lines += _table(["source", "mode", "rows", "tokens", "trained", "trained/own", "share of trained",
-                         "quarantined"], rows)
+                         "over max_length", "quarantined"], rows)
         for s in data["sources"]:
             for reason, n in s["top_quarantine_reasons"]:
                 lines.append(f"  quarantined {s['label']}: {n} x {reason}")

@@ -142,6 +142,7 @@ def test_the_mixture_figures_equal_prepares_report_and_the_packed_rows(tmp_path,
         tokens += len(labels)
         trained += sum(t != -100 for t in labels)
     assert report["rows_over_max_length"] == 0  # nothing cut: the sources' totals are the rows' totals
+    assert [s["rows_over_max_length"] for s in data["sources"]] == [0, 0]
     assert sum(s["tokens"] for s in data["sources"]) == tokens
     assert sum(s["trained_tokens"] for s in data["sources"]) == trained
     assert sum(s["share_of_trained_tokens"] for s in data["sources"]) == pytest.approx(1.0)
@@ -293,3 +294,18 @@ def packed_column(cache: Path, name: str):
         with pa.OSFile(str(cache / "dataset" / file)) as f:
             for batch in pa.ipc.open_stream(f):
                 yield from batch.column(name).to_pylist()
+
+
+def test_rows_over_max_length_are_counted_per_source(tmp_path, tiny_model, own_cache, capsys):
+    recipe = write_sft(tmp_path, tiny_model, [
+        {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"},
+        {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}])
+    text = yaml.safe_load(recipe.read_text())
+    text["training"]["max_length"] = 160
+    recipe.write_text(yaml.safe_dump(text))
+    assert main(["prepare", "--recipe", str(recipe)]) == 0
+    rc, plan = run_plan(tmp_path, recipe, "--gpus", "1")
+    data = plan["plans"][0]["data"]
+    over = [s["rows_over_max_length"] for s in data["sources"]]
+    assert rc == 0 and sum(over) == data["rows_over_max_length"] > 0 and all(n <= s["rows"] for n, s in
+                                                                               zip(over, data["sources"]))
