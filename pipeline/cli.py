@@ -177,15 +177,19 @@ def plan(args) -> int:
 
     if args.gpus < 1:
         raise UserError(f"--gpus {args.gpus}: give the number of GPUs the job runs on (1 or more)")
-    against = load(args.against) if args.against else None
     sharding = launcher_sharding(_launcher(args.launcher, args.gpus))
     measured = read_gpu_check(args.gpu_check)
-    plans, problems = [], []
-    for path in args.recipes:
+    plans, problems, against = [], [], None
+    if args.against:
+        try:
+            against = load(args.against)
+        except RecipeError as e:
+            problems += _problem_lines(args.against, e)
+    for path in args.recipes if not problems else []:
         try:
             recipe = load(path, args.overrides)
         except RecipeError as e:
-            problems += [f"{path}: {key}: {msg}" for key, msg in e.problems]
+            problems += _problem_lines(path, e)
             continue
         result = plan_recipe(recipe, gpus=args.gpus, gpu=args.gpu, against=against, sharding=sharding,
                              measured=measured, vllm_tokens_per_s=args.vllm_tokens_per_s)
@@ -198,6 +202,10 @@ def plan(args) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 2 if problems else 0
+
+
+def _problem_lines(path: str, error: RecipeError) -> list[str]:
+    return [f"{path}: {key + ': ' if key else ''}{msg}" for key, msg in error.problems]
 
 
 def _launcher(choice: str | None, gpus: int) -> dict | None:

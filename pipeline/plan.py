@@ -519,7 +519,7 @@ def plan_recipe(recipe, *, gpus: int = 8, gpu: str = "h100", against=None, shard
         data, problems = mixture_section(recipe)
     elif recipe.stage == "apo":
         data, problems = pairs_section(recipe)
-    elif recipe.stage.startswith("synth"):
+    elif hasattr(recipe, "prompts") and hasattr(recipe, "sampling"):  # a generation recipe (synth)
         data = synth_section(recipe, vllm_tokens_per_s)
     plan["data"] = data
     plan["problems"] += problems
