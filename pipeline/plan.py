@@ -253,28 +253,39 @@ def mixture_section(recipe) -> tuple[dict[str, Any], list[str]]:
                 "recipe and tokenizer", "how": how}, []
     report = json.loads((cache / "report.json").read_text())
     reasons = top_quarantine_reasons(cache / "quarantine.jsonl")
-    total_trained = sum(s["trained_tokens"] for s in report["sources"])
+    total_trained = sum(trained_tokens(s) for s in report["sources"])
     for i, s in enumerate(report["sources"]):
         s["label"] = source_label(recipe.data.sources[i].model_dump())
-        s["trained_share_of_own_tokens"] = s["trained_tokens"] / s["tokens"] if s["tokens"] else 0.0
-        s["share_of_trained_tokens"] = s["trained_tokens"] / total_trained if total_trained else 0.0
+        s["trained_share_of_own_tokens"] = trained_tokens(s) / s["tokens"] if s["tokens"] else 0.0
+        s["share_of_trained_tokens"] = trained_tokens(s) / total_trained if total_trained else 0.0
         s["top_quarantine_reasons"] = reasons.get(i, [])
     section = {"status": "built", "cache": str(cache), **report}
     return section, trained_problems(report)
 
 
+def trained_tokens(source: dict[str, Any]) -> int:
+    """A source's trained tokens that training sees: those within max_length (reports of older caches
+    only have the count before the cut)."""
+    return source.get("trained_tokens_kept", source["trained_tokens"])
+
+
 def trained_problems(report: dict[str, Any]) -> list[str]:
     """A source that trains no token, or under NEAR_ZERO_SHARE of the mixture's trained tokens."""
-    total = sum(s["trained_tokens"] for s in report["sources"])
+    total = sum(trained_tokens(s) for s in report["sources"])
     problems = []
     for i, s in enumerate(report["sources"]):
-        label = s.get("label") or s["source"]
-        if s["trained_tokens"] == 0:
+        label, kept = s.get("label") or s["source"], trained_tokens(s)
+        if kept == 0 and s["trained_tokens"]:
+            problems.append(f"data.sources.{i} ({label}) trains nothing within max_length {report['max_length']}: "
+                            f"its {s['trained_tokens']} trained tokens lie past the cut "
+                            f"({s.get('rows_over_max_length')} of its rows are longer); raise max_length, shorten "
+                            "its rows or remove the source")
+        elif kept == 0:
             problems.append(f"data.sources.{i} ({label}) trains nothing: 0 trained tokens from {s['rows']} rows "
                             f"({s['quarantined']} quarantined); fix its rows or remove the source")
-        elif total and s["trained_tokens"] / total < NEAR_ZERO_SHARE:
-            problems.append(f"data.sources.{i} ({label}) trains next to nothing: {s['trained_tokens']} trained "
-                            f"tokens, {s['trained_tokens'] / total:.3%} of the mixture's "
+        elif total and kept / total < NEAR_ZERO_SHARE:
+            problems.append(f"data.sources.{i} ({label}) trains next to nothing: {kept} trained "
+                            f"tokens, {kept / total:.3%} of the mixture's "
                             f"(under {NEAR_ZERO_SHARE:.1%}); "
                             "raise its fraction or tokens, or remove it")
     return problems
@@ -587,7 +598,7 @@ def _format_data(data: dict[str, Any]) -> list[str]:
         return [f"\n-- what it trains on: not known yet: {data.get('why', status)}; {data.get('how', '')}"]
     if status == "built":
         lines = [f"\n-- what it trains on (mixture cache {data['cache']})"]
-        rows = [[s["label"], s["mode"], s["rows"], f"{s['tokens']:,}", f"{s['trained_tokens']:,}",
+        rows = [[s["label"], s["mode"], s["rows"], f"{s['tokens']:,}", f"{trained_tokens(s):,}",
                  f"{s['trained_share_of_own_tokens']:.1%}", f"{s['share_of_trained_tokens']:.1%}",
                  s.get("rows_over_max_length", "?"), s["quarantined"]] for s in data["sources"]]
         lines += _table(["source", "mode", "rows", "tokens", "trained", "trained/own", "share of trained",

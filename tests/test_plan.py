@@ -153,7 +153,7 @@ def test_the_mixture_figures_equal_prepares_report_and_the_packed_rows(tmp_path,
     assert f"{data['sources'][0]['trained_tokens']:,}" in out and "fill" in out
 
 
-@pytest.mark.parametrize("bad", ["nothing", "next_to_nothing"])
+@pytest.mark.parametrize("bad", ["nothing", "next_to_nothing", "cut"])
 def test_a_source_whose_rows_train_nothing_makes_plan_fail_naming_it(tmp_path, tiny_model, own_cache, capsys, bad):
     chat = {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think", "fraction": 80.0}
     if bad == "nothing":  # every row quarantined (no assistant turn); allow_empty lets the build through
@@ -161,6 +161,12 @@ def test_a_source_whose_rows_train_nothing_makes_plan_fail_naming_it(tmp_path, t
         rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}]}) + "\n"
                                 for i in range(4)))
         other = {"path": str(rows), "mode": "no_think", "allow_empty": True}
+    elif bad == "cut":  # long documents whose answers lie past max_length (512): cut away before training
+        rows = tmp_path / "long_prompts.jsonl"
+        rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "Summarise: " + "words " * 700},
+                                                         {"role": "assistant", "content": f"Short {i}."}]}) + "\n"
+                                for i in range(4)))
+        other = {"path": str(rows), "mode": "no_think"}
     else:  # one short row among 2,560: a share of the trained tokens under 0.1%
         other = {"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think", "tokens": 1}
     recipe = write_sft(tmp_path, tiny_model, [chat, other])
@@ -169,7 +175,8 @@ def test_a_source_whose_rows_train_nothing_makes_plan_fail_naming_it(tmp_path, t
     rc, plan = run_plan(tmp_path, recipe, "--gpus", "1")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"data.sources.1 ({other['path']})" in err[0]
-    assert ("trains nothing" if bad == "nothing" else "trains next to nothing") in err[0]
+    assert {"nothing": "trains nothing: 0 trained tokens", "cut": "trains nothing within max_length 512",
+            "next_to_nothing": "trains next to nothing"}[bad] in err[0]
     assert plan["problems"] and plan["plans"][0]["data"]["status"] == "built"
 
 
@@ -309,3 +316,8 @@ def test_rows_over_max_length_are_counted_per_source(tmp_path, tiny_model, own_c
     over = [s["rows_over_max_length"] for s in data["sources"]]
     assert rc == 0 and sum(over) == data["rows_over_max_length"] > 0 and all(n <= s["rows"] for n, s in
                                                                                zip(over, data["sources"]))
+    # what the plan counts as trained is what the packed rows train, after the cut
+    [cache] = [p for p in (own_cache / "mixtures").iterdir() if p.is_dir()]
+    trained = sum(sum(t != -100 for t in labels) for labels in packed_column(cache, "labels"))
+    assert sum(s["trained_tokens_kept"] for s in data["sources"]) == trained
+    assert sum(s["trained_tokens"] for s in data["sources"]) > trained
