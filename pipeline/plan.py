@@ -99,11 +99,10 @@ def source_label(source: dict[str, Any]) -> str:
 def changes_identity(path: str) -> bool:
     """Whether a key is part of a run's identity: the rule of pipeline/runs.py (identity_data), asked
     about this one key."""
-    top, _, rest = path.partition(".")
-    top = top.split("[")[0]
-    probe = {top: {rest.split("[")[0]: 1} if rest else 1}
-    kept = identity_data(probe)
-    return top in kept and (not rest or top != "training" or bool(kept[top]))
+    top, _, rest = path.split("[")[0].partition(".")
+    if top == "training" and rest:
+        return bool(identity_data({"training": {rest: 1}})["training"])
+    return top in identity_data({top: 1})
 
 
 def note_for(path: str) -> str:
