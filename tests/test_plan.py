@@ -321,3 +321,15 @@ def test_rows_over_max_length_are_counted_per_source(tmp_path, tiny_model, own_c
     trained = sum(sum(t != -100 for t in labels) for labels in packed_column(cache, "labels"))
     assert sum(s["trained_tokens_kept"] for s in data["sources"]) == trained
     assert sum(s["trained_tokens"] for s in data["sources"]) > trained
+
+
+def test_synth_generations_and_gpu_hours(tmp_path):
+    """The demo synth-pairs recipe: 8 of the 16 questions (max_prompts) x 2 modes x 2 models (teacher and weak)
+    x 96 new tokens at most, costed at a stated vLLM throughput."""
+    rc, plan = run_plan(tmp_path, REPO / "recipes/demo/synth-pairs.yaml", "--vllm-tokens-per-s", "100")
+    data = plan["plans"][0]["data"]
+    questions = sum(1 for line in (REPO / "data/demo/questions.jsonl").read_text().splitlines() if line.strip())
+    assert rc == 0 and questions > 8 and (data["prompts"], data["generations"]) == (8, 8 * 2 * 2)
+    assert data["generated_tokens_at_most"] == 32 * 96
+    assert data["gpu_hours_at_most"] == pytest.approx(32 * 96 / 100 / 3600)
+    assert "cost" not in plan["plans"][0]  # no training
