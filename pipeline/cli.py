@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("plan", help="what recipes train on, how they differ from the published config and from "
                                     "another variant, and what they cost (no model loads, offline)")
     q.add_argument("recipes", nargs="+", metavar="RECIPE")
-    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every recipe planned (not of --against), e.g. training.max_length=32768")
     q.add_argument("--gpus", type=int, default=8, help="GPUs the job runs on (default 8)")
     q.add_argument("--gpu", choices=["h100", "h200", "a100"], default="h100")
     q.add_argument("--against", metavar="OTHER.yaml", help="a second recipe: every key that differs from it")
