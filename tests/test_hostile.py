@@ -433,3 +433,12 @@ def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
     # keys that only contain "token" or "key" are not secrets: they stay readable
     assert (recipe["training"]["eos_token"], recipe["training"]["include_num_input_tokens_seen"],
             recipe["training"]["hub_model_id"]) == ("<|im_end|>", "non_padding", "me/model")
+
+
+def test_plan_says_connection_settings_do_not_change_a_run():
+    from pipeline.plan import changes_identity
+
+    connection = ("base_url", "retry_budget_s", "concurrency", "timeout_s")
+    assert not any(changes_identity(f"backend.{k}") for k in connection)
+    assert changes_identity("backend.kind") and changes_identity("training.learning_rate")
+    assert not changes_identity("training.logging_steps")
