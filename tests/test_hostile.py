@@ -14,10 +14,10 @@ from conftest import REPO, sft_recipe
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
 
 
-def cli(*args, cache=None, timeout=120):
-    """The real CLI in a subprocess; `cache`: its own mixture cache (never the user's)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), **({"SMOLALIGN_CACHE": str(cache)} if cache else {})}
-    return subprocess.run(SMOLALIGN + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+def cli(*args, timeout=120):
+    """The real CLI in a subprocess."""
+    return subprocess.run(SMOLALIGN + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def chat_rows(n):
@@ -87,6 +87,37 @@ def test_a_fraction_that_selects_no_rows_is_one_clear_error(write_recipe, tmp_pa
                                         r"selects none; raise it to at least 0.1") as e:
         build(write_recipe, tmp_path, tok, data, fraction=0.001)
     assert "\n" not in str(e.value)  # the CLI prints a UserError as one line and exits 2
+
+
+def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path):
+    from pipeline.data import build_preference_mixture
+    from pipeline.errors import UserError
+    from pipeline.recipe import load_recipe
+
+    pairs = str(REPO / "data/demo/preferences.jsonl")
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
+        "data": {"sources": [{"path": pairs, "mode": "from_row"}, {"path": pairs, "mode": "from_row",
+                                                                    "fraction": 0.001}]},
+        "training": {"loss_type": "apo_zero"}}))
+    with pytest.raises(UserError, match=r"data.sources.1 \(.*preferences.jsonl\): fraction 0.001 of its 64 usable "
+                                        r"pairs selects none"):
+        build_preference_mixture(recipe, tmp_path / "q.jsonl")
+
+
+def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
+    import synth.stage as synth_stage
+    from pipeline.errors import UserError
+    from pipeline.recipe import load_recipe
+
+    more = write_jsonl(tmp_path / "more.jsonl", chat_rows(10))
+    recipe = load_recipe(write_recipe({
+        "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": "embedded:tiny-smollm3"},
+        "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")},
+                                {"path": str(more), "fraction": 0.001}]}}))
+    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 prompts "
+                                        r"selects none"):
+        synth_stage.load_prompts(recipe)
 
 
 # ---- 9. a row nested 100,000 deep ----------------------------------------------------------------
@@ -252,6 +283,15 @@ def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recip
     assert manifest["recipe"]["backend"]["base_url"] == healthy.url  # the manifest shows the settings that ran
 
 
+def test_plan_says_connection_settings_do_not_change_a_run():
+    from pipeline.plan import changes_identity
+
+    connection = ("base_url", "retry_budget_s", "concurrency", "timeout_s")
+    assert not any(changes_identity(f"backend.{k}") for k in connection)
+    assert changes_identity("backend.kind") and changes_identity("training.learning_rate")
+    assert not changes_identity("training.logging_steps")
+
+
 # ---- 3. no secret in any file we write or any line we print ----------------------------------------
 HUB_TOKEN = "hf_" + "Q7dLmP2xVb9KcR4tWz8NfYs1HgJe6Ua3Ko"  # the shape of a Hugging Face token
 SK_TOKEN = "sk-" + "proj-4fGh7JkL9mNq2RsT5vWx8Yz1Ab3Cd6Ef"
@@ -322,6 +362,24 @@ def test_a_secret_value_is_not_echoed_by_a_recipe_error(write_recipe, monkeypatc
     assert "not-a-real-shape-but-secret-123" not in out.stdout + out.stderr
 
 
+def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
+    from pipeline.recipe import load_recipe
+    from pipeline.runs import read_manifest, stage_run
+
+    body = sft_recipe(output_dir=str(tmp_path / "sft"), description=f"see https://me:{PASSWORD}@host/x, {SK_TOKEN}")
+    body["data"]["sources"][0]["path"] = str(REPO / "data/demo/chat_no_think.jsonl")
+    body["training"].update(hub_token=HUB_TOKEN, run_name=f"run-{HUB_TOKEN}", eos_token="<|im_end|>",
+                            include_num_input_tokens_seen="non_padding", hub_model_id="me/model")
+    with stage_run(load_recipe(write_recipe(body))):
+        pass
+    recipe = read_manifest(tmp_path / "sft")["recipe"]
+    assert recipe["description"] == "see https://me:<redacted>@host/x, <redacted>"
+    assert recipe["training"]["hub_token"] == "<redacted>" and recipe["training"]["run_name"] == "run-<redacted>"
+    # keys that only contain "token" or "key" are not secrets: they stay readable
+    assert (recipe["training"]["eos_token"], recipe["training"]["include_num_input_tokens_seen"],
+            recipe["training"]["hub_model_id"]) == ("<|im_end|>", "non_padding", "me/model")
+
+
 # ---- 8. a size bound on a row -----------------------------------------------------------------------
 def big_row(chars):
     return {"messages": [{"role": "user", "content": "Summarise this."},
@@ -384,61 +442,3 @@ def test_a_50_mb_line_is_quarantined_without_being_read(write_recipe, tmp_path, 
     assert len(reasons) == 1 and reasons[0].startswith("row of 50,000,") and "1,048,576-byte limit" in reasons[0]
     assert peak_mb < 1500, f"peak RSS {peak_mb} MB"  # measured 7.3 GB before the bound
     print(f"peak RSS with a 50 MB line: {peak_mb} MB")
-
-
-def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path):
-    from pipeline.data import build_preference_mixture
-    from pipeline.errors import UserError
-    from pipeline.recipe import load_recipe
-
-    pairs = str(REPO / "data/demo/preferences.jsonl")
-    recipe = load_recipe(write_recipe({
-        "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
-        "data": {"sources": [{"path": pairs, "mode": "from_row"}, {"path": pairs, "mode": "from_row",
-                                                                    "fraction": 0.001}]},
-        "training": {"loss_type": "apo_zero"}}))
-    with pytest.raises(UserError, match=r"data.sources.1 \(.*preferences.jsonl\): fraction 0.001 of its 64 usable "
-                                        r"pairs selects none"):
-        build_preference_mixture(recipe, tmp_path / "q.jsonl")
-
-
-def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
-    import synth.stage as synth_stage
-    from pipeline.errors import UserError
-    from pipeline.recipe import load_recipe
-
-    more = write_jsonl(tmp_path / "more.jsonl", chat_rows(10))
-    recipe = load_recipe(write_recipe({
-        "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": "embedded:tiny-smollm3"},
-        "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")},
-                                {"path": str(more), "fraction": 0.001}]}}))
-    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 prompts "
-                                        r"selects none"):
-        synth_stage.load_prompts(recipe)
-
-
-def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
-    from pipeline.recipe import load_recipe
-    from pipeline.runs import read_manifest, stage_run
-
-    body = sft_recipe(output_dir=str(tmp_path / "sft"), description=f"see https://me:{PASSWORD}@host/x, {SK_TOKEN}")
-    body["data"]["sources"][0]["path"] = str(REPO / "data/demo/chat_no_think.jsonl")
-    body["training"].update(hub_token=HUB_TOKEN, run_name=f"run-{HUB_TOKEN}", eos_token="<|im_end|>",
-                            include_num_input_tokens_seen="non_padding", hub_model_id="me/model")
-    with stage_run(load_recipe(write_recipe(body))):
-        pass
-    recipe = read_manifest(tmp_path / "sft")["recipe"]
-    assert recipe["description"] == "see https://me:<redacted>@host/x, <redacted>"
-    assert recipe["training"]["hub_token"] == "<redacted>" and recipe["training"]["run_name"] == "run-<redacted>"
-    # keys that only contain "token" or "key" are not secrets: they stay readable
-    assert (recipe["training"]["eos_token"], recipe["training"]["include_num_input_tokens_seen"],
-            recipe["training"]["hub_model_id"]) == ("<|im_end|>", "non_padding", "me/model")
-
-
-def test_plan_says_connection_settings_do_not_change_a_run():
-    from pipeline.plan import changes_identity
-
-    connection = ("base_url", "retry_budget_s", "concurrency", "timeout_s")
-    assert not any(changes_identity(f"backend.{k}") for k in connection)
-    assert changes_identity("backend.kind") and changes_identity("training.learning_rate")
-    assert not changes_identity("training.logging_steps")
