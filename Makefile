@@ -16,7 +16,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-vllm test-fast lint demo bench gpu-check validate clean synth prepare $(STAGES)
+.PHONY: setup test test-vllm test-fast lint demo bench gpu-check gpu-wheels validate clean synth prepare $(STAGES)
 
 setup: $(STAMP)
 
@@ -80,10 +80,17 @@ bench: setup
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/synth_dedup.py
 
-# GPU machines only (never part of `make test`): vLLM/transformers parity, packed flash-attention,
-# SmolLM3-3B training throughput and MFU, recorded in runs/gpu-check.json.
-gpu-check: setup
-	$(PY) scripts/gpu_check.py
+# GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
+# packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at
+# 8k/32k/64k rows, and our sft/apo stages on that shape, recorded in runs/gpu-check.json as each part finishes.
+# It runs with the machine's own python3 where there is no .venv (a GPU image without internet cannot
+# `make setup`): carry the packages it lacks as wheels made here with `make gpu-wheels` (scripts/gpu_wheels.sh).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py
+
+gpu-wheels: setup
+	bash scripts/gpu_wheels.sh $(PY) .whl
 
 clean:
 	rm -rf runs

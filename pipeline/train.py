@@ -16,7 +16,7 @@ from pipeline.chat import end_of_turn_as_eos, has_generation_markers, template_t
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
-from pipeline.models import resolve_model
+from pipeline.models import flash_attn_import_error, resolve_model
 from pipeline.runs import is_main_process
 from pipeline.schema import ModelSpec, TrainRecipe
 
@@ -83,20 +83,6 @@ def choose_attention(spec: ModelSpec, packed_length: int | None = None) -> Atten
         return Attention("auto", "flash_attention_2", "flash-attn imports: varlen kernels, no mask")
     return Attention("auto", "flex_attention", f"GPU without flash-attn ({broken}): torch's flex_attention, "
                                                "a block mask from position_ids that skips masked blocks")
-
-
-def flash_attn_import_error() -> str | None:
-    """None when flash-attn is installed, usable by transformers and imports; else why not. A wheel built
-    for another torch is installed but fails to import (undefined symbols): that is a reason too."""
-    import transformers.utils
-
-    if not transformers.utils.is_flash_attn_2_available():
-        return "flash-attn is not installed"
-    try:
-        import flash_attn  # noqa: F401
-    except Exception as e:  # ImportError, OSError: a binary built against another torch or CUDA
-        return f"flash-attn is installed but does not import: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    return None
 
 
 def packed_length(recipe: TrainRecipe) -> int | None:
@@ -294,11 +280,16 @@ def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] |
 
 
 def final_metrics(history: list[dict], state) -> dict[str, Any]:
+    import torch
+
     losses = [h["loss"] for h in history if "loss" in h]
     speeds = [h["train_tokens_per_second"] for h in history if "train_tokens_per_second" in h]
-    return {"steps": state.global_step, "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None, "tokens_seen": state.num_input_tokens_seen,
-            "tokens_per_s": speeds[-1] if speeds else None}
+    metrics = {"steps": state.global_step, "first_loss": losses[0] if losses else None,
+               "final_loss": losses[-1] if losses else None, "tokens_seen": state.num_input_tokens_seen,
+               "tokens_per_s": speeds[-1] if speeds else None}
+    if torch.cuda.is_available():  # what sizing a job needs beside the speed (this rank's GPU)
+        metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return metrics
 
 
 def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:
