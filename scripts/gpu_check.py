@@ -1,12 +1,14 @@
 """GPU checks that CI (CPU only) cannot make, recorded in one JSON as each part finishes (`make gpu-check`).
 
     python scripts/gpu_check.py [--out runs/gpu-check.json] [--budget-s 540] [--steps 3]
-                                [--lengths 8192,32768,65536] [--parts logits,throughput,stages]
+                                [--lengths 8192,32768,65536] [--parts vllm,logits,throughput,stages]
 
 Sized for one 10-minute call on one H100 or H200. Every part checks the time left (`--budget-s`) and
 records what it could not fit as "skipped: time budget"; the JSON is rewritten (temp file + rename)
 after every record, and one line is printed per record, so a run killed at its limit still leaves results.
 
+0. vllm_parity: vLLM vs transformers on the embedded SmolLM2 model, the same prompt ids and greedy text
+   (where vLLM is installed; else "skipped: not installed").
 1. packed_logits: a BFD-packed row and wrapped rows of a small random SmolLM3 (head_dim 64, bf16) through
    TRL's padding-free collator (position_ids, no attention mask), under flex_attention, sdpa and, where
    flash-attn imports, flash_attention_2, against each document alone; plus the same row without document
@@ -23,6 +25,7 @@ after every record, and one line is printed per record, so a run killed at its l
 The JSON (read by `smolalign plan` to project GPU-hours; keep these keys):
 
     {"environment": {"date_utc", "gpu", "torch", "cuda", "python", "transformers", "trl", ..., "peak_bf16_tflops"},
+     "vllm_parity": [{"status", ...}],
      "packed_logits": [{"attn_implementation", "rows", "documents", "max_abs_logit_diff_bf16",
                         "control_min_abs_diff_bf16", "status"}, ...],
      "throughput": [{"seq_length": int, "attn_implementation": str, "activation_checkpointing": bool,
@@ -77,7 +80,8 @@ IMPLEMENTATIONS = ("flex_attention", "sdpa", "flash_attention_2")
 class Report:
     def __init__(self, path: Path, environment: dict):
         self.path = path
-        self.data = {"environment": environment, "packed_logits": [], "throughput": [], "stages": []}
+        self.data = {"environment": environment, "vllm_parity": [], "packed_logits": [], "throughput": [],
+                     "stages": []}
         self.save()
         print("environment", json.dumps(environment), flush=True)
 
@@ -145,6 +149,35 @@ def free_memory(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# 0. vLLM vs transformers (where vLLM is installed)
+# ----------------------------------------------------------------------------------------------
+def check_vllm_parity() -> dict:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        return {"status": f"skipped: not installed: vLLM (pip install -e '.[vllm]' in its own venv): {e}"}
+    from eval.backends import Request, Sampling, TransformersBackend, VLLMBackend
+    from pipeline.models import resolve_model
+
+    path = resolve_model("embedded:smollm2-135m-instruct")
+    requests = [Request([{"role": "user", "content": q}], enable_thinking=mode)
+                for q in ("What is the capital of France?", "Write a haiku about the sea.", "2+2?")
+                for mode in (True, False)]
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=64)
+    with TransformersBackend(path, dtype="bfloat16") as hf:
+        ids_hf = [hf.tokenizer(hf.render(r), add_special_tokens=False).input_ids for r in requests]
+        out_hf = hf.generate(requests, greedy)
+    with VLLMBackend(path, dtype="bfloat16", gpu_memory_utilization=0.5) as vl:
+        ids_vl = [vl.tokenizer(vl.render(r), add_special_tokens=False).input_ids for r in requests]
+        out_vl = vl.generate(requests, greedy)
+    same_text = [a.text == b.text for a, b in zip(out_hf, out_vl)]
+    return {"status": "ok" if all(same_text) and ids_hf == ids_vl else "mismatch",
+            "prompts": len(requests), "prompt_ids_equal": ids_hf == ids_vl, "completions_equal": sum(same_text),
+            "stopped_at_end_of_turn": {"transformers": sum(c.finish_reason == "stop" for c in out_hf),
+                                       "vllm": sum(c.finish_reason == "stop" for c in out_vl)}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,7 +390,7 @@ def time_steps(model, optimizer, impl, checkpointing, docs, config, steps, devic
     seq_length = sum(docs)
     ids = torch.randint(0, config.vocab_size, (1, seq_length), device=device)
     position_ids = torch.cat([torch.arange(n, device=device) for n in docs]).unsqueeze(0)
-    times, out_of_memory = [], False
+    times, failure = [], None
     try:
         for step in range(steps + 1):
             if cuda:
@@ -372,14 +405,17 @@ def time_steps(model, optimizer, impl, checkpointing, docs, config, steps, devic
                 torch.cuda.synchronize()
             if step:
                 times.append(time.perf_counter() - t0)
+    # recorded here, freed below: outside the except block the traceback's frames (activations) are released
     except torch.OutOfMemoryError:
-        out_of_memory = True  # handled outside the except block, once the traceback's frames are released
+        failure = "oom"
+    except Exception as e:  # a kernel or compiler failure of one configuration must not stop the others
+        failure = f"error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
     optimizer.zero_grad(set_to_none=True)
     del ids, position_ids
     peak = memory(cuda)
     free_memory(device)
-    if out_of_memory:
-        return {"status": "oom", **peak}
+    if failure:
+        return {"status": failure, **peak}
     return {"status": "ok", "timed_steps": len(times), "step_s": [round(t, 3) for t in times],
             "attn_implementation_used": model.config._attn_implementation, **peak}
 
@@ -582,7 +618,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput configuration")
     parser.add_argument("--stage-steps", type=int, default=4, help="optimizer steps per stage run")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
-    parser.add_argument("--parts", default="logits,throughput,stages")
+    parser.add_argument("--parts", default="vllm,logits,throughput,stages")
     parser.add_argument("--workdir", default="runs/gpu-check-work")
     parser.add_argument("--tokenizer", default=None, help="tokenizer dir for the stage runs (default .whl/tokenizer)")
     args = parser.parse_args(argv)
@@ -596,6 +632,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     parts = set(args.parts.split(","))
     report = Report(Path(args.out), environment("cuda"))
+    if "vllm" in parts:
+        try:
+            report.add("vllm_parity", check_vllm_parity())
+        except Exception as e:
+            report.add("vllm_parity", {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+        free_memory("cuda")
     if "logits" in parts:
         check_packed_logits(report, budget)
     if "throughput" in parts:
@@ -610,7 +652,7 @@ def main(argv=None) -> int:
         tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
         run_stages(report, budget, Path(args.workdir), tokenizer, args.stage_steps)
     print(f"-> {args.out}")
-    bad = [r for section in ("packed_logits", "throughput", "stages") for r in report.data[section]
+    bad = [r for section in ("vllm_parity", "packed_logits", "throughput", "stages") for r in report.data[section]
            if r["status"].startswith(("error", "mismatch"))]
     return 1 if bad else 0
 
