@@ -6,6 +6,10 @@
 Sized for one 10-minute call on one H100 or H200. Every part checks the time left (`--budget-s`) and
 records what it could not fit as "skipped: time budget"; the JSON is rewritten (temp file + rename)
 after every record, and one line is printed per record, so a run killed at its limit still leaves results.
+The throughput grid gets `--throughput-s` of the budget (shortest rows first), the stage runs the rest,
+in the order sft 8k, sft 64k, apo 24k, sft 8k with torch_compile (each ~2 minutes: a process, a mixture,
+a 6 GB load and save). Estimated before any GPU run: one call does not fit everything; what was skipped
+is for a second call, e.g. `--parts stages` or `--parts throughput --lengths 32768,65536`.
 
 0. vllm_parity: vLLM vs transformers on the embedded SmolLM2 model, the same prompt ids and greedy text
    (where vLLM is installed; else "skipped: not installed").
@@ -345,7 +349,7 @@ def measure_throughput(report: Report, budget: Budget, lengths=LENGTHS, steps: i
                         "attention_tflops_per_step": significant(attention_tflops(config, docs)),
                         "attention_tflops_computed_per_step": significant(
                             attention_tflops(config, docs, square=impl in ("sdpa", "eager")))}
-                status = skip_reason(impl, checkpointing, failed, budget, reserve_s,
+                status = skip_reason(impl, checkpointing, seq_length, failed, budget, reserve_s,
                                      estimate_step_s(params, base, peak, checkpointing) * (steps + 2))
                 if status:
                     report.add("throughput", {**base, "status": status})
@@ -358,10 +362,10 @@ def measure_throughput(report: Report, budget: Budget, lengths=LENGTHS, steps: i
     free_memory(device)
 
 
-def skip_reason(impl, checkpointing, failed, budget, reserve_s, needed_s) -> str | None:
+def skip_reason(impl, checkpointing, seq_length, failed, budget, reserve_s, needed_s) -> str | None:
     if impl == "flash_attention_2" and flash_attn_missing():
         return f"skipped: {flash_attn_missing()}"
-    if (impl, checkpointing) in failed:
+    if failed.get((impl, checkpointing), math.inf) <= seq_length:
         return f"skipped: out of memory at {failed[(impl, checkpointing)]} tokens already"
     if budget.left() - reserve_s < needed_s:
         return f"skipped: time budget (needs ~{needed_s:.0f} s, {budget.left() - reserve_s:.0f} s left)"
@@ -446,8 +450,8 @@ def rates(record: dict, params: int, base: dict, peak: float | None) -> dict:
 # ----------------------------------------------------------------------------------------------
 STAGE_RUNS = (  # (stage, packed row / max length, extra --set), in the order they are worth measuring
     ("sft", 8192, ()),
-    ("apo", 24576, ()),
     ("sft", 65536, ()),
+    ("apo", 24576, ()),
     ("sft", 8192, ("training.torch_compile=true",)),
 )
 
@@ -529,7 +533,7 @@ def steady_tokens_per_s(history: list[dict]) -> tuple[float | None, int]:
     return (tokens1 - tokens0) / (t1 - t0), len(points) - 1
 
 
-def run_stages(report: Report, budget: Budget, workdir: Path, tokenizer_dir: Path | None, steps: int = 4) -> None:
+def run_stages(report: Report, budget: Budget, workdir: Path, tokenizer_dir: Path | None, steps: int = 3) -> None:
     skipped = missing_packages("trl", "datasets", "pydantic")
     if skipped or tokenizer_dir is None:
         report.add("stages", {"status": skipped or "skipped: no tokenizer (.whl/tokenizer or embedded:tiny-smollm3)"})
@@ -616,7 +620,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/gpu-check.json")
     parser.add_argument("--budget-s", type=float, default=540.0, help="seconds for the whole run (one 10-minute call)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput configuration")
-    parser.add_argument("--stage-steps", type=int, default=4, help="optimizer steps per stage run")
+    parser.add_argument("--throughput-s", type=float, default=240.0,
+                        help="seconds of the budget for the throughput grid when the stages run too")
+    parser.add_argument("--stage-steps", type=int, default=3, help="optimizer steps per stage run")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--parts", default="vllm,logits,throughput,stages")
     parser.add_argument("--workdir", default="runs/gpu-check-work")
@@ -641,7 +647,7 @@ def main(argv=None) -> int:
     if "logits" in parts:
         check_packed_logits(report, budget)
     if "throughput" in parts:
-        reserve = min(330.0, budget.left() * 0.6) if "stages" in parts else 0.0
+        reserve = max(0.0, budget.left() - args.throughput_s) if "stages" in parts else 0.0
         try:
             measure_throughput(report, budget, [int(n) for n in args.lengths.split(",")], args.steps,
                                reserve_s=reserve)

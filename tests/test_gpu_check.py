@@ -139,3 +139,14 @@ def test_packed_logits_check_passes_isolated_rows_and_its_control_differs(tmp_pa
         assert r["status"] == "ok" and r["max_abs_logit_diff_bf16"] < 1e-3 < r["control_min_abs_diff_bf16"], r
     assert records[0]["documents"] == 5 and records[1]["documents"] == 5 and records[1]["tokens"] == 4096
     assert records[4]["status"] == "skipped: flash-attn is not installed"
+
+
+def test_a_configuration_that_ran_out_of_memory_is_skipped_at_longer_rows_only():
+    g = gpu_check()
+    failed, budget = {("sdpa", False): 32768}, g.Budget(600)
+    assert g.skip_reason("sdpa", False, 65536, failed, budget, 0, 10) == (
+        "skipped: out of memory at 32768 tokens already")
+    assert g.skip_reason("sdpa", False, 8192, failed, budget, 0, 10) is None
+    assert g.skip_reason("sdpa", True, 65536, failed, budget, 0, 10) is None  # with checkpointing: its own record
+    assert g.skip_reason("flex_attention", False, 65536, failed, budget, 0, 10) is None
+    assert g.skip_reason("sdpa", True, 8192, failed, budget, 590, 20).startswith("skipped: time budget")
