@@ -37,7 +37,9 @@ The JSON (read by `smolalign plan` to project GPU-hours; keep these keys):
                      "peak_memory_gib": float, "status": "ok" | "oom" | "skipped: ...", ...}, ...],
      "stages": [the same keys, plus "stage" ("sft" | "apo"), "steps" and "log"]}
 
-MFU = 6 x parameters x tokens/s over the GPU's dense bf16 peak (989 TFLOP/s for H100 and H200).
+MFU = 6 x parameters x tokens/s over the GPU's dense bf16 peak (989 TFLOP/s for H100 and H200). For apo,
+tokens are chosen + rejected (non-padding) and the frozen reference's forward (2 x parameters a token) is
+work beside the 6N that MFU does not count.
 `attention_tflops_per_step` is the attention work a step needs (QK^T and AV, causal, within each document,
 forward + backward = 3 x forward), not in the 6N count; `attention_tflops_computed_per_step` is what the
 kernel does (sdpa with a mask: the whole L x L square); `mfu_with_attention` adds the needed attention work.
