@@ -6,6 +6,8 @@
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
+#   make gpu-wheels                here: what gpu-check needs on a GPU machine without internet (.whl/)
+#   make gpu-check                 on a GPU machine: attention, MFU and our stages at the real shapes
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -347,7 +347,7 @@ def measure_throughput(report: Report, budget: Budget, lengths=LENGTHS, steps: i
             for checkpointing in (False, True):
                 base = {"seq_length": seq_length, "attn_implementation": impl,
                         "activation_checkpointing": checkpointing, "liger": liger, "parameters": params,
-                        "documents": len(docs),
+                        "documents": len(docs), "tokens_per_s": None, "mfu": None, "peak_memory_gib": None,
                         "attention_tflops_per_step": significant(attention_tflops(config, docs)),
                         "attention_tflops_computed_per_step": significant(
                             attention_tflops(config, docs, square=impl in ("sdpa", "eager")))}
