@@ -49,7 +49,8 @@ Refuses (exit 2, one line) on a machine without a GPU; never part of `make test`
 On a GPU machine without internet, carry what its image lacks as wheels (they are small, ~24 MB with
 the tokenizer the stages need): here, `make gpu-wheels` (scripts/gpu_wheels.sh) downloads trl, datasets
 (+ dill, multiprocess), liger-kernel, pydantic (+ pydantic-core, annotated-types, typing-inspection,
-typing-extensions), transformers and peft at our pins into .whl/ for Python 3.12, and copies the embedded
+typing-extensions), transformers and peft at our pins (and regex, whose floor transformers checks) into
+.whl/ for Python 3.12, and copies the embedded
 tokenizer to .whl/tokenizer; there, from the repository root:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\

@@ -15,10 +15,11 @@ PYVER=${3:-3.12}
 pin() { "$PY" -c "from importlib.metadata import version; print('$1==' + version('$1'))"; }
 
 # trl, datasets (+ dill, multiprocess), liger-kernel and pydantic (+ its three) are missing there;
-# transformers and peft at our pins (the image's transformers is older); typing-extensions for pydantic's floor.
+# transformers and peft at our pins (the image's transformers is older); typing-extensions for pydantic's
+# floor and regex for the floor transformers checks when it is imported (regex>=2025.10.22).
 PACKAGES=(trl==1.16.0 datasets==5.2.0 liger-kernel==0.8.5 transformers==5.23.0 peft==0.21.2
           "$(pin pydantic)" "$(pin pydantic-core)" "$(pin annotated-types)" "$(pin typing-inspection)"
-          "$(pin typing-extensions)" "$(pin dill)" "$(pin multiprocess)")
+          "$(pin typing-extensions)" "$(pin dill)" "$(pin multiprocess)" "$(pin regex)")
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
