@@ -50,8 +50,7 @@ On a GPU machine without internet, carry what its image lacks as wheels (they ar
 the tokenizer the stages need): here, `make gpu-wheels` (scripts/gpu_wheels.sh) downloads trl, datasets
 (+ dill, multiprocess), liger-kernel, pydantic (+ pydantic-core, annotated-types, typing-inspection,
 typing-extensions), transformers and peft at our pins (and regex, whose floor transformers checks) into
-.whl/ for Python 3.12, and copies the embedded
-tokenizer to .whl/tokenizer; there, from the repository root:
+.whl/ for Python 3.12, and copies the embedded tokenizer to .whl/tokenizer; there, from the repository root:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
         .whl/*.whl && PYTHONPATH=/tmp/site:$PWD python3 scripts/gpu_check.py
