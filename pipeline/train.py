@@ -115,6 +115,11 @@ def check_environment(recipe: TrainRecipe) -> None:
         if recipe.model.attn_implementation.startswith("flash_attention"):
             raise UserError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
                              "needs a GPU; use sdpa on CPU (--set model.attn_implementation=sdpa)")
+        if recipe.model.attn_implementation == "flex_attention":
+            # measured: torch's flex_attention runs forward on CPU but raises NotImplementedError on backward
+            raise UserError(f"{recipe._source}: model.attn_implementation=flex_attention trains only on a GPU "
+                             "(torch's flex_attention has no backward on CPU); --set model.attn_implementation=auto "
+                             "(sdpa here, flex_attention or flash-attn on a GPU)")
     elif recipe.model.attn_implementation == "flash_attention_2":
         import transformers.utils
 

@@ -32,6 +32,16 @@ def test_cpu_refuses_bf16_and_flash_attention(write_recipe, monkeypatch):
     with pytest.raises(UserError, match=r"attn_implementation=flash_attention_2 needs a GPU"):
         check_environment(recipe(write_recipe, attn="flash_attention_2"))
     check_environment(recipe(write_recipe))  # sdpa in fp32 runs on CPU
+    check_environment(recipe(write_recipe, attn="auto"))  # auto is sdpa here
+
+
+def test_cpu_refuses_training_with_flex_attention(write_recipe, monkeypatch):
+    """Measured: torch's flex_attention has no backward on CPU (NotImplementedError at the first step, after
+    the data is built); it is refused before anything loads. Its forward runs on CPU (test_data.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"model.attn_implementation=flex_attention trains only on a GPU .*"
+                                        r"--set model.attn_implementation=auto"):
+        check_environment(recipe(write_recipe, attn="flex_attention"))
 
 
 def test_gpu_without_flash_attn_is_refused_with_the_fix(write_recipe, monkeypatch):
