@@ -35,7 +35,7 @@ The JSON (read by `smolalign plan` to project GPU-hours; keep these keys):
      "throughput": [{"seq_length": int, "attn_implementation": str, "activation_checkpointing": bool,
                      "liger": bool, "tokens_per_s": float, "mfu": float, "attention_tflops_per_step": float,
                      "peak_memory_gib": float, "status": "ok" | "oom" | "skipped: ...", ...}, ...],
-     "stages": [the same keys, plus "stage" ("sft" | "apo"), "steps" and "log"]}
+     "stages": [the same keys but the attention FLOPs, plus "stage" ("sft" | "apo"), "steps", "log"]}
 
 MFU = 6 x parameters x tokens/s over the GPU's dense bf16 peak (989 TFLOP/s for H100 and H200). For apo,
 tokens are chosen + rejected (non-padding) and the frozen reference's forward (2 x parameters a token) is
@@ -56,7 +56,7 @@ typing-extensions), transformers and peft at our pins (and regex, whose floor tr
         .whl/*.whl && PYTHONPATH=/tmp/site:$PWD python3 scripts/gpu_check.py
 
 Missing optional packages are recorded, not fatal: no liger-kernel -> liger false; no flash-attn ->
-"skipped: not installed"; no trl/datasets -> the parts that need them are "skipped: not installed".
+"skipped: flash-attn is not installed"; no trl/datasets -> "skipped: not installed: trl, datasets".
 """
 
 from __future__ import annotations
