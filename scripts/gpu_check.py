@@ -657,8 +657,9 @@ def main(argv=None) -> int:
             report.add("throughput", {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
             free_memory("cuda")
     if "stages" in parts:
-        tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
-        run_stages(report, budget, Path(args.workdir), tokenizer, args.stage_steps)
+        tokenizer = Path(args.tokenizer).resolve() if args.tokenizer else default_tokenizer()
+        # absolute: the stage processes run from the repository root
+        run_stages(report, budget, Path(args.workdir).resolve(), tokenizer, args.stage_steps)
     print(f"-> {args.out}")
     bad = [r for section in ("vllm_parity", "packed_logits", "throughput", "stages") for r in report.data[section]
            if r["status"].startswith(("error", "mismatch"))]
