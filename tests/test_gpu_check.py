@@ -62,6 +62,10 @@ def test_throughput_records_land_on_disk_as_each_finishes(tmp_path):
         assert "peak_memory_gib" in r and sum(r["documents"] for r in [r]) >= 1
     assert {(r["seq_length"], r["attn_implementation"], r["activation_checkpointing"]) for r in records} == {
         (n, impl, ac) for n in (64, 128) for impl in ("sdpa", "eager") for ac in (False, True)}
+    # and `smolalign plan` (pipeline/costs.py) reads them
+    from pipeline.costs import read_gpu_check
+
+    assert read_gpu_check(out)["rows"] == records
 
     late = g.Report(tmp_path / "late.json", {"peak_bf16_tflops": None})
     g.measure_throughput(late, g.Budget(600), lengths=(64,), steps=1, device="cpu", config=tiny_config(),
