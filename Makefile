@@ -7,6 +7,8 @@
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
 #   make plan RECIPE=recipes/smollm3/sft.yaml [PLAN="--gpus 16 --gpu h200 --against other.yaml"]   before booking GPUs
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
+#   make gpu-wheels                here: what gpu-check needs on a GPU machine without internet (.whl/)
+#   make gpu-check                 on a GPU machine: attention, MFU and our stages at the real shapes
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +19,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-vllm test-fast lint demo bench gpu-check validate clean synth prepare plan $(STAGES)
+.PHONY: setup test test-vllm test-fast lint demo bench gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
 
 setup: $(STAMP)
 
@@ -89,10 +91,17 @@ bench: setup
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/synth_dedup.py
 
-# GPU machines only (never part of `make test`): vLLM/transformers parity, packed flash-attention,
-# SmolLM3-3B training throughput and MFU, recorded in runs/gpu-check.json.
-gpu-check: setup
-	$(PY) scripts/gpu_check.py
+# GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
+# packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at
+# 8k/32k/64k rows, and our sft/apo stages on that shape, recorded in runs/gpu-check.json as each part finishes.
+# It runs with the machine's own python3 where there is no .venv (a GPU image without internet cannot
+# `make setup`): carry the packages it lacks as wheels made here with `make gpu-wheels` (scripts/gpu_wheels.sh).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py
+
+gpu-wheels: setup
+	bash scripts/gpu_wheels.sh $(PY) .whl
 
 clean:
 	rm -rf runs
