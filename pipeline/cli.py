@@ -28,6 +28,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, raise_problems
+from pipeline.redaction import redact_text
 from pipeline.schema import STAGES
 
 # Stage -> module with `run(recipe, overwrite=False) -> Path` (synth stages also take `shard`).
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("names", nargs="*", help="default: all")
     sub.add_parser("demo", help="run the whole pipeline on recipes/demo/ (CPU)")
     args = parser.parse_args(argv)
+    sys.excepthook = _redacted_traceback
 
     try:
         if args.command == "validate":
@@ -103,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
     except UserError as e:  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
+
+
+def _redacted_traceback(kind, error, tb) -> None:
+    """A bug's traceback (exit 1), with any secret its messages quote cut out."""
+    import traceback
+
+    sys.stderr.write(redact_text("".join(traceback.format_exception(kind, error, tb))))
 
 
 def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None = None):
@@ -140,7 +149,7 @@ def validate(files: list[str], inputs: bool = False) -> int:
             print(f"ok    {f} ({recipe.stage})")
         except RecipeError as e:
             failed += 1
-            print(f"FAIL  {e}")
+            print(f"FAIL  {redact_text(str(e))}")
     return 2 if failed else 0
 
 

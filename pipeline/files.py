@@ -51,6 +51,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+            except RecursionError:  # [[[[...]]]] thousands deep: the decoder recurses once per level
+                raise UserError(f"{path}:{n}: not valid JSON (nested too deep to parse); fix or remove that line") \
+                    from None
     return rows
 
 

@@ -54,6 +54,19 @@ def num_proc(recipe: TrainRecipe) -> int:
     return recipe.data.num_proc or os.cpu_count() or 1
 
 
+def row_byte_limit(recipe: TrainRecipe) -> int:
+    """`data.max_row_bytes`, or 64 bytes per token of max_length (at least 1 MiB; 16 MiB without one).
+
+    A row is tokenized whole before it is cut to max_length, and that costs ~150x its size (a 50 MB
+    line: 7.3 GB in one worker), so a row far longer than anything trained on is quarantined unread.
+    64 bytes a token leaves room for any row that fits: JSON escapes (`\\u4e2d`, 6 bytes a character)
+    of multi-character tokens, markup, tool schemas."""
+    if recipe.data.max_row_bytes:
+        return recipe.data.max_row_bytes
+    max_length = recipe.training.get("max_length")
+    return max(1 << 20, 64 * max_length) if max_length else 16 << 20
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +105,8 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
         "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
         "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
         "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 4,
+        "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
+        "max_row_bytes": row_byte_limit(recipe), "format": 5,
     }
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -126,6 +140,13 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
             chosen = _budget(source, columns["length"], rng)
+            if not chosen:  # a fraction too small for the source: as empty as a source with no usable row
+                problem = (f"data.sources.{si} ({_label(source)}): fraction {source.fraction:g} of its {len(good)} "
+                           f"usable rows selects none")
+                if not source.allow_empty:
+                    raise UserError(f"{problem}; raise it to at least {1 / len(good):.2g}, or remove the source")
+                print(f"{problem}; allowed by `allow_empty`")
+                continue
             stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
             parts.append(good.select(chosen))
     if not parts:
@@ -172,7 +193,8 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         shares = _complete_shares(parts_dir)
         if shares:
             return concatenate_datasets([open_arrow_files(p) for p in shares])
-    rows, offset = source_rows(source, cache), 0
+    limit = row_byte_limit(recipe)
+    rows, offset = source_rows(source, cache, limit), 0
     if shard is not None:
         i, n = shard
         offset = _shard_offset(len(rows), i, n)
@@ -196,7 +218,7 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
         cache_file_name=str(out_dir / "tokenized.arrow"),  # on disk, with the build's other intermediates
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
-                   "keep": kept_length(recipe),
+                   "keep": kept_length(recipe), "limit": limit,
                    "raw_json": "text" in rows.column_names and _is_local_json(source)},
         remove_columns=rows.column_names, features=_features(), num_proc=_procs(recipe.data.num_proc, len(rows)),
         desc=f"tokenizing {_label(source)}" + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
@@ -255,14 +277,20 @@ def kept_length(recipe: TrainRecipe) -> int | None:
 
 
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
-                    rendering: Rendering, offset: int, raw_json: bool, keep: int | None) -> dict[str, list]:
+                    rendering: Rendering, offset: int, raw_json: bool, keep: int | None,
+                    limit: int) -> dict[str, list]:
     release_mapped_pages()  # the pages this worker has read do not stay resident (pipeline/mapped.py)
     out: dict[str, list] = {key: [] for key in TOKENIZED}
-    keys = list(batch)
+    keys = [k for k in batch if k != "bytes"]
     for j, index in enumerate(indices):
         row, reason, enc, thinking = None, "", {"input_ids": [], "labels": []}, False
         try:
-            row = _parse(batch["text"][j]) if raw_json else {k: batch[k][j] for k in keys}
+            if raw_json:
+                _check_size(batch["bytes"][j] if "bytes" in batch else len(batch["text"][j].encode()), limit)
+                row = _parse(batch["text"][j])
+            else:
+                row = {k: batch[k][j] for k in keys}
+                _check_size(_text_size(row), limit)
             enc, thinking = encode_row(row, source, tokenizer, rendering)
         except BadRow as e:
             reason = str(e)
@@ -280,11 +308,33 @@ def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, so
     return out
 
 
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise BadRow(f"row of {size:,} bytes, over the {limit:,}-byte limit (data.max_row_bytes); not read: split it "
+                     "or raise the limit")
+
+
+def _text_size(row) -> int:
+    """Bytes of text a row of a Hub dataset or parquet file holds (its strings, however nested)."""
+    size, stack = 0, [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            size += len(value.encode())
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return size
+
+
 def _parse(line: str):
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise BadRow(f"not valid JSON ({e.msg})") from None
+    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] 100,000 deep
+        raise BadRow("not valid JSON (nested too deep to parse)") from None
 
 
 def _features():
@@ -369,9 +419,11 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
 # ----------------------------------------------------------------------------------------------
 # Reading sources as Arrow
 # ----------------------------------------------------------------------------------------------
-def source_rows(source: Source, cache: Path):
+def source_rows(source: Source, cache: Path, limit: int = 16 << 20):
     """A source as a `datasets.Dataset`: a Hub dataset or local parquet with its own columns, a
-    local JSONL (or JSON list) file as one `text` column of raw JSON lines."""
+    local JSONL (or JSON list) file as a `text` column of raw JSON lines; a JSONL file also has a
+    `bytes` column, the size of each line, and a line longer than `limit` bytes is never read (its
+    text is empty: it is quarantined by its size)."""
     from datasets import Dataset, load_dataset
 
     if classify_input(source.path) == "hub":  # the Hugging Face cache: downloaded once for every mixture
@@ -389,10 +441,11 @@ def source_rows(source: Source, cache: Path):
         # in proportion to the file). The build's own cache name keeps a changed file from reusing it.
         from datasets import Features, Value
 
+        features = Features({"text": Value("string"), "bytes": Value("int64")})
         if not _has_content(path):
-            return Dataset.from_dict({"text": []}, features=Features({"text": Value("string")}))
-        return Dataset.from_generator(_lines, features=Features({"text": Value("string")}), cache_dir=hf_cache,
-                                      gen_kwargs={"path": str(path), "build": cache.name}, writer_batch_size=1000)
+            return Dataset.from_dict({"text": [], "bytes": []}, features=features)
+        return Dataset.from_generator(_lines, features=features, cache_dir=hf_cache, writer_batch_size=1000,
+                                      gen_kwargs={"path": str(path), "build": cache.name, "limit": limit})
     if path.suffix == ".json":
         check_utf8(path)
         try:
@@ -404,17 +457,23 @@ def source_rows(source: Source, cache: Path):
 
 
 def _has_content(path: Path) -> bool:
-    """Whether a file has a non-blank line (read until the first one; datasets cannot build from none)."""
-    with open(path, encoding="utf-8") as fh:
-        return any(line.strip() for line in fh)
+    """Whether a file has a non-blank line (read in 1 MB chunks until the first; datasets cannot build from none)."""
+    with open(path, "rb") as fh:
+        return any(chunk.strip() for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
-def _lines(path: str, build: str):
-    """The non-blank lines of a JSONL file, one row each."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield {"text": line}
+def _lines(path: str, build: str, limit: int):
+    """The non-blank lines of a JSONL file (UTF-8, checked before), one row each with its size in bytes.
+    A line longer than `limit` is measured a megabyte at a time and never held: its text is empty."""
+    with open(path, "rb") as fh:
+        while line := fh.readline(limit + 1):
+            if len(line) > limit and not line.endswith(b"\n"):
+                size = len(line)
+                while (chunk := fh.readline(1 << 20)) and not chunk.endswith(b"\n"):
+                    size += len(chunk)
+                yield {"text": "", "bytes": size + len(chunk)}
+            elif line.strip():
+                yield {"text": line.decode("utf-8"), "bytes": len(line)}
 
 
 def check_utf8(path: Path) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
 from pipeline.recipe import recipe_hash
+from pipeline.redaction import redact
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",
@@ -55,7 +55,7 @@ class Run:
 
     def save_manifest(self, **updates) -> None:
         self.manifest.update(updates, metrics=self.metrics)
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        write_json_atomic(self.path / MANIFEST, redact(self.manifest))  # an error message may quote a secret
 
     def end_attempt(self, status: str, **updates) -> None:
         """Close this attempt (status, duration) and total the durations of every attempt."""
@@ -228,7 +228,10 @@ NON_IDENTITY_FIELDS = {"description", "output_dir"}
 NON_IDENTITY_TRAINING_KEYS = {"logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name",
                               "disable_tqdm", "save_total_limit", "push_to_hub", "hub_model_id", "hub_token",
                               "hub_private_repo", "hub_strategy"}
-SECRET = re.compile(r"token|key|secret|password", re.I)
+# How a generation server is reached (synth, merge sweep, eval): fixing them after a run gave up
+# (a longer retry budget, a moved server) must resume it with the rows it has, not start over.
+NON_IDENTITY_BACKEND_KEYS = {"base_url", "served_model_name", "api_key_env", "concurrency", "timeout_s",
+                             "retry_budget_s"}
 
 
 def identity_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +240,8 @@ def identity_data(data: dict[str, Any]) -> dict[str, Any]:
     data = {k: v for k, v in data.items() if k not in NON_IDENTITY_FIELDS}
     if isinstance(data.get("training"), dict):
         data["training"] = {k: v for k, v in data["training"].items() if k not in NON_IDENTITY_TRAINING_KEYS}
+    if isinstance(data.get("backend"), dict):
+        data["backend"] = {k: v for k, v in data["backend"].items() if k not in NON_IDENTITY_BACKEND_KEYS}
     return data
 
 
@@ -244,17 +249,6 @@ def identity_hash(recipe) -> str:
     """sha256 of the fields that define what a run computes (identity_data)."""
     data = identity_data(recipe.model_dump(mode="json"))
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """The recipe as the manifest shows it: values under token/key/secret/password keys hidden."""
-    if isinstance(value, dict):
-        return {k: redact(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if SECRET.search(key) and isinstance(value, str) and value:
-        return "<redacted>"
-    return value
 
 
 def new_manifest(recipe) -> dict[str, Any]:

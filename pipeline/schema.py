@@ -72,6 +72,10 @@ class DataSpec(Strict):
     sources: list[Source] = Field(min_length=1)
     seed: int = 42
     num_proc: int | None = Field(None, ge=1, description="Processes that tokenize and pack (default: every core).")
+    max_row_bytes: int | None = Field(
+        None, gt=0, description="A larger row is quarantined with its size and never read into memory (tokenizing "
+        "one costs ~150x its size). Default: 64 bytes per token of training.max_length, at least 1 MiB "
+        "(16 MiB without a max_length): room for any row that fits max_length.")
 
 
 class PeftSpec(Strict):
@@ -100,7 +104,8 @@ class BackendSpec(Strict):
                                                 "automatic YaRN scaling.")
     enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
                                 "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
-    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
+    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint; `user:password@` in it "
+                                  "is sent as HTTP basic auth and never shown.")
     served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
                                           "(`vllm serve --served-model-name`); default the model path.")
     api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "

@@ -8,6 +8,7 @@ train -> save. TRL does the training; nothing here re-implements it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
 from pipeline.models import flash_attn_import_error, resolve_model
+from pipeline.redaction import redact
 from pipeline.runs import is_main_process
 from pipeline.schema import ModelSpec, TrainRecipe
 
@@ -185,9 +187,23 @@ def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
     # Defaults the recipe may override: no tracker unless asked; count tokens, which makes
     # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers).
     kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding"}
-    kwargs.update(recipe.training)
+    kwargs.update(_without_secrets(recipe.training))
     kwargs.update(stage_settings, output_dir=str(output_dir), seed=recipe.seed)
     return cls(**kwargs)
+
+
+def _without_secrets(training: dict[str, Any]) -> dict[str, Any]:
+    """The training block as TRL may keep it: transformers pickles its arguments whole into every
+    `training_args.bin`, so `hub_token` goes to the environment (HF_TOKEN, where huggingface_hub looks
+    when the Trainer pushes) instead, and anything token-shaped in another value (a run_name) is cut out."""
+    out = {}
+    for key, value in training.items():
+        if key == "hub_token":
+            if value:
+                os.environ["HF_TOKEN"] = value
+            continue
+        out[key] = redact(value, key)
+    return out
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",

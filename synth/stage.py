@@ -50,7 +50,7 @@ def load_prompts(recipe) -> list[dict]:
     """[{"id", "messages", "reference"}]: the conversation up to its last user turn."""
     rng = random.Random(recipe.prompts.seed)
     prompts, seen = [], set()
-    for source in recipe.prompts.sources:
+    for si, source in enumerate(recipe.prompts.sources):
         rows = []
         for row in load_source(source):
             messages = _prompt_messages(row)
@@ -61,7 +61,11 @@ def load_prompts(recipe) -> list[dict]:
                 seen.add(pid)
                 rows.append({"id": pid, "messages": messages, "reference": row.get("answer")})
         if source.fraction is not None:
+            count = len(rows)
             rows = rng.sample(rows, min(len(rows), round(source.fraction * len(rows))))
+            if count and not rows and not source.allow_empty:  # the source would vanish unsaid
+                raise UserError(f"prompts.sources.{si} ({source.path}): fraction {source.fraction:g} of its {count} "
+                                f"prompts selects none; raise it to at least {1 / count:.2g}, or remove the source")
         prompts += rows
     return prompts[:recipe.max_prompts] if recipe.max_prompts else prompts
 
