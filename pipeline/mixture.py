@@ -66,7 +66,7 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
         for si, source in enumerate(recipe.data.sources):
             _tokenized(recipe, si, source, tokenizer, cache, shard)
         return None, None
-    with file_lock(Path(cache_root) / f"{fingerprint}.lock"):  # the ranks of one job build it once
+    with file_lock(Path(cache_root) / f"{fingerprint}.lock", f"the data mixture {cache}"):  # built once
         if not (cache / "report.json").is_file():
             _build(recipe, tokenizer, cache, fingerprint, quarantine_path)
     report = json.loads((cache / "report.json").read_text())

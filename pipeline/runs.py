@@ -10,7 +10,6 @@ its hash, a fingerprint of every input, package versions, the git commit, metric
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
+from pipeline.locks import LockBusy, exclusive
 from pipeline.recipe import recipe_hash
 
 MANIFEST = "manifest.json"
@@ -174,26 +174,13 @@ def _refuse_foreign(path: Path, what: str) -> None:
 @contextmanager
 def run_lock(final: Path) -> Iterator[None]:
     """Hold `<out>.lock` while the run is open. flock is released by the kernel when its process
-    dies, so a killed run's lock is taken over by the next one; the file says who holds it."""
-    lock = final.with_name(final.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise RunError(f"{final} is in use by {holder}; wait for it to finish, or stop it") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {_now()}\n")
-        fh.flush()
-        try:
+    dies, and no forked helper (a data worker) keeps it (pipeline/locks.py), so a killed run's lock is
+    taken over by the next one; the file says who holds it."""
+    try:
+        with exclusive(final.with_name(final.name + ".lock"), f"the run {final}", wait=False):
             yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockBusy as busy:
+        raise RunError(f"{final} is in use by {busy}; wait for it to finish, or stop it") from None
 
 
 def is_main_process() -> bool:
