@@ -83,6 +83,28 @@ def partial_path(final: Path) -> Path:
     return final.with_name(final.name + ".partial")
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def is_complete_checkpoint(ckpt: Path) -> bool:
+    """A `checkpoint-N` directory holding weights and a whole trainer_state.json (the last file
+    transformers writes; a kill while writing it leaves JSON that does not parse)."""
+    if not ckpt.name.removeprefix("checkpoint-").isdigit() or not any((ckpt / f).is_file() for f in WEIGHT_FILES):
+        return False
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def set_aside_dir(run_dir: Path) -> Path:
+    """Where checkpoints cut short by a kill are kept: `<out>.incomplete` beside the run (given its
+    partial or final directory), so that nothing in it is resumed from, rotated, globbed or promoted."""
+    return run_dir.with_name(run_dir.name.removesuffix(".partial") + ".incomplete")
+
+
 @contextmanager
 def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     """Open `<out>.partial/`, yield a Run, and on success rename it to `<out>/` (status complete).
@@ -130,6 +152,7 @@ def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Ru
                            f"Pass --overwrite to discard it and start over, or rerun the recipe it was started with.")
         if main:
             shutil.rmtree(partial)
+            shutil.rmtree(set_aside_dir(partial), ignore_errors=True)  # that run's half-saved checkpoints
         previous = None
     manifest["resumed"] = previous is not None
     manifest["attempts"] = (previous or {}).get("attempts", []) + [{"started_at": manifest["started_at"],

@@ -16,6 +16,7 @@ from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
 from pipeline.models import resolve_model
+from pipeline.runs import is_complete_checkpoint, set_aside_dir
 from pipeline.schema import ModelSpec, TrainRecipe
 
 
@@ -111,29 +112,39 @@ def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
     return cls(**kwargs)
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """`checkpoint-N` dirs a run can resume from, newest first. transformers writes trainer_state.json
     after the weights, optimizer and RNG states, so a checkpoint without it (or without weights) was
-    cut short by a kill while saving: it is renamed `checkpoint-N.incomplete` and said so, never
-    deleted and never resumed from."""
+    cut short by a kill while saving. It is moved out of the run to `<out>.incomplete/step-N` and said
+    so: never deleted, never resumed from, and out of reach of transformers' `save_total_limit`
+    rotation (which counts every `checkpoint-*` name and would delete a complete one for it), of
+    the merge's `checkpoint-*` globs, and of the finished run."""
     found = []
-    candidates = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    for ckpt in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if (ckpt / "trainer_state.json").is_file() and any((ckpt / f).is_file() for f in WEIGHT_FILES):
+    for ckpt in sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir()), key=_step, reverse=True):
+        if is_complete_checkpoint(ckpt):
             found.append(ckpt)
             continue
-        aside = ckpt.with_name(ckpt.name + ".incomplete")
-        n = 1
-        while aside.exists():
-            aside, n = ckpt.with_name(f"{ckpt.name}.incomplete-{n}"), n + 1
+        aside = _free_name(set_aside_dir(output_dir) / f"step-{_step(ckpt)}")
+        aside.parent.mkdir(parents=True, exist_ok=True)
         ckpt.rename(aside)
-        print(f"{ckpt.name} is incomplete (killed while saving?): set aside as {aside.name}; "
+        print(f"{ckpt.name} is incomplete (killed while saving?): set aside as {aside}; "
               "resuming from the newest complete checkpoint")
     return found
+
+
+def _step(ckpt: Path) -> int:
+    """N of `checkpoint-N` (also of an old `checkpoint-N.incomplete`); -1 when there is none."""
+    digits = ckpt.name.removeprefix("checkpoint-").split(".")[0]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ... when a set-aside checkpoint of the same step is there already."""
+    n, candidate = 0, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def train_or_restore(trainer, output_dir: Path) -> None:
