@@ -10,6 +10,7 @@ its hash, a fingerprint of every input, package versions, the git commit, metric
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -119,7 +121,8 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     with run_lock(final) if main else nullcontext():
         run = _open(recipe, final, partial, overwrite, main)
         try:
-            yield run
+            with heartbeat(partial / MANIFEST) if main else nullcontext():
+                yield run
         except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
             if main:
                 error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -155,13 +158,60 @@ def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Ru
             shutil.rmtree(set_aside_dir(partial), ignore_errors=True)  # that run's half-saved checkpoints
         previous = None
     manifest["resumed"] = previous is not None
-    manifest["attempts"] = (previous or {}).get("attempts", []) + [{"started_at": manifest["started_at"],
-                                                                    "host": socket.gethostname(), "pid": os.getpid()}]
+    attempts = (previous or {}).get("attempts", [])
+    if main:
+        record_killed_attempts(attempts, partial)
+    manifest["attempts"] = attempts + [{"started_at": manifest["started_at"], "host": socket.gethostname(),
+                                        "pid": os.getpid()}]
     run = Run(path=partial, final=final, manifest=manifest)
     if main:
         partial.mkdir(parents=True, exist_ok=True)
         run.save_manifest()
     return run
+
+
+HEARTBEAT_S = 60.0
+
+
+@contextmanager
+def heartbeat(manifest: Path, every: float = HEARTBEAT_S) -> Iterator[None]:
+    """Touch the run's manifest every `every` seconds while the block runs. A SIGKILL leaves no
+    chance to record the end of an attempt; the manifest's mtime then says when it was last alive."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                os.utime(manifest)
+            except OSError:  # the directory moved (promotion) or the disk went away: nothing to do here
+                pass
+
+    thread = threading.Thread(target=beat, name="smolalign-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def record_killed_attempts(attempts: list[dict[str, Any]], partial: Path) -> None:
+    """Attempts that never recorded their end were killed (SIGKILL, the OOM killer, a lost node): the
+    caller holds the run's lock, so none of them still runs. Mark them `killed` and, for the latest,
+    record what its files say: the last sign of life (the newest mtime in the run directory, which
+    the heartbeat keeps fresh), the newest complete checkpoint it left, and its duration up to then."""
+    for i, attempt in enumerate(attempts):
+        if "status" in attempt:
+            continue
+        attempt["status"] = "killed"
+        if i < len(attempts) - 1:  # its traces are overwritten by later attempts: nothing more is known
+            continue
+        seen = max([partial.stat().st_mtime] + [p.stat().st_mtime for p in partial.rglob("*")])
+        started = calendar.timegm(time.strptime(attempt["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        checkpoints = sorted((p for p in partial.glob("checkpoint-*") if is_complete_checkpoint(p)),
+                             key=lambda p: int(p.name.removeprefix("checkpoint-")))
+        attempt.update(last_seen_at=_now(seen), last_checkpoint=checkpoints[-1].name if checkpoints else None,
+                       duration_s=round(max(0.0, seen - started), 3))
 
 
 def join_run(recipe) -> Path:
@@ -358,5 +408,5 @@ def git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _now(when: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
