@@ -1,6 +1,7 @@
 """Real SIGKILLs sent to real stage processes at named moments (issue 21): what the next run finds and
 what it leaves. tests/kill_harness.py holds the process still at the moment; the kill is a real one."""
 
+import calendar
 import fcntl
 import json
 import os
@@ -119,7 +120,7 @@ def test_a_killed_attempt_is_recorded_as_killed_with_its_last_sign_of_life(kille
     killed, finished = manifest["attempts"]
     assert killed["status"] == "killed" and finished["status"] == "complete"
     assert killed["last_checkpoint"] == "checkpoint-2"  # the newest complete one it left
-    last_seen = time.mktime(time.strptime(killed["last_seen_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    last_seen = calendar.timegm(time.strptime(killed["last_seen_at"], "%Y-%m-%dT%H:%M:%SZ"))
     assert last_seen >= int(k["killed_at"])  # at least as late as the last file it wrote
     assert killed["duration_s"] > 0 and finished["duration_s"] > 0
     assert manifest["duration_s"] == pytest.approx(killed["duration_s"] + finished["duration_s"], abs=1e-3)
