@@ -106,8 +106,12 @@ def stage_module(stage: str):
 
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
               shard: str | None = None) -> int:
+    from pipeline.runs import check_output_dir
+
     recipe = load(recipe_file, overrides, stage=stage)
     check_inputs(recipe)
+    if not shard:  # a share checks its own (pipeline.runs.join_run)
+        check_output_dir(recipe, overwrite)  # before any model or data loads
     extra = {"shard": shard} if shard else {}
     out = stage_module(stage).run(recipe, overwrite=overwrite, **extra)
     print(f"{stage}: done -> {out}")

@@ -139,13 +139,51 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
         _barrier()
 
 
-def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Run:
-    """Check the output and partial directories, then start (or resume) the run's manifest."""
+def check_output_dir(recipe, overwrite: bool = False) -> None:
+    """Refuse an output directory that no run could finish in without harm, before anything loads
+    (the CLI calls this first; stage_run again): a file or a symbolic link where the run directory
+    would go, a directory inside another run, a foreign directory, or a finished run (unless
+    `overwrite`)."""
+    final = recipe.output_path()
+    partial = partial_path(final)
+    _refuse_unusable_place(final, partial)
     _refuse_foreign(final, "output directory")
     _refuse_foreign(partial, "partial directory")
     if (final / MANIFEST).exists() and not overwrite:
         raise RunError(f"{final} already holds a finished {recipe.stage} run; pass --overwrite "
                        f"to replace it, or set output_dir / name in the recipe")
+
+
+def _refuse_unusable_place(final: Path, partial: Path) -> None:
+    """A run ends by renaming `<out>.partial` to `<out>`: neither may be a file or a link (the rename
+    would replace the user's file, or the link rather than what it points to), and `<out>` may not
+    lie inside another run (it would change that run's content, which its hash identifies)."""
+    for path, what in ((final, "output_dir"), (partial, "its partial directory")):
+        if path.is_symlink():
+            raise RunError(f"{path} ({what}) is a symbolic link to {os.readlink(path)}; a finished run replaces its "
+                           f"directory, which would replace the link: set output_dir to the real directory "
+                           f"({final.resolve()})")
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} ({what}) is a file, not a directory; choose another output_dir (or name) "
+                           "or move the file away")
+    for parent in final.absolute().parents:
+        if _is_run(parent):
+            raise RunError(f"{final} (output_dir) is inside the run {parent}; a run holds only what its stage "
+                           "wrote: choose an output_dir outside it")
+
+
+def _is_run(path: Path) -> bool:
+    """A directory holding one of our manifests (finished or partial)."""
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "stage" in manifest and "recipe_sha256" in manifest
+
+
+def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Run:
+    """Check the output and partial directories, then start (or resume) the run's manifest."""
+    check_output_dir(recipe, overwrite)
     manifest = new_manifest(recipe)
     previous = read_manifest(partial)
     if previous and previous.get("identity_sha256") != manifest["identity_sha256"]:
@@ -220,6 +258,7 @@ def join_run(recipe) -> Path:
     writes the run's manifest; a share of a different recipe is refused, so two recipes never mix."""
     final = recipe.output_path()
     partial = partial_path(final)
+    _refuse_unusable_place(final, partial)
     _refuse_foreign(final, "output directory")
     _refuse_foreign(partial, "partial directory")
     if (final / MANIFEST).exists():
