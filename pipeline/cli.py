@@ -89,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full, read-only or forbidden place outside a run (its lock, the cache): the same
+        from pipeline.runs import disk_problem
+
+        problem = disk_problem(e, [])
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
 
 def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None = None):

@@ -11,6 +11,7 @@ its hash, a fingerprint of every input, package versions, the git commit, metric
 from __future__ import annotations
 
 import calendar
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
 from pipeline.locks import LockBusy, exclusive
+from pipeline.models import cache_dir
 from pipeline.recipe import recipe_hash
 
 MANIFEST = "manifest.json"
@@ -124,19 +126,64 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
             with heartbeat(partial / MANIFEST) if main else nullcontext():
                 yield run
         except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
+            disk = disk_problem(exc, [partial, cache_dir()]) if isinstance(exc, Exception) else None
             if main:
-                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                error = disk or "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                (partial / RESERVE).unlink(missing_ok=True)  # room for the manifest on a full disk
                 try:
                     run.end_attempt("failed", error=error)
                 except Exception as manifest_error:  # the original error is the one to show
                     print(f"warning: could not record the failure in {partial / MANIFEST}: {manifest_error}",
                           file=sys.stderr)
+            if disk:  # the user's to fix, not a bug: one line, exit 2
+                raise UserError(disk) from exc
             raise
         _barrier()  # every rank has written its share before the directory moves
         if main:
+            (partial / RESERVE).unlink(missing_ok=True)
             run.end_attempt("complete")
             _promote(partial, final)
         _barrier()
+
+
+# A few pages set aside in every partial run directory and freed when the run fails, so that a full
+# disk still leaves room to record the failure in the manifest.
+RESERVE = ".manifest-reserve"
+FULL_BYTES = 1 << 20  # less free space than this is a full disk
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+def disk_problem(exc: BaseException, places: list[Path]) -> str | None:
+    """One line saying what to do when `exc` is the disk's doing: an OSError (anywhere in its chain) of
+    a full, read-only or forbidden place, or any error while one of `places` has no room left (torch and
+    safetensors report a failed write without the reason)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            where = Path(seen.filename) if seen.filename else (places[0] if places else None)
+            if where is None:
+                return f"a write failed: {seen.strerror}; free space, or make the run and cache directories writable"
+            return f"cannot write {where}: {seen.strerror}; {_disk_advice(where, seen.errno)}"
+        seen = seen.__cause__ or seen.__context__
+    for place in places:
+        try:
+            free = shutil.disk_usage(place).free
+        except OSError:
+            continue
+        if free < FULL_BYTES:
+            what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return (f"the disk holding {place} is full ({free} bytes free; the write failed with: {what[:200]}); "
+                    f"{_disk_advice(place, errno.ENOSPC)}")
+    return None
+
+
+def _disk_advice(path: Path, code: int) -> str:
+    cache = cache_dir().absolute()
+    in_cache = path.absolute() == cache or cache in path.absolute().parents
+    elsewhere = "set SMOLALIGN_CACHE to another directory" if in_cache else "set output_dir (or name) to another place"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space there, or {elsewhere} with room, then rerun (an interrupted run resumes)"
+    return f"make it writable, or {elsewhere} that is"
 
 
 def check_output_dir(recipe, overwrite: bool = False) -> None:
@@ -204,7 +251,10 @@ def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Ru
     run = Run(path=partial, final=final, manifest=manifest)
     if main:
         partial.mkdir(parents=True, exist_ok=True)
+        for stale in partial.glob(f".{MANIFEST}.*.tmp"):  # a writer killed mid-write left it
+            stale.unlink()
         run.save_manifest()
+        (partial / RESERVE).write_bytes(b"\0" * (64 << 10))
     return run
 
 

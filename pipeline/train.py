@@ -8,6 +8,8 @@ train -> save. TRL does the training; nothing here re-implements it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from pipeline.chat import end_of_turn_as_eos, has_generation_markers, template_t
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
+from pipeline.inputs import classify_input
 from pipeline.models import resolve_model
 from pipeline.runs import is_complete_checkpoint, set_aside_dir
 from pipeline.schema import ModelSpec, TrainRecipe
@@ -27,7 +30,9 @@ def load_tokenizer(recipe: TrainRecipe):
     """The model's tokenizer with our chat template installed (so every checkpoint ships it)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path), revision=recipe.model.revision)
+    with hub_errors(recipe.model.name_or_path, "model.name_or_path"):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path),
+                                                  revision=recipe.model.revision)
     template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
     if template is not None:
         tokenizer.chat_template = template
@@ -40,16 +45,32 @@ def load_tokenizer(recipe: TrainRecipe):
     return tokenizer
 
 
-def load_model(spec: ModelSpec):
+def load_model(spec: ModelSpec, key: str = "model.name_or_path"):
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec.name_or_path), revision=spec.revision,
-                                                 dtype=dtype, attn_implementation=spec.attn_implementation)
+    with hub_errors(spec.name_or_path, key):
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(spec.name_or_path), revision=spec.revision,
+                                                     dtype=dtype, attn_implementation=spec.attn_implementation)
     # Packed rows are only isolated without a KV cache; training never needs one.
     model.config.use_cache = False
     return model
+
+
+@contextmanager
+def hub_errors(ref: str, key: str) -> Iterator[None]:
+    """A Hub ID that cannot be fetched (offline, unreachable, or unknown) and is not in the local
+    cache: transformers raises OSError with a paragraph; say it in one line, with what to do."""
+    try:
+        yield
+    except OSError as e:
+        if classify_input(ref) != "hub":
+            raise
+        reason = " ".join(str(e).split())[:300]
+        raise UserError(f"{key}: {ref} cannot be loaded from the Hugging Face Hub or its local cache ({reason}); "
+                        f"download it where the Hub is reachable (`hf download {ref}`) into this machine's cache "
+                        f"(HF_HOME), or set {key} to a local directory") from None
 
 
 def check_environment(recipe: TrainRecipe) -> None:

@@ -1,5 +1,7 @@
-"""Real SIGKILLs sent to real stage processes at named moments (issue 21): what the next run finds and
-what it leaves. tests/kill_harness.py holds the process still at the moment; the kill is a real one."""
+"""Real SIGKILLs sent to real stage processes at named moments, and real disk faults (issue 21): what
+the next run finds and what it leaves. tests/kill_harness.py holds the process still at the moment;
+the kill is a real one. Full and read-only disks are small tmpfs mounts in a private mount namespace
+(`unshare -rm`: no root needed, nothing left mounted)."""
 
 import calendar
 import fcntl
@@ -209,3 +211,93 @@ time.sleep(60)
     finally:
         os.kill(left_behind, signal.SIGKILL)
     assert acquired.wait(10)
+
+
+# ---- item 11: full and read-only disks, an unreachable Hub ID -----------------------------------
+def in_private_mount(script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a shell script in its own user + mount namespace, where it may mount tmpfs."""
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sft_body(output_dir: Path, model: str, **training) -> dict:
+    return {"name": "t", "stage": "sft", "output_dir": str(output_dir), "model": {"name_or_path": model,
+            "dtype": "float32"}, "data": {"sources": [{"path": str(REPO / "data/demo/chat_no_think.jsonl"),
+                                                       "mode": "no_think"}]},
+            "training": {"max_steps": 2, "bf16": False, "max_length": 128, "packing": True,
+                         "per_device_train_batch_size": 2, **training}}
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_the_failure_is_recorded_and_the_rerun_finishes_clean(tmp_path, tiny_model):
+    """A 20 MB tmpfs: the first checkpoint's optimizer.pt does not fit (torch says only "unexpected pos",
+    no errno). Before: a traceback (exit 1), the failure not recorded, a 0-byte .manifest.json.<pid>.tmp
+    left in the run dir (and promoted by the rerun)."""
+    disk, seen = tmp_path / "disk", tmp_path / "seen"
+    disk.mkdir(), seen.mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(sft_body(disk / "runs" / "sft", tiny_model, save_strategy="steps",
+                                              save_steps=1), sort_keys=False))
+    smolalign = f"{sys.executable} -m pipeline.cli sft --recipe {recipe}"
+    result = in_private_mount(f"""
+mount -t tmpfs -o size=20m tmpfs {disk} || exit 99
+{smolalign} 2> {seen}/stderr; echo $? > {seen}/exit
+ls -A {disk}/runs/sft.partial > {seen}/listing; cp {disk}/runs/sft.partial/manifest.json {seen}/failed.json
+mount -o remount,size=200m {disk}
+{smolalign} 2> {seen}/stderr2; echo $? > {seen}/exit2
+ls -A {disk}/runs/sft > {seen}/listing2; cp {disk}/runs/sft/manifest.json {seen}/finished.json
+""")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (seen / "exit").read_text().strip() == "2"
+    line = one_error_line((seen / "stderr").read_text())
+    assert f"the disk holding {disk}/runs/sft.partial is full" in line and "free space there" in line
+    failed = json.loads((seen / "failed.json").read_text())
+    assert failed["status"] == "failed" and failed["attempts"][-1]["status"] == "failed"
+    assert "is full" in failed["error"]
+    assert not any(name.endswith(".tmp") for name in (seen / "listing").read_text().split())
+    assert (seen / "exit2").read_text().strip() == "0", (seen / "stderr2").read_text()[-3000:]
+    finished_files = (seen / "listing2").read_text().split()
+    assert not any(name.endswith(".tmp") or name == ".manifest-reserve" for name in finished_files), finished_files
+    finished = json.loads((seen / "finished.json").read_text())
+    assert [a["status"] for a in finished["attempts"]] == ["failed", "complete"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read_only", ["cache", "output"])
+def test_a_read_only_cache_or_output_dir_is_one_line_naming_it(tmp_path, tiny_model, read_only):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = (ro if read_only == "output" else tmp_path) / "runs" / "sft"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(sft_body(out, tiny_model), sort_keys=False))
+    cache = ro if read_only == "cache" else tmp_path / "cache"
+    result = in_private_mount(f"""
+mount -t tmpfs -o ro,size=1m tmpfs {ro} || exit 99
+SMOLALIGN_CACHE={cache} exec {sys.executable} -m pipeline.cli sft --recipe {recipe}
+""")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr)
+    assert "Read-only file system" in line and str(ro) in line
+    if read_only == "cache":
+        assert "SMOLALIGN_CACHE" in line
+        manifest = json.loads((tmp_path / "runs" / "sft.partial" / "manifest.json").read_text())
+        assert manifest["attempts"][-1]["status"] == "failed" and str(ro) in manifest["error"]
+    else:
+        assert "output_dir" in line
+
+
+def test_an_unreachable_hub_id_is_one_line(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(sft_body(tmp_path / "runs" / "sft", "HuggingFaceTB/SmolLM3-3B"), sort_keys=False))
+    env = {**ENV, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # offline, with an empty cache
+    result = subprocess.run(SMOLALIGN + ["sft", "--recipe", str(recipe)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr)
+    assert "model.name_or_path: HuggingFaceTB/SmolLM3-3B cannot be loaded" in line and "hf download" in line
