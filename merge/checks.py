@@ -75,9 +75,10 @@ def refuse_unfinished(path: Path) -> None:
         if status != "complete":
             raise MergeCheckError(f"{path}: an unfinished run (status {status}); rerun its stage to finish it, "
                                   "or merge its complete checkpoint-N directories")
+    set_aside = path.name.startswith("checkpoint-") and not path.name.removeprefix("checkpoint-").isdigit()
     looks_like_trainer_checkpoint = path.name.startswith("checkpoint-") or any(
         (path / f).exists() for f in TRAINER_FILES)
-    if looks_like_trainer_checkpoint and not is_complete_checkpoint(path):
+    if set_aside or (looks_like_trainer_checkpoint and not is_complete_checkpoint(path)):
         raise MergeCheckError(f"{path}: not a complete checkpoint (a checkpoint-N directory with weights and a whole "
                               "trainer_state.json); it was cut short while saving (killed?): leave it out of the "
                               "soup, e.g. list the complete checkpoints instead of a glob")

@@ -92,9 +92,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_mo
 
 
 def is_complete_checkpoint(ckpt: Path) -> bool:
-    """A `checkpoint-N` directory holding weights and a whole trainer_state.json (the last file
+    """A Trainer checkpoint directory holding weights and a whole trainer_state.json (the last file
     transformers writes; a kill while writing it leaves JSON that does not parse)."""
-    if not ckpt.name.removeprefix("checkpoint-").isdigit() or not any((ckpt / f).is_file() for f in WEIGHT_FILES):
+    if not any((ckpt / f).is_file() for f in WEIGHT_FILES):
         return False
     try:
         json.loads((ckpt / "trainer_state.json").read_text())
@@ -294,9 +294,10 @@ def record_killed_attempts(attempts: list[dict[str, Any]], partial: Path) -> Non
         attempt["status"] = "killed"
         if i < len(attempts) - 1:  # its traces are overwritten by later attempts: nothing more is known
             continue
-        seen = max([partial.stat().st_mtime] + [p.stat().st_mtime for p in partial.rglob("*")])
+        seen = max([partial.stat().st_mtime] + [p.lstat().st_mtime for p in partial.rglob("*")])
         started = calendar.timegm(time.strptime(attempt["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
-        checkpoints = sorted((p for p in partial.glob("checkpoint-*") if is_complete_checkpoint(p)),
+        checkpoints = sorted((p for p in partial.glob("checkpoint-*")
+                              if p.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(p)),
                              key=lambda p: int(p.name.removeprefix("checkpoint-")))
         attempt.update(last_seen_at=_now(seen), last_checkpoint=checkpoints[-1].name if checkpoints else None,
                        duration_s=round(max(0.0, seen - started), 3))

@@ -142,7 +142,7 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     the merge's `checkpoint-*` globs, and of the finished run."""
     found = []
     for ckpt in sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir()), key=_step, reverse=True):
-        if is_complete_checkpoint(ckpt):
+        if ckpt.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(ckpt):
             found.append(ckpt)
             continue
         aside = _free_name(set_aside_dir(output_dir) / f"step-{_step(ckpt)}")

@@ -165,6 +165,12 @@ def test_the_soup_glob_never_merges_a_checkpoint_cut_short(write_recipe, tmp_pat
     assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
 
 
+def test_a_complete_trainer_checkpoint_copied_under_another_name_is_merged(write_recipe, tmp_path, ckpts):
+    kept = complete_checkpoint(ckpts["a"], tmp_path / "best-apo")  # what is complete counts, not the name
+    out = run(merge_recipe(write_recipe, tmp_path, [kept], ckpts["b"]))
+    assert (out / "model.safetensors").is_file()
+
+
 def test_failed_check_writes_nothing(write_recipe, tmp_path, ckpts):
     empty = tmp_path / "not_a_model"
     empty.mkdir()
