@@ -8,8 +8,6 @@ train -> save. TRL does the training; nothing here re-implements it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from pipeline.chat import end_of_turn_as_eos, has_generation_markers, template_t
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
-from pipeline.inputs import classify_input
+from pipeline.inputs import hub_errors
 from pipeline.models import resolve_model
 from pipeline.runs import is_complete_checkpoint, set_aside_dir
 from pipeline.schema import ModelSpec, TrainRecipe
@@ -56,21 +54,6 @@ def load_model(spec: ModelSpec, key: str = "model.name_or_path"):
     # Packed rows are only isolated without a KV cache; training never needs one.
     model.config.use_cache = False
     return model
-
-
-@contextmanager
-def hub_errors(ref: str, key: str) -> Iterator[None]:
-    """A Hub ID that cannot be fetched (offline, unreachable, or unknown) and is not in the local
-    cache: transformers raises OSError with a paragraph; say it in one line, with what to do."""
-    try:
-        yield
-    except OSError as e:
-        if classify_input(ref) != "hub":
-            raise
-        reason = " ".join(str(e).split())[:300]
-        raise UserError(f"{key}: {ref} cannot be loaded from the Hugging Face Hub or its local cache ({reason}); "
-                        f"download it where the Hub is reachable (`hf download {ref}`) into this machine's cache "
-                        f"(HF_HOME), or set {key} to a local directory") from None
 
 
 def check_environment(recipe: TrainRecipe) -> None:

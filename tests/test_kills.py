@@ -292,12 +292,22 @@ SMOLALIGN_CACHE={cache} exec {sys.executable} -m pipeline.cli sft --recipe {reci
         assert "output_dir" in line
 
 
-def test_an_unreachable_hub_id_is_one_line(tmp_path):
+@pytest.mark.parametrize("hub", ["model", "data source"])
+def test_an_unreachable_hub_id_is_one_line(tmp_path, tiny_model, hub):
+    body = sft_body(tmp_path / "runs" / "sft", "HuggingFaceTB/SmolLM3-3B" if hub == "model" else tiny_model)
+    if hub == "data source":
+        body["data"]["sources"] = [{"path": "HuggingFaceTB/smoltalk2", "name": "SFT", "split": "everyday",
+                                    "mode": "no_think"}]
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(sft_body(tmp_path / "runs" / "sft", "HuggingFaceTB/SmolLM3-3B"), sort_keys=False))
-    env = {**ENV, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # offline, with an empty cache
+    recipe.write_text(yaml.safe_dump(body, sort_keys=False))
+    env = {**ENV, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),  # offline, with an empty cache
+           "SMOLALIGN_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(SMOLALIGN + ["sft", "--recipe", str(recipe)], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result.stderr)
-    assert "model.name_or_path: HuggingFaceTB/SmolLM3-3B cannot be loaded" in line and "hf download" in line
+    if hub == "model":
+        assert "model.name_or_path: HuggingFaceTB/SmolLM3-3B cannot be loaded" in line
+    else:
+        assert "data source: HuggingFaceTB/smoltalk2 cannot be loaded" in line and "--repo-type dataset" in line
+    assert "hf download" in line
