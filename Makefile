@@ -5,6 +5,7 @@
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
+#   make plan RECIPE=recipes/smollm3/sft.yaml [PLAN="--gpus 16 --gpu h200 --against other.yaml"]   before booking GPUs
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -16,7 +17,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-vllm test-fast lint demo bench gpu-check validate clean synth prepare $(STAGES)
+.PHONY: setup test test-vllm test-fast lint demo bench gpu-check validate clean synth prepare plan $(STAGES)
 
 setup: $(STAMP)
 
@@ -69,6 +70,12 @@ $(STAGES): setup
 # `make prepare RECIPE=recipes/smollm3/sft.yaml`: the training stage's mixture, built on this (CPU) machine.
 prepare: setup
 	$(SMOL) prepare --recipe $(or $(RECIPE),recipes/demo/sft.yaml) $(SETS)
+
+# `make plan RECIPE=recipes/smollm3/sft.yaml`: what it trains on, how it differs from the published config, what
+# it costs (no model loads, offline; runs/plan.json). PLAN passes options: --gpus N --gpu h200 --against FILE.
+PLAN ?=
+plan: setup
+	$(SMOL) plan $(or $(RECIPE),recipes/demo/sft.yaml) $(SETS) $(PLAN)
 
 # `make synth RECIPE=...` runs a synth-traces or synth-pairs recipe; without RECIPE, both demo ones.
 synth: setup

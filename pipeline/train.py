@@ -24,13 +24,14 @@ from pipeline.schema import ModelSpec, TrainRecipe
 # ----------------------------------------------------------------------------------------------
 # Tokenizer, template, model
 # ----------------------------------------------------------------------------------------------
-def load_tokenizer(recipe: TrainRecipe):
-    """The model's tokenizer with our chat template installed (so every checkpoint ships it)."""
+def load_tokenizer(recipe: TrainRecipe, local_files_only: bool = False):
+    """The model's tokenizer with our chat template installed (so every checkpoint ships it).
+    `local_files_only`: a Hub model's tokenizer from the local Hugging Face cache only (`plan`, offline)."""
     from transformers import AutoTokenizer
 
     with hub_errors(recipe.model.name_or_path, "model.name_or_path"):
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path),
-                                                  revision=recipe.model.revision)
+                                                  revision=recipe.model.revision, local_files_only=local_files_only)
     template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
     if template is not None:
         tokenizer.chat_template = template
