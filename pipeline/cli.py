@@ -107,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full, read-only or forbidden place outside a run (its lock, the cache): the same
+        from pipeline.runs import disk_problem
+
+        problem = disk_problem(e, [])
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
 
 def _redacted_traceback(kind, error, tb) -> None:
@@ -131,8 +139,12 @@ def stage_module(stage: str):
 
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
               shard: str | None = None) -> int:
+    from pipeline.runs import check_output_dir
+
     recipe = load(recipe_file, overrides, stage=stage)
     check_inputs(recipe)
+    if not shard:  # a share checks its own (pipeline.runs.join_run)
+        check_output_dir(recipe, overwrite)  # before any model or data loads
     extra = {"shard": shard} if shard else {}
     out = stage_module(stage).run(recipe, overwrite=overwrite, **extra)
     print(f"{stage}: done -> {out}")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pipeline.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
 from pipeline.errors import UserError
 from pipeline.files import read_jsonl, write_jsonl
-from pipeline.inputs import classify_input
+from pipeline.inputs import classify_input, hub_errors
 from pipeline.schema import Source, TrainRecipe
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -56,7 +56,8 @@ def load_source(source: Source) -> Iterable[dict[str, Any]]:
     if classify_input(source.path) == "hub":
         from datasets import load_dataset
 
-        return load_dataset(source.path, source.name, split=source.split)
+        with hub_errors(source.path, "data source", repo_type="dataset"):
+            return load_dataset(source.path, source.name, split=source.split)
     path = Path(source.path).expanduser()
     if path.suffix == ".jsonl":
         return read_jsonl(path)

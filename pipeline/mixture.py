@@ -36,7 +36,7 @@ import numpy as np
 from pipeline.chat import has_generation_markers
 from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens
 from pipeline.errors import UserError
-from pipeline.inputs import classify_input
+from pipeline.inputs import classify_input, hub_errors
 from pipeline.mapped import release_mapped_pages
 from pipeline.packing import pack, packing_stats
 from pipeline.schema import Source, TrainRecipe
@@ -82,7 +82,7 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
         for si, source in enumerate(recipe.data.sources):
             _tokenized(recipe, si, source, tokenizer, cache, shard)
         return None, None
-    with file_lock(Path(cache_root) / f"{fingerprint}.lock"):  # the ranks of one job build it once
+    with file_lock(Path(cache_root) / f"{fingerprint}.lock", f"the data mixture {cache}"):  # built once
         if not (cache / "report.json").is_file():
             _build(recipe, tokenizer, cache, fingerprint, quarantine_path)
     report = json.loads((cache / "report.json").read_text())
@@ -427,7 +427,8 @@ def source_rows(source: Source, cache: Path, limit: int = 16 << 20):
     from datasets import Dataset, load_dataset
 
     if classify_input(source.path) == "hub":  # the Hugging Face cache: downloaded once for every mixture
-        return load_dataset(source.path, source.name, split=source.split)
+        with hub_errors(source.path, "data source", repo_type="dataset"):
+            return load_dataset(source.path, source.name, split=source.split)
     hf_cache = str(cache.with_name(cache.name + ".parts") / "hf")  # local files' Arrow copies: dropped when built
     path = Path(source.path).expanduser()
     if path.suffix == ".parquet":
