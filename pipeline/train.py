@@ -215,11 +215,14 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     cut short by a kill while saving. It is moved out of the run to `<out>.incomplete/step-N` and said
     so: never deleted, never resumed from, and out of reach of transformers' `save_total_limit`
     rotation (which counts every `checkpoint-*` name and would delete a complete one for it), of
-    the merge's `checkpoint-*` globs, and of the finished run."""
+    the merge's `checkpoint-*` globs, and of the finished run. Only the main process moves it; the other
+    ranks of a distributed job skip it."""
     found = []
     for ckpt in sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir()), key=_step, reverse=True):
         if ckpt.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(ckpt):
             found.append(ckpt)
+            continue
+        if not is_main_process():  # every rank looks; one moves (several would race on the rename)
             continue
         aside = _free_name(set_aside_dir(output_dir) / f"step-{_step(ckpt)}")
         aside.parent.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,26 @@ def test_a_checkpoint_cut_short_is_set_aside_outside_the_run_and_outside_rotatio
     assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
 
 
+def test_only_the_main_rank_sets_a_checkpoint_aside_the_others_skip_it(tmp_path, monkeypatch):
+    """Every rank of a multi-GPU job looks for checkpoints to resume from; had each moved the one cut
+    short, the ranks would race on one rename and the losers fail (FileNotFoundError) on resume."""
+    from pipeline.train import complete_checkpoints
+
+    run = tmp_path / "sft.partial"
+    for step, whole in ((2, True), (4, False)):
+        ckpt = run / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"weights")
+        if whole:
+            (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    monkeypatch.setenv("RANK", "3")
+    assert complete_checkpoints(run) == [run / "checkpoint-2"]
+    assert (run / "checkpoint-4").is_dir() and not (tmp_path / "sft.incomplete").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert complete_checkpoints(run) == [run / "checkpoint-2"]
+    assert not (run / "checkpoint-4").exists() and (tmp_path / "sft.incomplete" / "step-4").is_dir()
+
+
 @pytest.mark.slow
 def test_a_killed_attempt_is_recorded_as_killed_with_its_last_sign_of_life(killed_while_saving):
     k = killed_while_saving
