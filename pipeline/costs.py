@@ -154,12 +154,18 @@ def read_gpu_check(path: str | Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    env = data.get("environment") or {}
-    rows = [r for r in data.get("throughput") or [] if isinstance(r, dict) and r.get("status") == "ok"
-            and r.get("tokens_per_s") and r.get("seq_length")]
+    if not isinstance(data, dict) or not isinstance(data.get("throughput"), list):
+        return None
+    env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
+    rows = [r for r in data["throughput"] if isinstance(r, dict) and r.get("status") == "ok"
+            and _positive(r.get("tokens_per_s")) and _positive(r.get("seq_length"))]
     if not rows:
         return None
     return {"file": str(path), "gpu": env.get("gpu"), "date_utc": env.get("date_utc"), "rows": rows}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def gpu_kind(name: str | None) -> str | None:
@@ -186,12 +192,16 @@ def tokens_per_second(shape: dict[str, Any], kind: str, span: float, *, checkpoi
 
 
 def _base_row(kind: str, checkpointing: bool, liger: bool, measured: dict[str, Any] | None):
+    measured_kind = gpu_kind(measured.get("gpu")) if measured else None
+    if measured and measured_kind is None:  # no peak TFLOP/s to scale it by: its figure is not this GPU's
+        return MEASURED_H100, (f"estimate from the one measured figure (H100, SmolLM3-3B shape, 8k tokens, "
+                               f"2026-11-23): {measured['file']} was measured on {measured.get('gpu')}, which "
+                               f"plan cannot scale to {GPUS[kind]['name']}")
     if measured:
         rows = [r for r in measured["rows"] if bool(r.get("activation_checkpointing", True)) == checkpointing]
         rows = rows or measured["rows"]
         rows.sort(key=lambda r: (bool(r.get("liger")) != liger, -r["seq_length"]))
         row = rows[0]
-        measured_kind = gpu_kind(measured.get("gpu")) or kind
         return ({**row, "kind": measured_kind, "gpu": measured.get("gpu"), "date_utc": measured.get("date_utc")},
                 f"measured by make gpu-check ({measured['file']}, {measured.get('gpu')}, {measured.get('date_utc')})")
     return MEASURED_H100, ("estimate from the one measured figure (H100, SmolLM3-3B shape, 8k tokens, "

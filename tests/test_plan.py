@@ -231,6 +231,29 @@ def test_measured_throughput_from_gpu_check_is_used_and_named(tmp_path):
     assert costs.tokens_per_second(costs.SMOLLM3_3B, "a100", 2048)["estimate"]
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '"h100"', '{"environment": "h100", "throughput": "fast"}',
+                                  '{"throughput": [{"status": "ok", "tokens_per_s": "fast", "seq_length": "8k"}]}'])
+def test_a_gpu_check_file_of_another_layout_is_not_used(tmp_path, text):
+    """The plan runs on its built-in figure, as for a file that does not parse (it was a traceback)."""
+    other = tmp_path / "gpu-check.json"
+    other.write_text(text)
+    assert costs.read_gpu_check(other) is None
+    rc, plan = run_plan(tmp_path, REPO / "recipes/smollm3/sft.yaml", "--gpu-check", other)
+    assert rc == 0 and "estimate from the one measured figure" in plan["plans"][0]["cost"]["throughput"]["source"]
+
+
+def test_throughput_measured_on_a_gpu_plan_cannot_scale_is_not_passed_off_as_another_kind(tmp_path):
+    """An L40S's tokens/s is not an H100's: without that GPU's peak the figure cannot be scaled to one."""
+    measured = tmp_path / "gpu-check.json"
+    row = {"seq_length": 8192, "documents": 4, "activation_checkpointing": True, "liger": True,
+           "tokens_per_s": 1000, "status": "ok"}
+    measured.write_text(json.dumps({"environment": {"gpu": "NVIDIA L40S", "date_utc": "2026-12-01T10:00:00Z"},
+                                    "throughput": [row]}))
+    speed = costs.tokens_per_second(costs.SMOLLM3_3B, "h100", 2048, measured=costs.read_gpu_check(measured))
+    assert speed["tokens_per_s"] == pytest.approx(12542)  # the built-in H100 figure, not the L40S one
+    assert "L40S" in speed["source"]  # says why the measurement was not used
+
+
 @pytest.mark.slow
 def test_the_memory_estimate_is_within_20_percent_of_the_demo_sft_runs_peak_rss(tmp_path, smollm2):
     """The demo SFT recipe (SmolLM2-135M, float32, 384-token packed rows, no checkpointing) run for real for
