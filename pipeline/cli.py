@@ -218,8 +218,12 @@ def plan(args) -> int:
         print(format_plan(result) + "\n")
         plans.append(result)
         problems += [f"{path}: {p}" for p in result["problems"]]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(args.out), {"plans": plans, "problems": problems})
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out), {"plans": plans, "problems": problems})
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot write it ({e.strerror}: {e.filename}); give a path in a "
+                        "writable directory") from None
     print(f"plan: {len(plans)} recipe(s) -> {args.out}")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -243,7 +247,22 @@ def _launcher(choice: str | None, gpus: int) -> dict | None:
             return {"zero3": {"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": 3}},
                     "ddp": {"distributed_type": "MULTI_GPU"}, "fsdp2": {"distributed_type": "FSDP"}}[choice]
         raise UserError(f"--launcher {choice}: no such accelerate config; use ddp, zero3, fsdp2, none or a .yaml file")
-    return yaml.safe_load(path.read_text())
+    try:
+        launcher = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"--launcher {path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not _is_accelerate_config(launcher):
+        raise UserError(f"--launcher {path}: not an accelerate config (a mapping with distributed_type and, for "
+                        "DeepSpeed, deepspeed_config.zero_stage 0-3, as in recipes/accelerate/zero3.yaml)")
+    return launcher
+
+
+def _is_accelerate_config(launcher) -> bool:
+    """A mapping whose deepspeed_config, if any, is a mapping with a zero_stage of 0 to 3."""
+    if not isinstance(launcher, dict):
+        return False
+    deepspeed = launcher.get("deepspeed_config") or {}
+    return isinstance(deepspeed, dict) and str(deepspeed.get("zero_stage", 0)) in ("0", "1", "2", "3")
 
 
 def prepare_models(names: list[str]) -> int:

@@ -101,6 +101,24 @@ def test_a_recipe_that_does_not_load_is_one_line_per_problem_and_exit_2(tmp_path
     assert rc == 2 and len(err) == 1 and "training.packing_strategy" in err[0] and "bfd" in err[0]
 
 
+
+@pytest.mark.parametrize("option, text", [
+    ("--launcher", "- a list\n"), ("--launcher", "a: [\n"),
+    ("--launcher", "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: x}\n"), ("--out", None)])
+def test_a_bad_launcher_file_or_out_path_is_one_line_naming_it_and_exit_2(tmp_path, capsys, option, text):
+    """They were tracebacks (AttributeError, a YAML ScannerError, ValueError, FileExistsError)."""
+    bad = tmp_path / "launcher.yaml"
+    if text is None:
+        bad.write_text("a file where plan.json's directory would go")
+        out = bad / "plan.json"
+    else:
+        bad.write_text(text)
+        out = tmp_path / "plan.json"
+    args = ["--out", str(out)] + ([option, str(bad)] if option == "--launcher" else [])
+    rc = main(["plan", str(REPO / "recipes/smollm3/sft.yaml"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and option in err[0] and str(bad) in err[0], err
+
 # ----------------------------------------------------------------------------------------------
 # What it trains on: the mixture cache that `prepare` built
 # ----------------------------------------------------------------------------------------------
