@@ -29,7 +29,8 @@ TOKEN_SHAPES = re.compile(r"""
     | \bxox[abposr]-[A-Za-z0-9-]{10,}    # Slack
     | \bAKIA[0-9A-Z]{16}\b               # AWS access key id
 """, re.X)
-URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@", re.I)
+# the password runs to the last @ before the host, as urllib reads it (it may hold an unescaped @)
+URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s]+@", re.I)
 BEARER = re.compile(r"(\bBearer\s+|\bAuthorization:\s*\w+\s+)[A-Za-z0-9._~+/=-]{8,}", re.I)
 _remembered: set[str] = set()
 

@@ -380,6 +380,20 @@ def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
             recipe["training"]["hub_model_id"]) == ("<|im_end|>", "non_padding", "me/model")
 
 
+
+@pytest.mark.parametrize("url", ["http://me:p@ss-w0rd@host:8000/v1", "https://me:a@b@c@host/v1 and more",
+                                 "http://me:pw@host/v1"])
+def test_a_url_password_is_cut_out_whole_as_urllib_reads_it(url):
+    """urllib (and split_credentials) take the user info up to the last @ before the host: a password
+    holding an unescaped @ was cut out only up to its first @, and the rest was shown."""
+    import urllib.parse
+
+    from pipeline.redaction import redact_text
+
+    password = urllib.parse.urlsplit(url.split()[0]).password
+    shown = redact_text(url)
+    assert password not in shown and "me:<redacted>@host" in shown, shown
+
 # ---- 8. a size bound on a row -----------------------------------------------------------------------
 def big_row(chars):
     return {"messages": [{"role": "user", "content": "Summarise this."},
