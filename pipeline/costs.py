@@ -174,11 +174,12 @@ def gpu_kind(name: str | None) -> str | None:
 
 
 def tokens_per_second(shape: dict[str, Any], kind: str, span: float, *, checkpointing: bool = True,
-                      liger: bool = True, measured: dict[str, Any] | None = None) -> dict[str, Any]:
+                      liger: bool = True, measured: dict[str, Any] | None = None,
+                      attn_implementation: str = "auto") -> dict[str, Any]:
     """Training tokens/s per GPU of `kind` for this model at documents of `span` tokens: from a measured
     row of `make gpu-check` on that kind when there is one, else from the H100 figure in this module;
     either way scaled by FLOPs per token to this shape and span (and by peak TFLOP/s to another kind)."""
-    base, source = _base_row(kind, checkpointing, liger, measured)
+    base, source = _base_row(kind, checkpointing, liger, measured, attn_implementation)
     base_shape = base.get("shape") or SMOLLM3_3B
     base_span = base["seq_length"] / base.get("documents", 1)
     achieved = flops_per_token(base_shape, base_span) * base["tokens_per_s"]  # FLOP/s on that GPU
@@ -191,7 +192,12 @@ def tokens_per_second(shape: dict[str, Any], kind: str, span: float, *, checkpoi
                      f"{base.get('date_utc')}"}
 
 
-def _base_row(kind: str, checkpointing: bool, liger: bool, measured: dict[str, Any] | None):
+# What `auto` picks on a GPU, best first (pipeline/train.py): flash-attn where it imports, else flex_attention.
+AUTO_ON_GPU = ("flash_attention_2", "flex_attention")
+
+
+def _base_row(kind: str, checkpointing: bool, liger: bool, measured: dict[str, Any] | None,
+              attn_implementation: str = "auto"):
     measured_kind = gpu_kind(measured.get("gpu")) if measured else None
     if measured and measured_kind is None:  # no peak TFLOP/s to scale it by: its figure is not this GPU's
         return MEASURED_H100, (f"estimate from the one measured figure (H100, SmolLM3-3B shape, 8k tokens, "
@@ -200,12 +206,20 @@ def _base_row(kind: str, checkpointing: bool, liger: bool, measured: dict[str, A
     if measured:
         rows = [r for r in measured["rows"] if bool(r.get("activation_checkpointing", True)) == checkpointing]
         rows = rows or measured["rows"]
-        rows.sort(key=lambda r: (bool(r.get("liger")) != liger, -r["seq_length"]))
+        # the recipe's attention: sdpa computes a packed row's full square, flex and flash skip masked blocks
+        wanted = AUTO_ON_GPU if attn_implementation == "auto" else (attn_implementation,)
+        rows = [r for r in rows if r.get("attn_implementation") in wanted] or rows
+        rows = sorted(rows, key=lambda r: (bool(r.get("liger")) != liger, -r["seq_length"],
+                                           _rank(wanted, r.get("attn_implementation"))))
         row = rows[0]
         return ({**row, "kind": measured_kind, "gpu": measured.get("gpu"), "date_utc": measured.get("date_utc")},
                 f"measured by make gpu-check ({measured['file']}, {measured.get('gpu')}, {measured.get('date_utc')})")
     return MEASURED_H100, ("estimate from the one measured figure (H100, SmolLM3-3B shape, 8k tokens, "
                            "2026-11-23): scaled by FLOPs per token and peak TFLOP/s")
+
+
+def _rank(wanted: tuple[str, ...], implementation: str | None) -> int:
+    return wanted.index(implementation) if implementation in wanted else len(wanted)
 
 
 def gpu_hours(tokens: float, tps: float) -> float:

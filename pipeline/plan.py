@@ -455,7 +455,8 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
         out["tokens"] = work["tokens_per_epoch"] * out["epochs"]
         speed = costs.tokens_per_second(shape, gpu, work["span"], measured=measured,
                                         checkpointing=bool(t.get("activation_checkpointing")),
-                                        liger=bool(t.get("use_liger_kernel")))
+                                        liger=bool(t.get("use_liger_kernel")),
+                                        attn_implementation=recipe.model.attn_implementation)
         out["throughput"] = speed
         out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + reference), speed["tokens_per_s"])
         out["wall_hours"] = out["gpu_hours"] / gpus

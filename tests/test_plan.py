@@ -260,6 +260,20 @@ def test_a_gpu_check_file_of_another_layout_is_not_used(tmp_path, text):
     assert rc == 0 and "estimate from the one measured figure" in plan["plans"][0]["cost"]["throughput"]["source"]
 
 
+def test_the_measured_row_is_the_recipes_attention_implementation(tmp_path):
+    """gpu-check measures flex_attention, sdpa and flash_attention_2 at each length; sdpa computes the full
+    square of a packed row. An sdpa recipe was costed at the first row of the file (flex_attention's)."""
+    rows = [{"seq_length": 65536, "documents": 8, "attn_implementation": impl, "activation_checkpointing": True,
+             "liger": True, "tokens_per_s": tps, "status": "ok"}
+            for impl, tps in (("flex_attention", 5000), ("sdpa", 1000), ("flash_attention_2", 6000))]
+    measured = tmp_path / "gpu-check.json"
+    measured.write_text(json.dumps({"environment": {"gpu": "NVIDIA H100 80GB HBM3"}, "throughput": rows}))
+    table = costs.read_gpu_check(measured)
+    for impl, tps in (("sdpa", 1000), ("flex_attention", 5000), ("flash_attention_2", 6000), ("auto", 6000)):
+        speed = costs.tokens_per_second(costs.SMOLLM3_3B, "h100", 8192, measured=table, attn_implementation=impl)
+        assert speed["tokens_per_s"] == pytest.approx(tps), impl
+
+
 def test_throughput_measured_on_a_gpu_plan_cannot_scale_is_not_passed_off_as_another_kind(tmp_path):
     """An L40S's tokens/s is not an H100's: without that GPU's peak the figure cannot be scaled to one."""
     measured = tmp_path / "gpu-check.json"
