@@ -27,10 +27,15 @@ from pipeline.errors import UserError
 
 @dataclass
 class Request:
+    """One prompt: the conversation so far and what the template gets besides it, as a row's
+    `chat_template_kwargs` carry it (tools, python tools, custom instructions)."""
+
     messages: list[dict[str, Any]]
     enable_thinking: bool = True
-    tools: list[dict] | None = None
+    tools: list[dict] | None = None  # xml_tools
     prefill: str = ""  # the assistant turn starts with this (e.g. RULER's answer prefix)
+    python_tools: list | None = None
+    custom_instructions: str | None = None
 
 
 @dataclass
@@ -59,7 +64,8 @@ class Renderer:
 
     def __call__(self, request: Request) -> str:
         kwargs = template_kwargs(request.enable_thinking, today_date=self.today_date,
-                                 knowledge_cutoff=self.knowledge_cutoff, xml_tools=request.tools)
+                                 knowledge_cutoff=self.knowledge_cutoff, xml_tools=request.tools,
+                                 python_tools=request.python_tools, custom_instructions=request.custom_instructions)
         prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
                                                     **kwargs)
         return prompt + request.prefill
