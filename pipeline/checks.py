@@ -108,7 +108,9 @@ def check_training(recipe: TrainRecipe) -> Problems:
 def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str | None:
     from pydantic import TypeAdapter, ValidationError
 
-    if key == "loss_type":  # a name or a list of names; TRL documents them only in prose
+    if key == "loss_type" and cls.__name__ == "DPOConfig":
+        # a name or a list of names; DPO documents them only in prose (SFTConfig's own loss_type,
+        # nll or dft, has `choices` and is checked below like every other choice field)
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else [value]
         bad = [n for n in names if n not in DPO_LOSS_TYPES]
         return f"{bad[0]!r} is not a TRL DPO loss; allowed: {', '.join(DPO_LOSS_TYPES)}" if bad else None
