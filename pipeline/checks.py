@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import TemplateError, has_generation_markers, template_text
+from pipeline.chat import TemplateError, generation_markers_problem, template_text
 from pipeline.schema import TrainRecipe
 
 Problems = list[tuple[str, str]]
@@ -188,9 +188,9 @@ def check_combinations(recipe: TrainRecipe, base_dir: Path) -> Problems:
             template = template_text(recipe.chat.template, base_dir)
         except TemplateError as e:
             return problems + [("chat.template", str(e))]
-        if template is not None and not has_generation_markers(template):
-            problems.append(("chat.template", f"assistant_only_loss needs `{{% generation %}}` markers, and the "
-                                              f"template `{recipe.chat.template}` has none; use `smollm3`"))
+        problem = generation_markers_problem(template, recipe.chat.template)
+        if problem:
+            problems.append(("chat.template", problem))
     if t.get("packing") and not t.get("max_length"):
         problems.append(("training.max_length", "packing needs a max_length: the length of a packed row"))
     if t.get("packing") and t.get("padding_free") is False:

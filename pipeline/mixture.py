@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.chat import has_generation_markers
 from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
 from pipeline.errors import UserError
 from pipeline.inputs import classify_input
@@ -182,8 +181,6 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         return Dataset.from_dict({k: [] for k in TOKENIZED}, features=_features())
     rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
                           assistant_only=bool(recipe.training.get("assistant_only_loss")))
-    if rendering.assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
-        raise UserError("assistant_only_loss needs a chat template with {% generation %} markers")
     parts_dir.mkdir(parents=True, exist_ok=True)
     out_dir = parts_dir
     if shard is not None:  # a share is written straight into its staging directory, renamed when whole
