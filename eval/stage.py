@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from eval.backends import Request, Sampling, make_backend
 from eval.tasks import Example, TaskContext, build_task, check_tasks
 from pipeline.files import pyplot, save_figure
+from pipeline.generation import Request, make_backend
 from pipeline.models import resolve_model
 from pipeline.runs import stage_run, write_json_atomic
 
@@ -68,7 +68,7 @@ def generate(backend, examples: list[Example], mode: str, s, desc: str) -> list:
         requests = [Request(examples[i].messages, enable_thinking=mode == "think", tools=examples[i].tools,
                             prefill=examples[i].prefill) for i in indices]
         suffix = f" ({budget} tokens)" if len(by_budget) > 1 else ""
-        outputs = backend.generate(requests, Sampling(s.temperature, s.top_p, budget, s.seed), desc=desc + suffix)
+        outputs = backend.generate(requests, s.model_copy(update={"max_new_tokens": budget}), desc=desc + suffix)
         for i, completion in zip(indices, outputs):
             completions[i] = completion
     return completions

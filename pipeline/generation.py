@@ -1,5 +1,10 @@
-"""Generation backends shared by eval/ and synth/: transformers (CPU or one GPU), vLLM offline
-(GPU machines), and an OpenAI-compatible HTTP client (e.g. `vllm serve` on other machines).
+"""Generation, shared by synth/ (teachers), merge/ (the sweep) and eval/: transformers (CPU or one GPU),
+vLLM offline (GPU machines), and an OpenAI-compatible HTTP client (e.g. `vllm serve` on other machines).
+
+    with make_backend(recipe.backend, model_path, dtype, seed=recipe.sampling.seed) as backend:
+        completions = backend.generate([Request(messages, enable_thinking=True)], recipe.sampling)
+
+vLLM is imported only when its backend starts (it lives in its own environment on GPU machines).
 
 Every backend gets the prompt as *text rendered by the checkpoint's own chat template* (ours,
 shipped with every checkpoint we write) through the Hugging Face tokenizer, so a prompt is
@@ -23,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 from pipeline.errors import UserError
+from pipeline.schema import SamplingSpec
 
 
 @dataclass
@@ -44,14 +50,6 @@ class Completion:
     finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
     prompt_tokens: int
     completion_tokens: int
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 4096
-    seed: int = 0
 
 
 @dataclass
@@ -118,7 +116,7 @@ class TransformersBackend(Backend):
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
         self.stop_id = self.tokenizer.convert_tokens_to_ids(end_of_turn(self.tokenizer))
 
-    def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
         import torch
 
         prompts = [self.render(r) for r in requests]
@@ -174,7 +172,7 @@ class VLLMBackend(Backend):
                        enforce_eager=enforce_eager, **({"hf_overrides": overrides} if overrides else {}))
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
 
-    def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -284,7 +282,7 @@ class OpenAIBackend(Backend):
                                f"{raw[:200]!r}") from None
         return reply
 
-    def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
         stop = end_of_turn(self.tokenizer)
         stop_id = self.tokenizer.convert_tokens_to_ids(stop)
 

@@ -33,10 +33,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from eval.backends import Request, Sampling, make_backend
 from pipeline.data import BadRow, prompt_of
 from pipeline.errors import UserError
 from pipeline.files import write_jsonl
+from pipeline.generation import Request, make_backend
 from pipeline.models import resolve_model
 from pipeline.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
 from pipeline.sources import iter_rows
@@ -111,13 +111,12 @@ def generate_missing(recipe, items: list[dict], spec, store: ShardStore, done: s
 
 def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -> None:
     s = recipe.sampling
-    sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
     bar = tqdm(total=len(todo), desc=desc, unit="prompt")
     t0, tokens = time.perf_counter(), 0
     for start in range(0, len(todo), BATCH):
         batch = todo[start:start + BATCH]
         requests = [request(it) for it in batch]
-        completions = backend.generate(requests, sampling, desc=desc)
+        completions = backend.generate(requests, s, desc=desc)
         store.append({**it, "text": it["prefill"] + c.text, "finish_reason": c.finish_reason,
                       "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                       "sampling": s.model_dump()}

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from eval import stage
-from eval.backends import OpenAIBackend, Request, Sampling, TransformersBackend
+from pipeline.generation import OpenAIBackend, Request, SamplingSpec, TransformersBackend
 from pipeline.recipe import load_recipe
 
 
@@ -46,7 +46,7 @@ def test_greedy_generation_is_deterministic_and_batched_like_single(tiny_model):
     backend = TransformersBackend(tiny_model, batch_size=3)
     requests = [Request([{"role": "user", "content": text}], enable_thinking=mode)
                 for text in ("hi", "a longer question about many things", "x") for mode in (True, False)]
-    greedy = Sampling(temperature=0.0, max_new_tokens=5)
+    greedy = SamplingSpec(temperature=0.0, max_new_tokens=5)
     batched = backend.generate(requests, greedy)
     backend.batch_size = 1
     single = backend.generate(requests, greedy)
@@ -90,7 +90,7 @@ def test_openai_backend_sends_our_rendered_prompt(tiny_model):
         backend = OpenAIBackend(tiny_model, base_url=f"http://127.0.0.1:{server.server_port}/v1",
                                 served_name="teacher", concurrency=2, renderer_kwargs={"today_date": "02 Feb 2024"})
         requests = [Request([{"role": "user", "content": "Capital of France?"}], enable_thinking=False)] * 3
-        out = backend.generate(requests, Sampling(temperature=0.6, top_p=0.95, max_new_tokens=32, seed=7))
+        out = backend.generate(requests, SamplingSpec(temperature=0.6, top_p=0.95, max_new_tokens=32, seed=7))
     finally:
         server.shutdown()
     assert [c.text for c in out] == ["Paris."] * 3 and out[0].finish_reason == "stop" and out[0].prompt_tokens == 11
@@ -114,14 +114,14 @@ def test_unknown_eval_task_and_option_are_refused(write_recipe):
 
 
 def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, monkeypatch):
-    import eval.backends
+    import pipeline.generation
 
     recipe = load_recipe(write_recipe({
         "name": "t", "stage": "eval", "output_dir": str(tmp_path / "eval"), "dtype": "float32",
         "models": ["embedded:tiny-smollm3"], "tasks": {"mode": {"n": 2}, "math": {"n": 1}}, "modes": ["no_think"],
         "backend": {"kind": "transformers"}, "sampling": {"temperature": 0.0, "max_new_tokens": 4}}))
     generated = []
-    real = eval.backends.TransformersBackend.generate
+    real = pipeline.generation.TransformersBackend.generate
 
     def counting(self, requests, sampling, desc=""):
         generated.append(desc.split("] ")[-1])
@@ -129,7 +129,7 @@ def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, mo
             raise RuntimeError("killed in the last task")
         return real(self, requests, sampling, desc)
 
-    monkeypatch.setattr(eval.backends.TransformersBackend, "generate", counting)
+    monkeypatch.setattr(pipeline.generation.TransformersBackend, "generate", counting)
     with pytest.raises(RuntimeError, match="killed in the last task"):
         stage.run(recipe)
     partial = json.loads((tmp_path / "eval.partial" / "embedded_tiny-smollm3.json").read_text())
@@ -145,7 +145,7 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     import sys
     import types
 
-    from eval.backends import VLLMBackend
+    from pipeline.generation import VLLMBackend
 
     calls = {}
 
@@ -175,7 +175,7 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel)
 
     with VLLMBackend(tiny_model, dtype="float32", enforce_eager=True) as backend:
-        [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], Sampling(max_new_tokens=5))
+        [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], SamplingSpec(max_new_tokens=5))
         end_id = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
     params = calls["params"]
     assert params["stop_token_ids"] == [end_id] and "stop" not in params
@@ -218,8 +218,8 @@ def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_p
     RULER's QA datasets."""
     import urllib.error
 
-    from eval.backends import Backend, Completion, Renderer
     from pipeline.cli import load
+    from pipeline.generation import Backend, Completion, Renderer
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")

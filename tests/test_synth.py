@@ -10,9 +10,9 @@ import pytest
 from conftest import REPO
 
 import synth.stage as synth_stage
-from eval.backends import Backend, Completion
 from pipeline.cli import load
 from pipeline.data import build_preference_mixture
+from pipeline.generation import Backend, Completion
 from pipeline.mixture import build_sft_mixture
 from pipeline.recipe import RecipeError, load_recipe
 from pipeline.runs import parse_shard
@@ -266,8 +266,8 @@ def test_a_tool_row_reaches_the_teacher_and_sft_trains_its_tool_calls(write_reci
     renders exactly what the teacher saw."""
     from transformers import AutoTokenizer
 
-    from eval.backends import Renderer
     from pipeline.chat import install_template
+    from pipeline.generation import Renderer
 
     tok = install_template(AutoTokenizer.from_pretrained(tiny_model))
     rendered = []
