@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat import TemplateError, generation_markers_problem, template_text
-from pipeline.schema import TrainRecipe
+from pipeline.stages import recipe_class
 
 Problems = list[tuple[str, str]]
 
@@ -66,23 +66,17 @@ _HARDWARE_KEYS = {"bf16": False, "fp16": False, "tf32": None, "use_liger_kernel"
 
 
 def trl_config_class(stage: str):
-    """The TRL config that receives `training:`. Imported lazily: trl import takes seconds."""
-    from trl import DPOConfig, SFTConfig
+    """The TRL config that receives a training stage's `training:` (its recipe's `trl_config`).
+    Imported lazily: trl import takes seconds."""
+    import trl
 
-    return DPOConfig if stage == "apo" else SFTConfig
-
-
-def check_recipe(recipe, base_dir: Path) -> Problems:
-    """Every problem of a loaded recipe that the foundation can judge."""
-    if isinstance(recipe, TrainRecipe):
-        return check_training(recipe) + check_combinations(recipe, base_dir)
-    return []
+    return getattr(trl, recipe_class(stage).trl_config)
 
 
 # ----------------------------------------------------------------------------------------------
 # TRL's arguments
 # ----------------------------------------------------------------------------------------------
-def check_training(recipe: TrainRecipe) -> Problems:
+def check_training(recipe) -> Problems:
     cls = trl_config_class(recipe.stage)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     problems: Problems = []
@@ -166,7 +160,7 @@ def _build_problems(cls, training: dict[str, Any]) -> Problems:
 # ----------------------------------------------------------------------------------------------
 # Known-bad combinations
 # ----------------------------------------------------------------------------------------------
-def check_combinations(recipe: TrainRecipe, base_dir: Path) -> Problems:
+def check_combinations(recipe, base_dir: Path) -> Problems:
     t, problems = recipe.training, []
     if recipe.stage == "midtrain":
         if t.get("assistant_only_loss") or t.get("completion_only_loss"):

@@ -22,13 +22,54 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 from pipeline.errors import UserError
-from pipeline.schema import SamplingSpec
+from pipeline.schema import Strict
+
+
+class SamplingSpec(Strict):
+    """SmolLM3's published defaults."""
+
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(4096, gt=0)
+    seed: int = 0
+
+
+class BackendSpec(Strict):
+    kind: Literal["transformers", "vllm", "openai"] = "transformers"
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0, description="vLLM context; above the checkpoint's native "
+                                      "length, YaRN rope scaling is applied (SmolLM3: x2 for 128k).")
+    hf_overrides: dict[str, Any] | None = Field(None, description="vLLM: config overrides, instead of the "
+                                                "automatic YaRN scaling.")
+    enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
+                                "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
+    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
+    served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
+                                          "(`vllm serve --served-model-name`); default the model path.")
+    api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
+                                    "(`vllm serve --api-key`); the key itself never goes in a recipe.")
+    concurrency: int = Field(32, ge=1, description="For `openai`: requests in flight at once.")
+    timeout_s: float = Field(600, gt=0, description="For `openai`: seconds to wait for one reply.")
+    retry_budget_s: float = Field(600, ge=0, description="For `openai`: how long to keep retrying 429/5xx/"
+                                  "connection errors (with backoff and Retry-After) before giving up.")
+    batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
+
+    @model_validator(mode="after")
+    def _url(self):
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("backend `openai` needs `base_url` (e.g. http://host:8000/v1)")
+        if self.enforce_eager and self.kind != "vllm":
+            raise ValueError(f"`enforce_eager` is a setting of backend `vllm`, not `{self.kind}` (for `openai`, "
+                             "start the server with `--enforce-eager`)")
+        return self
 
 
 @dataclass

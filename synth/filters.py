@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.chat import MISSING_ANSWER, strip_think, think_block_problem
 from pipeline.errors import UserError
-from pipeline.schema import FilterSpec
+from synth.schema import FilterSpec
 
 WORD = re.compile(r"\w+")
 
