@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from eval import report as eval_report
 from eval import stage
 from pipeline.generation import OpenAIBackend, Request, SamplingSpec, TransformersBackend
 from pipeline.recipe import load_recipe
@@ -298,7 +299,7 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
                {"model": str(merge_run), "tasks": {"mode": {"think": _summary(0.5), "no_think": _summary(1.0)}}}]
     out = tmp_path / "eval"
     out.mkdir()
-    report = stage.write_report(results, out, ["think", "no_think"])
+    report = eval_report.write_report(results, out, ["think", "no_think"])
 
     table = report.split("## ")[0]
     assert "| `embedded:base` | 0.000 | 1.000 |" in table  # the starting point: no delta
@@ -326,9 +327,9 @@ def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_en
     (tmp_path / "runs" / "apo" / "preference.json").write_text(json.dumps(
         {"start": {"model": "runs/sft", "accuracy": 0.8125}, "end": {"accuracy": 0.9375}}))
     results = [{"model": m} for m in ("embedded:base", "runs/sft/", "runs/apo", "runs/merge")]
-    assert stage.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
-    assert stage.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
-    assert stage.held_out_points([results[0], results[1]]) == []
+    assert eval_report.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
+    assert eval_report.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
+    assert eval_report.held_out_points([results[0], results[1]]) == []
 
 
 def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directions(tmp_path):
@@ -336,7 +337,7 @@ def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directi
         (tmp_path / "sweep").mkdir(exist_ok=True)
         (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"rows": rows}))
         (tmp_path / "sweep" / "sweep.md").write_text("table")
-        return "\n".join(stage.sweep_lines(tmp_path))
+        return "\n".join(eval_report.sweep_lines(tmp_path))
 
     def row(weight, ruler, mode):
         return {"weight": weight, "scores": {"ruler (think)": ruler, "mode (no_think)": mode}}
@@ -351,5 +352,5 @@ def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directi
 def test_report_skips_a_task_that_could_not_run_when_finding_what_moved():
     results = [{"model": "a", "tasks": {"ruler": {"think": _summary(None)}, "mode": {"think": _summary(0.0)}}},
                {"model": "b", "tasks": {"ruler": {"think": _summary(0.5)}, "mode": {"think": _summary(1.0)}}}]
-    glance = stage.glance_table(results, ["ruler", "mode"], ["think"], Path("."))
+    glance = eval_report.glance_table(results, ["ruler", "mode"], ["think"], Path("."))
     assert glance[2:] == ["| mode (think) | 0.00 | 1.00 |"]
