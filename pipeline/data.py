@@ -357,6 +357,14 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
     only needs to be a non-empty assistant turn (a malformed answer is a fine thing to push down)."""
     from datasets import Dataset
 
+    rows, report = preference_rows(recipe, quarantine_path)
+    columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
+    return Dataset.from_list([{k: r[k] for k in columns} for r in rows]), report
+
+
+def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(the budgeted, shuffled pairs, each with its `source` index and `thinking`, report dict): what
+    build_preference_mixture trains on, and what `smolalign plan` counts and measures."""
     rng = random.Random(recipe.data.seed)
     rows, quarantined = [], []
     for si, source in enumerate(recipe.data.sources):
@@ -386,8 +394,7 @@ def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
                           for i, s in enumerate(recipe.data.sources)]}
     if not rows:
         raise UserError(f"{recipe._source}: no usable preference pairs; see {quarantine_path}")
-    columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
-    return Dataset.from_list([{k: r[k] for k in columns} for r in rows]), report
+    return rows, report
 
 
 def write_quarantine(fh, source: Source, si: int, entries: Iterable[tuple[int, str]]) -> int:

@@ -40,7 +40,10 @@ from pipeline.packing import map_procs, pack, packing_stats
 from pipeline.schema import Source, TrainRecipe
 from pipeline.sources import RAW_JSON, is_raw_json, open_source, parse_row, source_label
 
+# `trained_kept`: the trained tokens a row keeps once cut to max_length (all of them when wrapped packing
+# splits long rows instead): a long prompt cut before its answer trains nothing, whatever `trained` says.
 TOKENIZED = {"input_ids": ("list", "int32"), "labels": ("list", "int32"), "length": "int32", "trained": "int32",
+             "trained_kept": "int32",
              "thinking": "bool", "source": "int32", "row": "int64", "reason": "string"}
 ROWS_PER_BATCH = 256
 
@@ -88,7 +91,7 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
         "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
         "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
         "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 3,
+        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 4,
     }
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -192,7 +195,7 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
         cache_file_name=str(out_dir / "tokenized.arrow"),  # on disk, with the build's other intermediates
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
-                   "raw_json": is_raw_json(source)},
+                   "keep": kept_length(recipe), "raw_json": is_raw_json(source)},
         remove_columns=rows.column_names, features=_features(), num_proc=map_procs(num_proc(recipe), len(rows)),
         desc=f"tokenizing {source_label(source.path, source.split)}"
              + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
@@ -242,8 +245,16 @@ def _shard_offset(total: int, i: int, n: int) -> int:
     return sum(total // n + (1 if k < total % n else 0) for k in range(i))
 
 
+def kept_length(recipe: TrainRecipe) -> int | None:
+    """Tokens of a document that training sees: max_length, unless wrapped packing splits longer
+    documents across rows (then all of them, None)."""
+    t = recipe.training
+    wrapped = t.get("packing") and t.get("packing_strategy", "bfd") == "wrapped"
+    return None if wrapped else t.get("max_length")
+
+
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
-                    rendering: Rendering, offset: int, raw_json: bool) -> dict[str, list]:
+                    rendering: Rendering, offset: int, raw_json: bool, keep: int | None) -> dict[str, list]:
     release_mapped_pages()  # the pages this worker has read do not stay resident (pipeline/mapped.py)
     out: dict[str, list] = {key: [] for key in TOKENIZED}
     keys = list(batch)
@@ -260,6 +271,7 @@ def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, so
         out["labels"].append(labels)
         out["length"].append(len(ids))
         out["trained"].append(int((labels != -100).sum()))
+        out["trained_kept"].append(int((labels[:keep] != -100).sum()))
         out["thinking"].append(thinking)
         out["source"].append(si)
         out["row"].append(offset + index)
@@ -281,7 +293,8 @@ def _split_quarantine(tokenized):
     table = tokenized.data  # the tokenized files themselves: no indices mapping
     bad = pc.not_equal(table.column("reason"), "").to_numpy(zero_copy_only=False)
     good_rows, bad_rows = np.flatnonzero(~bad), np.flatnonzero(bad)
-    columns = {name: table.column(name).to_numpy()[good_rows] for name in ("length", "trained", "thinking")}
+    columns = {name: table.column(name).to_numpy()[good_rows]
+               for name in ("length", "trained", "trained_kept", "thinking")}
     return tokenized.select(good_rows), tokenized.select(bad_rows), columns
 
 
@@ -319,11 +332,15 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
     n = len(recipe.data.sources)
     rows, tokens = np.bincount(source, minlength=n), np.bincount(source, weights=length, minlength=n)
     trained_by = np.bincount(source, weights=trained, minlength=n)
+    kept_by = np.bincount(source, weights=np.asarray(columns["trained_kept"], dtype=np.int64), minlength=n)
+    over_by = np.bincount(source, weights=length > max_length, minlength=n) if max_length else np.zeros(n)
     return {
         "fingerprint": fingerprint, "rows": int(len(source)), "quarantined": sum(quarantined),
         "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": int(rows[i]),
                      "tokens": int(tokens[i]),
-                     "trained_tokens": int(trained_by[i]), "quarantined": quarantined[i]}
+                     "trained_tokens": int(trained_by[i]), "trained_tokens_kept": int(kept_by[i]),
+                     "quarantined": quarantined[i],
+                     "rows_over_max_length": int(over_by[i])}
                     for i, s in enumerate(recipe.data.sources)],
         "modes": {mode: {"rows": int(mask.sum()), "tokens": int(length[mask].sum())}
                   for mode, mask in (("think", thinking), ("no_think", ~thinking)) if mask.any()},

@@ -149,3 +149,17 @@ def file_lock(path: Path):
 
 def _write_provenance(out: Path, **info) -> None:
     (out / "provenance.json").write_text(json.dumps({**info, "build_version": BUILD_VERSION}, indent=2) + "\n")
+
+
+def flash_attn_import_error() -> str | None:
+    """None when flash-attn is installed, usable by transformers and imports; else why not. A wheel built
+    for another torch is installed but fails to import (undefined symbols): that is a reason too."""
+    import transformers.utils
+
+    if not transformers.utils.is_flash_attn_2_available():
+        return "flash-attn is not installed"
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # ImportError, OSError: a binary built against another torch or CUDA
+        return f"flash-attn is installed but does not import: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return None

