@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.runs import is_complete_checkpoint
+
+# Files only a transformers Trainer checkpoint holds: such a directory must be a complete checkpoint.
+TRAINER_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
 class MergeCheckError(UserError):
@@ -34,6 +38,7 @@ def inspect(path: str | Path) -> Checkpoint:
     from safetensors import safe_open
 
     path = Path(path)
+    refuse_unfinished(path)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise MergeCheckError(f"{path}: no config.json; is this a model checkpoint?")
@@ -43,11 +48,14 @@ def inspect(path: str | Path) -> Checkpoint:
         raise MergeCheckError(f"{path}: no .safetensors weights (MergeKit needs safetensors)")
     tensors, dtypes = {}, set()
     for f in files:
-        with safe_open(str(f), "pt") as st:
-            for name in st.keys():
-                tensor = st.get_slice(name)
-                tensors[name] = tuple(tensor.get_shape())
-                dtypes.add(str(tensor.get_dtype()))
+        try:
+            with safe_open(str(f), "pt") as st:
+                for name in st.keys():
+                    tensor = st.get_slice(name)
+                    tensors[name] = tuple(tensor.get_shape())
+                    dtypes.add(str(tensor.get_dtype()))
+        except Exception as e:  # safetensors' own error type; a truncated file says "not fully covered"
+            raise MergeCheckError(f"{f}: unreadable weights ({e}); was it cut short while being written?") from None
     vocab = _vocab(path)
     return Checkpoint(
         path=str(path), architectures=tuple(config.get("architectures") or ()),
@@ -55,6 +63,25 @@ def inspect(path: str | Path) -> Checkpoint:
         tied=bool(config.get("tie_word_embeddings", False)), dtypes=frozenset(dtypes), tensors=tensors,
         vocab_size=len(vocab), vocab_hash=hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest(),
     )
+
+
+def refuse_unfinished(path: Path) -> None:
+    """Only whole checkpoints are merged: not a run that has not finished (its manifest says so), nor a
+    Trainer checkpoint cut short while saving (no whole trainer_state.json: a kill hit it), whatever
+    its name, e.g. an old `checkpoint-N.incomplete` that a `checkpoint-*` soup glob matches."""
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        status = json.loads(manifest.read_text()).get("status")
+        if status != "complete":
+            raise MergeCheckError(f"{path}: an unfinished run (status {status}); rerun its stage to finish it, "
+                                  "or merge its complete checkpoint-N directories")
+    set_aside = path.name.startswith("checkpoint-") and not path.name.removeprefix("checkpoint-").isdigit()
+    looks_like_trainer_checkpoint = path.name.startswith("checkpoint-") or any(
+        (path / f).exists() for f in TRAINER_FILES)
+    if set_aside or (looks_like_trainer_checkpoint and not is_complete_checkpoint(path)):
+        raise MergeCheckError(f"{path}: not a complete checkpoint (a checkpoint-N directory with weights and a whole "
+                              "trainer_state.json); it was cut short while saving (killed?): leave it out of the "
+                              "soup, e.g. list the complete checkpoints instead of a glob")
 
 
 def _vocab(path: Path) -> dict[str, int]:

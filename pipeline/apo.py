@@ -61,7 +61,8 @@ def run(recipe, overwrite: bool = False) -> Path:
         pairs = held_out_pairs(recipe) if recipe.eval_pairs else []  # a bad file fails before any model loads
         model = load_model(recipe.model, attention["model"])
         before = pair_logprobs(model, tokenizer, pairs)  # the starting point, before any step
-        ref_model = load_model(recipe.ref_model, attention["ref_model"]) if recipe.ref_model else None
+        ref_model = (load_model(recipe.ref_model, attention["ref_model"], key="ref_model.name_or_path")
+                     if recipe.ref_model else None)
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=trl_args(recipe, run.path),
                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(recipe))
         train_or_restore(trainer, run.path)

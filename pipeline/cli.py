@@ -27,6 +27,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, raise_problems
+from pipeline.redaction import redact_text
 from pipeline.stages import STAGES, stage_module
 
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("names", nargs="*", help="default: all")
     sub.add_parser("demo", help="run the whole pipeline on recipes/demo/ (CPU)")
     args = parser.parse_args(argv)
+    sys.excepthook = _redacted_traceback
 
     try:
         if args.command == "validate":
@@ -97,8 +99,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
     except UserError as e:  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full, read-only or forbidden place outside a run (its lock, the cache): the same
+        from pipeline.runs import disk_problem
+
+        problem = disk_problem(e, [])
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+
+
+def _redacted_traceback(kind, error, tb) -> None:
+    """A bug's traceback (exit 1), with any secret its messages quote cut out."""
+    import traceback
+
+    sys.stderr.write(redact_text("".join(traceback.format_exception(kind, error, tb))))
 
 
 def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None = None):
@@ -112,8 +129,12 @@ def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None =
 
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
               shard: str | None = None) -> int:
+    from pipeline.runs import check_output_dir
+
     recipe = load(recipe_file, overrides, stage=stage)
     check_inputs(recipe)
+    if not shard:  # a share checks its own (pipeline.runs.join_run)
+        check_output_dir(recipe, overwrite)  # before any model or data loads
     extra = {"shard": shard} if shard else {}
     out = stage_module(stage).run(recipe, overwrite=overwrite, **extra)
     print(f"{stage}: done -> {out}")
@@ -130,7 +151,7 @@ def validate(files: list[str], inputs: bool = False) -> int:
             print(f"ok    {f} ({recipe.stage})")
         except RecipeError as e:
             failed += 1
-            print(f"FAIL  {e}")
+            print(f"FAIL  {redact_text(str(e))}")
     return 2 if failed else 0
 
 

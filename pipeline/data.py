@@ -380,6 +380,10 @@ def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[di
             picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here
         else:
             picked = take_fraction(len(kept), source.fraction, rng)
+            if kept and not picked and not source.allow_empty:  # the source would vanish from the mixture unsaid
+                raise UserError(f"data.sources.{si} ({label}): fraction {source.fraction:g} of its {len(kept)} "
+                                f"usable pairs selects none; raise it to at least {1 / len(kept):.2g}, or remove "
+                                "the source")
         rows += [kept[i] for i in picked]
     rng.shuffle(rows)
     if quarantined:

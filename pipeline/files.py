@@ -16,8 +16,12 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write via a temp file + rename: a reader never sees half a JSON file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: leave no half-written temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
@@ -25,11 +29,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return count
 
 
@@ -51,6 +59,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+            except RecursionError:  # [[[[...]]]] thousands deep: the decoder recurses once per level
+                raise UserError(f"{path}:{n}: not valid JSON (nested too deep to parse); fix or remove that line") \
+                    from None
     return rows
 
 

@@ -14,11 +14,16 @@ packs sequences (a KV cache would let packed documents see each other).
 
 from __future__ import annotations
 
+import base64
+import datetime
+import email.utils
+import http.client
 import json
 import os
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 from pipeline.errors import UserError
+from pipeline.redaction import remember
 from pipeline.schema import Strict
 
 
@@ -51,7 +57,8 @@ class BackendSpec(Strict):
                                                 "automatic YaRN scaling.")
     enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
                                 "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
-    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint.")
+    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint; `user:password@` in it "
+                                  "is sent as HTTP basic auth and never shown.")
     served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
                                           "(`vllm serve --served-model-name`); default the model path.")
     api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
@@ -283,10 +290,16 @@ class OpenAIBackend(Backend):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.url = base_url.rstrip("/") + "/completions"
+        url, user_password = split_credentials(base_url.rstrip("/") + "/completions")
+        self.url = url  # what messages show: without the password
         self.model = served_name or model_path
         self.concurrency, self.timeout_s, self.retry_budget_s = concurrency, timeout_s, retry_budget_s
         self.headers = {"Content-Type": "application/json"}
+        if user_password and api_key:
+            raise UserError(f"backend.base_url {url} carries user:password@ and backend.api_key_env an API key: both "
+                            "go in the one Authorization header; keep one")
+        if user_password:  # what a user:password@host URL means over HTTP (a proxy with basic auth)
+            self.headers["Authorization"] = "Basic " + base64.b64encode(user_password.encode()).decode()
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
@@ -301,13 +314,20 @@ class OpenAIBackend(Backend):
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     return self._parse(resp.read())
             except urllib.error.HTTPError as e:
-                detail = e.read()[:500].decode("utf-8", "replace").strip()
+                detail = _error_detail(e)
                 if e.code not in (408, 429) and e.code < 500:
                     raise BackendError(f"{self.url}: HTTP {e.code} ({detail}); not retried: fix the request "
                                        "(e.g. prompt + max_new_tokens over the server's max_model_len)") from None
                 problem, wait = f"HTTP {e.code} ({detail})", _retry_after(e.headers.get("Retry-After"))
-            except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
+            # refused, reset, timed out, or a reply cut short mid-body (http.client.IncompleteRead)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 problem, wait = f"{type(e).__name__}: {getattr(e, 'reason', e)}", None
+            left = deadline - time.monotonic()
+            if wait is not None and wait > left:  # waiting as asked would outlast the budget: no point trying
+                raise BackendError(f"{self.url}: the server's Retry-After asks to wait {wait:.0f} s, more than the "
+                                   f"{max(left, 0):.0f} s left of backend.retry_budget_s ({self.retry_budget_s:g} s); "
+                                   f"gave up at once after {attempt} tries (last: {problem}); try later, or raise "
+                                   "backend.retry_budget_s")
             wait = wait if wait is not None else min(60.0, 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
             if time.monotonic() + wait > deadline:
                 raise BackendError(f"{self.url}: gave up after {attempt} tries in {self.retry_budget_s:g} s "
@@ -345,11 +365,44 @@ class OpenAIBackend(Backend):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """(`url` without `user:password@`, "user:password" or None). urllib would take the user info for
+    part of the host name, and every message that names the URL would show the password."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    user_info, host = parts.netloc.rsplit("@", 1)
+    user, _, password = user_info.partition(":")
+    remember(password)  # a message quoting it from elsewhere is redacted too
+    user_password = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), user_password
+
+
 def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110); None if absent
+    or unreadable."""
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+def _error_detail(error: urllib.error.HTTPError) -> str:
+    """The start of an error reply's body (the server's own message), even when it is cut short."""
+    try:
+        raw = error.read(500)
+    except (OSError, http.client.HTTPException):
+        return "reply cut short"
+    return raw.decode("utf-8", "replace").strip()
 
 
 def finish_reason(reason: str | None) -> str:
@@ -372,6 +425,7 @@ def make_backend(spec, model_path: str, dtype: str, seed: int = 0, renderer_kwar
         api_key = os.environ.get(spec.api_key_env)
         if not api_key:
             raise UserError(f"backend.api_key_env: the environment variable {spec.api_key_env} is not set")
+        remember(api_key)
     return OpenAIBackend(model_path, base_url=spec.base_url, served_name=spec.served_model_name,
                          concurrency=spec.concurrency, timeout_s=spec.timeout_s, retry_budget_s=spec.retry_budget_s,
                          api_key=api_key, renderer_kwargs=renderer_kwargs)

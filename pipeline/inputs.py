@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.recipe import RecipeError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -60,3 +63,20 @@ def is_glob(ref: str) -> bool:
 def expand_glob(ref: str) -> list[str]:
     """Sorted matches of a glob input (e.g. every APO checkpoint for a soup)."""
     return sorted(glob.glob(str(Path(ref).expanduser())))
+
+
+@contextmanager
+def hub_errors(ref: str, key: str, repo_type: str = "model") -> Iterator[None]:
+    """A Hub ID that cannot be fetched (offline, unreachable, or unknown) and is not in the local
+    cache: transformers and datasets raise an OSError with a paragraph; say it in one line, with what
+    to do."""
+    try:
+        yield
+    except OSError as e:
+        if classify_input(ref) != "hub":
+            raise
+        reason = " ".join(str(e).split())[:300]
+        download = f"hf download {ref}" + (" --repo-type dataset" if repo_type == "dataset" else "")
+        raise UserError(f"{key}: {ref} cannot be loaded from the Hugging Face Hub or its local cache ({reason}); "
+                        f"download it where the Hub is reachable (`{download}`) into this machine's cache "
+                        f"(HF_HOME), or set {key} to a local path") from None

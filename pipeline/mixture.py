@@ -53,6 +53,19 @@ def num_proc(recipe: TrainRecipe) -> int:
     return recipe.data.num_proc or os.cpu_count() or 1
 
 
+def row_byte_limit(recipe: TrainRecipe) -> int:
+    """`data.max_row_bytes`, or 64 bytes per token of max_length (at least 1 MiB; 16 MiB without one).
+
+    A row is tokenized whole before it is cut to max_length, and that costs ~150x its size (a 50 MB
+    line: 7.3 GB in one worker), so a row far longer than anything trained on is quarantined unread.
+    64 bytes a token leaves room for any row that fits: JSON escapes (`\\u4e2d`, 6 bytes a character)
+    of multi-character tokens, markup, tool schemas."""
+    if recipe.data.max_row_bytes:
+        return recipe.data.max_row_bytes
+    max_length = recipe.training.get("max_length")
+    return max(1 << 20, 64 * max_length) if max_length else 16 << 20
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
@@ -68,7 +81,7 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
         for si, source in enumerate(recipe.data.sources):
             _tokenized(recipe, si, source, tokenizer, cache, shard)
         return None, None
-    with file_lock(Path(cache_root) / f"{fingerprint}.lock"):  # the ranks of one job build it once
+    with file_lock(Path(cache_root) / f"{fingerprint}.lock", f"the data mixture {cache}"):  # built once
         if not (cache / "report.json").is_file():
             _build(recipe, tokenizer, cache, fingerprint, quarantine_path)
     report = json.loads((cache / "report.json").read_text())
@@ -91,7 +104,8 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
         "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
         "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
         "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False), "format": 4,
+        "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
+        "max_row_bytes": row_byte_limit(recipe), "format": 5,
     }
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -126,6 +140,13 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 raise UserError(f"data.sources.{si} ({label}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
             chosen = _budget(source, columns["length"], rng)
+            if not chosen:  # a fraction too small for the source: as empty as a source with no usable row
+                problem = (f"data.sources.{si} ({label}): fraction {source.fraction:g} of its {len(good)} "
+                           f"usable rows selects none")
+                if not source.allow_empty:
+                    raise UserError(f"{problem}; raise it to at least {1 / len(good):.2g}, or remove the source")
+                print(f"{problem}; allowed by `allow_empty`")
+                continue
             stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
             parts.append(good.select(chosen))
     if not parts:
@@ -172,8 +193,9 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         shares = _complete_shares(parts_dir)
         if shares:
             return concatenate_datasets([open_arrow_files(p) for p in shares])
+    limit = row_byte_limit(recipe)
     # local files' Arrow copies go with the build's other intermediates (dropped when it is built)
-    rows, offset = open_source(source, cache.with_name(cache.name + ".parts") / "hf"), 0
+    rows, offset = open_source(source, cache.with_name(cache.name + ".parts") / "hf", limit), 0
     if shard is not None:
         i, n = shard
         offset = _shard_offset(len(rows), i, n)
@@ -195,7 +217,7 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
         cache_file_name=str(out_dir / "tokenized.arrow"),  # on disk, with the build's other intermediates
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
-                   "keep": kept_length(recipe), "raw_json": is_raw_json(source)},
+                   "keep": kept_length(recipe), "limit": limit, "raw_json": is_raw_json(source)},
         remove_columns=rows.column_names, features=_features(), num_proc=map_procs(num_proc(recipe), len(rows)),
         desc=f"tokenizing {source_label(source.path, source.split)}"
              + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
@@ -254,14 +276,20 @@ def kept_length(recipe: TrainRecipe) -> int | None:
 
 
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
-                    rendering: Rendering, offset: int, raw_json: bool, keep: int | None) -> dict[str, list]:
+                    rendering: Rendering, offset: int, raw_json: bool, keep: int | None,
+                    limit: int) -> dict[str, list]:
     release_mapped_pages()  # the pages this worker has read do not stay resident (pipeline/mapped.py)
     out: dict[str, list] = {key: [] for key in TOKENIZED}
-    keys = list(batch)
+    keys = [k for k in batch if k != "bytes"]
     for j, index in enumerate(indices):
         row, reason, enc, thinking = None, "", {"input_ids": [], "labels": []}, False
         try:
-            row = parse_row(batch[RAW_JSON][j]) if raw_json else {k: batch[k][j] for k in keys}
+            if raw_json:
+                _check_size(batch["bytes"][j] if "bytes" in batch else len(batch[RAW_JSON][j].encode()), limit)
+                row = parse_row(batch[RAW_JSON][j])
+            else:
+                row = {k: batch[k][j] for k in keys}
+                _check_size(_text_size(row), limit)
             enc, thinking = encode_row(row, source, tokenizer, rendering)
         except BadRow as e:
             reason = str(e)
@@ -277,6 +305,26 @@ def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, so
         out["row"].append(offset + index)
         out["reason"].append(reason)
     return out
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise BadRow(f"row of {size:,} bytes, over the {limit:,}-byte limit (data.max_row_bytes); not read: split it "
+                     "or raise the limit")
+
+
+def _text_size(row) -> int:
+    """Bytes of text a row of a Hub dataset or parquet file holds (its strings, however nested)."""
+    size, stack = 0, [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            size += len(value.encode())
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return size
 
 
 def _features():

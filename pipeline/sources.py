@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.inputs import classify_input
+from pipeline.inputs import classify_input, hub_errors
 from pipeline.schema import Source
 
 FILE_TYPES = (".jsonl", ".json", ".parquet")
 RAW_JSON = "text"  # the column of a local JSON file's rows, one JSON document each
+DEFAULT_ROW_LIMIT = 16 << 20  # bytes of one row read outside a training mixture (which has data.max_row_bytes)
 
 
 class BadRow(ValueError):
@@ -50,15 +51,20 @@ def parse_row(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadRow(f"not valid JSON ({e.msg})") from None
+    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] 100,000 deep
+        raise BadRow("not valid JSON (nested too deep to parse)") from None
 
 
-def open_source(source: Source, cache: Path):
+def open_source(source: Source, cache: Path, limit: int = DEFAULT_ROW_LIMIT):
     """A source as a `datasets.Dataset`. `cache`: where local files' Arrow copies go (a directory the
-    caller removes when done; Hub datasets use the Hugging Face cache, downloaded once for every use)."""
+    caller removes when done; Hub datasets use the Hugging Face cache, downloaded once for every use).
+    A JSONL file also has a `bytes` column, the size of each line: a line longer than `limit` bytes is
+    never read (its text is empty), so that it can be refused by its size."""
     from datasets import Dataset, Features, Value, load_dataset
 
     if classify_input(source.path) == "hub":
-        return load_dataset(source.path, source.name, split=source.split)
+        with hub_errors(source.path, "data source", repo_type="dataset"):
+            return load_dataset(source.path, source.name, split=source.split)
     path = Path(source.path).expanduser()
     if path.suffix not in FILE_TYPES:
         raise UserError(f"{source.path}: unsupported file type; use {', '.join(FILE_TYPES)}")
@@ -68,20 +74,21 @@ def open_source(source: Source, cache: Path):
         except Exception as e:  # an unreadable file: say which, and why
             raise UserError(f"{source.path}: cannot read as parquet ({type(e).__name__}: {e})") from None
     check_utf8(path)
-    features = Features({RAW_JSON: Value("string")})
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UserError(f"{source.path}: not valid JSON ({e.msg} at line {e.lineno}); fix the file") from None
         return Dataset.from_dict({RAW_JSON: [json.dumps(r) for r in (data if isinstance(data, list) else [data])]},
-                                 features=features)
+                                 features=Features({RAW_JSON: Value("string")}))
+    features = Features({RAW_JSON: Value("string"), "bytes": Value("int64")})
     if not _has_content(path):  # datasets cannot build from a generator that yields nothing
-        return Dataset.from_dict({RAW_JSON: []}, features=features)
+        return Dataset.from_dict({RAW_JSON: [], "bytes": []}, features=features)
     # Lines streamed into Arrow a batch at a time (measured: datasets' "text" builder held memory in
     # proportion to the file). The cache directory (one per build) keeps a changed file from reusing it.
     return Dataset.from_generator(_lines, features=features, cache_dir=str(cache),
-                                  gen_kwargs={"path": str(path), "build": str(cache)}, writer_batch_size=1000)
+                                  gen_kwargs={"path": str(path), "build": str(cache), "limit": limit},
+                                  writer_batch_size=1000)
 
 
 def iter_rows(source: Source) -> Iterator[Any]:
@@ -96,6 +103,8 @@ def iter_rows(source: Source) -> Iterator[Any]:
                 yield record
                 continue
             try:
+                if not record[RAW_JSON] and record.get("bytes"):  # over the size bound: never read
+                    raise BadRow(f"row of {record['bytes']:,} bytes, over the {DEFAULT_ROW_LIMIT:,}-byte limit")
                 yield parse_row(record[RAW_JSON])
             except BadRow as e:
                 raise UserError(f"{source.path}:{_line_of(Path(source.path).expanduser(), index)}: {e}; "
@@ -116,17 +125,23 @@ def check_utf8(path: Path) -> None:
 
 
 def _has_content(path: Path) -> bool:
-    """Whether a file has a non-blank line (read until the first one)."""
-    with open(path, encoding="utf-8") as fh:
-        return any(line.strip() for line in fh)
+    """Whether a file has a non-blank line (read in 1 MB chunks until the first)."""
+    with open(path, "rb") as fh:
+        return any(chunk.strip() for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
-def _lines(path: str, build: str):
-    """The non-blank lines of a JSONL file, one row each."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield {RAW_JSON: line}
+def _lines(path: str, build: str, limit: int):
+    """The non-blank lines of a JSONL file (UTF-8, checked before), one row each with its size in bytes.
+    A line longer than `limit` is measured a megabyte at a time and never held: its text is empty."""
+    with open(path, "rb") as fh:
+        while line := fh.readline(limit + 1):
+            if len(line) > limit and not line.endswith(b"\n"):
+                size = len(line)
+                while (chunk := fh.readline(1 << 20)) and not chunk.endswith(b"\n"):
+                    size += len(chunk)
+                yield {RAW_JSON: "", "bytes": size + len(chunk)}
+            elif line.strip():
+                yield {RAW_JSON: line.decode("utf-8"), "bytes": len(line)}
 
 
 def _line_of(path: Path, index: int) -> int:

@@ -8,6 +8,7 @@ train -> save. TRL does the training; nothing here re-implements it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from pipeline.chat import end_of_turn_as_eos, generation_markers_problem, templa
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
+from pipeline.inputs import hub_errors
 from pipeline.models import flash_attn_import_error, resolve_model
-from pipeline.runs import is_main_process
+from pipeline.redaction import redact
+from pipeline.runs import is_complete_checkpoint, is_main_process, set_aside_dir
 from pipeline.schema import ModelSpec, TrainRecipe
 
 
@@ -29,8 +32,9 @@ def load_tokenizer(recipe: TrainRecipe, local_files_only: bool = False):
     `local_files_only`: a Hub model's tokenizer from the local Hugging Face cache only (`plan`, offline)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path), revision=recipe.model.revision,
-                                              local_files_only=local_files_only)
+    with hub_errors(recipe.model.name_or_path, "model.name_or_path"):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model.name_or_path),
+                                                  revision=recipe.model.revision, local_files_only=local_files_only)
     template = template_text(recipe.chat.template, Path(recipe._source or ".").parent)
     if template is not None:
         tokenizer.chat_template = template
@@ -92,14 +96,15 @@ def packed_length(recipe: TrainRecipe) -> int | None:
     return recipe.training.get("max_length") if recipe.training.get("packing") else None
 
 
-def load_model(spec: ModelSpec, attention: Attention | None = None):
+def load_model(spec: ModelSpec, attention: Attention | None = None, key: str = "model.name_or_path"):
     import torch
     from transformers import AutoModelForCausalLM
 
     attention = attention or choose_attention(spec)
     dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec.name_or_path), revision=spec.revision,
-                                                 dtype=dtype, attn_implementation=attention.used)
+    with hub_errors(spec.name_or_path, key):
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(spec.name_or_path), revision=spec.revision,
+                                                     dtype=dtype, attn_implementation=attention.used)
     # Packed rows are only isolated without a KV cache; training never needs one.
     model.config.use_cache = False
     return model
@@ -185,34 +190,58 @@ def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
     # Defaults the recipe may override: no tracker unless asked; count tokens, which makes
     # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers).
     kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding"}
-    kwargs.update(recipe.training)
+    kwargs.update(_without_secrets(recipe.training))
     kwargs.update(stage_settings, output_dir=str(output_dir), seed=recipe.seed)
     return cls(**kwargs)
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
+def _without_secrets(training: dict[str, Any]) -> dict[str, Any]:
+    """The training block as TRL may keep it: transformers pickles its arguments whole into every
+    `training_args.bin`, so `hub_token` goes to the environment (HF_TOKEN, where huggingface_hub looks
+    when the Trainer pushes) instead, and anything token-shaped in another value (a run_name) is cut out."""
+    out = {}
+    for key, value in training.items():
+        if key == "hub_token":
+            if value:
+                os.environ["HF_TOKEN"] = value
+            continue
+        out[key] = redact(value, key)
+    return out
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """`checkpoint-N` dirs a run can resume from, newest first. transformers writes trainer_state.json
     after the weights, optimizer and RNG states, so a checkpoint without it (or without weights) was
-    cut short by a kill while saving: it is renamed `checkpoint-N.incomplete` and said so, never
-    deleted and never resumed from."""
+    cut short by a kill while saving. It is moved out of the run to `<out>.incomplete/step-N` and said
+    so: never deleted, never resumed from, and out of reach of transformers' `save_total_limit`
+    rotation (which counts every `checkpoint-*` name and would delete a complete one for it), of
+    the merge's `checkpoint-*` globs, and of the finished run."""
     found = []
-    candidates = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    for ckpt in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if (ckpt / "trainer_state.json").is_file() and any((ckpt / f).is_file() for f in WEIGHT_FILES):
+    for ckpt in sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir()), key=_step, reverse=True):
+        if ckpt.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(ckpt):
             found.append(ckpt)
             continue
-        aside = ckpt.with_name(ckpt.name + ".incomplete")
-        n = 1
-        while aside.exists():
-            aside, n = ckpt.with_name(f"{ckpt.name}.incomplete-{n}"), n + 1
+        aside = _free_name(set_aside_dir(output_dir) / f"step-{_step(ckpt)}")
+        aside.parent.mkdir(parents=True, exist_ok=True)
         ckpt.rename(aside)
-        print(f"{ckpt.name} is incomplete (killed while saving?): set aside as {aside.name}; "
+        print(f"{ckpt.name} is incomplete (killed while saving?): set aside as {aside}; "
               "resuming from the newest complete checkpoint")
     return found
+
+
+def _step(ckpt: Path) -> int:
+    """N of `checkpoint-N` (also of an old `checkpoint-N.incomplete`); -1 when there is none."""
+    digits = ckpt.name.removeprefix("checkpoint-").split(".")[0]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ... when a set-aside checkpoint of the same step is there already."""
+    n, candidate = 0, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def train_or_restore(trainer, output_dir: Path) -> None:

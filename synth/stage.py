@@ -57,7 +57,7 @@ def load_prompts(recipe) -> list[dict]:
     A row that is not a conversation is skipped and counted, with the first reason printed."""
     rng = random.Random(recipe.prompts.seed)
     prompts, seen, skipped = [], set(), Counter()
-    for source in recipe.prompts.sources:
+    for si, source in enumerate(recipe.prompts.sources):
         rows = []
         for index, row in enumerate(iter_rows(source)):
             try:
@@ -74,7 +74,11 @@ def load_prompts(recipe) -> list[dict]:
                 rows.append({"id": pid, "messages": messages, "template": template,
                              "reference": row.get("answer")})
         if source.fraction is not None:
+            count = len(rows)
             rows = rng.sample(rows, min(len(rows), round(source.fraction * len(rows))))
+            if count and not rows and not source.allow_empty:  # the source would vanish unsaid
+                raise UserError(f"prompts.sources.{si} ({source.path}): fraction {source.fraction:g} of its {count} "
+                                f"prompts selects none; raise it to at least {1 / count:.2g}, or remove the source")
         prompts += rows
     for path, count in skipped.items():
         print(f"warning: {path}: {count} row(s) skipped (not a conversation with a user turn)")

@@ -57,6 +57,7 @@ def test_soup_then_merge_with_a_glob(write_recipe, tmp_path, ckpts):
         import shutil
 
         shutil.copytree(ckpts[name], apo / f"checkpoint-{i + 1}")
+        (apo / f"checkpoint-{i + 1}" / "trainer_state.json").write_text(json.dumps({"global_step": i + 1}))
     out = run(merge_recipe(write_recipe, tmp_path, [apo / "checkpoint-*"], ckpts["b"]))
     a, b, c, m = weights(ckpts["a"]), weights(ckpts["b"]), weights(ckpts["c"]), weights(out)
     for name in a:
@@ -125,6 +126,49 @@ def test_incompatible_inputs_are_refused_by_name(ckpts, tmp_path):
         with pytest.raises(MergeCheckError, match=message) as e:
             check_compatible([str(ckpts["a"]), str(bad)])
         assert str(bad) in str(e.value)
+
+
+def complete_checkpoint(source, path):
+    import shutil
+
+    shutil.copytree(source, path)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (path / "optimizer.pt").write_bytes(b"optimizer state")
+    return path
+
+
+@pytest.mark.parametrize("cut_short", ["no trainer state", "half a trainer state", "old set-aside name",
+                                       "unfinished run", "truncated weights"])
+def test_the_soup_glob_never_merges_a_checkpoint_cut_short(write_recipe, tmp_path, ckpts, cut_short):
+    """Issue 21 item 1: a kill while saving left a checkpoint that a `checkpoint-*` glob matches."""
+    apo = tmp_path / "apo"
+    complete_checkpoint(ckpts["a"], apo / "checkpoint-2")
+    if cut_short == "unfinished run":
+        bad = complete_checkpoint(ckpts["c"], tmp_path / "apo.partial")
+        (bad / "manifest.json").write_text(json.dumps({"stage": "apo", "status": "running"}))
+        soup = [apo / "checkpoint-*", bad]
+    else:
+        name = "checkpoint-4.incomplete" if "old" in cut_short else "checkpoint-4"
+        bad = complete_checkpoint(ckpts["c"], apo / name)
+        soup = [apo / "checkpoint-*"]
+    if cut_short == "no trainer state":
+        (bad / "trainer_state.json").unlink()
+    elif cut_short == "half a trainer state":
+        (bad / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    elif cut_short == "truncated weights":
+        with open(bad / "model.safetensors", "r+b") as fh:
+            fh.truncate((bad / "model.safetensors").stat().st_size - 64)
+    recipe = merge_recipe(write_recipe, tmp_path, soup, ckpts["b"])
+    with pytest.raises(MergeCheckError, match="cut short|unfinished run") as e:
+        run(recipe)
+    assert str(bad) in str(e.value)
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
+
+
+def test_a_complete_trainer_checkpoint_copied_under_another_name_is_merged(write_recipe, tmp_path, ckpts):
+    kept = complete_checkpoint(ckpts["a"], tmp_path / "best-apo")  # what is complete counts, not the name
+    out = run(merge_recipe(write_recipe, tmp_path, [kept], ckpts["b"]))
+    assert (out / "model.safetensors").is_file()
 
 
 def test_failed_check_writes_nothing(write_recipe, tmp_path, ckpts):

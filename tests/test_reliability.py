@@ -62,6 +62,43 @@ def test_an_empty_existing_output_dir_is_fine(make_recipe, tmp_path):
     assert (tmp_path / "empty" / "w").read_text() == "1"
 
 
+@pytest.mark.parametrize("place", ["a file", "a symlink, with --overwrite", "inside a finished run"])
+def test_an_output_dir_no_run_could_finish_in_is_refused_before_any_work(make_recipe, tmp_path, monkeypatch,
+                                                                         capsys, place):
+    """Issue 21 item 4: each of these trained the whole stage and then failed (exit 1), renaming the
+    user's file to `out.old`, failing on rmtree of a link, or changing a finished run's content."""
+    import pipeline.sft
+    from pipeline.cli import main
+    from pipeline.runs import content_hash
+
+    finished = make_recipe()
+    with stage_run(finished) as run:
+        (run.path / "model.safetensors").write_text("weights")
+    finished_hash = content_hash(finished.output_path())
+    overwrite = []
+    if place == "a file":
+        out = tmp_path / "out"
+        out.write_text("my results")
+    elif place == "a symlink, with --overwrite":
+        (tmp_path / "real").mkdir()
+        out = tmp_path / "link"
+        out.symlink_to(tmp_path / "real")
+        overwrite = ["--overwrite"]
+    else:
+        out = finished.output_path() / "extra"
+    recipe = make_recipe(output_dir=str(out))
+    monkeypatch.setattr(pipeline.sft, "run", lambda *a, **k: pytest.fail("the stage started"))
+    assert main(["sft", "--recipe", recipe._source, *overwrite]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err, err
+    if place == "a file":
+        assert out.read_text() == "my results" and not (tmp_path / "out.old").exists()
+    elif place == "a symlink, with --overwrite":
+        assert out.is_symlink() and list((tmp_path / "real").iterdir()) == []
+    assert not out.with_name(out.name + ".partial").exists()
+    assert content_hash(finished.output_path()) == finished_hash
+
+
 # ---- 2. one run at a time on a run directory ----------------------------------------------------
 def test_a_second_run_on_a_held_run_dir_is_refused_naming_the_holder(make_recipe, tmp_path):
     recipe = make_recipe()

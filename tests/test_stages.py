@@ -263,7 +263,8 @@ def test_kill_during_checkpoint_save_resumes_from_the_last_complete_one(straight
     (half / "model.safetensors").write_bytes((partial / "checkpoint-2" / "model.safetensors").read_bytes())
     out = sft.run(recipe)
     assert "checkpoint-3 is incomplete" in capsys.readouterr().out
-    assert (out / "checkpoint-3.incomplete").is_dir()  # set aside, not deleted
+    assert (out.with_name("midtrain.incomplete") / "step-3").is_dir()  # set aside, not deleted
+    assert not any("incomplete" in p.name for p in out.iterdir())  # and not part of the finished run
     a, b = weights(straight), weights(out)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
