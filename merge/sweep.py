@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eval.schema import EvalRecipe
 from pipeline.files import pyplot, save_figure
-from pipeline.schema import EvalRecipe
 
 
 def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from pipeline.data import BadRow, build_preference_mixture, preference_row
 from pipeline.errors import UserError
-from pipeline.files import read_jsonl
 from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
 from pipeline.schema import Source
+from pipeline.sources import iter_rows
 from pipeline.train import (
     announce_attention,
     check_environment,
@@ -81,12 +81,12 @@ def run(recipe, overwrite: bool = False) -> Path:
 
 
 def held_out_pairs(recipe) -> list[dict]:
-    """The recipe's held-out pairs, checked and given chat_template_kwargs exactly as training rows of mode
-    `from_row` are (pipeline.data.preference_row); a bad pair is an error naming the file and the pair,
-    raised before any model loads."""
+    """The recipe's held-out pairs, read by the one loader, checked and given chat_template_kwargs exactly
+    as training rows of mode `from_row` are (pipeline.data.preference_row); a bad pair is an error naming
+    the file and the pair, raised before any model loads."""
     source = Source(path=recipe.eval_pairs, mode="from_row")
     pairs = []
-    for i, row in enumerate(read_jsonl(recipe.eval_pairs), 1):
+    for i, row in enumerate(iter_rows(source), 1):
         try:
             pairs.append(preference_row(recipe, source, row))
         except BadRow as e:

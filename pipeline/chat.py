@@ -84,6 +84,14 @@ def end_of_turn_as_eos(tokenizer, model=None) -> None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def generation_markers_problem(template: str | None, name: str) -> str | None:
+    """Why a template cannot train assistant-only loss (no `{% generation %}` markers), or None. The one
+    check, made on the recipe's template before anything loads and on the tokenizer's once loaded."""
+    if template is None or has_generation_markers(template):
+        return None
+    return f"assistant_only_loss needs `{{% generation %}}` markers, and the template `{name}` has none; use `smollm3`"
+
+
 def has_generation_markers(template: str) -> bool:
     """Whether the template has a `{% generation %}` block (any whitespace control), found by
     parsing it as transformers does, so a comment that mentions the words does not count."""

@@ -23,8 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import TemplateError, has_generation_markers, template_text
-from pipeline.schema import TrainRecipe
+from pipeline.chat import TemplateError, generation_markers_problem, template_text
+from pipeline.stages import recipe_class
 
 Problems = list[tuple[str, str]]
 
@@ -66,23 +66,17 @@ _HARDWARE_KEYS = {"bf16": False, "fp16": False, "tf32": None, "use_liger_kernel"
 
 
 def trl_config_class(stage: str):
-    """The TRL config that receives `training:`. Imported lazily: trl import takes seconds."""
-    from trl import DPOConfig, SFTConfig
+    """The TRL config that receives a training stage's `training:` (its recipe's `trl_config`).
+    Imported lazily: trl import takes seconds."""
+    import trl
 
-    return DPOConfig if stage == "apo" else SFTConfig
-
-
-def check_recipe(recipe, base_dir: Path) -> Problems:
-    """Every problem of a loaded recipe that the foundation can judge."""
-    if isinstance(recipe, TrainRecipe):
-        return check_training(recipe) + check_combinations(recipe, base_dir)
-    return []
+    return getattr(trl, recipe_class(stage).trl_config)
 
 
 # ----------------------------------------------------------------------------------------------
 # TRL's arguments
 # ----------------------------------------------------------------------------------------------
-def check_training(recipe: TrainRecipe) -> Problems:
+def check_training(recipe) -> Problems:
     cls = trl_config_class(recipe.stage)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     problems: Problems = []
@@ -108,7 +102,9 @@ def check_training(recipe: TrainRecipe) -> Problems:
 def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str | None:
     from pydantic import TypeAdapter, ValidationError
 
-    if key == "loss_type":  # a name or a list of names; TRL documents them only in prose
+    if key == "loss_type" and cls.__name__ == "DPOConfig":
+        # a name or a list of names; DPO documents them only in prose (SFTConfig's own loss_type,
+        # nll or dft, has `choices` and is checked below like every other choice field)
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else [value]
         bad = [n for n in names if n not in DPO_LOSS_TYPES]
         return f"{bad[0]!r} is not a TRL DPO loss; allowed: {', '.join(DPO_LOSS_TYPES)}" if bad else None
@@ -164,7 +160,7 @@ def _build_problems(cls, training: dict[str, Any]) -> Problems:
 # ----------------------------------------------------------------------------------------------
 # Known-bad combinations
 # ----------------------------------------------------------------------------------------------
-def check_combinations(recipe: TrainRecipe, base_dir: Path) -> Problems:
+def check_combinations(recipe, base_dir: Path) -> Problems:
     t, problems = recipe.training, []
     if recipe.stage == "midtrain":
         if t.get("assistant_only_loss") or t.get("completion_only_loss"):
@@ -186,9 +182,9 @@ def check_combinations(recipe: TrainRecipe, base_dir: Path) -> Problems:
             template = template_text(recipe.chat.template, base_dir)
         except TemplateError as e:
             return problems + [("chat.template", str(e))]
-        if template is not None and not has_generation_markers(template):
-            problems.append(("chat.template", f"assistant_only_loss needs `{{% generation %}}` markers, and the "
-                                              f"template `{recipe.chat.template}` has none; use `smollm3`"))
+        problem = generation_markers_problem(template, recipe.chat.template)
+        if problem:
+            problems.append(("chat.template", problem))
     if t.get("packing") and not t.get("max_length"):
         problems.append(("training.max_length", "packing needs a max_length: the length of a packed row"))
     if t.get("packing") and t.get("padding_free") is False:

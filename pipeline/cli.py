@@ -12,8 +12,8 @@ Stages: midtrain, synth-traces, synth-pairs, sft, apo, merge, eval. Exit codes: 
 user can fix (a bad recipe or input, a busy or foreign run directory: one line on stderr, and a
 recipe error is found before anything loads); 1 a bug or a failure while running (traceback).
 
-This module is the top of the house: it dispatches to the stage modules by name (STAGE_MODULES),
-so the foundation it lives in never imports a stage. Each stage module has `run(recipe, ...)` and
+This module is the top of the house: it dispatches to the stage modules through the registry
+(pipeline/stages.py), so the foundation it lives in never imports a stage. Each stage module has `run(recipe, ...)` and
 may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names, synth
 filter settings); `load` runs those checks with the foundation's, for `validate` and every run.
 """
@@ -21,7 +21,6 @@ filter settings); `load` runs those checks with the foundation's, for `validate`
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -29,13 +28,8 @@ from pipeline.errors import UserError
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, raise_problems
 from pipeline.redaction import redact_text
-from pipeline.schema import STAGES
+from pipeline.stages import STAGES, stage_module
 
-# Stage -> module with `run(recipe, overwrite=False) -> Path` (synth stages also take `shard`).
-STAGE_MODULES = {
-    "midtrain": "pipeline.midtrain", "synth-traces": "synth.stage", "synth-pairs": "synth.stage",
-    "sft": "pipeline.sft", "apo": "pipeline.apo", "merge": "merge.stage", "eval": "eval.stage",
-}
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
 
 
@@ -131,10 +125,6 @@ def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None =
     if check is not None:
         raise_problems(recipe, check(recipe))
     return recipe
-
-
-def stage_module(stage: str):
-    return importlib.import_module(STAGE_MODULES[stage])
 
 
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,

@@ -1,12 +1,17 @@
-"""Rows: what one training example is, before it becomes Arrow columns (pipeline/mixture.py).
+"""Rows: the one normaliser, and what one training example is before it becomes Arrow columns
+(pipeline/mixture.py). Every stage reads its rows through pipeline/sources.py and makes sense of
+them here: SFT and mid-training rows, APO pairs and held-out pairs, synth prompts.
 
     messages = normalise_messages(row)                       # messages / ShareGPT / prompt-completion
+    extra = row_kwargs(row)                                  # tools, custom instructions (template kwargs)
+    messages, extra = prompt_of(row)                         # what a model continues (synth prompts)
     enc, thinking = encode_row(row, source, tokenizer, rendering)   # ids + labels in the row's one mode
 
-Each source is a Hub dataset or a local .jsonl/.json/.parquet file with a mode (`think`, `no_think`,
+Each source (read by pipeline/sources.py) has a mode (`think`, `no_think`,
 or `from_row`: the row's `chat_template_kwargs.enable_thinking`) and a budget: a row `fraction`
 (>1 upsamples) or a `tokens` budget, drawn with the mixture seed. Rows are normalised to chat
-`messages`, given their one mode (`row_mode`), validated for it; a bad row of any shape is a
+`messages` (messages, ShareGPT `conversations`, prompt/completion; tool calls and tool results
+kept), given their one mode (`row_mode`), validated for it; a bad row of any shape is a
 `BadRow` whose message is its quarantine reason: nothing is dropped silently and nothing crashes.
 
 A row's tools and custom instructions (smoltalk2's `chat_template_kwargs`: `xml_tools` as JSON
@@ -14,14 +19,15 @@ strings, `python_tools`, `custom_instructions`; or a `tools` column) reach the t
 keeps the template's assistant mask as the labels (assistant content + `<|im_end|>`; never headers,
 system, user or tool text); mid-training trains on every token.
 
-Preference pairs (APO) are built here too (`build_preference_mixture`).
+Preference pairs (APO) are built here too (`build_preference_mixture`). A new row layout is one
+branch in `normalise_messages` (and `normalise_pair` for pairs).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,46 +37,17 @@ from tqdm.auto import tqdm
 
 from pipeline.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
 from pipeline.errors import UserError
-from pipeline.files import read_jsonl, write_jsonl
-from pipeline.inputs import classify_input, hub_errors
 from pipeline.schema import Source, TrainRecipe
+from pipeline.sources import BadRow, iter_rows, source_label
 
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 
 
-class BadRow(ValueError):
-    """A row that cannot be trained on; the message is the quarantine reason."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Loading and normalising
 # ----------------------------------------------------------------------------------------------
-def load_source(source: Source) -> Iterable[dict[str, Any]]:
-    """Rows of a Hub dataset or a local file.
-
-    Local JSON is read as plain JSON, not through Arrow: Arrow merges the nested dicts of all rows
-    into one struct type, so a tool schema or tool-call `arguments` would gain other rows' keys as None.
-    """
-    if classify_input(source.path) == "hub":
-        from datasets import load_dataset
-
-        with hub_errors(source.path, "data source", repo_type="dataset"):
-            return load_dataset(source.path, source.name, split=source.split)
-    path = Path(source.path).expanduser()
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        return data if isinstance(data, list) else [data]
-    if path.suffix == ".parquet":
-        from datasets import load_dataset
-
-        return load_dataset("parquet", data_files=str(path), split="train")
-    raise UserError(f"{source.path}: unsupported file type; use .jsonl, .json or .parquet")
-
-
 def normalise_messages(row: Any) -> list[dict[str, Any]]:
     """Chat messages from the common layouts: messages, ShareGPT conversations, prompt/completion.
     Every layout gets the same treatment (assistant content stripped of leading whitespace), and a
@@ -157,6 +134,29 @@ def row_kwargs(row: dict[str, Any]) -> dict[str, Any]:
             raise BadRow("`chat_template_kwargs.custom_instructions` must be text")
         out["custom_instructions"] = kwargs["custom_instructions"]
     return out
+
+
+def prompt_of(row: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(messages, template extras) of the conversation a model is asked to continue: the row, normalised
+    like every other row, without its trailing assistant turns (the dataset's own answer; the model
+    writes a new one). Tool calls, tool results and the row's tools and custom instructions before that
+    point are kept, so the model sees what training will render. A `prompt` with no `completion` is a
+    prompt as it is.
+
+        >>> prompt_of({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+        ([{'role': 'user', 'content': 'Hi'}], {})
+    """
+    if isinstance(row, dict) and row.get("messages") is None and row.get("conversations") is None \
+            and row.get("prompt") is not None and row.get("completion") is None:
+        messages = _as_turns(row["prompt"], "user")
+    else:
+        messages = normalise_messages(row)
+    extra = row_kwargs(row)
+    while messages and messages[-1].get("role") == "assistant":
+        messages.pop()
+    if not any(m.get("role") == "user" for m in messages):
+        raise BadRow("no user turn to answer")
+    return messages, extra
 
 
 def _tool_list(value, key: str) -> list:
@@ -368,13 +368,13 @@ def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[di
     rng = random.Random(recipe.data.seed)
     rows, quarantined = [], []
     for si, source in enumerate(recipe.data.sources):
-        label = source.path if source.split == "train" else f"{source.path}:{source.split}"
         kept = []
-        for index, row in enumerate(tqdm(load_source(source), desc=f"reading {label}", leave=False)):
+        label = source_label(source.path, source.split)
+        for index, row in enumerate(tqdm(iter_rows(source), desc=f"reading {label}", leave=False)):
             try:
                 kept.append({**preference_row(recipe, source, row), "source": si})
             except BadRow as e:
-                quarantined.append({"source": label, "source_index": si, "row": index, "reason": str(e)})
+                quarantined.append((si, index, str(e)))
         if source.tokens is not None:
             lengths = [sum(len(m["content"]) for m in r["prompt"] + r["chosen"] + r["rejected"]) // 4 for r in kept]
             picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here
@@ -386,9 +386,13 @@ def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[di
                                 "the source")
         rows += [kept[i] for i in picked]
     rng.shuffle(rows)
-    _write_quarantine(quarantine_path, quarantined)
+    if quarantined:
+        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(quarantine_path, "w", encoding="utf-8") as fh:
+            for si, source in enumerate(recipe.data.sources):
+                write_quarantine(fh, source, si, ((row, reason) for s, row, reason in quarantined if s == si))
     count, modes = Counter(r["source"] for r in rows), Counter("think" if r["thinking"] else "no_think" for r in rows)
-    bad = Counter(q["source_index"] for q in quarantined)
+    bad = Counter(si for si, _, _ in quarantined)
     report = {"rows": len(rows), "quarantined": len(quarantined), "modes": dict(modes),
               "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": count[i], "quarantined": bad[i]}
                           for i, s in enumerate(recipe.data.sources)]}
@@ -397,38 +401,22 @@ def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[di
     return rows, report
 
 
-def _per_source(recipe, rows, quarantined) -> list[dict[str, Any]]:
-    tokens, trained, count = Counter(), Counter(), Counter()
-    for r in rows:
-        count[r["source"]] += 1
-        tokens[r["source"]] += len(r["input_ids"])
-        trained[r["source"]] += sum(1 for t in r["labels"] if t != -100)
-    bad = Counter(q["source_index"] for q in quarantined)
-    return [{"source": s.path, "split": s.split, "mode": s.mode, "rows": count[i], "tokens": tokens[i],
-             "trained_tokens": trained[i], "quarantined": bad[i]} for i, s in enumerate(recipe.data.sources)]
-
-
-def _per_mode(rows) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = defaultdict(lambda: {"rows": 0, "tokens": 0})
-    for r in rows:
-        mode = "think" if r["thinking"] else "no_think"
-        out[mode]["rows"] += 1
-        out[mode]["tokens"] += len(r["input_ids"])
-    return dict(out)
-
-
-def _write_quarantine(path: Path, quarantined: Iterable[dict]) -> None:
-    quarantined = list(quarantined)
-    if quarantined:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(path, quarantined)
+def write_quarantine(fh, source: Source, si: int, entries: Iterable[tuple[int, str]]) -> int:
+    """Write (row number, reason) entries of source `si` to an open quarantine.jsonl; returns how many.
+    One line per rejected row: its source (as reports name it), the source's index, the row, why."""
+    count = 0
+    for row, reason in entries:
+        fh.write(json.dumps({"source": source_label(source.path, source.split), "source_index": si, "row": row,
+                             "reason": reason}) + "\n")
+        count += 1
+    return count
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The mixture report as a readable table."""
     lines = [f"{'source':<48} {'mode':<9} {'rows':>7} {'tokens':>10} {'trained':>10} {'quarant.':>8}"]
     for s in report["sources"]:
-        name = s["source"] if s["split"] == "train" else f"{s['source']}:{s['split']}"
+        name = source_label(s["source"], s["split"])
         lines.append(f"{name[-48:]:<48} {s['mode']:<9} {s['rows']:>7} {s['tokens']:>10} "
                      f"{s['trained_tokens']:>10} {s['quarantined']:>8}")
     for mode, m in sorted(report["modes"].items()):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.recipe import RecipeError
-from pipeline.schema import EvalRecipe, MergeRecipe, SynthRecipe, TrainRecipe
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_HINT = re.compile(r"^(\.|/|~|runs/)|\.(jsonl|json|parquet|jinja|safetensors)$")
@@ -30,26 +29,8 @@ def classify_input(ref: str) -> str:
 
 
 def recipe_inputs(recipe) -> list[tuple[str, str]]:
-    """(key path, reference) for every model/data input the recipe names."""
-    out = []
-    if isinstance(recipe, TrainRecipe):
-        out.append(("model.name_or_path", recipe.model.name_or_path))
-        if recipe.ref_model:
-            out.append(("ref_model.name_or_path", recipe.ref_model.name_or_path))
-        out += [(f"data.sources.{i}.path", s.path) for i, s in enumerate(recipe.data.sources)]
-        if recipe.eval_pairs:
-            out.append(("eval_pairs", recipe.eval_pairs))
-    elif isinstance(recipe, SynthRecipe):
-        out.append(("teacher.name_or_path", recipe.teacher.name_or_path))
-        if recipe.weak:
-            out.append(("weak.name_or_path", recipe.weak.name_or_path))
-        out += [(f"prompts.sources.{i}.path", s.path) for i, s in enumerate(recipe.prompts.sources)]
-    elif isinstance(recipe, MergeRecipe):
-        out += [(f"soup.{i}.path", m.path) for i, m in enumerate(recipe.soup)]
-        out.append(("long_context.path", recipe.long_context.path))
-    elif isinstance(recipe, EvalRecipe):
-        out += [(f"models.{i}", m) for i, m in enumerate(recipe.models)]
-    return out
+    """(key path, reference) for every model/data input the recipe names: the recipe's own `inputs()`."""
+    return recipe.inputs()
 
 
 def check_inputs(recipe) -> None:

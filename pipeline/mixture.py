@@ -5,9 +5,9 @@ quarantine -> budgets -> shuffle -> packed rows, cached by content.
     smolalign prepare --recipe recipes/smollm3/sft.yaml --shard 3/16   # one share; a last run collects
     dataset, report = build_sft_mixture(recipe, tokenizer, cache_root, quarantine_path)  # what stages call
 
-No step holds the corpus as Python objects. Rows are read as Arrow (a local JSONL file line by
-line as text, each line parsed inside the map, since Arrow would otherwise merge every row's nested
-tool schemas into one struct); `datasets.map(batched=True, num_proc=N)` tokenizes them into int32
+No step holds the corpus as Python objects. Rows are read as Arrow by the one loader
+(pipeline/sources.py: a local JSONL file line by line as text, each line parsed inside the map);
+`datasets.map(batched=True, num_proc=N)` tokenizes them into int32
 columns on disk, with a `reason` column that is empty for good rows and says why a row was
 quarantined otherwise; budgets are drawn from the `length` column as index lists; the shuffle is a
 permutation of indices; packing (pipeline/packing.py) plans rows from lengths and builds them batch
@@ -22,7 +22,6 @@ scripts/slurm/prepare.sbatch); the collecting run uses the shares instead of tok
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -33,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.chat import has_generation_markers
-from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens
+from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
 from pipeline.errors import UserError
-from pipeline.inputs import classify_input, hub_errors
+from pipeline.inputs import classify_input
 from pipeline.mapped import release_mapped_pages
-from pipeline.packing import pack, packing_stats
+from pipeline.packing import map_procs, pack, packing_stats
 from pipeline.schema import Source, TrainRecipe
+from pipeline.sources import RAW_JSON, is_raw_json, open_source, parse_row, source_label
 
 # `trained_kept`: the trained tokens a row keeps once cut to max_length (all of them when wrapped packing
 # splits long rows instead): a long prompt cut before its answer trains nothing, whatever `trained` says.
@@ -129,19 +128,20 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
         for si, source in enumerate(recipe.data.sources):
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
             good, bad, columns = _split_quarantine(tokenized)
-            quarantined.append(_write_quarantine(bad, _label(source), si, quarantine))
+            quarantined.append(write_quarantine(quarantine, source, si, _reasons(bad)))
+            label = source_label(source.path, source.split)
             if len(good) == 0 and source.allow_empty:
-                print(f"data.sources.{si} ({_label(source)}): no usable rows; allowed by `allow_empty`")
+                print(f"data.sources.{si} ({label}): no usable rows; allowed by `allow_empty`")
                 continue
             if len(good) == 0:
                 quarantine.close()
                 quarantine_path.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(tmp / "quarantine.jsonl", quarantine_path)
-                raise UserError(f"data.sources.{si} ({_label(source)}): no usable rows ({len(bad)} of "
+                raise UserError(f"data.sources.{si} ({label}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
             chosen = _budget(source, columns["length"], rng)
             if not chosen:  # a fraction too small for the source: as empty as a source with no usable row
-                problem = (f"data.sources.{si} ({_label(source)}): fraction {source.fraction:g} of its {len(good)} "
+                problem = (f"data.sources.{si} ({label}): fraction {source.fraction:g} of its {len(good)} "
                            f"usable rows selects none")
                 if not source.allow_empty:
                     raise UserError(f"{problem}; raise it to at least {1 / len(good):.2g}, or remove the source")
@@ -170,7 +170,7 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                        cache_file_name=str(tmp / "dataset" / "packed.arrow"), truncate=True)
         report["packing"] = {"strategy": strategy, "seq_length": max_length, **packing_stats(dataset, max_length)}
     else:
-        dataset = _truncate(mixture, max_length, recipe.data.num_proc) if max_length else mixture
+        dataset = _truncate(mixture, max_length, num_proc(recipe)) if max_length else mixture
         dataset = dataset.select_columns(["input_ids", "labels"]).flatten_indices(
             cache_file_name=str(tmp / "dataset" / "documents.arrow"))
     keep_arrow_files(dataset, tmp / "dataset")
@@ -194,7 +194,8 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         if shares:
             return concatenate_datasets([open_arrow_files(p) for p in shares])
     limit = row_byte_limit(recipe)
-    rows, offset = source_rows(source, cache, limit), 0
+    # local files' Arrow copies go with the build's other intermediates (dropped when it is built)
+    rows, offset = open_source(source, cache.with_name(cache.name + ".parts") / "hf", limit), 0
     if shard is not None:
         i, n = shard
         offset = _shard_offset(len(rows), i, n)
@@ -205,8 +206,6 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         return Dataset.from_dict({k: [] for k in TOKENIZED}, features=_features())
     rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
                           assistant_only=bool(recipe.training.get("assistant_only_loss")))
-    if rendering.assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
-        raise UserError("assistant_only_loss needs a chat template with {% generation %} markers")
     parts_dir.mkdir(parents=True, exist_ok=True)
     out_dir = parts_dir
     if shard is not None:  # a share is written straight into its staging directory, renamed when whole
@@ -218,10 +217,10 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         _tokenize_batch, batched=True, batch_size=ROWS_PER_BATCH, with_indices=True,
         cache_file_name=str(out_dir / "tokenized.arrow"),  # on disk, with the build's other intermediates
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
-                   "keep": kept_length(recipe), "limit": limit,
-                   "raw_json": "text" in rows.column_names and _is_local_json(source)},
-        remove_columns=rows.column_names, features=_features(), num_proc=_procs(recipe.data.num_proc, len(rows)),
-        desc=f"tokenizing {_label(source)}" + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
+                   "keep": kept_length(recipe), "limit": limit, "raw_json": is_raw_json(source)},
+        remove_columns=rows.column_names, features=_features(), num_proc=map_procs(num_proc(recipe), len(rows)),
+        desc=f"tokenizing {source_label(source.path, source.split)}"
+             + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
     if shard is not None:
         keep_arrow_files(tokenized, out_dir)
         shutil.rmtree(target, ignore_errors=True)
@@ -286,8 +285,8 @@ def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, so
         row, reason, enc, thinking = None, "", {"input_ids": [], "labels": []}, False
         try:
             if raw_json:
-                _check_size(batch["bytes"][j] if "bytes" in batch else len(batch["text"][j].encode()), limit)
-                row = _parse(batch["text"][j])
+                _check_size(batch["bytes"][j] if "bytes" in batch else len(batch[RAW_JSON][j].encode()), limit)
+                row = parse_row(batch[RAW_JSON][j])
             else:
                 row = {k: batch[k][j] for k in keys}
                 _check_size(_text_size(row), limit)
@@ -328,26 +327,10 @@ def _text_size(row) -> int:
     return size
 
 
-def _parse(line: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise BadRow(f"not valid JSON ({e.msg})") from None
-    except RecursionError:  # the decoder recurses once per level: [[[[...]]]] 100,000 deep
-        raise BadRow("not valid JSON (nested too deep to parse)") from None
-
-
 def _features():
     from datasets import Features, Sequence, Value
 
     return Features({k: Sequence(Value(v[1])) if isinstance(v, tuple) else Value(v) for k, v in TOKENIZED.items()})
-
-
-def _procs(setting: int | None, rows: int) -> int | None:
-    """Worker processes for a map over `rows` rows: every core by default, none for small inputs
-    (starting workers costs more than a few hundred rows)."""
-    procs = setting or os.cpu_count() or 1
-    return min(procs, rows // ROWS_PER_BATCH) if procs > 1 and rows >= 2 * ROWS_PER_BATCH else None
 
 
 def _split_quarantine(tokenized):
@@ -363,11 +346,10 @@ def _split_quarantine(tokenized):
     return tokenized.select(good_rows), tokenized.select(bad_rows), columns
 
 
-def _write_quarantine(bad, label: str, si: int, fh) -> int:
+def _reasons(bad):
+    """(source row, reason) of every quarantined row, read a batch at a time."""
     for batch in bad.select_columns(["row", "reason"]).iter(batch_size=10_000):
-        for row, reason in zip(batch["row"], batch["reason"]):
-            fh.write(json.dumps({"source": label, "source_index": si, "row": row, "reason": reason}) + "\n")
-    return len(bad)
+        yield from zip(batch["row"], batch["reason"])
 
 
 def _budget(source: Source, lengths: np.ndarray, rng: random.Random) -> list[int]:
@@ -376,7 +358,7 @@ def _budget(source: Source, lengths: np.ndarray, rng: random.Random) -> list[int
     return take_fraction(len(lengths), source.fraction, rng)
 
 
-def _truncate(dataset, max_length: int, setting: int | None):
+def _truncate(dataset, max_length: int, procs: int):
     """Documents cut to `max_length` tokens (only the longer ones change)."""
     def cut(batch):
         release_mapped_pages()
@@ -384,7 +366,7 @@ def _truncate(dataset, max_length: int, setting: int | None):
                 "labels": [labels[:max_length] for labels in batch["labels"]],
                 "length": [min(n, max_length) for n in batch["length"]]}
 
-    return dataset.map(cut, batched=True, batch_size=ROWS_PER_BATCH, num_proc=_procs(setting, len(dataset)),
+    return dataset.map(cut, batched=True, batch_size=ROWS_PER_BATCH, num_proc=map_procs(procs, len(dataset)),
                        desc=f"truncating to {max_length}")
 
 
@@ -414,85 +396,3 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
         # wrapped packing splits long documents across rows; every other path truncates them
         "over_length_rows_are": "split" if strategy == "wrapped" else "truncated",
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading sources as Arrow
-# ----------------------------------------------------------------------------------------------
-def source_rows(source: Source, cache: Path, limit: int = 16 << 20):
-    """A source as a `datasets.Dataset`: a Hub dataset or local parquet with its own columns, a
-    local JSONL (or JSON list) file as a `text` column of raw JSON lines; a JSONL file also has a
-    `bytes` column, the size of each line, and a line longer than `limit` bytes is never read (its
-    text is empty: it is quarantined by its size)."""
-    from datasets import Dataset, load_dataset
-
-    if classify_input(source.path) == "hub":  # the Hugging Face cache: downloaded once for every mixture
-        with hub_errors(source.path, "data source", repo_type="dataset"):
-            return load_dataset(source.path, source.name, split=source.split)
-    hf_cache = str(cache.with_name(cache.name + ".parts") / "hf")  # local files' Arrow copies: dropped when built
-    path = Path(source.path).expanduser()
-    if path.suffix == ".parquet":
-        try:
-            return load_dataset("parquet", data_files=str(path), split="train", cache_dir=hf_cache)
-        except Exception as e:  # an unreadable file: say which, and why
-            raise UserError(f"{source.path}: cannot read as parquet ({type(e).__name__}: {e})") from None
-    if path.suffix == ".jsonl":
-        check_utf8(path)
-        # Lines streamed into Arrow a batch at a time (measured: datasets' "text" builder held memory
-        # in proportion to the file). The build's own cache name keeps a changed file from reusing it.
-        from datasets import Features, Value
-
-        features = Features({"text": Value("string"), "bytes": Value("int64")})
-        if not _has_content(path):
-            return Dataset.from_dict({"text": [], "bytes": []}, features=features)
-        return Dataset.from_generator(_lines, features=features, cache_dir=hf_cache, writer_batch_size=1000,
-                                      gen_kwargs={"path": str(path), "build": cache.name, "limit": limit})
-    if path.suffix == ".json":
-        check_utf8(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{source.path}: not valid JSON ({e.msg} at line {e.lineno}); fix the file") from None
-        return Dataset.from_dict({"text": [json.dumps(r) for r in (data if isinstance(data, list) else [data])]})
-    raise UserError(f"{source.path}: unsupported file type; use .jsonl, .json or .parquet")
-
-
-def _has_content(path: Path) -> bool:
-    """Whether a file has a non-blank line (read in 1 MB chunks until the first; datasets cannot build from none)."""
-    with open(path, "rb") as fh:
-        return any(chunk.strip() for chunk in iter(lambda: fh.read(1 << 20), b""))
-
-
-def _lines(path: str, build: str, limit: int):
-    """The non-blank lines of a JSONL file (UTF-8, checked before), one row each with its size in bytes.
-    A line longer than `limit` is measured a megabyte at a time and never held: its text is empty."""
-    with open(path, "rb") as fh:
-        while line := fh.readline(limit + 1):
-            if len(line) > limit and not line.endswith(b"\n"):
-                size = len(line)
-                while (chunk := fh.readline(1 << 20)) and not chunk.endswith(b"\n"):
-                    size += len(chunk)
-                yield {"text": "", "bytes": size + len(chunk)}
-            elif line.strip():
-                yield {"text": line.decode("utf-8"), "bytes": len(line)}
-
-
-def check_utf8(path: Path) -> None:
-    """Fail with the file and line on the first bytes that are not UTF-8 (read in 1 MB chunks)."""
-    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as e:
-                line += chunk[:e.start].count(b"\n")
-                raise UserError(f"{path}:{line}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
-            line += chunk.count(b"\n")
-
-
-def _is_local_json(source: Source) -> bool:
-    return classify_input(source.path) == "local" and Path(source.path).suffix in (".jsonl", ".json")
-
-
-def _label(source: Source) -> str:
-    return source.path if source.split == "train" else f"{source.path}:{source.split}"

@@ -145,7 +145,7 @@ def pack(dataset, seq_length: int, strategy: str, num_proc: int | None = None, c
             _build_rows, fn_kwargs={"documents": documents, "plan": files, "strategy": strategy,
                                     "seq_length": seq_length},
             batched=True, batch_size=ROWS_PER_BATCH, remove_columns=["row"], features=features,
-            num_proc=_procs(num_proc, rows), cache_file_name=cache_file_name, desc=f"packing ({strategy})")
+            num_proc=map_procs(num_proc, rows), cache_file_name=cache_file_name, desc=f"packing ({strategy})")
 
 
 def _pieces(rows: list[int], plan: dict[str, str], strategy: str, seq_length: int) -> list[list[tuple]]:
@@ -205,7 +205,9 @@ def _gather(documents, wanted: list[int]) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.concatenate(ids), np.concatenate(labels), offsets
 
 
-def _procs(num_proc: int | None, rows: int) -> int | None:
+def map_procs(num_proc: int | None, rows: int) -> int | None:
+    """Worker processes for a map over `rows` rows: `num_proc`, but none for small inputs (starting
+    workers costs more than a few hundred rows take)."""
     if not num_proc or num_proc <= 1 or rows < 2 * ROWS_PER_BATCH:
         return None
     return min(num_proc, rows // ROWS_PER_BATCH)

@@ -5,9 +5,10 @@
 A recipe is validated in layers, all before any model or dataset loads, and every problem found
 is reported at once as `file: key (line N): what is wrong (what is allowed)`:
 
-1. schema      - pipeline/schema.py: unknown keys (with a suggestion), wrong types, bad literals;
-2. foundation  - pipeline/checks.py: TRL's arguments (keys, types, ranges, choices, TRL's own
-                 checks) and known-bad combinations;
+1. schema      - the stage's recipe class (pipeline/stages.py says which): unknown keys (with a
+                 suggestion), wrong types, bad literals;
+2. recipe      - the recipe's own `problems()`: for the training stages pipeline/checks.py, TRL's
+                 arguments (keys, types, ranges, choices, TRL's own checks) and known-bad combinations;
 3. stage       - the stage module's own `check(recipe)` (eval task names, synth filters), run by
                  the CLI (`pipeline/cli.py: load`), since the foundation imports no stage.
 """
@@ -24,10 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.checks import check_recipe
 from pipeline.errors import UserError
 from pipeline.redaction import remember_secrets
-from pipeline.schema import RECIPE_CLASSES, STAGES
+from pipeline.stages import STAGES, recipe_class
 
 
 class _Loader(yaml.SafeLoader):
@@ -149,16 +149,16 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
     if stage is not None and declared != stage:
         raise RecipeError(source, [("stage", f"this recipe is for stage `{declared}`, not `{stage}`; "
                                              f"run `smolalign {declared} --recipe {path}`")])
-    if declared not in RECIPE_CLASSES:
+    if declared not in STAGES:
         raise RecipeError(source, [("stage", f"got {declared!r}; allowed: {', '.join(STAGES)}")])
-    cls = RECIPE_CLASSES[declared]
+    cls = recipe_class(declared)
     try:
         recipe = cls.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(source, _pydantic_problems(e, cls, lines)) from None
 
     recipe._source, recipe._lines = source, lines
-    raise_problems(recipe, check_recipe(recipe, path.parent))
+    raise_problems(recipe, recipe.problems(path.parent))
     return recipe
 
 

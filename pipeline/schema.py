@@ -1,22 +1,24 @@
-"""Typed recipes: one pydantic schema per stage, with help text and cross-field rules in one place.
+"""Typed recipes: the shared specs (model, chat, data sources, LoRA), the base every stage's recipe
+extends, and the training stages' recipes; help text and cross-field rules in one place.
 
 A recipe is YAML (`recipes/`), loaded and checked by pipeline/recipe.py. Every model here forbids
 unknown keys, so a typo is an error with a suggestion rather than a silently ignored setting.
-The `training:` block is TRL's own (SFTConfig / DPOConfig) and is checked against TRL in
-pipeline/checks.py; task names and filter settings are checked by the stages that own them.
+The other stages own their recipes, beside their stage modules (synth/schema.py, merge/schema.py,
+eval/schema.py; generation's backend and sampling specs in pipeline/generation.py); the registry
+pipeline/stages.py says which class reads which stage. A recipe says itself what it reads
+(`inputs()`) and what it gets wrong beyond its schema (`problems()`), so the foundation branches on
+no recipe type. The `training:` block is TRL's own (SFTConfig / DPOConfig) and is checked against
+TRL in pipeline/checks.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE
-
-TRAIN_STAGES = ("midtrain", "sft", "apo")
-STAGES = ("midtrain", "synth-traces", "synth-pairs", "sft", "apo", "merge", "eval")
 
 
 class Strict(BaseModel):
@@ -85,51 +87,12 @@ class PeftSpec(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class SamplingSpec(Strict):
-    """SmolLM3's published defaults."""
-
-    temperature: float = Field(0.6, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(4096, gt=0)
-    seed: int = 0
-
-
-class BackendSpec(Strict):
-    kind: Literal["transformers", "vllm", "openai"] = "transformers"
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int | None = Field(None, gt=0, description="vLLM context; above the checkpoint's native "
-                                      "length, YaRN rope scaling is applied (SmolLM3: x2 for 128k).")
-    hf_overrides: dict[str, Any] | None = Field(None, description="vLLM: config overrides, instead of the "
-                                                "automatic YaRN scaling.")
-    enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
-                                "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
-    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint; `user:password@` in it "
-                                  "is sent as HTTP basic auth and never shown.")
-    served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
-                                          "(`vllm serve --served-model-name`); default the model path.")
-    api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
-                                    "(`vllm serve --api-key`); the key itself never goes in a recipe.")
-    concurrency: int = Field(32, ge=1, description="For `openai`: requests in flight at once.")
-    timeout_s: float = Field(600, gt=0, description="For `openai`: seconds to wait for one reply.")
-    retry_budget_s: float = Field(600, ge=0, description="For `openai`: how long to keep retrying 429/5xx/"
-                                  "connection errors (with backoff and Retry-After) before giving up.")
-    batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
-
-    @model_validator(mode="after")
-    def _url(self):
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("backend `openai` needs `base_url` (e.g. http://host:8000/v1)")
-        if self.enforce_eager and self.kind != "vllm":
-            raise ValueError(f"`enforce_eager` is a setting of backend `vllm`, not `{self.kind}` (for `openai`, "
-                             "start the server with `--enforce-eager`)")
-        return self
-
-
 # ----------------------------------------------------------------------------------------------
 # Stage recipes
 # ----------------------------------------------------------------------------------------------
-class _RecipeBase(Strict):
+class RecipeBase(Strict):
+    """What every stage's recipe has: a name, a seed, where it writes; what it reads and what it gets wrong."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: runs/<name>/<stage>.")
     description: str = ""
     seed: int = 42
@@ -140,11 +103,22 @@ class _RecipeBase(Strict):
     def output_path(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}/{self.stage}")
 
+    def inputs(self) -> list[tuple[str, str]]:
+        """(key path, reference) of every model and data input the recipe names: checked to exist before
+        the stage runs (pipeline/inputs.py) and fingerprinted in its manifest (pipeline/runs.py)."""
+        return []
 
-class TrainRecipe(_RecipeBase):
-    """midtrain / sft / apo: a model, a data mixture and TRL arguments."""
+    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        """(key path, message) of what the recipe gets wrong beyond its schema, found before anything
+        loads. `base_dir`: the recipe file's directory (relative paths in it)."""
+        return []
 
-    stage: Literal["midtrain", "sft", "apo"]
+
+class TrainRecipe(RecipeBase):
+    """midtrain / sft (and, below, apo): a model, a data mixture and TRL arguments for `trl_config`."""
+
+    trl_config: ClassVar[str] = "SFTConfig"  # the TRL config class that receives `training:`
+    stage: Literal["midtrain", "sft"]
     model: ModelSpec
     ref_model: ModelSpec | None = Field(
         None, description="APO only. Default: a frozen copy of `model` (or precomputed log-probs)."
@@ -163,88 +137,23 @@ class TrainRecipe(_RecipeBase):
             raise ValueError("`eval_pairs` is an APO setting (held-out preference pairs); remove it here")
         return self
 
+    def inputs(self) -> list[tuple[str, str]]:
+        out = [("model.name_or_path", self.model.name_or_path)]
+        if self.ref_model:
+            out.append(("ref_model.name_or_path", self.ref_model.name_or_path))
+        out += [(f"data.sources.{i}.path", s.path) for i, s in enumerate(self.data.sources)]
+        if self.eval_pairs:
+            out.append(("eval_pairs", self.eval_pairs))
+        return out
 
-class FilterSpec(Strict):
-    """Filters of generated data (synth/filters.py); each dropped row is counted and kept with its reason."""
+    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        from pipeline.checks import check_combinations, check_training
 
-    drop_truncated: bool = Field(True, description="Drop generations that hit max_new_tokens.")
-    require_think_block: bool = Field(True, description="Think mode needs one well-formed, non-empty think block.")
-    dedup: Literal["none", "exact", "exact_and_near"] = Field(
-        "exact_and_near", description="Exact (normalised prompt + answer) and near (MinHash LSH on answers).")
-    near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity of answer 5-grams.")
-    decontaminate: bool = Field(True, description="Drop prompts sharing an n-gram with our eval tasks' prompts.")
-    ngram: int = Field(13, ge=1, description="Words per n-gram for decontamination.")
-    verify: Literal["math"] | None = Field(None, description="`math`: keep traces whose answer matches `answer`.")
-
-
-class SynthRecipe(_RecipeBase):
-    """synth-traces (teacher in thinking mode) / synth-pairs (strong = chosen, weak = rejected)."""
-
-    stage: Literal["synth-traces", "synth-pairs"]
-    teacher: ModelSpec
-    weak: ModelSpec | None = Field(None, description="synth-pairs: the model whose answers are rejected.")
-    backend: BackendSpec = BackendSpec()
-    sampling: SamplingSpec = SamplingSpec()
-    prompts: DataSpec
-    modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
-    max_prompts: int | None = Field(None, gt=0)
-    prefill_think: bool = Field(False, description="Think mode: start the assistant turn with `<think>\\n` for a "
-                                "teacher whose template does not open one itself (the trace keeps it).")
-    filters: FilterSpec = FilterSpec()
-
-    @model_validator(mode="after")
-    def _weak_for_pairs(self):
-        if self.stage == "synth-pairs" and self.weak is None:
-            raise ValueError("synth-pairs needs `weak` (the model whose answers become `rejected`)")
-        if self.weak is not None and self.weak.name_or_path == self.teacher.name_or_path:
-            raise ValueError("`weak` and `teacher` are the same model: a pair would compare a model with itself")
-        if self.stage == "synth-traces" and self.weak is not None:
-            raise ValueError("synth-traces uses only `teacher`; remove `weak`")
-        return self
+        return check_training(self) + check_combinations(self, base_dir)
 
 
-class MergeInput(Strict):
-    path: str
-    weight: float | None = Field(None, gt=0)
+class APORecipe(TrainRecipe):
+    """apo: preference pairs, TRL's DPO trainer (`loss_type: apo_zero`)."""
 
-
-class MergeRecipe(_RecipeBase):
-    """Soup of APO checkpoints, then linear soup : long-context checkpoint (0.9 : 0.1)."""
-
-    stage: Literal["merge"]
-    soup: list[MergeInput] = Field(min_length=1)
-    long_context: MergeInput
-    soup_weight: float = Field(0.9, gt=0, lt=1, description="Final = w * soup + (1 - w) * long_context.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    chat: ChatSpec = ChatSpec()
-    sweep: list[float] = Field(default_factory=list, description="Soup weights to merge and evaluate (0 < w <= 1).")
-    sweep_tasks: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"ruler": {"lengths": [4096, 16384, 65536], "n": 20}, "math": {"n": 100}},
-        description="eval/ tasks scored at each sweep weight: long context and reasoning by default.")
-    sweep_modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
-    backend: BackendSpec = BackendSpec()
-    sampling: SamplingSpec = SamplingSpec()
-
-    @model_validator(mode="after")
-    def _sweep_weights(self):
-        bad = [w for w in self.sweep if not 0 < w <= 1]
-        if bad:
-            raise ValueError(f"sweep weights must be in (0, 1]; got {bad}")
-        return self
-
-
-class EvalRecipe(_RecipeBase):
-    stage: Literal["eval"]
-    models: list[str] = Field(min_length=1, description="Checkpoints: run dirs, local dirs, Hub IDs, embedded:...")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
-    tasks: dict[str, dict[str, Any]] = Field(min_length=1, description="task name -> options (n, lengths, ...)")
-    modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
-    backend: BackendSpec = BackendSpec()
-    sampling: SamplingSpec = SamplingSpec()
-    chat: ChatSpec = ChatSpec()
-
-
-RECIPE_CLASSES = {
-    **{s: TrainRecipe for s in TRAIN_STAGES},
-    "synth-traces": SynthRecipe, "synth-pairs": SynthRecipe, "merge": MergeRecipe, "eval": EvalRecipe,
-}
+    trl_config: ClassVar[str] = "DPOConfig"
+    stage: Literal["apo"]

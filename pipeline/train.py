@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import end_of_turn_as_eos, has_generation_markers, template_text
+from pipeline.chat import end_of_turn_as_eos, generation_markers_problem, template_text
 from pipeline.checks import trl_config_class
 from pipeline.errors import UserError
 from pipeline.files import pyplot, save_figure
@@ -41,9 +41,9 @@ def load_tokenizer(recipe: TrainRecipe, local_files_only: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     end_of_turn_as_eos(tokenizer)  # what every checkpoint we write ships
-    if recipe.training.get("assistant_only_loss") and not has_generation_markers(tokenizer.chat_template or ""):
-        raise UserError(f"{recipe.model.name_or_path}: assistant_only_loss needs a template with "
-                         "{% generation %} markers; set chat.template: smollm3")
+    problem = generation_markers_problem(tokenizer.chat_template or "", recipe.chat.template)
+    if recipe.training.get("assistant_only_loss") and problem:  # `chat.template: model` is known only now
+        raise UserError(f"{recipe.model.name_or_path}: {problem}")
     return tokenizer
 
 

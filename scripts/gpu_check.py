@@ -165,14 +165,14 @@ def check_vllm_parity() -> dict:
         import vllm  # noqa: F401
     except ImportError as e:
         return {"status": f"skipped: not installed: vLLM (pip install -e '.[vllm]' in its own venv): {e}"}
-    from eval.backends import Request, Sampling, TransformersBackend, VLLMBackend
+    from pipeline.generation import Request, SamplingSpec, TransformersBackend, VLLMBackend
     from pipeline.models import resolve_model
 
     path = resolve_model("embedded:smollm2-135m-instruct")
     requests = [Request([{"role": "user", "content": q}], enable_thinking=mode)
                 for q in ("What is the capital of France?", "Write a haiku about the sea.", "2+2?")
                 for mode in (True, False)]
-    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=64)
+    greedy = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=64)
     with TransformersBackend(path, dtype="bfloat16") as hf:
         ids_hf = [hf.tokenizer(hf.render(r), add_special_tokens=False).input_ids for r in requests]
         out_hf = hf.generate(requests, greedy)

@@ -5,6 +5,8 @@
 
 synth-traces: prompts of non-reasoning datasets -> the teacher in thinking mode -> dual-mode SFT
 rows (`rows.jsonl`: messages with the <think> trace, chat_template_kwargs) that the SFT stage reads.
+A prompt row keeps its tool calls, tool results, tools and custom instructions (the one row path,
+pipeline/sources.py and pipeline/data.py): the teacher sees them, and the rows carry them on.
 synth-pairs: the same kind of prompts -> strong model (chosen) and weak model (rejected), in each
 mode -> preference rows (`pairs.jsonl`: prompt, chosen, rejected, chat_template_kwargs) that the
 APO stage reads.
@@ -26,16 +28,18 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from eval.backends import Request, Sampling, make_backend
-from pipeline.data import load_source
+from pipeline.data import BadRow, prompt_of
 from pipeline.errors import UserError
 from pipeline.files import write_jsonl
+from pipeline.generation import Request, make_backend
 from pipeline.models import resolve_model
 from pipeline.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
+from pipeline.sources import iter_rows
 from synth.filters import apply_filters
 from synth.store import ShardStore, key_shard, read_all, work_key
 
@@ -47,19 +51,28 @@ THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teac
 # Prompts and work
 # ----------------------------------------------------------------------------------------------
 def load_prompts(recipe) -> list[dict]:
-    """[{"id", "messages", "reference"}]: the conversation up to its last user turn."""
+    """[{"id", "messages", "template", "reference"}]: each row read by the one loader and normalised as
+    training rows are (pipeline.data.prompt_of): the conversation up to the turn the model writes,
+    with its tool calls and tool results, and in `template` the row's tools and custom instructions.
+    A row that is not a conversation is skipped and counted, with the first reason printed."""
     rng = random.Random(recipe.prompts.seed)
-    prompts, seen = [], set()
+    prompts, seen, skipped = [], set(), Counter()
     for si, source in enumerate(recipe.prompts.sources):
         rows = []
-        for row in load_source(source):
-            messages = _prompt_messages(row)
-            if messages is None:
+        for index, row in enumerate(iter_rows(source)):
+            try:
+                messages, template = prompt_of(row)
+            except BadRow as e:
+                if not skipped:
+                    print(f"warning: {source.path} row {index}: not a prompt ({e}); skipped")
+                skipped[source.path] += 1
                 continue
-            pid = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+            identity = messages if not template else {"messages": messages, "template": template}
+            pid = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             if pid not in seen:  # the same prompt twice would only be generated twice
                 seen.add(pid)
-                rows.append({"id": pid, "messages": messages, "reference": row.get("answer")})
+                rows.append({"id": pid, "messages": messages, "template": template,
+                             "reference": row.get("answer")})
         if source.fraction is not None:
             count = len(rows)
             rows = rng.sample(rows, min(len(rows), round(source.fraction * len(rows))))
@@ -67,21 +80,9 @@ def load_prompts(recipe) -> list[dict]:
                 raise UserError(f"prompts.sources.{si} ({source.path}): fraction {source.fraction:g} of its {count} "
                                 f"prompts selects none; raise it to at least {1 / count:.2g}, or remove the source")
         prompts += rows
+    for path, count in skipped.items():
+        print(f"warning: {path}: {count} row(s) skipped (not a conversation with a user turn)")
     return prompts[:recipe.max_prompts] if recipe.max_prompts else prompts
-
-
-def _prompt_messages(row) -> list[dict] | None:
-    if row.get("messages"):
-        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in row["messages"]]
-    elif isinstance(row.get("prompt"), list):
-        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in row["prompt"]]
-    elif isinstance(row.get("prompt"), str):
-        messages = [{"role": "user", "content": row["prompt"]}]
-    else:
-        return None
-    while messages and messages[-1]["role"] != "user":
-        messages.pop()  # drop the dataset's own answer: the teacher writes a new one
-    return messages or None
 
 
 def work_items(recipe, prompts, role: str, model: str) -> list[dict]:
@@ -89,14 +90,14 @@ def work_items(recipe, prompts, role: str, model: str) -> list[dict]:
     items = []
     for p in prompts:
         for mode in recipe.modes:
-            kwargs = {"enable_thinking": mode == "think"}
+            kwargs = {"enable_thinking": mode == "think", **p["template"]}  # tools change what is generated
             prefill = THINK_PREFILL if mode == "think" and recipe.prefill_think else ""
             if prefill:  # part of the key: it changes what is generated
                 kwargs["prefill"] = prefill
             # the role is part of the key: a chosen and a rejected answer are never the same work
             items.append({"key": work_key(p["messages"], f"{role}:{model}", sampling, kwargs), "prompt_id": p["id"],
                           "role": role, "model": model, "mode": mode, "messages": p["messages"],
-                          "prefill": prefill})
+                          "template": p["template"], "prefill": prefill})
     return items
 
 
@@ -114,14 +115,12 @@ def generate_missing(recipe, items: list[dict], spec, store: ShardStore, done: s
 
 def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -> None:
     s = recipe.sampling
-    sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens, s.seed)
     bar = tqdm(total=len(todo), desc=desc, unit="prompt")
     t0, tokens = time.perf_counter(), 0
     for start in range(0, len(todo), BATCH):
         batch = todo[start:start + BATCH]
-        requests = [Request(it["messages"], enable_thinking=it["mode"] == "think", prefill=it["prefill"])
-                    for it in batch]
-        completions = backend.generate(requests, sampling, desc=desc)
+        requests = [request(it) for it in batch]
+        completions = backend.generate(requests, s, desc=desc)
         store.append({**it, "text": it["prefill"] + c.text, "finish_reason": c.finish_reason,
                       "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                       "sampling": s.model_dump()}
@@ -131,6 +130,14 @@ def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -
         bar.update(len(batch))
         bar.set_postfix(prompts_per_s=f"{bar.n / elapsed:.2f}", tokens_per_s=f"{tokens / elapsed:.1f}")
     bar.close()
+
+
+def request(item: dict) -> Request:
+    """The teacher's request for one work item: the prompt with the row's tools and instructions."""
+    template = item.get("template", {})
+    return Request(item["messages"], enable_thinking=item["mode"] == "think", tools=template.get("xml_tools"),
+                   python_tools=template.get("python_tools"),
+                   custom_instructions=template.get("custom_instructions"), prefill=item["prefill"])
 
 
 def _generate_all(recipe, prompts, shard_dir: Path, shard: tuple[int, int]) -> list[list[dict]]:
@@ -159,7 +166,7 @@ def trace_rows(prompts, teacher_items, generated) -> list[dict]:
         if g is None:
             continue
         rows.append({"messages": it["messages"] + [{"role": "assistant", "content": g["text"].strip()}],
-                     "chat_template_kwargs": {"enable_thinking": it["mode"] == "think"},
+                     "chat_template_kwargs": row_kwargs(it),
                      "prompt": it["messages"], "reference": refs.get(it["prompt_id"]),
                      "meta": _meta(g)})
     return rows
@@ -175,9 +182,15 @@ def pair_rows(prompts, teacher_items, weak_items, generated) -> list[dict]:
         rows.append({"prompt": it["messages"],
                      "chosen": [{"role": "assistant", "content": chosen["text"].strip()}],
                      "rejected": [{"role": "assistant", "content": rejected["text"].strip()}],
-                     "chat_template_kwargs": {"enable_thinking": it["mode"] == "think"},
+                     "chat_template_kwargs": row_kwargs(it),
                      "meta": {"chosen": _meta(chosen), "rejected": _meta(rejected)}})
     return rows
+
+
+def row_kwargs(item: dict) -> dict:
+    """What the row tells the template: its mode, and the prompt row's tools and custom instructions,
+    so that the SFT and APO stages render exactly what the teacher saw."""
+    return {"enable_thinking": item["mode"] == "think", **item.get("template", {})}
 
 
 def _meta(g: dict) -> dict:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from eval import report as eval_report
 from eval import stage
-from eval.backends import OpenAIBackend, Request, Sampling, TransformersBackend
+from pipeline.generation import OpenAIBackend, Request, SamplingSpec, TransformersBackend
 from pipeline.recipe import load_recipe
 
 
@@ -46,7 +47,7 @@ def test_greedy_generation_is_deterministic_and_batched_like_single(tiny_model):
     backend = TransformersBackend(tiny_model, batch_size=3)
     requests = [Request([{"role": "user", "content": text}], enable_thinking=mode)
                 for text in ("hi", "a longer question about many things", "x") for mode in (True, False)]
-    greedy = Sampling(temperature=0.0, max_new_tokens=5)
+    greedy = SamplingSpec(temperature=0.0, max_new_tokens=5)
     batched = backend.generate(requests, greedy)
     backend.batch_size = 1
     single = backend.generate(requests, greedy)
@@ -90,7 +91,7 @@ def test_openai_backend_sends_our_rendered_prompt(tiny_model):
         backend = OpenAIBackend(tiny_model, base_url=f"http://127.0.0.1:{server.server_port}/v1",
                                 served_name="teacher", concurrency=2, renderer_kwargs={"today_date": "02 Feb 2024"})
         requests = [Request([{"role": "user", "content": "Capital of France?"}], enable_thinking=False)] * 3
-        out = backend.generate(requests, Sampling(temperature=0.6, top_p=0.95, max_new_tokens=32, seed=7))
+        out = backend.generate(requests, SamplingSpec(temperature=0.6, top_p=0.95, max_new_tokens=32, seed=7))
     finally:
         server.shutdown()
     assert [c.text for c in out] == ["Paris."] * 3 and out[0].finish_reason == "stop" and out[0].prompt_tokens == 11
@@ -114,14 +115,14 @@ def test_unknown_eval_task_and_option_are_refused(write_recipe):
 
 
 def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, monkeypatch):
-    import eval.backends
+    import pipeline.generation
 
     recipe = load_recipe(write_recipe({
         "name": "t", "stage": "eval", "output_dir": str(tmp_path / "eval"), "dtype": "float32",
         "models": ["embedded:tiny-smollm3"], "tasks": {"mode": {"n": 2}, "math": {"n": 1}}, "modes": ["no_think"],
         "backend": {"kind": "transformers"}, "sampling": {"temperature": 0.0, "max_new_tokens": 4}}))
     generated = []
-    real = eval.backends.TransformersBackend.generate
+    real = pipeline.generation.TransformersBackend.generate
 
     def counting(self, requests, sampling, desc=""):
         generated.append(desc.split("] ")[-1])
@@ -129,7 +130,7 @@ def test_a_crash_in_the_last_task_keeps_what_finished(write_recipe, tmp_path, mo
             raise RuntimeError("killed in the last task")
         return real(self, requests, sampling, desc)
 
-    monkeypatch.setattr(eval.backends.TransformersBackend, "generate", counting)
+    monkeypatch.setattr(pipeline.generation.TransformersBackend, "generate", counting)
     with pytest.raises(RuntimeError, match="killed in the last task"):
         stage.run(recipe)
     partial = json.loads((tmp_path / "eval.partial" / "embedded_tiny-smollm3.json").read_text())
@@ -145,7 +146,7 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     import sys
     import types
 
-    from eval.backends import VLLMBackend
+    from pipeline.generation import VLLMBackend
 
     calls = {}
 
@@ -175,7 +176,7 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
     monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel)
 
     with VLLMBackend(tiny_model, dtype="float32", enforce_eager=True) as backend:
-        [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], Sampling(max_new_tokens=5))
+        [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], SamplingSpec(max_new_tokens=5))
         end_id = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
     params = calls["params"]
     assert params["stop_token_ids"] == [end_id] and "stop" not in params
@@ -218,8 +219,8 @@ def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_p
     RULER's QA datasets."""
     import urllib.error
 
-    from eval.backends import Backend, Completion, Renderer
     from pipeline.cli import load
+    from pipeline.generation import Backend, Completion, Renderer
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
@@ -298,7 +299,7 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
                {"model": str(merge_run), "tasks": {"mode": {"think": _summary(0.5), "no_think": _summary(1.0)}}}]
     out = tmp_path / "eval"
     out.mkdir()
-    report = stage.write_report(results, out, ["think", "no_think"])
+    report = eval_report.write_report(results, out, ["think", "no_think"])
 
     table = report.split("## ")[0]
     assert "| `embedded:base` | 0.000 | 1.000 |" in table  # the starting point: no delta
@@ -326,9 +327,9 @@ def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_en
     (tmp_path / "runs" / "apo" / "preference.json").write_text(json.dumps(
         {"start": {"model": "runs/sft", "accuracy": 0.8125}, "end": {"accuracy": 0.9375}}))
     results = [{"model": m} for m in ("embedded:base", "runs/sft/", "runs/apo", "runs/merge")]
-    assert stage.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
-    assert stage.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
-    assert stage.held_out_points([results[0], results[1]]) == []
+    assert eval_report.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
+    assert eval_report.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
+    assert eval_report.held_out_points([results[0], results[1]]) == []
 
 
 def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directions(tmp_path):
@@ -336,7 +337,7 @@ def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directi
         (tmp_path / "sweep").mkdir(exist_ok=True)
         (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"rows": rows}))
         (tmp_path / "sweep" / "sweep.md").write_text("table")
-        return "\n".join(stage.sweep_lines(tmp_path))
+        return "\n".join(eval_report.sweep_lines(tmp_path))
 
     def row(weight, ruler, mode):
         return {"weight": weight, "scores": {"ruler (think)": ruler, "mode (no_think)": mode}}
@@ -351,5 +352,5 @@ def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directi
 def test_report_skips_a_task_that_could_not_run_when_finding_what_moved():
     results = [{"model": "a", "tasks": {"ruler": {"think": _summary(None)}, "mode": {"think": _summary(0.0)}}},
                {"model": "b", "tasks": {"ruler": {"think": _summary(0.5)}, "mode": {"think": _summary(1.0)}}}]
-    glance = stage.glance_table(results, ["ruler", "mode"], ["think"], Path("."))
+    glance = eval_report.glance_table(results, ["ruler", "mode"], ["think"], Path("."))
     assert glance[2:] == ["| mode (think) | 0.00 | 1.00 |"]

@@ -185,11 +185,11 @@ def ok_reply(text="Paris."):
 
 
 def ask(tiny_model, url, n=1, **kwargs):
-    from eval.backends import OpenAIBackend, Request, Sampling
+    from pipeline.generation import OpenAIBackend, Request, SamplingSpec
 
     backend = OpenAIBackend(tiny_model, base_url=url, concurrency=1, **kwargs)
     return backend.generate([Request([{"role": "user", "content": f"q{i}"}]) for i in range(n)],
-                            Sampling(temperature=0.6, top_p=0.95, max_new_tokens=8))
+                            SamplingSpec(temperature=0.6, top_p=0.95, max_new_tokens=8))
 
 
 def test_a_reply_cut_short_mid_body_is_retried_like_a_dropped_connection(tiny_model):

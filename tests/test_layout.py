@@ -2,6 +2,7 @@
 and no module imports, directly or through others, a module that imports it back."""
 
 import ast
+import typing
 from pathlib import Path
 
 from conftest import REPO
@@ -71,6 +72,44 @@ def test_no_import_cycles():
 def test_the_checker_sees_imports():
     """The two tests above would pass vacuously on a parser that found nothing."""
     edges = graph()
-    assert "pipeline.chat" in edges["eval.backends"] and "pipeline.runs" in edges["eval.stage"]
+    assert "pipeline.chat" in edges["pipeline.generation"] and "pipeline.runs" in edges["eval.stage"]
     assert "eval.tasks" in edges["merge.stage"]
 
+
+
+def test_the_foundation_branches_on_no_recipe_type():
+    """pipeline/ never asks which recipe it holds (`isinstance(recipe, SomeRecipe)`) and names no stage's
+    recipe class: a recipe says what it reads (`inputs()`) and what it gets wrong (`problems()`)."""
+    from pipeline.stages import STAGES
+
+    stage_classes = {spec.schema.split(":")[1] for spec in STAGES.values() if not spec.schema.startswith("pipeline.")}
+    assert stage_classes >= {"SynthRecipe", "MergeRecipe", "EvalRecipe"}
+    found = []
+    for name, path in modules().items():
+        if not name.startswith("pipeline"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+                found += [f"{name}: isinstance(..., {k.id})" for k in kinds
+                          if isinstance(k, ast.Name) and k.id.endswith("Recipe")]
+            if isinstance(node, ast.Name) and node.id in stage_classes:
+                found.append(f"{name}: names {node.id}")
+            if isinstance(node, ast.ClassDef) and node.name in stage_classes | {"FilterSpec"}:
+                found.append(f"{name}: defines {node.name}")
+    assert found == [], found
+
+
+def test_every_stage_schema_sits_beside_its_stage():
+    """The registry's recipe class of each stage lives in the package of the module that runs it, and
+    is the class that validates that stage's recipes."""
+    from pipeline.schema import RecipeBase
+    from pipeline.stages import STAGES, recipe_class
+
+    for stage, spec in STAGES.items():
+        schema_module = spec.schema.split(":")[0]
+        assert schema_module.split(".")[0] == spec.module.split(".")[0], stage
+        assert schema_module in modules() and spec.module in modules(), stage
+        cls = recipe_class(stage)
+        assert stage in typing.get_args(cls.model_fields["stage"].annotation), stage
+        assert cls.inputs is not RecipeBase.inputs, f"{stage}: its recipe does not say what it reads"

@@ -174,6 +174,17 @@ def test_apo_refuses_padding_free_and_unknown_loss(write_recipe):
     assert "ignores padding_free" in problems[f"training.padding_free (line {free})"]
 
 
+def test_sft_loss_type_is_checked_against_sfts_own_losses(write_recipe):
+    """SFTConfig has its own `loss_type` (nll, dft): a valid SFT loss validates, a DPO loss does not."""
+    recipe = sft_recipe()
+    recipe["training"]["loss_type"] = "dft"
+    assert load_recipe(write_recipe(recipe, "dft.yaml")).training["loss_type"] == "dft"
+    recipe["training"]["loss_type"] = "apo_zero"
+    problems = dict(problems_of(write_recipe(recipe, "apo_zero.yaml")))
+    message = next(m for k, m in problems.items() if k.startswith("training.loss_type"))
+    assert "'apo_zero' is not one of TRL's choices: nll, dft" in message
+
+
 def test_ref_model_only_for_apo(write_recipe):
     recipe = sft_recipe(ref_model={"name_or_path": "embedded:tiny-smollm3"})
     [(key, msg)] = problems_of(write_recipe(recipe))

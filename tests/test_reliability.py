@@ -314,16 +314,16 @@ def _ok(text="Paris."):
 
 
 def _backend(tiny_model, url, **kwargs):
-    from eval.backends import OpenAIBackend
+    from pipeline.generation import OpenAIBackend
 
     return OpenAIBackend(tiny_model, base_url=url, **kwargs)
 
 
 def _ask(backend, n=1):
-    from eval.backends import Request, Sampling
+    from pipeline.generation import Request, SamplingSpec
 
     return backend.generate([Request([{"role": "user", "content": f"q{i}"}]) for i in range(n)],
-                            Sampling(temperature=0.6, top_p=0.95, max_new_tokens=8))
+                            SamplingSpec(temperature=0.6, top_p=0.95, max_new_tokens=8))
 
 
 def test_http_429_is_retried_after_retry_after_and_succeeds(tiny_model):
@@ -363,7 +363,7 @@ def test_http_malformed_reply_is_a_clear_error_with_the_url(tiny_model, reply):
 
 
 def test_http_recipe_settings_reach_the_request(tiny_model, monkeypatch, write_recipe):
-    from eval.backends import make_backend
+    from pipeline.generation import make_backend
 
     monkeypatch.setenv("TEACHER_KEY", "sk-test-123")
     stub = _Scripted([])

@@ -10,9 +10,9 @@ import pytest
 from conftest import REPO
 
 import synth.stage as synth_stage
-from eval.backends import Backend, Completion
 from pipeline.cli import load
 from pipeline.data import build_preference_mixture
+from pipeline.generation import Backend, Completion
 from pipeline.mixture import build_sft_mixture
 from pipeline.recipe import RecipeError, load_recipe
 from pipeline.runs import parse_shard
@@ -237,3 +237,118 @@ def test_prefill_think_opens_the_block_for_a_teacher_that_does_not(write_recipe,
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert seen == ["<think>\n"] * 3 and len(rows) == 3
     assert all(r["messages"][-1]["content"].startswith("<think>\nThe user wants ideas.\n</think>") for r in rows)
+
+
+WEATHER = {"name": "get_weather", "description": "Weather for a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def smoltalk2_tool_row() -> dict:
+    """A tool conversation as smoltalk2's tool splits store it: tools as JSON strings in
+    chat_template_kwargs, custom instructions, an assistant turn that is only a tool call, the tool's
+    result, an answer; then a second question, whose answer the teacher writes anew."""
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    return {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                         {"role": "assistant", "content": "", "tool_calls": [call]},
+                         {"role": "tool", "content": '{"temp": 21}'},
+                         {"role": "assistant", "content": "It is 21 degrees in Paris."},
+                         {"role": "user", "content": "And in Rome?"},
+                         {"role": "assistant", "content": "The dataset's own answer, replaced by the teacher's."}],
+            "chat_template_kwargs": {"enable_thinking": False, "xml_tools": [json.dumps(WEATHER)],
+                                     "python_tools": None, "custom_instructions": "You are WeatherBot."},
+            "source": "hermes_function_calling_v1_no_think"}
+
+
+def test_a_tool_row_reaches_the_teacher_and_sft_trains_its_tool_calls(write_recipe, tmp_path, monkeypatch,
+                                                                       tiny_model):
+    """prompt row with tools -> teacher request (its rendered prompt declares the tools and holds the
+    earlier call and result) -> trace row that carries them -> SFT row that trains both tool calls and
+    renders exactly what the teacher saw."""
+    from transformers import AutoTokenizer
+
+    from pipeline.chat import install_template
+    from pipeline.generation import Renderer
+
+    tok = install_template(AutoTokenizer.from_pretrained(tiny_model))
+    rendered = []
+
+    class ToolTeacher(Backend):
+        """Calls the tool when the prompt, rendered as the real backends render it, declares it."""
+
+        def __init__(self):
+            self.render = Renderer(tok)
+
+        def generate(self, requests, sampling, desc=""):
+            out = []
+            for r in requests:
+                prompt = self.render(r)
+                rendered.append(prompt)
+                declared = "<tools>" in prompt and '"name": "get_weather"' in prompt
+                text = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+                        if declared else "I cannot look that up.")
+                if r.enable_thinking:
+                    text = "<think>\nThe user wants the weather in Rome: call the tool.\n</think>\n\n" + text
+                out.append(Completion(text, "stop", 10, 10))
+            return out
+
+    monkeypatch.setattr(synth_stage, "make_backend", lambda *a, **k: ToolTeacher())
+    prompts = tmp_path / "tool_prompts.jsonl"
+    prompts.write_text(json.dumps(smoltalk2_tool_row()) + "\n")
+    recipe = synth_recipe(write_recipe, tmp_path, modes=("think", "no_think"),
+                          prompts={"sources": [{"path": str(prompts)}]},
+                          filters={"decontaminate": False, "dedup": "none"})  # one answer, in both modes
+    out = synth_stage.run(recipe)
+
+    assert len(rendered) == 2
+    for prompt in rendered:
+        system = prompt.split("<|im_end|>")[0]
+        assert "<tools>" in system and '"name": "get_weather"' in system and "You are WeatherBot." in system
+        assert '"arguments": {"city": "Paris"}' in prompt and '{"temp": 21}' in prompt  # the earlier call, result
+        assert "The dataset's own answer" not in prompt and prompt.rstrip().endswith(("assistant", "</think>"))
+
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert row["messages"][2] == {"role": "tool", "content": '{"temp": 21}'}
+        assert '"city": "Rome"' in row["messages"][-1]["content"]
+        kwargs = row["chat_template_kwargs"]
+        assert kwargs["custom_instructions"] == "You are WeatherBot." and kwargs["xml_tools"] == [json.dumps(WEATHER)]
+
+    sft = load_recipe(write_recipe({
+        "name": "t", "stage": "sft", "model": {"name_or_path": "embedded:tiny-smollm3"},
+        "data": {"sources": [{"path": str(out / "rows.jsonl"), "mode": "from_row"}], "num_proc": 1},
+        "training": {"max_length": 1024, "assistant_only_loss": True}}, "sft.yaml"))
+    dataset, report = build_sft_mixture(sft, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    assert report["rows"] == 2 and report["quarantined"] == 0
+    for doc in dataset.to_list():
+        text = tok.decode(doc["input_ids"])
+        assert any(text.startswith(prompt) for prompt in rendered)  # the SFT row renders what the teacher saw
+        trained = tok.decode([t for t, label in zip(doc["input_ids"], doc["labels"]) if label != -100])
+        assert '"arguments": {"city": "Paris"}' in trained and '"arguments": {"city": "Rome"}' in trained
+        assert '{"temp": 21}' not in trained and "WeatherBot" not in trained
+
+
+def test_decontamination_and_verification_ask_the_tasks(monkeypatch):
+    """The filters know no task by name: every registered task gives its prompts (a new one is covered
+    as soon as it is registered) and checks answers with its own scorer."""
+    import eval.tasks
+    from eval.tasks import IFEvalTask, MathTask, ModeTask, Task, ToolsTask
+    from synth.filters import _verifier, eval_prompts
+
+    class Trivia(Task):
+        name = "trivia"
+
+        def prompts(self):
+            return ["Which river runs through the old town of Ljubljana on its way to the Sava?"]
+
+    before = set(eval_prompts())
+    # what the filters decontaminated against when they named the tasks themselves
+    assert before >= {r["question"] for r in MathTask().rows()}
+    assert before >= {e.messages[0]["content"] for e in IFEvalTask().examples()}
+    assert before >= {e.messages[-1]["content"] for e in ToolsTask().examples()}
+    assert before >= {e.messages[0]["content"] for e in ModeTask().examples()}
+    monkeypatch.setitem(eval.tasks.TASKS, "trivia", Trivia)
+    assert set(eval_prompts()) - before == set(Trivia().prompts())
+    verify = _verifier("math")
+    assert verify("42", "<think>\n6 x 7\n</think>\n\nThe answer is $\\boxed{42}$.") and not verify("42", "It is 41.")

@@ -11,7 +11,7 @@ import os
 import psutil
 from test_synth_eval_vllm import engine_processes
 
-from eval.backends import VLLMBackend
+from pipeline.generation import VLLMBackend
 
 
 def test_close_stops_the_engine_process_while_a_reference_survives(smollm2):

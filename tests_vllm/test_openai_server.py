@@ -21,10 +21,10 @@ import pytest
 from conftest import REPO
 from test_synth_eval_vllm import jsonl, jsonl_tolerant, run_stage, synth_body
 
-from eval.backends import BackendError, OpenAIBackend, Request, Sampling
+from pipeline.generation import BackendError, OpenAIBackend, Request, SamplingSpec
 
 MAX_MODEL_LEN = 1024
-GREEDY = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=24, seed=0)
+GREEDY = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=24, seed=0)
 
 
 class Server:

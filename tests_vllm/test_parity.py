@@ -11,10 +11,10 @@ import json
 import pytest
 from conftest import CHAIN_TEXT, REPO, SUMMARY
 
-from eval.backends import Request, Sampling, TransformersBackend, VLLMBackend
 from pipeline.chat import END_OF_TURN
+from pipeline.generation import Request, SamplingSpec, TransformersBackend, VLLMBackend
 
-GREEDY = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=40, seed=0)
+GREEDY = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=40, seed=0)
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -84,7 +84,7 @@ def run_both(model: str, requests: list[Request]):
 def hf_tokenizer_ids(model: str, request: Request) -> list[int]:
     from transformers import AutoTokenizer
 
-    from eval.backends import Renderer
+    from pipeline.generation import Renderer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     return tokenizer(Renderer(tokenizer)(request), add_special_tokens=False).input_ids

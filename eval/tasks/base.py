@@ -1,12 +1,16 @@
 """What every task shares: the Task interface, the Example record, package data lookup.
 
-A task is an object with a `name` and three methods; the eval stage, the merge sweep and the synth
+A task is an object with a `name` and these methods; the eval stage, the merge sweep and the synth
 filters call every task the same way, and none of them knows a task by name:
 
     examples(n, seed, ctx)              -> list[Example]      (ctx: TaskContext, see below)
     score(example, completion, mode)    -> dict[str, float]   ("score" is the task's headline number;
                                                                other keys are per-example details)
     aggregate(examples, scores)         -> dict[str, float]   (the task's reported numbers; "score" first)
+    prompts()                           -> list[str]          (its prompts' text: synth decontaminates
+                                                               training data against them)
+    verify(reference, completion)       -> bool               (the completion gives the reference answer,
+                                                               by the task's own scorer: synth's `verify:`)
 
 `mode` is "think" or "no_think": the mode the prompt was sent in. `Task` below gives the defaults
 (`aggregate` = mean of "score"); a task overrides what it reports differently (IFEval's four
@@ -83,6 +87,14 @@ class Task:
 
     def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict[str, float]:
         return {"score": mean(s["score"] for s in scores)}
+
+    def prompts(self) -> list[str]:
+        """Every prompt the task can send, as text: by default the user turns of all its examples."""
+        return [m["content"] for ex in self.examples() for m in ex.messages if m.get("role") == "user"]
+
+    def verify(self, reference: Any, completion: str) -> bool:
+        """Whether `completion` gives the `reference` answer, scored as this task scores its own examples."""
+        return self.score(Example("verify", [], reference), completion, "think")["score"] == 1.0
 
 
 def sample_indices(count: int, n: int | None, seed: int) -> list[int]:

@@ -54,6 +54,10 @@ class MathTask(Task):
             rows = [r for r in rows if r.get("data_source") in self.subsets]
         return rows
 
+    def prompts(self) -> list[str]:
+        """The questions themselves, without the answer-format instruction every example adds."""
+        return [r["question"] for r in self.rows()]
+
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
         out = []

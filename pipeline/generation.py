@@ -1,5 +1,10 @@
-"""Generation backends shared by eval/ and synth/: transformers (CPU or one GPU), vLLM offline
-(GPU machines), and an OpenAI-compatible HTTP client (e.g. `vllm serve` on other machines).
+"""Generation, shared by synth/ (teachers), merge/ (the sweep) and eval/: transformers (CPU or one GPU),
+vLLM offline (GPU machines), and an OpenAI-compatible HTTP client (e.g. `vllm serve` on other machines).
+
+    with make_backend(recipe.backend, model_path, dtype, seed=recipe.sampling.seed) as backend:
+        completions = backend.generate([Request(messages, enable_thinking=True)], recipe.sampling)
+
+vLLM is imported only when its backend starts (it lives in its own environment on GPU machines).
 
 Every backend gets the prompt as *text rendered by the checkpoint's own chat template* (ours,
 shipped with every checkpoint we write) through the Hugging Face tokenizer, so a prompt is
@@ -22,21 +27,69 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
 from pipeline.errors import UserError
 from pipeline.redaction import remember
+from pipeline.schema import Strict
+
+
+class SamplingSpec(Strict):
+    """SmolLM3's published defaults."""
+
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(4096, gt=0)
+    seed: int = 0
+
+
+class BackendSpec(Strict):
+    kind: Literal["transformers", "vllm", "openai"] = "transformers"
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0, description="vLLM context; above the checkpoint's native "
+                                      "length, YaRN rope scaling is applied (SmolLM3: x2 for 128k).")
+    hf_overrides: dict[str, Any] | None = Field(None, description="vLLM: config overrides, instead of the "
+                                                "automatic YaRN scaling.")
+    enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
+                                "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
+    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint; `user:password@` in it "
+                                  "is sent as HTTP basic auth and never shown.")
+    served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
+                                          "(`vllm serve --served-model-name`); default the model path.")
+    api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
+                                    "(`vllm serve --api-key`); the key itself never goes in a recipe.")
+    concurrency: int = Field(32, ge=1, description="For `openai`: requests in flight at once.")
+    timeout_s: float = Field(600, gt=0, description="For `openai`: seconds to wait for one reply.")
+    retry_budget_s: float = Field(600, ge=0, description="For `openai`: how long to keep retrying 429/5xx/"
+                                  "connection errors (with backoff and Retry-After) before giving up.")
+    batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
+
+    @model_validator(mode="after")
+    def _url(self):
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("backend `openai` needs `base_url` (e.g. http://host:8000/v1)")
+        if self.enforce_eager and self.kind != "vllm":
+            raise ValueError(f"`enforce_eager` is a setting of backend `vllm`, not `{self.kind}` (for `openai`, "
+                             "start the server with `--enforce-eager`)")
+        return self
 
 
 @dataclass
 class Request:
+    """One prompt: the conversation so far and what the template gets besides it, as a row's
+    `chat_template_kwargs` carry it (tools, python tools, custom instructions)."""
+
     messages: list[dict[str, Any]]
     enable_thinking: bool = True
-    tools: list[dict] | None = None
+    tools: list[dict] | None = None  # xml_tools
     prefill: str = ""  # the assistant turn starts with this (e.g. RULER's answer prefix)
+    python_tools: list | None = None
+    custom_instructions: str | None = None
 
 
 @dataclass
@@ -45,14 +98,6 @@ class Completion:
     finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
     prompt_tokens: int
     completion_tokens: int
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 4096
-    seed: int = 0
 
 
 @dataclass
@@ -65,7 +110,8 @@ class Renderer:
 
     def __call__(self, request: Request) -> str:
         kwargs = template_kwargs(request.enable_thinking, today_date=self.today_date,
-                                 knowledge_cutoff=self.knowledge_cutoff, xml_tools=request.tools)
+                                 knowledge_cutoff=self.knowledge_cutoff, xml_tools=request.tools,
+                                 python_tools=request.python_tools, custom_instructions=request.custom_instructions)
         prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
                                                     **kwargs)
         return prompt + request.prefill
@@ -118,7 +164,7 @@ class TransformersBackend(Backend):
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
         self.stop_id = self.tokenizer.convert_tokens_to_ids(end_of_turn(self.tokenizer))
 
-    def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
         import torch
 
         prompts = [self.render(r) for r in requests]
@@ -174,7 +220,7 @@ class VLLMBackend(Backend):
                        enforce_eager=enforce_eager, **({"hf_overrides": overrides} if overrides else {}))
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
 
-    def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -297,7 +343,7 @@ class OpenAIBackend(Backend):
                                f"{raw[:200]!r}") from None
         return reply
 
-    def generate(self, requests: list[Request], sampling: Sampling, desc: str = "generating") -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
         stop = end_of_turn(self.tokenizer)
         stop_id = self.tokenizer.convert_tokens_to_ids(stop)
 
