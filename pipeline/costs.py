@@ -9,7 +9,7 @@ Memory per GPU, for P parameters, b bytes per element of the model's dtype, N GP
 - one process or DDP: weights b*P, gradients b*P, AdamW's two states b*P each (torch keeps them in the
   parameters' dtype; this is what `make gpu-check` measured on an H100: 24.3 GiB at 8k tokens, Liger, checkpointing).
 - DeepSpeed ZeRO and FSDP (mixed precision): 16-bit weights and gradients, fp32 master weights and AdamW
-  states (12 bytes a parameter), sharded over N: ZeRO-1 shards the optimizer, ZeRO-2 the gradients too,
+  states (12 bytes a parameter), sharded over N: ZeRO-0 shards nothing, ZeRO-1 the optimizer, ZeRO-2 the gradients too,
   ZeRO-3 and FSDP full sharding everything; ZeRO-3/FSDP also gather one layer's weights at a time.
 - activations, elements per token and layer saved for the backward pass of a Llama-style layer (norm
   inputs, q/k/v before and after rotary, attention output, the MLP's gate, up, activation and product):
@@ -99,7 +99,7 @@ def memory_per_gpu(shape: dict[str, Any], *, dtype: str, sharding: tuple[str, in
         full = kind == "fsdp" or stage == 3
         weights = 2 * p / n if full else 2 * p
         grads = 2 * p / n if full or stage >= 2 else 2 * p
-        optimizer = 12 * p / n
+        optimizer = 12 * p / n if full or stage >= 1 else 12 * p  # ZeRO-0 shards nothing
         gathered = 2 * (p - vocab * d) / layers if full else 0  # one layer's weights gathered at a time
     tokens = seq_length * batch
     per_layer = (8 * d + 3 * kv + 4 * inter) * b * tokens

@@ -231,6 +231,17 @@ def test_the_memory_estimate_is_within_20_percent_of_the_h100_measurements():
         assert abs(estimate["total_gib"] - measured) / measured < 0.2, (liger, estimate["total_gib"])
 
 
+def test_each_zero_stage_shards_what_deepspeed_shards():
+    """ZeRO-0 shards nothing (DDP with fp32 master weights and AdamW states); 1 the optimizer; 2 the
+    gradients too; 3 the weights too. ZeRO-0's optimizer was divided by the GPU count."""
+    p = costs.parameters(costs.SMOLLM3_3B)
+    parts = {stage: costs.memory_per_gpu(costs.SMOLLM3_3B, dtype="bfloat16", sharding=("zero", stage), gpus=8,
+                                         seq_length=8192, checkpointing=True, liger=True) for stage in range(4)}
+    sharded = {stage: [round(m[k] * costs.GIB / p, 6) for k in ("weights_gib", "gradients_gib", "optimizer_gib")]
+               for stage, m in parts.items()}
+    assert sharded == {0: [2, 2, 12], 1: [2, 2, 1.5], 2: [2, 0.25, 1.5], 3: [0.25, 0.25, 1.5]}
+
+
 def test_measured_throughput_from_gpu_check_is_used_and_named(tmp_path):
     measured = tmp_path / "gpu-check.json"
     measured.write_text(json.dumps({
