@@ -128,7 +128,7 @@ def launcher_sharding(launcher: dict[str, Any] | None) -> tuple[str, int]:
     if not launcher:
         return "none", 0
     if launcher.get("distributed_type") == "DEEPSPEED":
-        return "zero", int((launcher.get("deepspeed_config") or {}).get("zero_stage", 0))
+        return "zero", int((launcher.get("deepspeed_config") or {}).get("zero_stage", 2))  # accelerate's default
     if launcher.get("distributed_type") == "FSDP":
         return "fsdp", 0
     return "none", 0

@@ -242,6 +242,14 @@ def test_each_zero_stage_shards_what_deepspeed_shards():
     assert sharded == {0: [2, 2, 12], 1: [2, 2, 1.5], 2: [2, 0.25, 1.5], 3: [0.25, 0.25, 1.5]}
 
 
+def test_a_deepspeed_launcher_without_zero_stage_is_costed_at_accelerates_default_stage():
+    """accelerate's DeepSpeedPlugin runs ZeRO-2 when the config names no zero_stage."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    assert costs.launcher_sharding({"distributed_type": "DEEPSPEED", "deepspeed_config": {}}) == (
+        "zero", DeepSpeedPlugin().zero_stage)
+
+
 def test_measured_throughput_from_gpu_check_is_used_and_named(tmp_path):
     measured = tmp_path / "gpu-check.json"
     measured.write_text(json.dumps({
