@@ -21,11 +21,13 @@ REDACTED = "<redacted>"
 SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|credentials?|api_?key|access_key|secret_key|"
                         r"private_key)$", re.I)
 SPECIAL_TOKENS = {"bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token"}
+# Real tokens are long (hf_ + 34, sk- + 40 or more, ghp_ + 36): a shorter run after the prefix is a name
+# (a model or data path such as hf_SmolLM3midtraining), which the manifest must show.
 TOKEN_SHAPES = re.compile(r"""
-      \bhf_[A-Za-z0-9]{16,}              # Hugging Face
-    | \bsk-[A-Za-z0-9_-]{16,}            # OpenAI and servers that copy its keys
-    | \bgh[pousr]_[A-Za-z0-9]{16,}       # GitHub
-    | \bgithub_pat_[A-Za-z0-9_]{16,}
+      \bhf_[A-Za-z0-9]{30,}              # Hugging Face
+    | \bsk-[A-Za-z0-9_-]{30,}            # OpenAI and servers that copy its keys
+    | \bgh[pousr]_[A-Za-z0-9]{30,}       # GitHub
+    | \bgithub_pat_[A-Za-z0-9_]{30,}
     | \bxox[abposr]-[A-Za-z0-9-]{10,}    # Slack
     | \bAKIA[0-9A-Z]{16}\b               # AWS access key id
 """, re.X)

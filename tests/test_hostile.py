@@ -381,6 +381,18 @@ def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
 
 
 
+@pytest.mark.parametrize("name", ["runs/hf_SmolLM3midtraining/sft", "me/hf_checkpointsAblation1",
+                                  "data/sk-learnCompatibleRows.jsonl", "ghp_and_gho_are_prefixes"])
+def test_a_name_that_only_starts_like_a_token_is_shown(name):
+    """A Hugging Face token is hf_ and 34 characters, an OpenAI key sk- and 40 or more, a GitHub token
+    ghp_ and 36: a model or data path that merely starts with such a prefix is not a secret, and a
+    manifest that hid it would not say what the run read."""
+    from pipeline.redaction import redact, redact_text
+
+    assert redact_text(name) == name and redact({"model": {"name_or_path": name}})["model"]["name_or_path"] == name
+    assert redact_text(f"{name} {HUB_TOKEN} {SK_TOKEN}") == f"{name} <redacted> <redacted>"
+
+
 @pytest.mark.parametrize("url", ["http://me:p@ss-w0rd@host:8000/v1", "https://me:a@b@c@host/v1 and more",
                                  "http://me:pw@host/v1"])
 def test_a_url_password_is_cut_out_whole_as_urllib_reads_it(url):
