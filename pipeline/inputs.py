@@ -6,6 +6,7 @@ recipes name outputs of earlier stages that do not exist yet.
 
 from __future__ import annotations
 
+import errno
 import glob
 import re
 from collections.abc import Iterator
@@ -65,6 +66,9 @@ def expand_glob(ref: str) -> list[str]:
     return sorted(glob.glob(str(Path(ref).expanduser())))
 
 
+DISK_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 @contextmanager
 def hub_errors(ref: str, key: str, repo_type: str = "model") -> Iterator[None]:
     """A Hub ID that cannot be fetched (offline, unreachable, or unknown) and is not in the local
@@ -73,7 +77,7 @@ def hub_errors(ref: str, key: str, repo_type: str = "model") -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if classify_input(ref) != "hub":
+        if classify_input(ref) != "hub" or e.errno in DISK_FULL_OR_READ_ONLY:  # the disk's doing: runs.disk_problem
             raise
         reason = " ".join(str(e).split())[:300]
         download = f"hf download {ref}" + (" --repo-type dataset" if repo_type == "dataset" else "")

@@ -4,6 +4,7 @@ the kill is a real one. Full and read-only disks are small tmpfs mounts in a pri
 (`unshare -rm`: no root needed, nothing left mounted)."""
 
 import calendar
+import errno
 import fcntl
 import json
 import os
@@ -310,6 +311,17 @@ SMOLALIGN_CACHE={cache} exec {sys.executable} -m pipeline.cli sft --recipe {reci
         assert manifest["attempts"][-1]["status"] == "failed" and str(ro) in manifest["error"]
     else:
         assert "output_dir" in line
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
+def test_a_full_disk_while_loading_a_hub_id_is_not_called_unreachable(code):
+    """A Hub dataset or model fails to load with an OSError when its cache's disk is full: that error goes
+    on to the stage's disk handling (free space / SMOLALIGN_CACHE), not to 'download it with hf download'."""
+    from pipeline.inputs import hub_errors
+
+    with pytest.raises(OSError) as raised, hub_errors("HuggingFaceTB/smoltalk2", "data source", "dataset"):
+        raise OSError(code, os.strerror(code), "/hf/datasets/smoltalk2.arrow")
+    assert raised.type is OSError and raised.value.errno == code
 
 
 @pytest.mark.parametrize("hub", ["model", "data source"])
