@@ -27,7 +27,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, raise_problems
-from pipeline.redaction import redact_text
+from pipeline.redaction import redact, redact_text
 from pipeline.stages import STAGES, stage_module
 
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
@@ -205,18 +205,19 @@ def plan(args) -> int:
             continue
         result = plan_recipe(recipe, gpus=args.gpus, gpu=args.gpu, against=against, sharding=sharding,
                              measured=measured, vllm_tokens_per_s=args.vllm_tokens_per_s)
+        result = redact(result)  # the resolved recipe and its differences hold hub_token and the like
         print(format_plan(result) + "\n")
         plans.append(result)
         problems += [f"{path}: {p}" for p in result["problems"]]
     try:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(args.out), {"plans": plans, "problems": problems})
+        write_json_atomic(Path(args.out), {"plans": plans, "problems": [redact_text(p) for p in problems]})
     except OSError as e:
         raise UserError(f"--out {args.out}: cannot write it ({e.strerror}: {e.filename}); give a path in a "
                         "writable directory") from None
     print(f"plan: {len(plans)} recipe(s) -> {args.out}")
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {redact_text(problem)}", file=sys.stderr)
     return 2 if problems else 0
 
 

@@ -102,6 +102,19 @@ def test_a_recipe_that_does_not_load_is_one_line_per_problem_and_exit_2(tmp_path
 
 
 
+def test_plan_shows_and_writes_no_secret(tmp_path, capsys):
+    """A hub_token set in the recipe and a token in its description were printed in the differences table
+    and written to plan.json in clear (the resolved recipe)."""
+    token, secret = "hf_" + "Q7dLmP2xVb9KcR4tWz8NfYs1HgJe6Ua3Ko", "not-token-shaped-secret-42"
+    rc, plan = run_plan(tmp_path, REPO / "recipes/smollm3/sft.yaml", "--set", f"training.hub_token={secret}",
+                        "--set", f"description=pushed with {token}", "--against", REPO / "recipes/smollm3/sft.yaml")
+    shown = capsys.readouterr()
+    written = (tmp_path / "plan.json").read_text()
+    assert rc == 0 and "training.hub_token" in shown.out and plan["plans"][0]["resolved"]["training"]["hub_token"]
+    for text in (shown.out, shown.err, written):
+        assert secret not in text and token not in text
+
+
 @pytest.mark.parametrize("option, text", [
     ("--launcher", "- a list\n"), ("--launcher", "a: [\n"),
     ("--launcher", "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: x}\n"), ("--out", None)])
