@@ -91,10 +91,17 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_mo
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+# Weights in a launcher's own layout, with no file above: DeepSpeed without zero3_save_16bit_model
+# (transformers removes its empty model.safetensors and DeepSpeed writes global_stepN/), FSDP's sharded state dict.
+SHARDED_WEIGHT_DIRS = ("global_step*", "pytorch_model_fsdp_*")
+
+
 def is_complete_checkpoint(ckpt: Path) -> bool:
     """A Trainer checkpoint directory holding weights and a whole trainer_state.json (the last file
     transformers writes; a kill while writing it leaves JSON that does not parse)."""
-    if not any((ckpt / f).is_file() for f in WEIGHT_FILES):
+    has_weights = any((ckpt / f).is_file() for f in WEIGHT_FILES) or any(
+        d.is_dir() for pattern in SHARDED_WEIGHT_DIRS for d in ckpt.glob(pattern))
+    if not has_weights:
         return False
     try:
         json.loads((ckpt / "trainer_state.json").read_text())

@@ -135,6 +135,21 @@ def test_only_the_main_rank_sets_a_checkpoint_aside_the_others_skip_it(tmp_path,
     assert not (run / "checkpoint-4").exists() and (tmp_path / "sft.incomplete" / "step-4").is_dir()
 
 
+@pytest.mark.parametrize("sharded", ["global_step4/mp_rank_00_model_states.pt",
+                                     "pytorch_model_fsdp_0/__0_0.distcp"])
+def test_a_checkpoint_of_sharded_weights_is_resumed_from_not_set_aside(tmp_path, sharded):
+    """DeepSpeed without zero3_save_16bit_model and FSDP with SHARDED_STATE_DICT save the weights in their
+    own layout (transformers writes no model.safetensors then): every such checkpoint was set aside as
+    cut short, and the run restarted from step 0."""
+    from pipeline.train import complete_checkpoints
+
+    ckpt = tmp_path / "sft.partial" / "checkpoint-4"
+    (ckpt / sharded).parent.mkdir(parents=True)
+    (ckpt / sharded).write_bytes(b"weights")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert complete_checkpoints(ckpt.parent) == [ckpt] and not (tmp_path / "sft.incomplete").exists()
+
+
 @pytest.mark.slow
 def test_a_killed_attempt_is_recorded_as_killed_with_its_last_sign_of_life(killed_while_saving):
     k = killed_while_saving
