@@ -358,3 +358,49 @@ def test_an_unreachable_hub_id_is_one_line(tmp_path, tiny_model, hub):
     else:
         assert "data source: HuggingFaceTB/smoltalk2 cannot be loaded" in line and "--repo-type dataset" in line
     assert "hf download" in line
+
+
+def test_a_full_disk_while_a_parquet_source_converts_is_not_called_unreadable(tmp_path):
+    """A 2 MB parquet file whose Arrow copy goes to a 256 KB tmpfs: datasets raises a
+    DatasetGenerationError over ENOSPC. Before: 'cannot read as parquet' (a UserError blaming the file);
+    now the error goes on to the stage's disk handling, which names the full place."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet, cache, seen = tmp_path / "rows.parquet", tmp_path / "cache", tmp_path / "seen.txt"
+    pq.write_table(pa.table({"text": [os.urandom(500).hex() for _ in range(2000)]}), parquet)
+    cache.mkdir()
+    probe = tmp_path / "probe.py"
+    probe.write_text("""
+import sys
+from pathlib import Path
+from pipeline.errors import UserError
+from pipeline.runs import disk_problem
+from pipeline.schema import Source
+from pipeline.sources import open_source
+parquet, cache, seen = (Path(arg) for arg in sys.argv[1:])
+try:
+    open_source(Source(path=str(parquet), mode="no_think"), cache)
+    result = "loaded"
+except UserError as e:
+    result = "user error: " + str(e)
+except Exception as e:
+    result = "disk: " + str(disk_problem(e, [cache]))
+seen.write_text(result)
+""")
+    result = in_private_mount(f"mount -t tmpfs -o size=256k tmpfs {cache} || exit 99\n"
+                              f"PYTHONPATH={REPO} {sys.executable} {probe} {parquet} {cache} {seen}", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = seen.read_text()
+    assert said.startswith("disk: cannot write") and "No space left on device" in said, said
+
+
+def test_a_file_that_is_not_parquet_is_still_one_line_naming_it(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.schema import Source
+    from pipeline.sources import open_source
+
+    bad = tmp_path / "rows.parquet"
+    bad.write_text("not a parquet file\n")
+    with pytest.raises(UserError, match=f"{bad}: cannot read as parquet"):
+        open_source(Source(path=str(bad), mode="no_think"), tmp_path / "cache")
