@@ -12,6 +12,29 @@ PY=${1:-.venv/bin/python}
 DEST=${2:-.whl}
 PYVER=${3:-3.12}
 
+# DEST is the user's to name (`.` or `~` by mistake): only ever delete what this script wrote there. A
+# DEST it made holds its marker; one that exists without it, or holds anything but wheels, the
+# tokenizer and the marker, is refused before anything runs.
+MARKER=.smolalign-gpu-wheels
+refuse() { echo "error: gpu wheels: $DEST $1; name an empty or new directory (default .whl)" >&2; exit 2; }
+if [ -e "$DEST" ] || [ -L "$DEST" ]; then
+    [ -d "$DEST" ] && [ ! -L "$DEST" ] || refuse "is not a directory"
+    shopt -s nullglob dotglob
+    entries=("$DEST"/*)
+    shopt -u nullglob dotglob
+    if [ ${#entries[@]} -gt 0 ]; then
+        [ -f "$DEST/$MARKER" ] || refuse "exists and was not made by this script (no $MARKER in it)"
+        for entry in "${entries[@]}"; do
+            case "${entry##*/}" in
+                "$MARKER" | *.whl) [ -f "$entry" ] && [ ! -L "$entry" ] || refuse "holds $entry, not a wheel file" ;;
+                tokenizer) [ -z "$(find "$entry" -mindepth 1 ! -name tokenizer.json ! -name tokenizer_config.json)" ] \
+                               || refuse "holds files of its own in $entry" ;;
+                *) refuse "holds $entry, which this script did not write" ;;
+            esac
+        done
+    fi
+fi
+
 pin() { "$PY" -c "from importlib.metadata import version; print('$1==' + version('$1'))"; }
 
 # trl, datasets (+ dill, multiprocess), liger-kernel and pydantic (+ its three) are missing there;
@@ -21,8 +44,10 @@ PACKAGES=(trl==1.16.0 datasets==5.2.0 liger-kernel==0.8.5 transformers==5.23.0 p
           "$(pin pydantic)" "$(pin pydantic-core)" "$(pin annotated-types)" "$(pin typing-inspection)"
           "$(pin typing-extensions)" "$(pin dill)" "$(pin multiprocess)" "$(pin regex)")
 
-rm -rf "$DEST"
+# Last time's wheels go (another version of a package beside this one would break the install); nothing else.
 mkdir -p "$DEST"
+touch "$DEST/$MARKER"
+rm -f "$DEST"/*.whl "$DEST/tokenizer/tokenizer.json" "$DEST/tokenizer/tokenizer_config.json"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$DEST" "${PACKAGES[@]}"

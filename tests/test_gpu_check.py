@@ -154,3 +154,55 @@ def test_a_configuration_that_ran_out_of_memory_is_skipped_at_longer_rows_only()
     assert g.skip_reason("sdpa", True, 65536, failed, budget, 0, 10) is None  # with checkpointing: its own record
     assert g.skip_reason("flex_attention", False, 65536, failed, budget, 0, 10) is None
     assert g.skip_reason("sdpa", True, 8192, failed, budget, 590, 20).startswith("skipped: time budget")
+
+
+# ---- scripts/gpu_wheels.sh: DEST is the user's to name; only what the script wrote is ever deleted ----
+def gpu_wheels(tmp_path, dest) -> subprocess.CompletedProcess:
+    """Run scripts/gpu_wheels.sh with a Python whose `-m pip` is a stand-in (no network here): it logs the
+    call and writes one wheel into the -d directory; every other call is the real interpreter."""
+    python, log = tmp_path / "python", tmp_path / "pip.log"
+    python.write_text(f"""#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = pip ]; then
+    echo "$@" >> {log}
+    while [ $# -gt 0 ]; do [ "$1" = -d ] && touch "$2/trl-1.16.0-py3-none-any.whl"; shift; done
+    exit 0
+fi
+exec {sys.executable} "$@"
+""")
+    python.chmod(0o755)
+    return subprocess.run(["bash", "scripts/gpu_wheels.sh", str(python), str(dest)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("dest", ["a checkout", "a file", "an old .whl without the marker"])
+def test_gpu_wheels_refuses_a_dest_it_did_not_make_and_deletes_nothing(tmp_path, dest):
+    """Before: `rm -rf "$DEST"` on whatever was named (`.` wiped the checkout, `~` the home directory)."""
+    target = tmp_path / "dest"
+    if dest == "a file":
+        target.write_text("mine\n")
+    else:
+        target.mkdir()
+        (target / ("README.md" if dest == "a checkout" else "old-1.0-py3-none-any.whl")).write_text("mine\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = gpu_wheels(tmp_path, target)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: gpu wheels: {target} "), result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.name not in ("python",)) == before
+    assert not (tmp_path / "pip.log").exists()  # refused before anything ran
+
+
+def test_gpu_wheels_replaces_only_its_own_wheels(tmp_path):
+    dest = tmp_path / "whl"
+    first = gpu_wheels(tmp_path, dest)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in dest.iterdir()) == [".smolalign-gpu-wheels", "tokenizer",
+                                                      "trl-1.16.0-py3-none-any.whl"]
+    (dest / "trl-1.15.0-py3-none-any.whl").write_text("last time's\n")  # a stale version goes
+    again = gpu_wheels(tmp_path, dest)
+    assert again.returncode == 0, again.stderr
+    assert not (dest / "trl-1.15.0-py3-none-any.whl").exists() and (dest / "trl-1.16.0-py3-none-any.whl").exists()
+    (dest / "notes.txt").write_text("mine\n")  # something the script did not write: refused, all kept
+    refused = gpu_wheels(tmp_path, dest)
+    assert refused.returncode == 2 and "notes.txt" in refused.stderr
+    assert (dest / "notes.txt").exists() and (dest / "trl-1.16.0-py3-none-any.whl").exists()
