@@ -144,7 +144,7 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
         return None
     ours = flatten(resolved(recipe))
     defaults = trl_defaults(recipe.stage)  # every published stage is a training stage
-    rows = []
+    rows, renamed_same = [], []
     for path, entry in pub["keys"].items():
         theirs, shown = entry["value"], entry["value"]
         if theirs is None and path.startswith("training."):
@@ -155,11 +155,16 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
             mine = "main"  # no revision is the Hub's default branch
         old_name = entry.get("published_as")
         renamed = old_name in RENAMED_TRAINING_KEYS
-        if _same(mine, theirs) and not renamed:
-            continue
         note = entry.get("note") or note_for(path)
         if renamed:  # the one table of renamed keys (pipeline/checks.py) says what became of it
             note = f"published as `{old_name}`: {RENAMED_TRAINING_KEYS[old_name]}"
+        if _same(mine, theirs):
+            # Not a difference in what runs, so not a row (a row is a difference, with its identity
+            # verdict); a renamed key still gets a line of its own, for whoever ports a config that
+            # uses the old name.
+            if renamed:
+                renamed_same.append({"key": path, "published_as": old_name, "value": mine, "note": note})
+            continue
         rows.append({"key": path, "published": shown, "ours": mine, "changes_identity": changes_identity(path),
                      "note": note.strip(), **({"published_as": old_name} if old_name else {})})
     for path in sorted(k for k in ours if k.startswith("training.") and k not in pub["keys"]):
@@ -171,7 +176,7 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
     rows.append(_global_batch_row(recipe, pub, gpus))
     src = published()["source"]
     return {"file": pub["file"], "repository": src["repository"], "commit": src["commit"], "date": src["date"],
-            "rows": [r for r in rows if r is not None]}
+            "rows": [r for r in rows if r is not None], "renamed": renamed_same}
 
 
 def _source_differences(recipe, pub) -> list[dict[str, Any]]:
@@ -552,6 +557,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines += _table(["key", "published", "ours", "identity"],
                         [[r["key"], r["published"], r["ours"], _yes(r["changes_identity"])] for r in pub["rows"]],
                         notes=[r["note"] for r in pub["rows"]])
+        if pub["renamed"]:
+            lines.append("  renamed, same value (not a difference): " + ", ".join(
+                f"{r['published_as']} -> {r['key']} ({_cell(r['value'])})" for r in pub["renamed"]))
     if plan.get("against"):
         against = plan["against"]
         lines.append(f"\n-- differences from {against['other']} "

@@ -44,8 +44,13 @@ def test_the_real_sft_recipe_shows_the_known_differences_from_the_published_conf
     assert "no longer has" in strategy["note"]
     epochs = rows["training.num_train_epochs"]
     assert (epochs["published"], epochs["ours"]) == (5, 4) and "blog" in epochs["note"]
-    warmup = rows["training.warmup_steps"]  # same value, renamed key: shown with what became of it
-    assert warmup["published_as"] == "warmup_ratio" and "removed in transformers 5" in warmup["note"]
+    # same value under a renamed key: not a difference, listed as a rename with what became of the old key
+    assert not {"training.warmup_steps", "training.activation_checkpointing"} & set(rows)
+    renamed = rows_by_key(p["published"]["renamed"])
+    warmup = renamed["training.warmup_steps"]
+    assert (warmup["published_as"], warmup["value"]) == ("warmup_ratio", 0.03)
+    assert "removed in transformers 5" in warmup["note"]
+    assert renamed["training.activation_checkpointing"]["published_as"] == "gradient_checkpointing"
     assert "strftime_now" in rows["chat.template"]["note"]
     batch = rows["global batch (GPUs x per-device x accumulation)"]
     assert batch["published"] == "128 (64 GPUs)" and batch["ours"] == "16 on 8 GPU(s)"
@@ -56,7 +61,17 @@ def test_the_real_sft_recipe_shows_the_known_differences_from_the_published_conf
     assert rows["training.push_to_hub"]["changes_identity"] is False
     # the mixture is not built here (its model is not either): said so, with how to build it
     assert p["data"]["status"] == "unknown" and "make prepare RECIPE=" in p["data"]["how"]
-    assert "ffd" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ffd" in out and "warmup_ratio -> training.warmup_steps (0.03)" in out
+    assert not [line for line in out.splitlines() if line.lstrip().startswith("training.warmup_steps")]
+
+
+def test_a_renamed_key_with_a_different_value_is_a_difference_that_changes_the_identity(tmp_path):
+    rc, plan = run_plan(tmp_path, REPO / "recipes/smollm3/sft.yaml", "--set", "training.warmup_steps=0.05")
+    row = rows_by_key(plan["plans"][0]["published"]["rows"])["training.warmup_steps"]
+    assert rc == 0 and (row["published"], row["ours"], row["changes_identity"]) == (0.03, 0.05, True)
+    assert row["published_as"] == "warmup_ratio" and "removed in transformers 5" in row["note"]
+    assert "training.warmup_steps" not in rows_by_key(plan["plans"][0]["published"]["renamed"])
 
 
 @pytest.mark.parametrize("stage, key, published, ours", [
