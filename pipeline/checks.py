@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat import TemplateError, generation_markers_problem, template_text
+from pipeline.redaction import REDACTED, is_secret_key
 from pipeline.stages import recipe_class
 
 Problems = list[tuple[str, str]]
@@ -108,23 +109,25 @@ def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str |
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else [value]
         bad = [n for n in names if n not in DPO_LOSS_TYPES]
         return f"{bad[0]!r} is not a TRL DPO loss; allowed: {', '.join(DPO_LOSS_TYPES)}" if bad else None
+    # a value under a secret key (hub_token) is named by its key only: a short one is not remembered as a secret
+    shown = REDACTED if is_secret_key(key) else repr(value)
     choices = field.metadata.get("choices")
     if choices and value not in choices:
-        return (f"{value!r} is not one of TRL's choices: {', '.join(map(str, choices))}"
+        return (f"{shown} is not one of TRL's choices: {', '.join(map(str, choices))}"
                 + _REMOVED_HINTS.get((key, value), ""))
     hint = _type_hints(cls).get(key)
     if hint is not None:
         try:  # strict: "1e-5x" or "ten" is not a number (our YAML loader already reads 1e-5 as a float)
             TypeAdapter(hint).validate_python(value, strict=True)
         except ValidationError:
-            return f"{value!r} is not a valid {_type_name(hint)}"
+            return f"{shown} is not a valid {_type_name(hint)}"
         except Exception:  # a type pydantic cannot check (a class of TRL's): leave it to TRL
             pass
     if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
         low, high, inclusive = _RANGES[key]
         if value < low or (value == low and not inclusive) or value > high:
             bound = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high != float("inf") else "")
-            return f"{value!r} is out of range: must be {bound}"
+            return f"{shown} is out of range: must be {bound}"
     return None
 
 

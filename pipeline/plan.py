@@ -33,6 +33,7 @@ from pipeline import costs
 from pipeline.checks import RENAMED_TRAINING_KEYS, trl_config_class
 from pipeline.inputs import classify_input
 from pipeline.recipe import parse_yaml
+from pipeline.redaction import redact
 from pipeline.runs import identity_data, identity_hash
 
 PUBLISHED = Path(__file__).resolve().parent / "published" / "smollm3.yaml"
@@ -126,9 +127,17 @@ def against_differences(recipe, other) -> dict[str, Any]:
         if _same(a, b):
             continue
         identity = ident_mine.get(path, MISSING) != ident_theirs.get(path, MISSING)
-        rows.append({"key": path, "this": a, "other": b, "changes_identity": identity, "note": note_for(path)})
+        rows.append({"key": path, "this": shown(path, a), "other": shown(path, b), "changes_identity": identity,
+                     "note": note_for(path)})
     return {"other": getattr(other, "_source", None), "rows": rows,
             "identity_differs": identity_hash(recipe) != identity_hash(other)}
+
+
+def shown(path: str, value: Any) -> Any:
+    """A value as a row shows it: hidden when its key names a secret (hub_token, api_key, ...), whatever
+    its length. Rows carry the key as a dotted path, which the CLI's redaction of the plan cannot see
+    as a key, and a secret under 6 characters is not remembered to be cut out of text."""
+    return redact(value, path.rsplit(".", 1)[-1])
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -146,10 +155,10 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
     defaults = trl_defaults(recipe.stage)  # every published stage is a training stage
     rows, renamed_same = [], []
     for path, entry in pub["keys"].items():
-        theirs, shown = entry["value"], entry["value"]
+        theirs, published_value = entry["value"], entry["value"]
         if theirs is None and path.startswith("training."):
             theirs = defaults.get(path.removeprefix("training."))
-            shown = f"not set (TRL default: {theirs})"
+            published_value = f"not set (TRL default: {theirs})"
         mine = ours.get(path, MISSING)
         if path.endswith(".revision") and mine is None:
             mine = "main"  # no revision is the Hub's default branch
@@ -163,15 +172,18 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
             # verdict); a renamed key still gets a line of its own, for whoever ports a config that
             # uses the old name.
             if renamed:
-                renamed_same.append({"key": path, "published_as": old_name, "value": mine, "note": note})
+                renamed_same.append({"key": path, "published_as": old_name, "value": shown(path, mine),
+                                     "note": note})
             continue
-        rows.append({"key": path, "published": shown, "ours": mine, "changes_identity": changes_identity(path),
+        rows.append({"key": path, "published": published_value, "ours": shown(path, mine),
+                     "changes_identity": changes_identity(path),
                      "note": note.strip(), **({"published_as": old_name} if old_name else {})})
     for path in sorted(k for k in ours if k.startswith("training.") and k not in pub["keys"]):
         default = defaults.get(path.removeprefix("training."), MISSING)
         if path.removeprefix("training.") in recipe.training and not _same(ours[path], default):
-            rows.append({"key": path, "published": f"not set (TRL default: {default})", "ours": ours[path],
-                         "changes_identity": changes_identity(path), "note": note_for(path)})
+            rows.append({"key": path, "published": f"not set (TRL default: {default})",
+                         "ours": shown(path, ours[path]), "changes_identity": changes_identity(path),
+                         "note": note_for(path)})
     rows += _source_differences(recipe, pub)
     rows.append(_global_batch_row(recipe, pub, gpus))
     src = published()["source"]

@@ -130,6 +130,24 @@ def test_plan_shows_and_writes_no_secret(tmp_path, capsys):
         assert secret not in text and token not in text
 
 
+def test_a_short_secret_is_hidden_by_its_key_in_both_tables_and_plan_json(tmp_path, capsys):
+    """A hub_token under 6 characters is not remembered as a secret (short values would blank out ordinary
+    words), so only its key can hide it: before, the differences tables printed and wrote it."""
+    short = "Zq7x"
+    other = tmp_path / "other.yaml"
+    other.write_text((REPO / "recipes/smollm3/sft.yaml").read_text())
+    rc, plan = run_plan(tmp_path, REPO / "recipes/smollm3/sft.yaml", "--set", f"training.hub_token={short}",
+                        "--against", other)
+    shown = capsys.readouterr()
+    written = (tmp_path / "plan.json").read_text()
+    [p] = plan["plans"]
+    assert rc == 0 and rows_by_key(p["published"]["rows"])["training.hub_token"]["ours"] == "<redacted>"
+    assert rows_by_key(p["against"]["rows"])["training.hub_token"]["this"] == "<redacted>"
+    assert "training.hub_token" in shown.out
+    for text in (shown.out, shown.err, written):
+        assert short not in text
+
+
 @pytest.mark.parametrize("option, text", [
     ("--launcher", "- a list\n"), ("--launcher", "a: [\n"),
     ("--launcher", "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: x}\n"), ("--out", None)])

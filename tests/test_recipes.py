@@ -133,6 +133,15 @@ def test_unknown_trl_argument_with_suggestion(write_recipe):
     assert msg == "not an argument of TRL's SFTConfig (did you mean `learning_rate`?)"
 
 
+def test_a_bad_value_under_a_secret_key_is_named_by_its_key_not_shown(write_recipe):
+    """A 4-character hub_token is not remembered as a secret (too short), so the message must not quote it."""
+    recipe = sft_recipe()
+    recipe["training"]["hub_token"] = 1234
+    [(key, msg)] = problems_of(write_recipe(recipe))
+    assert key.startswith("training.hub_token") and "1234" not in msg
+    assert msg == "<redacted> is not a valid str (or null)"
+
+
 def test_transformers4_keys_get_their_replacement(write_recipe):
     recipe = sft_recipe()
     recipe["training"].update(warmup_ratio=0.03, gradient_checkpointing=True)
