@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from conftest import REPO, sft_recipe
+from scripted_server import ScriptedServer, ok_reply
 
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
 
@@ -129,61 +130,6 @@ def test_a_row_nested_100000_deep_is_quarantined_as_invalid_json(write_recipe, t
 
 
 # ---- 6. a reply cut short; a Retry-After past the budget -----------------------------------------
-class Server:
-    """A real HTTP server on 127.0.0.1 (a thread of the test) answering POSTs from a script. A reply is
-    (status, headers, body) or "cut": a 200 that promises 1000 bytes, sends 20 and closes the connection."""
-
-    def __init__(self, replies):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.replies, self.received, lock = list(replies), [], threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
-                with lock:
-                    outer.received.append(dict(self.headers))
-                    reply = outer.replies.pop(0) if outer.replies else (200, {}, ok_reply())
-                if reply == "cut":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "1000")
-                    self.end_headers()
-                    self.wfile.write(b'{"choices": [{"text"')
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                status, headers, body = reply
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def ok_reply(text="Paris."):
-    return {"choices": [{"text": text, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
-
-
 def ask(tiny_model, url, n=1, **kwargs):
     from pipeline.generation import OpenAIBackend, Request, SamplingSpec
 
@@ -193,7 +139,7 @@ def ask(tiny_model, url, n=1, **kwargs):
 
 
 def test_a_reply_cut_short_mid_body_is_retried_like_a_dropped_connection(tiny_model):
-    with Server(["cut"]) as server:
+    with ScriptedServer(["cut"]) as server:
         out = ask(tiny_model, server.url, retry_budget_s=30)
     assert [c.text for c in out] == ["Paris."] and len(server.received) == 2
 
@@ -206,7 +152,7 @@ def test_a_retry_after_past_the_budget_gives_up_at_once_and_says_so(tiny_model, 
     from pipeline.errors import UserError
 
     value = formatdate(time.time() + 3600, usegmt=True) if retry_after == "date" else retry_after
-    with Server([(503, {"Retry-After": value}, {"error": "overloaded"})] * 50) as server:
+    with ScriptedServer([(503, {"Retry-After": value}, {"error": "overloaded"})] * 50) as server:
         t0 = time.monotonic()
         with pytest.raises(UserError, match=r"Retry-After.*(3600|359\d) s.*retry_budget_s \(20 s\)") as e:
             ask(tiny_model, server.url, retry_budget_s=20)
@@ -269,11 +215,11 @@ def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recip
             "backend": {"kind": "openai", **backend}}))
 
     # the first server answers 8 prompts, then is overloaded; a budget of 0 s gives up at once
-    with Server([(200, {}, ok_reply())] * 8 + [(503, {}, {"error": "overloaded"})] * 20) as flaky:
+    with ScriptedServer([(200, {}, ok_reply())] * 8 + [(503, {}, {"error": "overloaded"})] * 20) as flaky:
         with pytest.raises(UserError, match="gave up"):
             synth_stage.run(recipe({"base_url": flaky.url, "retry_budget_s": 0, "concurrency": 1}))
     # the user moves to another server, with a longer budget, more concurrency and a shorter timeout
-    with Server([]) as healthy:
+    with ScriptedServer([]) as healthy:
         out = synth_stage.run(recipe({"base_url": healthy.url, "retry_budget_s": 300, "concurrency": 4,
                                       "timeout_s": 30, "served_model_name": "teacher"}))
         assert len(healthy.received) == 8  # only what the first server never answered
@@ -334,9 +280,10 @@ def test_a_password_in_base_url_is_sent_as_basic_auth_and_never_printed_or_writt
     from pipeline.recipe import load_recipe
     from pipeline.runs import stage_run
 
-    with Server([]) as server:
+    with ScriptedServer([]) as server:
         ask(tiny_model, server.url.replace("://", f"://me:{PASSWORD}@"), retry_budget_s=5)
-        assert server.received[0]["Authorization"] == "Basic " + base64.b64encode(f"me:{PASSWORD}".encode()).decode()
+        basic = "Basic " + base64.b64encode(f"me:{PASSWORD}".encode()).decode()
+        assert server.received[0].headers["Authorization"] == basic
         closed = server.port
     body = {"name": "t", "stage": "synth-traces", "output_dir": str(tmp_path / "synth"),
             "teacher": {"name_or_path": tiny_model}, "modes": ["no_think"],

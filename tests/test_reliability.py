@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import REPO, sft_recipe
+from scripted_server import ScriptedServer
 from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
 
 from pipeline.recipe import RecipeError, load_recipe
@@ -273,46 +274,6 @@ def test_filter_settings_are_typed(write_recipe, tmp_path):
 
 
 # ---- 9. the HTTP teacher backend ----------------------------------------------------------------
-class _Scripted:
-    """A local OpenAI-compatible stub answering from a script of (status, headers, body) replies."""
-
-    def __init__(self, replies):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.replies, self.received, self.lock = list(replies), [], threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.received.append((time.monotonic(), dict(self.headers), body))
-                    status, headers, reply = outer.replies.pop(0) if outer.replies else (200, {}, _ok())
-                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
-def _ok(text="Paris."):
-    return {"choices": [{"text": text, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
-
-
 def _backend(tiny_model, url, **kwargs):
     from pipeline.generation import OpenAIBackend
 
@@ -327,7 +288,7 @@ def _ask(backend, n=1):
 
 
 def test_http_429_is_retried_after_retry_after_and_succeeds(tiny_model):
-    stub = _Scripted([(429, {"Retry-After": "1"}, {"error": "slow down"})] * 3)
+    stub = ScriptedServer([(429, {"Retry-After": "1"}, {"error": "slow down"})] * 3)
     try:
         out = _ask(_backend(tiny_model, stub.url, retry_budget_s=30))
     finally:
@@ -341,7 +302,7 @@ def test_http_400_is_not_retried_and_names_the_url_and_the_reason(tiny_model):
     from pipeline.errors import UserError
 
     reason = {"error": {"message": "This model's maximum context length is 2048 tokens"}}
-    stub = _Scripted([(400, {}, reason)])
+    stub = ScriptedServer([(400, {}, reason)])
     try:
         with pytest.raises(UserError, match=r"127\.0\.0\.1.*HTTP 400.*maximum context length is 2048"):
             _ask(_backend(tiny_model, stub.url, retry_budget_s=30))
@@ -354,7 +315,7 @@ def test_http_400_is_not_retried_and_names_the_url_and_the_reason(tiny_model):
 def test_http_malformed_reply_is_a_clear_error_with_the_url(tiny_model, reply):
     from pipeline.errors import UserError
 
-    stub = _Scripted([(200, {}, reply)])
+    stub = ScriptedServer([(200, {}, reply)])
     try:
         with pytest.raises(UserError, match=r"127\.0\.0\.1.*/completions"):
             _ask(_backend(tiny_model, stub.url, retry_budget_s=0))
@@ -366,7 +327,7 @@ def test_http_recipe_settings_reach_the_request(tiny_model, monkeypatch, write_r
     from pipeline.generation import make_backend
 
     monkeypatch.setenv("TEACHER_KEY", "sk-test-123")
-    stub = _Scripted([])
+    stub = ScriptedServer([])
     try:
         recipe = load_recipe(write_recipe({
             "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": tiny_model},
