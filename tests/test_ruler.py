@@ -140,11 +140,19 @@ def test_qa_reads_a_squad_file_and_scores_by_any_answer(ctx, tmp_path):
 
 @pytest.mark.slow
 def test_a_131072_example_fits_the_model_length_with_the_template(ctx):
+    import random
+
     task = RulerTask(lengths=[131072], variants=["niah_single_2"])
     [ex] = task.examples(n=1, seed=0, ctx=ctx)
     total = ctx.prompt_length(ex.messages, ex.prefill) + ex.max_new_tokens
     assert 131072 - 200 <= total <= 131072  # max_model_len 131072 holds the prompt and the answer
     assert ex.meta["haystack"] < len(task.essay_words())  # the essays never repeat: a prefix of RULER's text
+    # the size that bisection down to one word picked (this test: 26 s then, 9 s now), and one more word
+    # would not fit
+    assert ex.meta["haystack"] == 105183
+    build, _, _ = task._builder("niah_single_2", 131072)
+    one_more = build(random.Random("0-niah_single_2-131072-0"), 105184)
+    assert ctx.prompt_length(one_more.messages, one_more.prefill) + ex.max_new_tokens > 131072
 
 
 def test_the_haystack_is_rulers_whole_essay_set():
@@ -238,3 +246,101 @@ def test_a_bad_local_qa_file_is_an_error_naming_the_key_and_the_file(ctx, tmp_pa
     with pytest.raises(UserError, match="tasks.ruler.qa_sources.squad") as e:
         task.examples(n=1, seed=0, ctx=ctx)
     assert problem in str(e.value) and str(path) in str(e.value)
+
+
+def bisection(count, limit, unit, cap):
+    """The haystack search ruler.py used before (doubling from `unit`, then halving to one unit): the
+    reference the faster search must agree with."""
+    def fits(k):
+        return count(k) <= limit
+
+    lo, hi = unit, unit * 2
+    while (cap is None or hi < cap) and fits(hi):
+        lo, hi = hi, hi * 2
+    if cap is not None and hi >= cap:
+        if fits(cap):
+            return cap
+        hi = cap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def growing_count(rng, unit: int, overhead: int, linear: bool):
+    """Tokens for k units: a template's overhead, then 1-3 tokens a unit (or flat, then 40 a unit: far
+    from a line); 2 a unit past the table. Returns (count, the list of sizes it was asked for)."""
+    steps = [rng.choice([1, 1, 2, 3]) for _ in range(unit * 100)] if linear else \
+        [0] * (unit * 50) + [40] * (unit * 50)
+    totals = [overhead]
+    for step in steps:
+        totals.append(totals[-1] + step)
+    asked: list[int] = []
+
+    def count(k):
+        asked.append(k)
+        return totals[min(k, len(steps))] + 2 * max(0, k - len(steps))
+
+    return count, asked
+
+
+def test_the_haystack_search_agrees_with_bisection_on_any_growing_count():
+    """Counts near a line and far from one, a cap or none, limits from the first unit to past the cap:
+    the same answer as bisection, it fits and one more unit does not; near a line never 2 counts more
+    than bisection, far from one never 3 times as many."""
+    import random
+
+    from eval.tasks.ruler import largest
+
+    rng = random.Random(0)
+    for trial in range(120):
+        unit, overhead = rng.choice([1, 5, 10, 25, 500]), rng.randrange(0, 2000)
+        count, asked = growing_count(random.Random(trial), unit, overhead, linear=trial % 3 != 0)
+        cap = rng.choice([None, rng.randrange(unit, unit * 100)])
+        limit = rng.randrange(count(unit), count(unit * 50) + count(unit) + 1)
+        asked.clear()
+        found = largest(count, limit, unit, cap, what="t")
+        fast, asked[:] = len(asked), []
+        assert found == bisection(count, limit, unit, cap), trial
+        assert fast <= (len(asked) + 2 if trial % 3 else 3 * len(asked)), trial  # measured: 1095 in all, 1528
+        assert count(found) <= limit and (found == cap or count(found + 1) > limit), trial
+    with pytest.raises(UserError, match="even the smallest haystack"):
+        largest(lambda k: 100 + k, 50, 5, None, what="t")
+
+
+def test_every_task_picks_the_haystack_bisection_picked_and_one_more_unit_would_not_fit(ctx, monkeypatch):
+    """All 11 synthetic tasks, 2 samples each (the second of some does not fit the first's haystack and
+    is searched again); 4096 agreed too (measured: 84 prompt counts against bisection's 195, 12 s)."""
+    import random
+
+    from eval.tasks import ruler
+
+    length = 1280
+    variants = [v for v in VARIANTS if not v.startswith("qa")]
+    def counting(counted):
+        return TaskContext(count_tokens=lambda text: counted.append(text) or ctx.count_tokens(text),
+                           prompt_tokens=lambda *a: counted.append(a) or ctx.prompt_tokens(*a))
+
+    fast, slow = [], []
+    found = RulerTask(lengths=[length], variants=variants).examples(n=2, seed=0, ctx=counting(fast))
+    monkeypatch.setattr(ruler, "largest", lambda count, limit, unit, cap, what, first=None:
+                        bisection(count, limit, unit, cap))
+    before = RulerTask(lengths=[length], variants=variants).examples(n=2, seed=0, ctx=counting(slow))
+    assert [(e.meta["haystack"], e.messages, e.prefill) for e in found] == \
+        [(e.meta["haystack"], e.messages, e.prefill) for e in before]
+    task = RulerTask(lengths=[length], variants=variants)
+    task.ctx = ctx
+    first = {}
+    for ex in found:
+        variant, size, sample = ex.meta["variant"], ex.meta["haystack"], ex.id.rsplit("-", 1)[1]
+        budget = ex.max_new_tokens
+        assert ex.meta["prompt_tokens"] == ctx.prompt_length(ex.messages, ex.prefill)
+        assert ex.meta["prompt_tokens"] + budget <= length, ex.id
+        first.setdefault(variant, size)
+        if size == first[variant] and sample != "0":
+            continue  # a later sample that fits with the first sample's haystack keeps it, as in RULER
+        build, unit, cap = task._builder(variant, length)
+        one_more = build(random.Random(f"0-{variant}-{length}-{sample}"), size + 1)
+        assert size == cap or ctx.prompt_length(one_more.messages, one_more.prefill) + budget > length, ex.id
+    assert any(ex.meta["haystack"] < first[ex.meta["variant"]] for ex in found)  # a sample searched again
+    assert len(fast) < 0.6 * len(slow), (len(fast), len(slow))  # measured: 88 of 160

@@ -19,8 +19,10 @@ Follows NVIDIA/RULER's `scripts/synthetic.yaml` (what each task is), `scripts/da
 The prompt is RULER's task template in the user turn; RULER's answer prefix opens the assistant turn
 (`Example.prefill`), so the completion continues it. Length rule (RULER's): the prompt as the model
 sees it (chat template, system turn, generation prompt, prefill) + RULER's tokens to generate for the
-task <= length. The haystack size is found by bisection on exact token counts for the first sample
-and searched again for a sample that does not fit with it. Each example carries RULER's per-task
+task <= length. The haystack is the largest that fits to one word (sentence, document), where RULER
+stops at its increments (500 words, 25 sentences): found on exact token counts for the first sample
+(`largest`: aimed along the near-linear tokens per unit, a handful of counts even at 128k) and
+searched again for a sample that does not fit with it. Each example carries RULER's per-task
 generation budget as `Example.max_new_tokens`, which the eval stage generates it with.
 Scorers: string_match_all (fraction of references found, case-insensitive) for niah/vt/cwe/fwe,
 string_match_part (any reference found) for qa, on the answer after any think block. Scores are 0..1.
@@ -194,15 +196,22 @@ class RulerTask(Task):
         def tokens(ex: Example) -> int:
             return self.ctx.prompt_length(ex.messages, ex.prefill)
 
-        size = largest(lambda k: tokens(make(0, k)) + budget <= length, unit, cap,
-                       what=f"RULER {variant} at length {length}")
+        counted: dict[tuple[int, int], int] = {}  # (sample, size) -> prompt tokens: each prompt counted once
+
+        def count(i: int, size: int) -> int:
+            if (i, size) not in counted:
+                counted[i, size] = tokens(make(i, size))
+            return counted[i, size]
+
+        size = largest(lambda k: count(0, k), length - budget, unit, cap, what=f"RULER {variant} at length {length}")
         out = []
         for i in range(n):
-            ex = make(i, size)
-            if tokens(ex) + budget > length:  # this sample drew longer words: its own, smaller, haystack
-                ex = make(i, largest(lambda k, i=i: tokens(make(i, k)) + budget <= length, unit, size,
-                                     what=f"RULER {variant} at length {length}, sample {i}"))
-            ex.meta["prompt_tokens"] = tokens(ex)
+            own = size
+            if count(i, size) + budget > length:  # this sample drew longer words: its own, smaller, haystack
+                own = largest(lambda k, i=i: count(i, k), length - budget, unit, size, first=size,
+                              what=f"RULER {variant} at length {length}, sample {i}")
+            ex = make(i, own)
+            ex.meta["prompt_tokens"] = count(i, own)
             out.append(ex)
         return out
 
@@ -316,7 +325,7 @@ class RulerTask(Task):
         def make(k: int) -> tuple[str, list[str]]:
             return self._vt_text(random.Random("ruler-vt-example"), k, 3, "12345")
 
-        k = largest(lambda k: self.ctx.count_tokens(make(k)[0]) <= 500, 5, None, what="RULER vt worked example")
+        k = largest(lambda k: self.ctx.count_tokens(make(k)[0]), 500, 5, None, what="RULER vt worked example")
         text, names = make(k)
         return text + " " + " ".join(names) + "\n"
 
@@ -450,18 +459,40 @@ class RulerTask(Task):
         return Example(id="", messages=[{"role": "user", "content": user}], target=list(target), prefill=prefill)
 
 
-def largest(fits: Callable[[int], bool], unit: int, cap: int | None, what: str) -> int:
-    """The largest k >= unit with fits(k) (fits must be monotone): doubling, then bisection."""
-    if not fits(unit):
+def largest(count: Callable[[int], int], limit: int, unit: int, cap: int | None, what: str,
+            first: int | None = None) -> int:
+    """The largest k >= unit (and <= cap) with count(k) <= limit; count must not shrink as k grows.
+
+    A prompt's tokens grow almost linearly with its haystack, so each probe aims where a line meets the
+    limit: the line through the origin and `unit` (it undershoots: the template's tokens count as
+    haystack), then through the two latest sizes that fit, then across the bracket (the largest size
+    known to fit, the smallest known not to), which closes on the answer. Where three probes in a row
+    fail to halve the bracket the next is its midpoint, so a count far from a line still ends (within
+    3 times bisection's counts). At 128k tokens this counts 4-6 prompts where doubling then halving
+    down to one word counted about 25. `first`: a size to count before aiming (one that fitted another
+    sample)."""
+    lo, over_lo = unit, count(unit) - limit  # over_*: tokens over the limit (<= 0: it fits)
+    if over_lo > 0:
         raise UserError(f"{what}: even the smallest haystack ({unit}) does not fit; raise the length")
-    lo, hi = unit, unit * 2
-    while (cap is None or hi < cap) and fits(hi):
-        lo, hi = hi, hi * 2
-    if cap is not None and hi >= cap:
-        if fits(cap):
-            return cap
-        hi = cap
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    below = (0, -limit)  # the line's other point while nothing has gone over: no haystack, (about) no tokens
+    hi = over_hi = None
+    widths: list[int] = []
+    while lo != cap and (hi is None or hi - lo > 1):
+        if first is not None and first > lo:
+            k, first = first, None
+        elif hi is not None and len(widths) >= 3 and hi - lo > widths[-3] // 2:
+            k = (lo + hi) // 2
+        else:
+            k0, over0 = (hi, over_hi) if hi is not None else below
+            k = lo + over_lo * (k0 - lo) // (over_lo - over0) if over0 != over_lo else 2 * lo
+            k = max(k, lo + 1)
+        k = min(k, hi - 1) if hi is not None else k
+        k = min(k, cap) if cap is not None else k
+        over = count(k) - limit
+        if over <= 0:
+            below, (lo, over_lo) = (lo, over_lo), (k, over)
+        else:
+            hi, over_hi = k, over
+        if hi is not None:
+            widths.append(hi - lo)
     return lo
