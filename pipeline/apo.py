@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from pipeline.data import BadRow, build_preference_mixture, preference_row
 from pipeline.errors import UserError
 from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
-from pipeline.schema import Source
+from pipeline.schema import Source, TrainRecipe
 from pipeline.sources import iter_rows
 from pipeline.train import (
     announce_attention,
@@ -40,6 +41,25 @@ from pipeline.train import (
     train_or_restore,
     trl_args,
 )
+
+
+class APORecipe(TrainRecipe):
+    """apo: preference pairs, TRL's DPO trainer (`loss_type: apo_zero`), an optional reference model and
+    held-out pairs."""
+
+    trl_config: ClassVar[str] = "DPOConfig"
+    trains_on: ClassVar[Literal["rows", "pairs"] | None] = "pairs"
+    stage: Literal["apo"]
+
+    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        t, problems = self.training, super().problems(base_dir)
+        if t.get("padding_free"):
+            problems.append(("training.padding_free",
+                             "TRL's DPO trainer ignores padding_free (it warns and pads); remove it"))
+        if self.ref_model is not None and t.get("precompute_ref_log_probs"):
+            problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
+                                          "weights; drop `ref_model` or the precompute flag"))
+        return problems
 
 
 def run(recipe, overwrite: bool = False) -> Path:
