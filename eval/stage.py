@@ -110,7 +110,9 @@ def run(recipe, overwrite: bool = False) -> Path:
             write_json_atomic(out, result)
             results.append(result)
         report = write_report(results, run.path, recipe.modes)
-        run.metrics.update({"scores": {r["model"]: {t: {m: v["score"] for m, v in modes.items()}
-                                                    for t, modes in r["tasks"].items()} for r in results}})
+        scores = {r["model"]: {t: {m: v["score"] for m, v in modes.items()} for t, modes in r["tasks"].items()}
+                  for r in results}
+        run.metrics.update({"scores": scores})
+        run.summary.update(outputs=["report.md"], scores=scores)
         print(report)
     return recipe.output_path()

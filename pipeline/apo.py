@@ -29,6 +29,7 @@ from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
 from pipeline.schema import Source, TrainRecipe
 from pipeline.sources import iter_rows
+from pipeline.summary import trained_on_section
 from pipeline.train import (
     announce_attention,
     check_environment,
@@ -78,6 +79,7 @@ def run(recipe, overwrite: bool = False) -> Path:
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
+        run.summary.update(outputs=["pairs.json"], trained_on=trained_on_section("pairs", "pairs.json", report))
         pairs = held_out_pairs(recipe) if recipe.eval_pairs else []  # a bad file fails before any model loads
         model = load_model(recipe.model, attention["model"])
         before = pair_logprobs(model, tokenizer, pairs)  # the starting point, before any step
@@ -93,6 +95,8 @@ def run(recipe, overwrite: bool = False) -> Path:
             if is_main_process():
                 (run.path / "preference.json").write_text(json.dumps(extra["held_out_preference"], indent=2))
                 print(f"held-out preference: {extra['held_out_preference']}")
+            run.summary["outputs"].append("preference.json")
+            run.summary["held_out"] = extra["held_out_preference"]
         finish(trainer, tokenizer, run, recipe, extra={
             "pairs": report["rows"], "quarantined_pairs": report["quarantined"],
             "rank_param_checksums": rank_checksums(trainer.model), **extra,

@@ -23,6 +23,7 @@ from pipeline.mixture import build_sft_mixture
 from pipeline.models import cache_dir
 from pipeline.runs import is_main_process, stage_run
 from pipeline.schema import TrainRecipe
+from pipeline.summary import trained_on_section
 from pipeline.train import (
     announce_attention,
     check_environment,
@@ -67,6 +68,7 @@ def run(recipe, overwrite: bool = False) -> Path:
             (run.path / "mixture.json").write_text(json.dumps(report, indent=2))
             (run.path / "mixture.txt").write_text(format_report(report) + "\n")
             print(format_report(report))
+        run.summary.update(outputs=["mixture.txt"], trained_on=trained_on_section("mixture", "mixture.txt", report))
         packed = bool(recipe.training.get("packing"))
         if packed:
             logging.getLogger("trl.trainer.sft_trainer").addFilter(_PrePackedWarningFilter())

@@ -149,3 +149,16 @@ def test_the_stage_name_check_sees_a_comparison(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "REPO", tmp_path)
     with pytest.raises(AssertionError, match="compares with 'midtrain'.*startswith\\('synth'\\)"):
         test_the_foundation_compares_no_stage_name()
+
+
+def test_the_report_reads_each_run_through_its_summary_and_knows_no_task_by_name():
+    """eval/report.py reads a run's summary.json (pipeline/summary.py) and the files the summary names,
+    never another stage's own files, and special-cases no task."""
+    from pipeline.stages import STAGES
+
+    others = {"manifest.json", "log_history.json", "mixture.json", "mixture.txt", "pairs.json", "preference.json",
+              "sweep.json", "sweep.md", "report.json", "loss.png", "ruler", "ifeval", "math", "tools", "mode"}
+    texts = {node.value for node in ast.walk(ast.parse((REPO / "eval" / "report.py").read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    named = {t for t in texts if t in others | set(STAGES) or any(t.endswith("/" + o) for o in others)}
+    assert named == set(), f"eval/report.py names {sorted(named)}"
