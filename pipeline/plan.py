@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline import costs
+from pipeline import costs, sources
 from pipeline.checks import RENAMED_TRAINING_KEYS, trl_config_class
 from pipeline.inputs import classify_input
 from pipeline.recipe import parse_yaml
@@ -92,9 +92,8 @@ def flatten(value: Any, path: str = "", out: dict[str, Any] | None = None) -> di
 
 
 def source_label(source: dict[str, Any]) -> str:
-    """`path`, `path:split` or `path:name:split` (a Hub dataset's config and split)."""
-    parts = [source["path"]] + ([source["name"]] if source.get("name") else [])
-    return ":".join(parts + ([source["split"]] if source.get("split", "train") != "train" else []))
+    """A source block's label, as every report names it (pipeline/sources.py)."""
+    return sources.source_label(source["path"], source.get("split", "train"), source.get("name"))
 
 
 def changes_identity(path: str) -> bool:

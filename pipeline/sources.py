@@ -35,9 +35,10 @@ class BadRow(ValueError):
     """A row that cannot be used; the message is the quarantine reason."""
 
 
-def source_label(path: str, split: str = "train") -> str:
-    """How reports and errors name a source: its path, and its split when not `train`."""
-    return path if split == "train" else f"{path}:{split}"
+def source_label(path: str, split: str = "train", name: str | None = None) -> str:
+    """How reports, plans and errors name a source: `path`, then the Hub config (`name`) where there is
+    one, then the split where it is not `train`: `HuggingFaceTB/smoltalk2:SFT:smoltalk_smollm3_...`."""
+    return ":".join([path] + ([name] if name else []) + ([split] if split != "train" else []))
 
 
 def is_raw_json(source: Source) -> bool:
