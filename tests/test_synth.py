@@ -355,3 +355,30 @@ def test_decontamination_and_verification_ask_the_tasks(monkeypatch):
     assert set(eval_prompts()) - before == set(Trivia().prompts())
     verify = _verifier("math")
     assert verify("42", "<think>\n6 x 7\n</think>\n\nThe answer is $\\boxed{42}$.") and not verify("42", "It is 41.")
+
+
+def test_an_eval_prompt_from_a_tool_row_is_sent_as_the_teacher_is_sent_it(tiny_model):
+    """Eval examples come through the same row path as synth prompts (Example.from_row -> prompt_of): the
+    model under test gets the row's tools, custom instructions, earlier call and result, as the teacher
+    does; a row that is not a prompt is an error naming the example."""
+    from transformers import AutoTokenizer
+
+    from eval.stage import request as eval_request
+    from eval.tasks.base import Example
+    from pipeline.chat import install_template
+    from pipeline.data import prompt_of
+    from pipeline.errors import UserError
+    from pipeline.generation import Renderer
+
+    render = Renderer(install_template(AutoTokenizer.from_pretrained(tiny_model)))
+    row = smoltalk2_tool_row()
+    example = Example.from_row("tools-0", row, target=None)
+    messages, template = prompt_of(row)
+    for mode in ("think", "no_think"):
+        teacher = synth_stage.request({"messages": messages, "template": template, "mode": mode, "prefill": ""})
+        sent = eval_request(example, mode)
+        assert sent == teacher and render(sent) == render(teacher)
+        system = render(sent).split("<|im_end|>")[0]
+        assert '"name": "get_weather"' in system and "You are WeatherBot." in system
+    with pytest.raises(UserError, match=r"^tools-1: the benchmark row is not a prompt \(no user turn"):
+        Example.from_row("tools-1", {"messages": [{"role": "system", "content": "x"}]}, target=None)
