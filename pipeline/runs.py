@@ -33,7 +33,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
-from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
+from pipeline.inputs import classify_input, disk_error, expand_glob, is_glob, recipe_inputs
 from pipeline.locks import LockBusy, exclusive
 from pipeline.models import cache_dir
 from pipeline.recipe import recipe_hash
@@ -173,14 +173,12 @@ def disk_problem(exc: BaseException, places: list[Path]) -> str | None:
     """One line saying what to do when `exc` is the disk's doing: an OSError (anywhere in its chain) of
     a full, read-only or forbidden place, or any error while one of `places` has no room left (torch and
     safetensors report a failed write without the reason)."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
-            where = Path(seen.filename) if seen.filename else (places[0] if places else None)
-            if where is None:
-                return f"a write failed: {seen.strerror}; free space, or make the run and cache directories writable"
-            return f"cannot write {where}: {seen.strerror}; {_disk_advice(where, seen.errno)}"
-        seen = seen.__cause__ or seen.__context__
+    seen = disk_error(exc, DISK_ERRNOS)
+    if seen is not None:
+        where = Path(seen.filename) if seen.filename else (places[0] if places else None)
+        if where is None:
+            return f"a write failed: {seen.strerror}; free space, or make the run and cache directories writable"
+        return f"cannot write {where}: {seen.strerror}; {_disk_advice(where, seen.errno)}"
     for place in places:
         try:
             free = shutil.disk_usage(place).free

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.inputs import classify_input, hub_errors, is_disk_error
+from pipeline.inputs import classify_input, disk_error, hub_errors
 from pipeline.schema import Source
 
 FILE_TYPES = (".jsonl", ".json", ".parquet")
@@ -73,7 +73,7 @@ def open_source(source: Source, cache: Path, limit: int = DEFAULT_ROW_LIMIT):
         try:
             return load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(cache))
         except Exception as e:  # an unreadable file: say which, and why (a full cache disk is not the file's fault)
-            if is_disk_error(e):
+            if disk_error(e):
                 raise
             raise UserError(f"{source.path}: cannot read as parquet ({type(e).__name__}: {e})") from None
     check_utf8(path)
