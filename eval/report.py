@@ -257,9 +257,8 @@ def details(results: list[dict], tasks: list[str], modes: list[str]) -> list[str
 
 
 def by_length_tasks(results: list[dict], tasks: list[str], modes: list[str]) -> list[str]:
-    """The tasks that score by context length (a `length_<N>` key in every model's summary: RULER)."""
-    return [t for t in tasks if results and all(any(k.startswith("length_") for k in r["tasks"][t][m])
-                                                for r in results for m in modes)]
+    """The tasks that score by context length (a `length_<N>` key in a model's summary: RULER)."""
+    return [t for t in tasks if any(k.startswith("length_") for r in results for m in modes for k in r["tasks"][t][m])]
 
 
 def length_tables(results: list[dict], task: str, modes: list[str]) -> list[str]:
