@@ -1,20 +1,22 @@
 """The eval report: every model's scores side by side, what moved from the first model (the starting
 point), each stage's outputs, and charts. Written by the eval stage (eval/stage.py) from the per-model
-results it saved, into `report.md`, `progress.png`, `ruler_by_length.png` and `scores.png`.
+results it saved, into `report.md`, `progress.png`, `<task>_by_length.png` (RULER) and `scores.png`.
 
-For a model that is a run directory, the report reads what that stage wrote there: `manifest.json`,
-`log_history.json` and `loss.png` (training stages), `mixture.json` / `mixture.txt` (midtrain, sft),
-`pairs.json` and `preference.json` (apo), `sweep/sweep.json` and `sweep/sweep.md` (merge), and a synth
-source's `report.json`.
+For a model that is a run directory, the report reads one file there, the run's `summary.json`
+(its sections: pipeline/summary.py): the loss trend, the rows per source it trained on (a source
+written by a synth run links that run's filter report, from the synth run's own summary), APO's
+held-out preference and the merge sweep, and links to the files the summary lists. It knows no
+stage's other files and no task by name: a task whose summaries hold `length_<N>` scores gets a
+table and a chart by context length.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from pipeline.files import pyplot, save_figure
+from pipeline.summary import read_summary
 
 
 def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
@@ -37,10 +39,11 @@ def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
         lines += glance_table(results, tasks, modes, out) + ["", "![progress](progress.png)"]
         plot_progress(results, tasks, modes, out / "progress.png")
     lines += stage_outputs(results, out)
-    if "ruler" in tasks:
-        lines += ["", "## RULER by task and context length", ""] + ruler_tables(results, modes)
-        lines += ["![ruler](ruler_by_length.png)"]
-        plot_ruler(results, modes, out / "ruler_by_length.png")
+    for task in by_length_tasks(results, tasks, modes):
+        # a long-context benchmark's name is an acronym: RULER, HELMET
+        lines += ["", f"## {task.upper()} by task and context length", ""] + length_tables(results, task, modes)
+        lines += [f"![{task}]({task}_by_length.png)"]
+        plot_by_length(results, task, modes, out / f"{task}_by_length.png")
     lines += ["", "## Scores by task", "", "![tasks](scores.png)"]
     plot_scores(results, tasks, modes, out / "scores.png")
     lines += details(results, tasks, modes)
@@ -79,29 +82,29 @@ def glance_table(results, tasks, modes, out: Path) -> list[str]:
     for name, scores in moved_scores(results, tasks, modes):
         lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in scores) + " |")
 
+    summaries = [read_summary(run) for run in runs]
+
     def row(name, cell):
-        cells = [cell(run) if (run / "manifest.json").is_file() else "" for run in runs]
+        cells = [cell(run, summary) if summary else "" for run, summary in zip(runs, summaries)]
         if any(cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
-    def link(text, path: Path) -> str:
-        return f"[{text}]({os.path.relpath(path, out)})" if path.is_file() else ""
+    def link(text, run: Path, name: str | None) -> str:
+        return f"[{text}]({os.path.relpath(run / name, out)})" if name and (run / name).is_file() else ""
 
-    row("loss curve", lambda run: link("loss", run / "loss.png"))
-    row("trained on", lambda run: link("mixture", run / "mixture.txt") or link("pairs", run / "pairs.json"))
-    row("held-out pairs preferred", held_out_cell)
-    row("merge sweep", lambda run: link("sweep", run / "sweep" / "sweep.md"))
+    row("loss curve", lambda run, s: link("loss", run, s.get("loss", {}).get("curve")))
+    row("trained on", lambda run, s: link(s["trained_on"]["kind"], run, s["trained_on"]["table"])
+        if "trained_on" in s else "")
+    row("held-out pairs preferred", lambda run, s: held_out_cell(s))
+    row("merge sweep", lambda run, s: link("sweep", run, s.get("sweep", {}).get("file")))
     if len(lines) == 2:
         lines.append("| " + f"no score moved by {MOVED} or more" + " |" * len(results))
     return lines
 
 
-def held_out_cell(run: Path) -> str:
-    path = run / "preference.json"
-    if not path.is_file():
-        return ""
-    p = json.loads(path.read_text())
-    return f"{p['start']['accuracy']:.2f} → {p['end']['accuracy']:.2f}"
+def held_out_cell(summary: dict) -> str:
+    p = summary.get("held_out")
+    return f"{p['start']['accuracy']:.2f} → {p['end']['accuracy']:.2f}" if p else ""
 
 
 def plot_progress(results, tasks, modes, path: Path) -> None:
@@ -122,12 +125,11 @@ def plot_progress(results, tasks, modes, path: Path) -> None:
 
 
 def held_out_points(results) -> list[tuple[int, float]]:
-    """(model index, accuracy) of a run's held-out preference check (preference.json): where it started,
-    when that model is in the report too, and where it ended."""
+    """(model index, accuracy) of a run's held-out preference check (its summary's `held_out`): where it
+    started, when that model is in the report too, and where it ended."""
     for i, r in enumerate(results):
-        path = Path(r["model"]) / "preference.json"
-        if path.is_file():
-            p = json.loads(path.read_text())
+        p = (read_summary(r["model"]) or {}).get("held_out")
+        if p:
             start = [j for j, s in enumerate(results) if Path(s["model"]) == Path(p["start"]["model"])]
             before = [(start[0], p["start"]["accuracy"])] if start else []
             return before + [(i, p["end"]["accuracy"])]
@@ -135,62 +137,57 @@ def held_out_points(results) -> list[tuple[int, float]]:
 
 
 def stage_outputs(results, out: Path) -> list[str]:
-    """For each model that is a run directory: links to its loss curve and data reports, the data it
-    trained on (rows per source, so synthetic rows can be seen reaching SFT and APO), APO's held-out
-    preference check and the merge sweep."""
+    """For each model that is a run directory: links to the files its summary lists, its loss trend, the
+    data it trained on (rows per source, so synthetic rows can be seen reaching SFT and APO), APO's
+    held-out preference check and the merge sweep."""
     lines = []
     for r in results:
         run = Path(r["model"])
-        if not (run / "manifest.json").is_file():
+        summary = read_summary(run)
+        if summary is None:
             continue
-        links = [f"[{name}]({os.path.relpath(run / name, out)})" for name in
-                 ("loss.png", "mixture.txt", "pairs.json", "preference.json", "sweep/sweep.md", "README.md")
+        links = [f"[{name}]({os.path.relpath(run / name, out)})" for name in summary.get("outputs", [])
                  if (run / name).is_file()]
         lines += ["", f"### {label(r['model'])}", "", "Outputs: " + ", ".join(links)]
-        if (run / "loss.png").is_file():
-            lines += ["", f"![{label(r['model'])} loss]({os.path.relpath(run / 'loss.png', out)})"]
-        lines += loss_line(run) + data_lines(run, out) + preference_lines(run) + sweep_lines(run)
+        curve = summary.get("loss", {}).get("curve")
+        if curve and (run / curve).is_file():
+            lines += ["", f"![{label(r['model'])} loss]({os.path.relpath(run / curve, out)})"]
+        lines += (loss_line(summary) + data_lines(summary, out) + preference_lines(summary, run)
+                  + sweep_lines(summary))
     return ["", "## Each stage's outputs"] + lines if lines else []
 
 
-def loss_line(run: Path) -> list[str]:
-    history = run / "log_history.json"
-    if not history.is_file():
+def loss_line(summary: dict) -> list[str]:
+    loss = summary.get("loss")
+    if not loss:
         return []
-    losses = [h["loss"] for h in json.loads(history.read_text()) if "loss" in h]
-    if len(losses) < 2:
-        return []
-    k = min(10, len(losses) // 2)
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    trend = "falls" if last < first else "does not fall"
-    return ["", f"Training loss {trend}: mean of the first {k} logged steps {first:.3f}, of the last {k} {last:.3f} "
-            f"({len(losses)} steps)."]
+    k, trend = loss["window"], "falls" if loss["last"] < loss["first"] else "does not fall"
+    return ["", f"Training loss {trend}: mean of the first {k} logged steps {loss['first']:.3f}, of the last {k} "
+            f"{loss['last']:.3f} ({loss['steps']} steps)."]
 
 
-def data_lines(run: Path, out: Path) -> list[str]:
+def data_lines(summary: dict, out: Path) -> list[str]:
     """Rows per source the run trained on; a source written by a synth run links that run's filter report
     (how many generations each filter dropped)."""
-    for name in ("mixture.json", "pairs.json"):
-        if (run / name).is_file():
-            report = json.loads((run / name).read_text())
-            rows = ", ".join(f"`{s['source']}` {s['rows']}{synth_report_link(s['source'], out)}"
-                             for s in report.get("sources", []))
-            return ["", f"Trained on ({name.split('.')[0]} rows per source): {rows}."]
-    return []
+    data = summary.get("trained_on")
+    if not data:
+        return []
+    rows = ", ".join(f"`{s['source']}` {s['rows']}{synth_report_link(s['source'], out)}" for s in data["sources"])
+    return ["", f"Trained on ({data['kind']} rows per source): {rows}."]
 
 
 def synth_report_link(source: str, out: Path) -> str:
-    report = Path(source).parent / "report.json"
-    if not (report.is_file() and (report.parent / "manifest.json").is_file()):
+    run = Path(source).parent
+    report = ((read_summary(run) or {}).get("filters") or {}).get("report")
+    if not (report and (run / report).is_file()):
         return ""
-    return f" ([synth filters]({os.path.relpath(report, out)}))"
+    return f" ([synth filters]({os.path.relpath(run / report, out)}))"
 
 
-def preference_lines(run: Path) -> list[str]:
-    path = run / "preference.json"
-    if not path.is_file():
+def preference_lines(summary: dict, run: Path) -> list[str]:
+    p = summary.get("held_out")
+    if not p:
         return []
-    p = json.loads(path.read_text())
     start, end = p["start"], p["end"]
     return ["", f"Held-out preference pairs (`{p['pairs_file']}`, {end['pairs']} pairs): how often the model "
             "gives the chosen answer a higher log-probability than the rejected one.", "",
@@ -201,13 +198,13 @@ def preference_lines(run: Path) -> list[str]:
             f"{p['reward_margin']:.4f}."]
 
 
-def sweep_lines(run: Path) -> list[str]:
-    path = run / "sweep" / "sweep.json"
-    if not path.is_file():
+def sweep_lines(summary: dict) -> list[str]:
+    sweep = summary.get("sweep")
+    if not sweep:
         return []
-    rows = json.loads(path.read_text())["rows"]
+    rows = sweep["rows"]
     lines = ["", "Merge-weight sweep (soup weight against the long-context checkpoint):", "",
-             (run / "sweep" / "sweep.md").read_text().strip(), ""]
+             sweep["table"].strip(), ""]
     pair = trade_off(rows)
     if pair:
         (a, wa), (b, wb) = pair
@@ -259,22 +256,28 @@ def details(results: list[dict], tasks: list[str], modes: list[str]) -> list[str
     return lines
 
 
-def ruler_tables(results: list[dict], modes: list[str]) -> list[str]:
-    """A table per model and mode, as RULER reports it: its tasks x lengths, each task's metric, the
-    mean per length; then the tasks that could not run here and why."""
+def by_length_tasks(results: list[dict], tasks: list[str], modes: list[str]) -> list[str]:
+    """The tasks that score by context length (a `length_<N>` key in a model's summary: RULER)."""
+    return [t for t in tasks if any(k.startswith("length_") for r in results for m in modes for k in r["tasks"][t][m])]
+
+
+def length_tables(results: list[dict], task: str, modes: list[str]) -> list[str]:
+    """A table per model and mode, as RULER reports it: the task's sub-tasks x lengths, each sub-task's
+    metric, the mean per length; then the sub-tasks that could not run here and why."""
     lines = []
     for r in results:
         for mode in modes:
-            summary = r["tasks"]["ruler"][mode]
+            summary = r["tasks"][task][mode]
             lengths = sorted(int(k.removeprefix("length_")) for k in summary if k.startswith("length_"))
             header = "| task | metric | " + " | ".join(map(str, lengths)) + " | mean |"
             lines += [f"`{r['model']}`, {mode}:", "", header, "|---" * (3 + len(lengths)) + "|"]
-            for task, by_length in summary.get("by_task_length", {}).items():
+            for sub, by_length in summary.get("by_task_length", {}).items():
                 cells = " | ".join(_value(by_length.get(str(k))) for k in lengths)
-                lines.append(f"| {task} | {summary['metric'][task]} | {cells} | {_value(summary[task])} |")
+                lines.append(f"| {sub} | {summary.get('metric', {}).get(sub, '')} | {cells} | "
+                             f"{_value(summary.get(sub))} |")
             lines.append("| **mean** | | " + " | ".join(_value(summary[f"length_{k}"]) for k in lengths)
                          + f" | {_value(summary['score'])} |")
-            lines += [f"- {task}: **unavailable**: {why}" for task, why in summary.get("unavailable", {}).items()]
+            lines += [f"- {sub}: **unavailable**: {why}" for sub, why in summary.get("unavailable", {}).items()]
             lines.append("")
     return lines
 
@@ -292,15 +295,15 @@ def _cell(summary: dict, start: dict | None = None) -> str:
     return f"{_value(score)}{delta}{cut}"
 
 
-def plot_ruler(results, modes, path: Path) -> None:
+def plot_by_length(results, task: str, modes, path: Path) -> None:
     fig, axes = pyplot().subplots(1, len(modes), figsize=(5.5 * len(modes), 3.8), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for r in results:
-            summary = r["tasks"]["ruler"][mode]
+            summary = r["tasks"][task][mode]
             by_length = {int(k.removeprefix("length_")): v for k, v in summary.items() if k.startswith("length_")}
             xs = sorted(by_length)
             ax.plot(xs, [by_length[x] for x in xs], marker="o", label=Path(r["model"]).name or r["model"])
-        ax.set(xscale="log", xlabel="context length (tokens)", ylabel="RULER score", title=f"RULER, {mode}",
+        ax.set(xscale="log", xlabel="context length (tokens)", ylabel=f"{task} score", title=f"{task}, {mode}",
                ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

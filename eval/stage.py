@@ -63,13 +63,20 @@ def generate(backend, examples: list[Example], mode: str, s, desc: str) -> list:
         by_budget.setdefault(ex.max_new_tokens or s.max_new_tokens, []).append(i)
     completions: list = [None] * len(examples)
     for budget, indices in by_budget.items():
-        requests = [Request(examples[i].messages, enable_thinking=mode == "think", tools=examples[i].tools,
-                            prefill=examples[i].prefill) for i in indices]
+        requests = [request(examples[i], mode) for i in indices]
         suffix = f" ({budget} tokens)" if len(by_budget) > 1 else ""
         outputs = backend.generate(requests, s.model_copy(update={"max_new_tokens": budget}), desc=desc + suffix)
         for i, completion in zip(indices, outputs):
             completions[i] = completion
     return completions
+
+
+def request(example: Example, mode: str) -> Request:
+    """What the model is sent for an example in a mode: its messages, tools, python tools, custom
+    instructions and prefill, as the synth stage sends a teacher a prompt row (synth/stage.py request)."""
+    return Request(example.messages, enable_thinking=mode == "think", tools=example.tools, prefill=example.prefill,
+                   python_tools=example.template.get("python_tools"),
+                   custom_instructions=example.template.get("custom_instructions"))
 
 
 def task_context(recipe, backend, max_new_tokens: int) -> TaskContext:
@@ -110,7 +117,9 @@ def run(recipe, overwrite: bool = False) -> Path:
             write_json_atomic(out, result)
             results.append(result)
         report = write_report(results, run.path, recipe.modes)
-        run.metrics.update({"scores": {r["model"]: {t: {m: v["score"] for m, v in modes.items()}
-                                                    for t, modes in r["tasks"].items()} for r in results}})
+        scores = {r["model"]: {t: {m: v["score"] for m, v in modes.items()} for t, modes in r["tasks"].items()}
+                  for r in results}
+        run.metrics.update({"scores": scores})
+        run.summary.update(outputs=["report.md"], scores=scores)
         print(report)
     return recipe.output_path()

@@ -21,7 +21,7 @@ import yaml
 
 from eval.tasks import check_tasks
 from merge.checks import check_compatible
-from merge.sweep import sweep
+from merge.sweep import sweep, table
 from pipeline.chat import end_of_turn_as_eos, template_text
 from pipeline.errors import UserError
 from pipeline.inputs import expand_glob, is_glob
@@ -93,9 +93,13 @@ def run(recipe, overwrite: bool = False) -> Path:
         if recipe.sweep:
             result = sweep(recipe, soup, run.path / "sweep", merge_at)
             run.metrics.update({"sweep_best_weight": result["best_weight"], "sweep_best_mean": result["best_mean"]})
+            run.summary["sweep"] = {"rows": result["rows"], "best_weight": result["best_weight"],
+                                    "file": "sweep/sweep.md", "table": table(result)}
+            run.summary["outputs"] = ["sweep/sweep.md"]
         run.metrics.update({"soup_members": len(members), "soup_weights": [w for _, w in members],
                             "soup_weight": recipe.soup_weight})
         write_model_card(run, recipe, members)
+        run.summary["outputs"] = run.summary.get("outputs", []) + ["README.md"]
     return recipe.output_path()
 
 

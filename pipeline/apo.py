@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from pipeline.data import BadRow, build_preference_mixture, preference_row
 from pipeline.errors import UserError
 from pipeline.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.runs import is_main_process, stage_run
-from pipeline.schema import Source
+from pipeline.schema import Source, TrainRecipe
 from pipeline.sources import iter_rows
+from pipeline.summary import trained_on_section
 from pipeline.train import (
     announce_attention,
     check_environment,
@@ -40,6 +42,25 @@ from pipeline.train import (
     train_or_restore,
     trl_args,
 )
+
+
+class APORecipe(TrainRecipe):
+    """apo: preference pairs, TRL's DPO trainer (`loss_type: apo_zero`), an optional reference model and
+    held-out pairs."""
+
+    trl_config: ClassVar[str] = "DPOConfig"
+    trains_on: ClassVar[Literal["rows", "pairs"] | None] = "pairs"
+    stage: Literal["apo"]
+
+    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        t, problems = self.training, super().problems(base_dir)
+        if t.get("padding_free"):
+            problems.append(("training.padding_free",
+                             "TRL's DPO trainer ignores padding_free (it warns and pads); remove it"))
+        if self.ref_model is not None and t.get("precompute_ref_log_probs"):
+            problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
+                                          "weights; drop `ref_model` or the precompute flag"))
+        return problems
 
 
 def run(recipe, overwrite: bool = False) -> Path:
@@ -58,6 +79,7 @@ def run(recipe, overwrite: bool = False) -> Path:
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
+        run.summary.update(outputs=["pairs.json"], trained_on=trained_on_section("pairs", "pairs.json", report))
         pairs = held_out_pairs(recipe) if recipe.eval_pairs else []  # a bad file fails before any model loads
         model = load_model(recipe.model, attention["model"])
         before = pair_logprobs(model, tokenizer, pairs)  # the starting point, before any step
@@ -73,6 +95,8 @@ def run(recipe, overwrite: bool = False) -> Path:
             if is_main_process():
                 (run.path / "preference.json").write_text(json.dumps(extra["held_out_preference"], indent=2))
                 print(f"held-out preference: {extra['held_out_preference']}")
+            run.summary["outputs"].append("preference.json")
+            run.summary["held_out"] = extra["held_out_preference"]
         finish(trainer, tokenizer, run, recipe, extra={
             "pairs": report["rows"], "quarantined_pairs": report["quarantined"],
             "rank_param_checksums": rank_checksums(trainer.model), **extra,

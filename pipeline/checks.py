@@ -164,22 +164,9 @@ def _build_problems(cls, training: dict[str, Any]) -> Problems:
 # Known-bad combinations
 # ----------------------------------------------------------------------------------------------
 def check_combinations(recipe, base_dir: Path) -> Problems:
+    """Combinations every training stage gets wrong the same way; a stage's own rules are in its recipe
+    class's `problems()` (mid-training's in pipeline/midtrain.py, APO's in pipeline/apo.py)."""
     t, problems = recipe.training, []
-    if recipe.stage == "midtrain":
-        if t.get("assistant_only_loss") or t.get("completion_only_loss"):
-            problems.append(("training.assistant_only_loss",
-                             "mid-training trains on every token; remove assistant_only_loss/completion_only_loss"))
-        if t.get("packing") and t.get("packing_strategy", "bfd") != "wrapped":
-            problems.append(("training.packing_strategy", "mid-training uses wrapped packing: set `wrapped`"))
-    if recipe.stage == "apo":
-        if t.get("padding_free"):
-            problems.append(("training.padding_free",
-                             "TRL's DPO trainer ignores padding_free (it warns and pads); remove it"))
-        if recipe.ref_model is not None and t.get("precompute_ref_log_probs"):
-            problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
-                                          "weights; drop `ref_model` or the precompute flag"))
-    elif recipe.ref_model is not None:
-        problems.append(("ref_model", "only the apo stage uses a reference model"))
     if t.get("assistant_only_loss"):
         try:
             template = template_text(recipe.chat.template, base_dir)

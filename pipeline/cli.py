@@ -30,6 +30,7 @@ from pipeline.recipe import RecipeError, load_recipe, raise_problems
 from pipeline.redaction import redact, redact_text
 from pipeline.stages import STAGES, stage_module
 
+SHARDED = [stage for stage, spec in STAGES.items() if spec.shards]  # the generation stages: `smolalign synth`
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
 
 
@@ -42,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe key, e.g. training.learning_rate=1e-5 (repeatable)")
         p.add_argument("--overwrite", action="store_true", help="replace a finished run of this stage")
-        if stage.startswith("synth"):
+        if STAGES[stage].shards:
             p.add_argument("--shard", metavar="I/N", help="generate only shard I of N (many machines, one job); "
                                                          "a last run without --shard collects and finishes")
-    y = sub.add_parser("synth", help="run a synth-traces or synth-pairs recipe (the recipe's `stage` decides)")
+    y = sub.add_parser("synth", help=f"run a {' or '.join(SHARDED)} recipe (the recipe's `stage` decides)")
     y.add_argument("--recipe", required=True, action="append", help="recipe YAML (repeatable)")
     y.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     y.add_argument("--overwrite", action="store_true")
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "synth":
             for path in args.recipe:
                 stage = load(path, args.overrides).stage
-                if not stage.startswith("synth"):
-                    raise RecipeError(path, [("stage", f"`smolalign synth` runs synth-traces or synth-pairs "
+                if stage not in SHARDED:
+                    raise RecipeError(path, [("stage", f"`smolalign synth` runs {' or '.join(SHARDED)} "
                                                        f"recipes; this one is `{stage}`")])
                 run_stage(stage, path, args.overrides, args.overwrite, args.shard)
             return 0
@@ -156,28 +157,18 @@ def validate(files: list[str], inputs: bool = False) -> int:
 
 
 def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
-    """Build the mixture the training stage will use (the same code, the same cache entry)."""
-    from pipeline.data import format_report
-    from pipeline.mixture import build_sft_mixture
-    from pipeline.models import cache_dir
+    """Build the mixture a training stage will use, with its stage's own `prepare` (the same code and
+    cache entry its `run` reads)."""
     from pipeline.runs import parse_shard
-    from pipeline.train import load_tokenizer
 
     recipe = load(recipe_file, overrides)
-    if recipe.stage not in ("midtrain", "sft"):
-        raise RecipeError(recipe_file, [("stage", f"`prepare` builds midtrain and sft mixtures; this recipe is "
-                                                  f"`{recipe.stage}` (APO's pairs are read directly)")])
+    build = getattr(stage_module(recipe.stage), "prepare", None)
+    if build is None:
+        have = [s for s in STAGES if hasattr(stage_module(s), "prepare")]
+        raise RecipeError(recipe_file, [("stage", f"`prepare` builds the mixtures of {' and '.join(have)}; this "
+                                                  f"recipe is `{recipe.stage}`, which reads its rows directly")])
     check_inputs(recipe)
-    share = parse_shard(shard) if shard else None
-    tokenizer = load_tokenizer(recipe)
-    quarantine = recipe.output_path().with_name(recipe.output_path().name + ".quarantine.jsonl")
-    dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine, shard=share)
-    if share is not None:
-        print(f"prepare: share {share[0]}/{share[1]} tokenized; run once more without --shard to collect and pack")
-        return 0
-    print(format_report(report))
-    print(f"prepare: {len(dataset)} rows -> {cache_dir() / 'mixtures' / report['fingerprint']}"
-          + (f"; quarantined rows: {quarantine}" if report["quarantined"] else ""))
+    build(recipe, parse_shard(shard) if shard else None)
     return 0
 
 

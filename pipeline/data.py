@@ -369,7 +369,7 @@ def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[di
     rows, quarantined = [], []
     for si, source in enumerate(recipe.data.sources):
         kept = []
-        label = source_label(source.path, source.split)
+        label = source_label(source.path, source.split, source.name)
         for index, row in enumerate(tqdm(iter_rows(source), desc=f"reading {label}", leave=False)):
             try:
                 kept.append({**preference_row(recipe, source, row), "source": si})
@@ -394,8 +394,8 @@ def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[di
     count, modes = Counter(r["source"] for r in rows), Counter("think" if r["thinking"] else "no_think" for r in rows)
     bad = Counter(si for si, _, _ in quarantined)
     report = {"rows": len(rows), "quarantined": len(quarantined), "modes": dict(modes),
-              "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": count[i], "quarantined": bad[i]}
-                          for i, s in enumerate(recipe.data.sources)]}
+              "sources": [{"source": s.path, "name": s.name, "split": s.split, "mode": s.mode, "rows": count[i],
+                           "quarantined": bad[i]} for i, s in enumerate(recipe.data.sources)]}
     if not rows:
         raise UserError(f"{recipe._source}: no usable preference pairs; see {quarantine_path}")
     return rows, report
@@ -406,8 +406,8 @@ def write_quarantine(fh, source: Source, si: int, entries: Iterable[tuple[int, s
     One line per rejected row: its source (as reports name it), the source's index, the row, why."""
     count = 0
     for row, reason in entries:
-        fh.write(json.dumps({"source": source_label(source.path, source.split), "source_index": si, "row": row,
-                             "reason": reason}) + "\n")
+        label = source_label(source.path, source.split, source.name)
+        fh.write(json.dumps({"source": label, "source_index": si, "row": row, "reason": reason}) + "\n")
         count += 1
     return count
 
@@ -416,7 +416,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The mixture report as a readable table."""
     lines = [f"{'source':<48} {'mode':<9} {'rows':>7} {'tokens':>10} {'trained':>10} {'quarant.':>8}"]
     for s in report["sources"]:
-        name = source_label(s["source"], s["split"])
+        name = source_label(s["source"], s["split"], s.get("name"))
         lines.append(f"{name[-48:]:<48} {s['mode']:<9} {s['rows']:>7} {s['tokens']:>10} "
                      f"{s['trained_tokens']:>10} {s['quarantined']:>8}")
     for mode, m in sorted(report["modes"].items()):

@@ -69,16 +69,16 @@ def expand_glob(ref: str) -> list[str]:
 DISK_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-def is_disk_error(exc: BaseException) -> bool:
-    """Whether a load failed because its disk is full or read-only (an OSError anywhere in the chain:
-    datasets wraps the Arrow writer's ENOSPC in a DatasetGenerationError). Such an error is not the
+def disk_error(exc: BaseException, errnos: tuple[int, ...] = DISK_FULL_OR_READ_ONLY) -> OSError | None:
+    """The OSError of a full or read-only disk (or of any of `errnos`) anywhere in `exc`'s chain, or None:
+    datasets wraps the Arrow writer's ENOSPC in a DatasetGenerationError. Such an error is not the
     input's fault: it goes on to the stage's disk handling (runs.disk_problem: free space, SMOLALIGN_CACHE)."""
     seen = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_FULL_OR_READ_ONLY:
-            return True
+        if isinstance(seen, OSError) and seen.errno in errnos:
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 @contextmanager
@@ -89,7 +89,7 @@ def hub_errors(ref: str, key: str, repo_type: str = "model") -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if classify_input(ref) != "hub" or is_disk_error(e):  # the disk's doing: runs.disk_problem
+        if classify_input(ref) != "hub" or disk_error(e):  # the disk's doing: runs.disk_problem
             raise
         reason = " ".join(str(e).split())[:300]
         download = f"hf download {ref}" + (" --repo-type dataset" if repo_type == "dataset" else "")

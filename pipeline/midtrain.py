@@ -3,11 +3,32 @@
     smolalign midtrain --recipe recipes/smollm3/midtrain.yaml     # make midtrain RECIPE=...
 
 The training loop is the SFT stage's (pipeline/sft.py); what makes it mid-training is the recipe,
-and the recipe validator enforces it: no assistant-only loss (every token is trained) and
+and its class below enforces it: no assistant-only loss (every token is trained) and
 `packing_strategy: wrapped`. Our wrapped packer keeps document boundaries (`seq_lengths`), so each
 packed row is trained padding-free with attention inside each document.
 """
 
-from pipeline.sft import run
+from __future__ import annotations
 
-__all__ = ["run"]
+from pathlib import Path
+from typing import Literal
+
+from pipeline.schema import TrainRecipe
+from pipeline.sft import prepare, run
+
+__all__ = ["MidtrainRecipe", "prepare", "run"]
+
+
+class MidtrainRecipe(TrainRecipe):
+    """midtrain: SFT's recipe, with the loss on every token and wrapped packing."""
+
+    stage: Literal["midtrain"]
+
+    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        t, problems = self.training, super().problems(base_dir)
+        if t.get("assistant_only_loss") or t.get("completion_only_loss"):
+            problems.append(("training.assistant_only_loss",
+                             "mid-training trains on every token; remove assistant_only_loss/completion_only_loss"))
+        if t.get("packing") and t.get("packing_strategy", "bfd") != "wrapped":
+            problems.append(("training.packing_strategy", "mid-training uses wrapped packing: set `wrapped`"))
+        return problems

@@ -129,7 +129,7 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
             good, bad, columns = _split_quarantine(tokenized)
             quarantined.append(write_quarantine(quarantine, source, si, _reasons(bad)))
-            label = source_label(source.path, source.split)
+            label = source_label(source.path, source.split, source.name)
             if len(good) == 0 and source.allow_empty:
                 print(f"data.sources.{si} ({label}): no usable rows; allowed by `allow_empty`")
                 continue
@@ -219,7 +219,7 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
         fn_kwargs={"tokenizer": tokenizer, "source": source, "si": si, "rendering": rendering, "offset": offset,
                    "keep": kept_length(recipe), "limit": limit, "raw_json": is_raw_json(source)},
         remove_columns=rows.column_names, features=_features(), num_proc=map_procs(num_proc(recipe), len(rows)),
-        desc=f"tokenizing {source_label(source.path, source.split)}"
+        desc=f"tokenizing {source_label(source.path, source.split, source.name)}"
              + (f" (share {shard[0]}/{shard[1]})" if shard else ""))
     if shard is not None:
         keep_arrow_files(tokenized, out_dir)
@@ -384,7 +384,7 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
     over_by = np.bincount(source, weights=length > max_length, minlength=n) if max_length else np.zeros(n)
     return {
         "fingerprint": fingerprint, "rows": int(len(source)), "quarantined": sum(quarantined),
-        "sources": [{"source": s.path, "split": s.split, "mode": s.mode, "rows": int(rows[i]),
+        "sources": [{"source": s.path, "name": s.name, "split": s.split, "mode": s.mode, "rows": int(rows[i]),
                      "tokens": int(tokens[i]),
                      "trained_tokens": int(trained_by[i]), "trained_tokens_kept": int(kept_by[i]),
                      "quarantined": quarantined[i],

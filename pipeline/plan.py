@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline import costs
+from pipeline import costs, sources
 from pipeline.checks import RENAMED_TRAINING_KEYS, trl_config_class
 from pipeline.inputs import classify_input
 from pipeline.recipe import parse_yaml
@@ -92,9 +92,8 @@ def flatten(value: Any, path: str = "", out: dict[str, Any] | None = None) -> di
 
 
 def source_label(source: dict[str, Any]) -> str:
-    """`path`, `path:split` or `path:name:split` (a Hub dataset's config and split)."""
-    parts = [source["path"]] + ([source["name"]] if source.get("name") else [])
-    return ":".join(parts + ([source["split"]] if source.get("split", "train") != "train" else []))
+    """A source block's label, as every report names it (pipeline/sources.py)."""
+    return sources.source_label(source["path"], source.get("split", "train"), source.get("name"))
 
 
 def changes_identity(path: str) -> bool:
@@ -468,7 +467,7 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
         out["epochs"] = float(t["num_train_epochs"])
     if "epochs" in out and work.get("tokens_per_epoch"):
         # the APO reference model: one more forward per token (a third of a training step's FLOPs)
-        reference = 1 / 3 if recipe.stage == "apo" else 0
+        reference = 1 / 3 if recipe.trains_on == "pairs" else 0
         out["tokens"] = work["tokens_per_epoch"] * out["epochs"]
         speed = costs.tokens_per_second(shape, gpu, work["span"], measured=measured,
                                         checkpointing=bool(t.get("activation_checkpointing")),
@@ -477,12 +476,12 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
         out["throughput"] = speed
         out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + reference), speed["tokens_per_s"])
         out["wall_hours"] = out["gpu_hours"] / gpus
-    batch = per_device * (2 if recipe.stage == "apo" else 1)  # DPO runs chosen and rejected together
+    batch = per_device * (2 if recipe.trains_on == "pairs" else 1)  # DPO runs chosen and rejected together
     memory = costs.memory_per_gpu(
         shape, dtype=recipe.model.dtype, sharding=sharding, gpus=gpus, seq_length=max_length, batch=batch,
         checkpointing=bool(t.get("activation_checkpointing")), liger=bool(t.get("use_liger_kernel")),
         attn_implementation=recipe.model.attn_implementation, capacity_gib=costs.GPUS[gpu]["memory_gib"])
-    if recipe.stage == "apo" and getattr(recipe, "ref_model", None) is None and not t.get("precompute_ref_log_probs"):
+    if recipe.trains_on == "pairs" and recipe.ref_model is None and not t.get("precompute_ref_log_probs"):
         reference = memory["weights_gib"]  # a frozen copy of the weights, sharded like them
         memory["reference_model_gib"] = reference
         for key in ("total_gib", "total_checkpointed_gib", "total_full_gib"):
@@ -523,7 +522,7 @@ def _work(recipe, data: dict[str, Any], max_length: int) -> dict[str, Any]:
         return {"rows_per_epoch": data["rows"], "tokens_per_epoch": data["tokens"],
                 "span": data["tokens"] / max(2 * data["rows"], 1), "work_from": "the pairs"}
     pub = published()["stages"].get(recipe.stage, {}).get("tokens_per_epoch")
-    if pub and recipe.stage in ("midtrain", "sft") and _published_mixture(recipe):
+    if pub and recipe.trains_on == "rows" and _published_mixture(recipe):
         return {"rows_per_epoch": math.ceil(pub["value"] / max_length), "tokens_per_epoch": pub["value"],
                 "span": max_length, "work_from": f"estimate: the published token count ({pub['from']}), full "
                 "rows of max_length, attention over whole rows (an upper bound); `make prepare` gives this mixture's"}
@@ -543,9 +542,9 @@ def plan_recipe(recipe, *, gpus: int = 8, gpu: str = "h100", against=None, shard
     if against is not None:
         plan["against"] = against_differences(recipe, against)
     data, problems = {}, []
-    if recipe.stage in ("midtrain", "sft"):
+    if recipe.trains_on == "rows":  # token rows, built and packed by pipeline/mixture.py
         data, problems = mixture_section(recipe)
-    elif recipe.stage == "apo":
+    elif recipe.trains_on == "pairs":  # preference pairs, read by the stage itself
         data, problems = pairs_section(recipe)
     elif hasattr(recipe, "prompts") and hasattr(recipe, "sampling"):  # a generation recipe (synth)
         data = synth_section(recipe, vllm_tokens_per_s)

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
-from pipeline.redaction import remember_secrets
+from pipeline.redaction import redact_key_lines, remember_secrets
 from pipeline.stages import STAGES, recipe_class
 
 
@@ -133,8 +133,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
         raw = parse_yaml(text)
     except YamlTooLarge as e:
         raise RecipeError(str(path), [("", f"refused: {e}")]) from None
-    except yaml.YAMLError as e:
-        raise RecipeError(str(path), [("", f"not valid YAML: {e}")]) from None
+    except yaml.YAMLError as e:  # its message quotes the bad line, which may hold a secret
+        raise RecipeError(str(path), [("", redact_key_lines(f"not valid YAML: {e}"))]) from None
     if not isinstance(raw, dict):
         raise RecipeError(str(path), [("", "a recipe is a YAML mapping (key: value)")])
     lines = _key_lines(text)
@@ -195,8 +195,8 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
         parsed = parse_yaml(value)
     except yaml.YAMLError as e:
         problem = str(e).splitlines()[0]
-        raise RecipeError(source, [(key, f"--set {item!r}: the value is not valid YAML ({problem}); "
-                                         "quote it, e.g. --set 'key=\"[1\"'")]) from None
+        raise RecipeError(source, [(key, redact_key_lines(f"--set {item!r}") + f": the value is not valid YAML "
+                                         f"({problem}); quote it, e.g. --set 'key=\"[1\"'")]) from None
     _set_child(node, parts[-1], parsed, key, source)
 
 

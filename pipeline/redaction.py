@@ -71,6 +71,23 @@ def redact_text(text: str) -> str:
     return TOKEN_SHAPES.sub(REDACTED, text)
 
 
+# `key: value` (YAML) or `key=value` (--set) anywhere in a line, the key possibly quoted or dotted
+KEY_VALUE = re.compile(r"""(?P<key>[A-Za-z0-9_.-]+)["']?\s*(?::\s|=|:$)\s*(?P<value>.*)$""")
+
+
+def redact_key_lines(text: str) -> str:
+    """`text` (a parser's message quoting recipe lines, an echoed `--set`) with the value after every
+    secret key cut out to the end of its line: a line that failed to parse has no value to remember,
+    and a short or oddly shaped secret has no shape to find."""
+    out = []
+    for line in text.split("\n"):
+        m = KEY_VALUE.search(line)
+        if m and m.group("value") and is_secret_key(m.group("key").rsplit(".", 1)[-1]):
+            line = line[:m.start("value")] + REDACTED + ("'" if line.rstrip().endswith("'") else "")
+        out.append(line)
+    return "\n".join(out)
+
+
 def redact(value: Any, key: str = "") -> Any:
     """A copy of `value` (dicts, lists, strings) as it may be written or shown: values under secret keys
     replaced by `<redacted>`, secrets inside every other string cut out."""

@@ -6,6 +6,7 @@ stable (not per process), so a killed job restarted with the same recipe finds i
 
 `manifest.json` records what is needed to trust or reproduce the output: the resolved recipe and
 its hash, a fingerprint of every input, package versions, the git commit, metrics and status.
+`summary.json` (pipeline/summary.py) says what the run did, for the stages and reports that read it.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
-from pipeline.inputs import classify_input, expand_glob, is_glob, recipe_inputs
+from pipeline.inputs import classify_input, disk_error, expand_glob, is_glob, recipe_inputs
 from pipeline.locks import LockBusy, exclusive
 from pipeline.models import cache_dir
 from pipeline.recipe import recipe_hash
 from pipeline.redaction import redact
+from pipeline.summary import write_summary
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",
@@ -49,17 +51,23 @@ class RunError(UserError, FileExistsError):
 
 @dataclass
 class Run:
-    """A stage run in progress. Write outputs under `path`; put numbers in `metrics`."""
+    """A stage run in progress. Write outputs under `path`; put numbers in `metrics` and what a reader of
+    the run needs in `summary` (its sections: pipeline/summary.py), written when the run completes."""
 
     path: Path
     final: Path
     manifest: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
     t0: float = field(default_factory=time.time)
 
     def save_manifest(self, **updates) -> None:
         self.manifest.update(updates, metrics=self.metrics)
         write_json_atomic(self.path / MANIFEST, redact(self.manifest))  # an error message may quote a secret
+
+    def save_summary(self) -> None:
+        outputs = [name for name in self.summary.get("outputs", []) if (self.path / name).is_file()]
+        write_summary(self.path, redact({"stage": self.manifest["stage"], **self.summary, "outputs": outputs}))
 
     def end_attempt(self, status: str, **updates) -> None:
         """Close this attempt (status, duration) and total the durations of every attempt."""
@@ -148,6 +156,7 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
         _barrier()  # every rank has written its share before the directory moves
         if main:
             (partial / RESERVE).unlink(missing_ok=True)
+            run.save_summary()
             run.end_attempt("complete")
             _promote(partial, final)
         _barrier()
@@ -164,14 +173,12 @@ def disk_problem(exc: BaseException, places: list[Path]) -> str | None:
     """One line saying what to do when `exc` is the disk's doing: an OSError (anywhere in its chain) of
     a full, read-only or forbidden place, or any error while one of `places` has no room left (torch and
     safetensors report a failed write without the reason)."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
-            where = Path(seen.filename) if seen.filename else (places[0] if places else None)
-            if where is None:
-                return f"a write failed: {seen.strerror}; free space, or make the run and cache directories writable"
-            return f"cannot write {where}: {seen.strerror}; {_disk_advice(where, seen.errno)}"
-        seen = seen.__cause__ or seen.__context__
+    seen = disk_error(exc, DISK_ERRNOS)
+    if seen is not None:
+        where = Path(seen.filename) if seen.filename else (places[0] if places else None)
+        if where is None:
+            return f"a write failed: {seen.strerror}; free space, or make the run and cache directories writable"
+        return f"cannot write {where}: {seen.strerror}; {_disk_advice(where, seen.errno)}"
     for place in places:
         try:
             free = shutil.disk_usage(place).free

@@ -1,10 +1,11 @@
 """Typed recipes: the shared specs (model, chat, data sources, LoRA), the base every stage's recipe
-extends, and the training stages' recipes; help text and cross-field rules in one place.
+extends, and the base of the training stages' recipes; help text and cross-field rules in one place.
 
 A recipe is YAML (`recipes/`), loaded and checked by pipeline/recipe.py. Every model here forbids
 unknown keys, so a typo is an error with a suggestion rather than a silently ignored setting.
-The other stages own their recipes, beside their stage modules (synth/schema.py, merge/schema.py,
-eval/schema.py; generation's backend and sampling specs in pipeline/generation.py); the registry
+Every stage owns its recipe class, beside its stage module (pipeline/midtrain.py, sft.py, apo.py,
+synth/schema.py, merge/schema.py, eval/schema.py; generation's backend and sampling specs in
+pipeline/generation.py); the registry
 pipeline/stages.py says which class reads which stage. A recipe says itself what it reads
 (`inputs()`) and what it gets wrong beyond its schema (`problems()`), so the foundation branches on
 no recipe type. The `training:` block is TRL's own (SFTConfig / DPOConfig) and is checked against
@@ -93,6 +94,8 @@ class PeftSpec(Strict):
 class RecipeBase(Strict):
     """What every stage's recipe has: a name, a seed, where it writes; what it reads and what it gets wrong."""
 
+    trains_on: ClassVar[Literal["rows", "pairs"] | None] = None  # a training stage's data (TrainRecipe); None: none
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: runs/<name>/<stage>.")
     description: str = ""
     seed: int = 42
@@ -115,10 +118,16 @@ class RecipeBase(Strict):
 
 
 class TrainRecipe(RecipeBase):
-    """midtrain / sft (and, below, apo): a model, a data mixture and TRL arguments for `trl_config`."""
+    """What every training stage's recipe has: a model, a data mixture and TRL arguments for `trl_config`.
+    Each training stage subclasses it beside its module (pipeline/midtrain.py, sft.py, apo.py), naming
+    its stage and adding its own rules to `problems()`."""
 
     trl_config: ClassVar[str] = "SFTConfig"  # the TRL config class that receives `training:`
-    stage: Literal["midtrain", "sft"]
+    # What a step trains on: "rows" (token rows, packed; pipeline/mixture.py) or "pairs" (preference pairs
+    # read by the stage; pipeline/data.py). It decides how rows are planned and costed (pipeline/plan.py)
+    # and whether a reference model and held-out pairs mean anything.
+    trains_on: ClassVar[Literal["rows", "pairs"] | None] = "rows"
+    stage: str
     model: ModelSpec
     ref_model: ModelSpec | None = Field(
         None, description="APO only. Default: a frozen copy of `model` (or precomputed log-probs)."
@@ -133,7 +142,7 @@ class TrainRecipe(RecipeBase):
 
     @model_validator(mode="after")
     def _eval_pairs_for_apo(self):
-        if self.eval_pairs is not None and self.stage != "apo":
+        if self.eval_pairs is not None and self.trains_on != "pairs":
             raise ValueError("`eval_pairs` is an APO setting (held-out preference pairs); remove it here")
         return self
 
@@ -149,11 +158,7 @@ class TrainRecipe(RecipeBase):
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
         from pipeline.checks import check_combinations, check_training
 
-        return check_training(self) + check_combinations(self, base_dir)
-
-
-class APORecipe(TrainRecipe):
-    """apo: preference pairs, TRL's DPO trainer (`loss_type: apo_zero`)."""
-
-    trl_config: ClassVar[str] = "DPOConfig"
-    stage: Literal["apo"]
+        problems = check_training(self) + check_combinations(self, base_dir)
+        if self.ref_model is not None and self.trains_on != "pairs":
+            problems.append(("ref_model", "only the apo stage uses a reference model"))
+        return problems

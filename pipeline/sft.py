@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 from pipeline.data import format_report
 from pipeline.mixture import build_sft_mixture
 from pipeline.models import cache_dir
 from pipeline.runs import is_main_process, stage_run
+from pipeline.schema import TrainRecipe
+from pipeline.summary import trained_on_section
 from pipeline.train import (
     announce_attention,
     check_environment,
@@ -33,6 +36,12 @@ from pipeline.train import (
     train_or_restore,
     trl_args,
 )
+
+
+class SFTRecipe(TrainRecipe):
+    """sft: a dual-mode mixture (assistant-only loss, packed) and TRL's SFTConfig."""
+
+    stage: Literal["sft"]
 
 
 class _PrePackedWarningFilter(logging.Filter):
@@ -59,6 +68,7 @@ def run(recipe, overwrite: bool = False) -> Path:
             (run.path / "mixture.json").write_text(json.dumps(report, indent=2))
             (run.path / "mixture.txt").write_text(format_report(report) + "\n")
             print(format_report(report))
+        run.summary.update(outputs=["mixture.txt"], trained_on=trained_on_section("mixture", "mixture.txt", report))
         packed = bool(recipe.training.get("packing"))
         if packed:
             logging.getLogger("trl.trainer.sft_trainer").addFilter(_PrePackedWarningFilter())
@@ -79,3 +89,17 @@ def run(recipe, overwrite: bool = False) -> Path:
             "rank_param_checksums": rank_checksums(trainer.model),
         })
     return recipe.output_path()
+
+
+def prepare(recipe, shard: tuple[int, int] | None = None) -> None:
+    """`smolalign prepare`: build the mixture `run` will train on (the same code, the same cache entry),
+    ahead of the GPU job. With `shard` (i, n): tokenize only share i of n of every source."""
+    tokenizer = load_tokenizer(recipe)
+    quarantine = recipe.output_path().with_name(recipe.output_path().name + ".quarantine.jsonl")
+    dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine, shard=shard)
+    if shard is not None:
+        print(f"prepare: share {shard[0]}/{shard[1]} tokenized; run once more without --shard to collect and pack")
+        return
+    print(format_report(report))
+    print(f"prepare: {len(dataset)} rows -> {cache_dir() / 'mixtures' / report['fingerprint']}"
+          + (f"; quarantined rows: {quarantine}" if report["quarantined"] else ""))

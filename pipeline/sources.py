@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.inputs import classify_input, hub_errors, is_disk_error
+from pipeline.inputs import classify_input, disk_error, hub_errors
 from pipeline.schema import Source
 
 FILE_TYPES = (".jsonl", ".json", ".parquet")
@@ -35,9 +35,10 @@ class BadRow(ValueError):
     """A row that cannot be used; the message is the quarantine reason."""
 
 
-def source_label(path: str, split: str = "train") -> str:
-    """How reports and errors name a source: its path, and its split when not `train`."""
-    return path if split == "train" else f"{path}:{split}"
+def source_label(path: str, split: str = "train", name: str | None = None) -> str:
+    """How reports, plans and errors name a source: `path`, then the Hub config (`name`) where there is
+    one, then the split where it is not `train`: `HuggingFaceTB/smoltalk2:SFT:smoltalk_smollm3_...`."""
+    return ":".join([path] + ([name] if name else []) + ([split] if split != "train" else []))
 
 
 def is_raw_json(source: Source) -> bool:
@@ -72,7 +73,7 @@ def open_source(source: Source, cache: Path, limit: int = DEFAULT_ROW_LIMIT):
         try:
             return load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(cache))
         except Exception as e:  # an unreadable file: say which, and why (a full cache disk is not the file's fault)
-            if is_disk_error(e):
+            if disk_error(e):
                 raise
             raise UserError(f"{source.path}: cannot read as parquet ({type(e).__name__}: {e})") from None
     check_utf8(path)

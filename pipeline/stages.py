@@ -7,10 +7,11 @@ imported when that stage is asked for, so pipeline/ imports nothing from synth/,
 (tests/test_layout.py) and never branches on a recipe's type: what a recipe reads is its own
 `inputs()`, what it gets wrong beyond its schema its own `problems()`.
 
-A stage module has `run(recipe, overwrite=False) -> Path` (the synth stages also take `shard`) and
-may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names). Its
-recipe class subclasses pipeline.schema.RecipeBase (a training stage: TrainRecipe) and lives beside
-it. Adding a stage: its module, its recipe class, and one line here.
+A stage module has `run(recipe, overwrite=False) -> Path` (a stage that `shards` also takes `shard`), may
+have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names) and
+`prepare(recipe, shard)` when its data can be built ahead of the job (`smolalign prepare`). Its
+recipe class subclasses pipeline.schema.RecipeBase (a training stage: TrainRecipe, with `trl_config`
+and `trains_on`) and lives beside it. Adding a stage: its module, its recipe class, and one line here.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from dataclasses import dataclass
 class Stage:
     module: str  # dotted path of the module with `run`
     schema: str  # "module:Class" of its recipe
+    shards: bool = False  # `--shard I/N` splits its work over machines (the generation stages; `smolalign synth`)
 
 
 # In pipeline order: `smolalign demo` runs them in this order.
 STAGES: dict[str, Stage] = {
-    "midtrain": Stage("pipeline.midtrain", "pipeline.schema:TrainRecipe"),
-    "synth-traces": Stage("synth.stage", "synth.schema:SynthRecipe"),
-    "synth-pairs": Stage("synth.stage", "synth.schema:SynthRecipe"),
-    "sft": Stage("pipeline.sft", "pipeline.schema:TrainRecipe"),
-    "apo": Stage("pipeline.apo", "pipeline.schema:APORecipe"),
+    "midtrain": Stage("pipeline.midtrain", "pipeline.midtrain:MidtrainRecipe"),
+    "synth-traces": Stage("synth.stage", "synth.schema:SynthRecipe", shards=True),
+    "synth-pairs": Stage("synth.stage", "synth.schema:SynthRecipe", shards=True),
+    "sft": Stage("pipeline.sft", "pipeline.sft:SFTRecipe"),
+    "apo": Stage("pipeline.apo", "pipeline.apo:APORecipe"),
     "merge": Stage("merge.stage", "merge.schema:MergeRecipe"),
     "eval": Stage("eval.stage", "eval.schema:EvalRecipe"),
 }

@@ -22,6 +22,7 @@ from pipeline.models import flash_attn_import_error, resolve_model
 from pipeline.redaction import redact
 from pipeline.runs import is_complete_checkpoint, is_main_process, set_aside_dir
 from pipeline.schema import ModelSpec, TrainRecipe
+from pipeline.summary import loss_section
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,6 +317,10 @@ def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] |
             plot_loss(losses, run.path / "loss.png", f"{recipe.name} {recipe.stage}")
         run.metrics.update(final_metrics(history, trainer.state), **(extra or {}))
         write_model_card(run, recipe)
+        run.summary["outputs"] = ["loss.png", *run.summary.get("outputs", []), "README.md"]
+        loss = loss_section(history)
+        if loss:
+            run.summary["loss"] = loss
 
 
 def final_metrics(history: list[dict], state) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from eval import report as eval_report
 from eval import stage
 from pipeline.generation import OpenAIBackend, Request, SamplingSpec, TransformersBackend
 from pipeline.recipe import load_recipe
+from pipeline.summary import loss_section, trained_on_section, write_summary
 
 
 def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, ckpt_copy):
@@ -272,28 +273,33 @@ def _summary(score: float) -> dict:
 
 
 def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_path):
-    """A pipeline's report: deltas from the first row, what moved, and each run dir's outputs."""
+    """A pipeline's report: deltas from the first row, what moved, and each run dir's outputs, all read
+    from each run's summary.json (written here with the helpers the stages use)."""
     sft_run, merge_run = tmp_path / "runs" / "sft", tmp_path / "runs" / "merge"
     for run in (sft_run, merge_run):
         (run / "sweep").mkdir(parents=True)
         (run / "manifest.json").write_text("{}")
-    (sft_run / "loss.png").write_bytes(b"png")
-    (sft_run / "mixture.txt").write_text("source  rows")
+    for name in ("loss.png", "mixture.txt", "preference.json", "README.md"):
+        (sft_run / name).write_text("x")
     losses = [3.0 - 0.1 * i for i in range(24)]  # falls: first 10 mean 2.55, last 10 mean 1.15
-    (sft_run / "log_history.json").write_text(json.dumps([{"step": i + 1, "loss": v} for i, v in enumerate(losses)]))
     traces = tmp_path / "runs" / "synth-traces"
     traces.mkdir()
-    (traces / "manifest.json").write_text("{}")
     (traces / "report.json").write_text("{}")
-    (sft_run / "mixture.json").write_text(json.dumps({"sources": [
-        {"source": "runs/x/synth-traces/rows.jsonl", "rows": 7}, {"source": str(traces / "rows.jsonl"), "rows": 5}]}))
-    (sft_run / "preference.json").write_text(json.dumps({
-        "pairs_file": "held.jsonl", "beta": 0.05, "reward_margin": 0.25,
-        "start": {"model": "runs/x/sft", "pairs": 32, "accuracy": 0.75, "mean_margin": 1.0},
-        "end": {"pairs": 32, "accuracy": 0.875, "mean_margin": 6.0}}))
+    write_summary(traces, {"stage": "synth-traces", "filters": {"report": "report.json"}})
+    mixture = {"sources": [{"source": "runs/x/synth-traces/rows.jsonl", "rows": 7},
+                           {"source": str(traces / "rows.jsonl"), "rows": 5}]}
+    write_summary(sft_run, {
+        "stage": "sft", "outputs": ["loss.png", "mixture.txt", "preference.json", "README.md"],
+        "loss": loss_section([{"step": i + 1, "loss": v} for i, v in enumerate(losses)]),
+        "trained_on": trained_on_section("mixture", "mixture.txt", mixture),
+        "held_out": {"pairs_file": "held.jsonl", "beta": 0.05, "reward_margin": 0.25,
+                     "start": {"model": "runs/x/sft", "pairs": 32, "accuracy": 0.75, "mean_margin": 1.0},
+                     "end": {"pairs": 32, "accuracy": 0.875, "mean_margin": 6.0}}})
     rows = [{"weight": w, "scores": {"math (no_think)": 0.5}, "mean": 0.5} for w in (0.8, 1.0)]
-    (merge_run / "sweep" / "sweep.json").write_text(json.dumps({"rows": rows, "best_weight": 0.8}))
-    (merge_run / "sweep" / "sweep.md").write_text("| soup weight | math (no_think) | mean |\n")
+    table = "| soup weight | math (no_think) | mean |\n"
+    (merge_run / "sweep" / "sweep.md").write_text(table)
+    write_summary(merge_run, {"stage": "merge", "outputs": ["sweep/sweep.md"],
+                              "sweep": {"rows": rows, "best_weight": 0.8, "file": "sweep/sweep.md", "table": table}})
     results = [{"model": "embedded:base", "tasks": {"mode": {"think": _summary(0.0), "no_think": _summary(1.0)}}},
                {"model": str(sft_run), "tasks": {"mode": {"think": _summary(0.75), "no_think": _summary(1.0)}}},
                {"model": str(merge_run), "tasks": {"mode": {"think": _summary(0.5), "no_think": _summary(1.0)}}}]
@@ -324,8 +330,8 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
 def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "apo").mkdir(parents=True)
-    (tmp_path / "runs" / "apo" / "preference.json").write_text(json.dumps(
-        {"start": {"model": "runs/sft", "accuracy": 0.8125}, "end": {"accuracy": 0.9375}}))
+    write_summary(tmp_path / "runs" / "apo", {"stage": "apo", "held_out": {
+        "start": {"model": "runs/sft", "accuracy": 0.8125}, "end": {"accuracy": 0.9375}}})
     results = [{"model": m} for m in ("embedded:base", "runs/sft/", "runs/apo", "runs/merge")]
     assert eval_report.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
     assert eval_report.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
@@ -334,10 +340,7 @@ def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_en
 
 def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directions(tmp_path):
     def write(rows):
-        (tmp_path / "sweep").mkdir(exist_ok=True)
-        (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"rows": rows}))
-        (tmp_path / "sweep" / "sweep.md").write_text("table")
-        return "\n".join(eval_report.sweep_lines(tmp_path))
+        return "\n".join(eval_report.sweep_lines({"sweep": {"rows": rows, "table": "table"}}))
 
     def row(weight, ruler, mode):
         return {"weight": weight, "scores": {"ruler (think)": ruler, "mode (no_think)": mode}}

@@ -415,3 +415,21 @@ def test_a_50_mb_line_is_quarantined_without_being_read(write_recipe, tmp_path, 
     assert len(reasons) == 1 and reasons[0].startswith("row of 50,000,") and "1,048,576-byte limit" in reasons[0]
     assert peak_mb < 1500, f"peak RSS {peak_mb} MB"  # measured 7.3 GB before the bound
     print(f"peak RSS with a 50 MB line: {peak_mb} MB")
+
+
+@pytest.mark.parametrize("text", ["  hub_token: s3cr3t-value: oops\n", '  hub_token: "s3cr3t-value\n',
+                                  "  api_key: [s3cr3t-value\n"])
+def test_a_yaml_syntax_error_on_a_secret_line_does_not_quote_the_secret(tmp_path, monkeypatch, capfd, text):
+    """PyYAML's error quotes the bad line; a secret's value on it is cut out, whatever its shape."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: t\nstage: sft\ntraining:\n" + text)
+    out = run_cli(monkeypatch, capfd, "validate", str(path))
+    assert out.returncode == 2 and "not valid YAML" in out.stdout and "line 4" in out.stdout
+    assert "s3cr3t" not in out.stdout + out.stderr and "<redacted>" in out.stdout
+
+
+def test_a_bad_override_of_a_secret_key_does_not_quote_the_secret(monkeypatch, capfd):
+    out = run_cli(monkeypatch, capfd, "sft", "--recipe", str(REPO / "recipes" / "demo" / "sft.yaml"),
+                  "--set", "training.hub_token=[s3cr3t-value")
+    assert out.returncode == 2 and "--set 'training.hub_token=<redacted>'" in out.stderr
+    assert "s3cr3t" not in out.stdout + out.stderr

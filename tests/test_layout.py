@@ -5,6 +5,7 @@ import ast
 import typing
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 PACKAGES = ("pipeline", "synth", "merge", "eval")
@@ -113,3 +114,51 @@ def test_every_stage_schema_sits_beside_its_stage():
         cls = recipe_class(stage)
         assert stage in typing.get_args(cls.model_fields["stage"].annotation), stage
         assert cls.inputs is not RecipeBase.inputs, f"{stage}: its recipe does not say what it reads"
+
+
+def test_the_foundation_compares_no_stage_name():
+    """pipeline/ never asks which stage it runs (`recipe.stage == "apo"`, `stage in ("midtrain", "sft")`,
+    `stage.startswith("synth")`): what differs between stages is asked of the recipe (`trains_on`,
+    `trl_config`) or of the registry (`shards`, a stage module's `prepare`). The registry names them."""
+    from pipeline.stages import STAGES
+
+    def named(node, prefix: bool = False) -> list[str]:
+        parts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        texts = [p.value for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str) and p.value]
+        return [t for t in texts if any(s.startswith(t) if prefix else s == t for s in STAGES)]
+
+    found = []
+    for module, path in modules().items():
+        if not module.startswith("pipeline") or module == "pipeline.stages":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                found += [f"{module}:{node.lineno} compares with {n!r}"
+                          for side in [node.left, *node.comparators] for n in named(side)]
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("startswith", "endswith"):
+                found += [f"{module}:{node.lineno} {node.func.attr}({n!r})"
+                          for a in node.args for n in named(a, prefix=True)]
+    assert found == [], found
+
+
+def test_the_stage_name_check_sees_a_comparison(tmp_path, monkeypatch):
+    """The test above finds the comparisons it forbids (so its silence means something)."""
+    source = 'def f(recipe):\n    return recipe.stage in ("midtrain", "sft") or recipe.stage.startswith("synth")\n'
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "bad.py").write_text(source)
+    monkeypatch.setitem(globals(), "REPO", tmp_path)
+    with pytest.raises(AssertionError, match="compares with 'midtrain'.*startswith\\('synth'\\)"):
+        test_the_foundation_compares_no_stage_name()
+
+
+def test_the_report_reads_each_run_through_its_summary_and_knows_no_task_by_name():
+    """eval/report.py reads a run's summary.json (pipeline/summary.py) and the files the summary names,
+    never another stage's own files, and special-cases no task."""
+    from pipeline.stages import STAGES
+
+    others = {"manifest.json", "log_history.json", "mixture.json", "mixture.txt", "pairs.json", "preference.json",
+              "sweep.json", "sweep.md", "report.json", "loss.png", "ruler", "ifeval", "math", "tools", "mode"}
+    texts = {node.value for node in ast.walk(ast.parse((REPO / "eval" / "report.py").read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    named = {t for t in texts if t in others | set(STAGES) or any(t.endswith("/" + o) for o in others)}
+    assert named == set(), f"eval/report.py names {sorted(named)}"

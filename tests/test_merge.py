@@ -12,6 +12,7 @@ from merge.checks import MergeCheckError, check_compatible
 from merge.stage import run
 from pipeline.cli import load
 from pipeline.models import build_tiny_smollm3
+from pipeline.summary import read_summary
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,11 @@ def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_pat
         assert torch.allclose(whole[name], a[name], atol=1e-6)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["sweep_best_weight"] == summary["best_weight"]
+    run_summary = read_summary(out)  # what the eval report reads: the sweep and its table, whole
+    assert run_summary["sweep"]["rows"] == summary["rows"]
+    assert run_summary["sweep"]["best_weight"] == summary["best_weight"]
+    assert run_summary["sweep"]["table"] == (out / "sweep" / "sweep.md").read_text()
+    assert run_summary["stage"] == "merge" and run_summary["outputs"] == ["sweep/sweep.md", "README.md"]
 
 
 def test_bad_sweep_weight_is_refused(write_recipe, tmp_path, ckpts):

@@ -121,3 +121,26 @@ def test_leading_newlines_in_answers_do_not_train_the_header(write_recipe, tok, 
     dataset, _ = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
     trained = tok.decode([t for t in dataset[0]["labels"] if t != -100])
     assert trained == "<think>\nr\n</think>\n\nHello<|im_end|>"
+
+
+def test_a_source_is_named_the_same_by_the_mixture_report_the_quarantine_and_the_plan(tmp_path):
+    """One label for a source everywhere: path, Hub config, split (a smoltalk2 subset is a config + split)."""
+    import io
+
+    from pipeline import plan
+    from pipeline.data import format_report, write_quarantine
+    from pipeline.schema import Source
+
+    split = "smoltalk_smollm3_everyday_conversations_no_think"
+    source = Source(path="HuggingFaceTB/smoltalk2", name="SFT", split=split)
+    label = "HuggingFaceTB/smoltalk2:SFT:smoltalk_smollm3_everyday_conversations_no_think"
+    assert plan.source_label(source.model_dump()) == label
+    quarantine = io.StringIO()
+    write_quarantine(quarantine, source, 0, [(3, "empty assistant turn")])
+    assert json.loads(quarantine.getvalue())["source"] == label
+    report = {"sources": [{"source": source.path, "name": source.name, "split": source.split, "mode": "no_think",
+                           "rows": 1, "tokens": 9, "trained_tokens": 4, "quarantined": 1}],
+              "modes": {}, "rows": 1, "quarantined": 1, "max_length": 16, "rows_over_max_length": 0,
+              "over_length_rows_are": "truncated"}
+    assert label[-48:] in format_report(report)
+    assert plan.source_label({"path": "data/x.jsonl"}) == "data/x.jsonl"

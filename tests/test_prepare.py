@@ -247,3 +247,15 @@ def test_released_mapped_pages_leave_the_process_and_read_back_the_same(tmp_path
     assert before - rss_file_mb() > 48
     assert int(view.sum(dtype=np.int64)) == checksum == int(data.sum(dtype=np.int64))
     mapped.close()
+
+
+def test_prepare_builds_the_mixture_of_stages_that_have_one_and_refuses_the_others(capsys):
+    """`smolalign prepare` asks the stage module for its `prepare` (midtrain and sft share SFT's); APO reads
+    its pairs directly, so an APO recipe is one clear error naming the stages prepare serves, exit 2."""
+    from pipeline import apo, midtrain, sft
+    from pipeline.cli import main
+
+    assert midtrain.prepare is sft.prepare and not hasattr(apo, "prepare")
+    assert main(["prepare", "--recipe", str(REPO / "recipes" / "demo" / "apo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "stage" in err and "`prepare` builds the mixtures of midtrain and sft; this recipe is `apo`" in err

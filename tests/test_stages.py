@@ -16,6 +16,7 @@ from pipeline import apo, sft
 from pipeline.errors import UserError
 from pipeline.preference import pair_logprobs, preference_stats
 from pipeline.recipe import load_recipe
+from pipeline.summary import read_summary
 from pipeline.train import load_tokenizer
 
 TRAINING = {"max_steps": 3, "learning_rate": 1.0e-3, "per_device_train_batch_size": 2, "bf16": False,
@@ -52,6 +53,15 @@ def assert_checkpoint(out, tiny_model, stage):
     assert "embedded:tiny-smollm3" in card and "| final_loss |" in card
     before, after = weights(tiny_model), weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+    # what the eval report reads of the run: its summary, with the loss trend of the logged steps
+    summary = read_summary(out)
+    losses = [h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert summary["stage"] == stage and summary["outputs"][0] == "loss.png" and summary["outputs"][-1] == "README.md"
+    assert summary["loss"]["steps"] == len(losses) and summary["loss"]["first"] == pytest.approx(losses[0])
+    table = "pairs.json" if stage == "apo" else "mixture.txt"
+    report = json.loads((out / ("pairs.json" if stage == "apo" else "mixture.json")).read_text())
+    assert summary["trained_on"]["table"] == table and table in summary["outputs"]
+    assert summary["trained_on"]["sources"] == [{"source": s["source"], "rows": s["rows"]} for s in report["sources"]]
     return manifest
 
 
@@ -103,6 +113,7 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
     # the held-out preference check: "start" is the untrained model, measured again here on its own
     report = json.loads((out / "preference.json").read_text())
     assert manifest["metrics"]["held_out_preference"] == report and "eval_pairs" in manifest["inputs"]
+    assert read_summary(out)["held_out"] == report and "preference.json" in read_summary(out)["outputs"]
     pairs = apo.held_out_pairs(recipe)
     assert len(pairs) == report["start"]["pairs"] == report["end"]["pairs"] == 32
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), load_tokenizer(recipe)

@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat import strip_think
+from pipeline.data import prompt_of
 from pipeline.errors import UserError
+from pipeline.sources import BadRow
 
 __all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "sample_indices", "strip_think"]
 
 
 @dataclass
 class Example:
-    """One prompt to send and what scoring needs.
+    """One prompt to send and what scoring needs; a task builds it from a benchmark row with `from_row`.
 
     `tools`: function schemas declared to the model (xml_tools). `prefill`: text the assistant turn
     starts with, after the generation prompt (RULER's answer prefix); the completion is what the
@@ -49,6 +51,21 @@ class Example:
     prefill: str = ""
     max_new_tokens: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    template: dict[str, Any] = field(default_factory=dict)  # python_tools, custom_instructions
+
+    @classmethod
+    def from_row(cls, id: str, row: dict[str, Any], target: Any, **fields) -> Example:
+        """An example whose prompt is a dataset row read as every stage reads one (pipeline.data.prompt_of):
+        `messages`, ShareGPT `conversations` or a bare `prompt`, up to the turn the model writes, with
+        the row's tools (`tools`, `chat_template_kwargs.xml_tools`), python tools and custom instructions.
+        A row that is not a prompt is an error naming the example."""
+        try:
+            messages, template = prompt_of(row)
+        except BadRow as e:
+            raise UserError(f"{id}: the benchmark row is not a prompt ({e}); is the task's data file damaged?") \
+                from None
+        tools = template.pop("xml_tools", None)
+        return cls(id=id, messages=messages, target=target, tools=tools, template=template, **fields)
 
 
 def _approx_tokens(text: str) -> int:

@@ -154,10 +154,10 @@ class IFEvalTask(Task):
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
-        return [Example(id=f"ifeval-{rows[i].get('key', i)}",
-                        messages=[{"role": "user", "content": rows[i]["prompt"]}],
-                        target={"instruction_id_list": rows[i]["instruction_id_list"], "kwargs": rows[i]["kwargs"]},
-                        meta={"prompt": rows[i]["prompt"]})
+        return [Example.from_row(f"ifeval-{rows[i].get('key', i)}", {"prompt": rows[i]["prompt"]},
+                                 target={"instruction_id_list": rows[i]["instruction_id_list"],
+                                         "kwargs": rows[i]["kwargs"]},
+                                 meta={"prompt": rows[i]["prompt"]})
                 for i in sample_indices(len(rows), n, seed)]
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:

@@ -63,9 +63,9 @@ class MathTask(Task):
         out = []
         for i in sample_indices(len(rows), n, seed):
             r = rows[i]
-            out.append(Example(id=f"math-{r.get('data_source', 'local')}-{i}",
-                               messages=[{"role": "user", "content": f"{r['question']}\n\n{INSTRUCTION}"}],
-                               target=str(r["answer"]), meta={"subset": r.get("data_source")}))
+            out.append(Example.from_row(f"math-{r.get('data_source', 'local')}-{i}",
+                                        {"prompt": f"{r['question']}\n\n{INSTRUCTION}"},
+                                        target=str(r["answer"]), meta={"subset": r.get("data_source")}))
         return out
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:

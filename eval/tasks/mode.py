@@ -54,7 +54,7 @@ class ModeTask(Task):
     name = "mode"
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
-        return [Example(id=f"mode-{i}", messages=[{"role": "user", "content": PROMPTS[i]}], target=None)
+        return [Example.from_row(f"mode-{i}", {"prompt": PROMPTS[i]}, target=None)
                 for i in sample_indices(len(PROMPTS), n, seed)]
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:

@@ -72,9 +72,10 @@ class ToolsTask(Task):
         out = []
         for i in sample_indices(len(rows), n, seed):
             cat, q, truth = rows[i]
-            out.append(Example(id=q["id"], messages=q["question"][0], target=truth,
-                               tools=[_schema(f) for f in q["function"]],
-                               meta={"category": cat, "functions": q["function"]}))
+            # BFCL's first (only) turn of the conversation, with the functions as the row's tools
+            row = {"messages": q["question"][0], "tools": [_schema(f) for f in q["function"]]}
+            meta = {"category": cat, "functions": q["function"]}
+            out.append(Example.from_row(q["id"], row, target=truth, meta=meta))
         return out
 
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:

@@ -1,0 +1,68 @@
+"""summary.json: what one stage run did, in the one file other stages and the eval report read.
+
+Every stage fills `run.summary` while it runs; pipeline/runs.py writes it to `<run>/summary.json`
+when the run completes, so a finished run directory always has one and a reader (eval/report.py)
+never needs to know another stage's own files. Every key but `stage` is optional: a stage writes
+the sections that mean something for it.
+
+    stage       the stage that wrote it: "sft"
+    format      this layout's version: 1
+    outputs     files worth opening, relative to the run directory, in reading order:
+                ["loss.png", "mixture.txt", "README.md"]
+    loss        training stages (pipeline/train.py): {"steps": 24, "window": 10, "first": 2.55,
+                "last": 1.15, "curve": "loss.png"}: the mean logged loss over the first and the last
+                `window` of the `steps` logged steps (present from two logged steps on)
+    trained_on  training stages: {"kind": "mixture" | "pairs", "table": "mixture.txt" | "pairs.json",
+                "sources": [{"source": "runs/demo/synth-traces/rows.jsonl", "rows": 5}, ...]}
+    held_out    apo with eval_pairs (pipeline/preference.py): {"pairs_file", "beta", "reward_margin",
+                "start": {"model", "pairs", "accuracy", "mean_margin"}, "end": {the same, no model}}
+    sweep       merge with `sweep:` (merge/sweep.py): {"rows": [{"weight", "scores": {"task (mode)":
+                score}, "mean"}], "best_weight", "file": "sweep/sweep.md", "table": its markdown}
+    filters     synth (synth/stage.py): {"report": "report.json", "prompts", "rows", "kept",
+                "filters": {filter: rows dropped}}
+    scores      eval (eval/stage.py): {model: {task: {mode: score}}}, the report in "outputs"
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.files import write_json_atomic
+
+SUMMARY = "summary.json"
+FORMAT = 1
+LOSS_WINDOW = 10  # logged steps averaged at each end of the loss curve
+
+
+def loss_section(history: list[dict[str, Any]], curve: str = "loss.png") -> dict[str, Any] | None:
+    """`loss` from a trainer's log history; None below two logged losses (no trend to show)."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    if len(losses) < 2:
+        return None
+    k = min(LOSS_WINDOW, len(losses) // 2)
+    return {"steps": len(losses), "window": k, "first": sum(losses[:k]) / k, "last": sum(losses[-k:]) / k,
+            "curve": curve}
+
+
+def trained_on_section(kind: str, table: str, report: dict[str, Any]) -> dict[str, Any]:
+    """`trained_on` from a mixture or pairs report (rows per source, as pipeline/data.py counts them)."""
+    return {"kind": kind, "table": table,
+            "sources": [{"source": s["source"], "rows": s["rows"]} for s in report.get("sources", [])]}
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
+    """Write `summary.json` (atomically: a reader never sees half of it); `format` is added."""
+    write_json_atomic(Path(run_dir) / SUMMARY, {"format": FORMAT, **summary})
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run directory's summary, or None where there is none (not a run of ours, or one from before
+    summaries) or it cannot be read."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and "stage" in summary else None
