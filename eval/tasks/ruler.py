@@ -456,7 +456,7 @@ class RulerTask(Task):
 
     @staticmethod
     def _example(user: str, prefill: str, target: list[str]) -> Example:
-        return Example(id="", messages=[{"role": "user", "content": user}], target=list(target), prefill=prefill)
+        return Example.from_row("", {"prompt": user}, target=list(target), prefill=prefill)
 
 
 def largest(count: Callable[[int], int], limit: int, unit: int, cap: int | None, what: str,
