@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
-from pipeline.redaction import redact_key_lines, remember_secrets
+from pipeline.redaction import REDACTED, redact_key_lines, remember_secrets, secret_value_start
 from pipeline.stages import STAGES, recipe_class
 
 
@@ -134,7 +134,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
     except YamlTooLarge as e:
         raise RecipeError(str(path), [("", f"refused: {e}")]) from None
     except yaml.YAMLError as e:  # its message quotes the bad line, which may hold a secret
-        raise RecipeError(str(path), [("", redact_key_lines(f"not valid YAML: {e}"))]) from None
+        raise RecipeError(str(path), [("", yaml_error_message(e, text))]) from None
     if not isinstance(raw, dict):
         raise RecipeError(str(path), [("", "a recipe is a YAML mapping (key: value)")])
     lines = _key_lines(text)
@@ -175,6 +175,18 @@ def recipe_hash(recipe) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def yaml_error_message(error: yaml.YAMLError, text: str) -> str:
+    """PyYAML's message, without the secrets of the lines it quotes: a quoted line of `text` that holds a
+    secret key is not shown at all (PyYAML cuts long lines, so the key may be gone from the quote
+    while part of its value is still there); any other secret key's value is cut out."""
+    message, lines = f"not valid YAML: {error}", text.splitlines()
+    for mark in (getattr(error, "context_mark", None), getattr(error, "problem_mark", None)):
+        snippet = mark.get_snippet() if mark is not None else None
+        if snippet and mark.line < len(lines) and secret_value_start(lines[mark.line]) is not None:
+            message = message.replace(snippet, f"    {REDACTED} (line {mark.line + 1} holds a secret key)")
+    return redact_key_lines(message)
+
+
 def _apply_override(raw: dict, item: str, source: str) -> None:
     """`a.b.0.c=value`: the value is parsed as YAML (so 1e-5, true, [a, b] keep their types)."""
     if "=" not in item:
@@ -195,8 +207,9 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
         parsed = parse_yaml(value)
     except yaml.YAMLError as e:
         problem = str(e).splitlines()[0]
-        raise RecipeError(source, [(key, redact_key_lines(f"--set {item!r}") + f": the value is not valid YAML "
-                                         f"({problem}); quote it, e.g. --set 'key=\"[1\"'")]) from None
+        shown, problem = redact_key_lines(f"--set {item!r}"), redact_key_lines(problem)  # it may hold a secret
+        raise RecipeError(source, [(key, f"{shown}: the value is not valid YAML ({problem}); "
+                                         "quote it, e.g. --set 'key=\"[1\"'")]) from None
     _set_child(node, parts[-1], parsed, key, source)
 
 

@@ -71,19 +71,28 @@ def redact_text(text: str) -> str:
     return TOKEN_SHAPES.sub(REDACTED, text)
 
 
-# `key: value` (YAML) or `key=value` (--set) anywhere in a line, the key possibly quoted or dotted
-KEY_VALUE = re.compile(r"""(?P<key>[A-Za-z0-9_.-]+)["']?\s*(?::\s|=|:$)\s*(?P<value>.*)$""")
+# a key before its value: `key: value` (YAML, block or flow) or `key=value` (--set), possibly quoted or dotted
+KEY = re.compile(r"""(?P<key>[A-Za-z0-9_.-]+)["']?\s*(?::(?=\s|$)|=)\s*""")
+
+
+def secret_value_start(line: str) -> int | None:
+    """Where the value of the first secret key on `line` starts (any key on it, not only the first), or None."""
+    for m in KEY.finditer(line):
+        if is_secret_key(m.group("key").rsplit(".", 1)[-1]):
+            return m.end()
+    return None
 
 
 def redact_key_lines(text: str) -> str:
-    """`text` (a parser's message quoting recipe lines, an echoed `--set`) with the value after every
-    secret key cut out to the end of its line: a line that failed to parse has no value to remember,
-    and a short or oddly shaped secret has no shape to find."""
+    """`text` (a parser's message quoting recipe lines, an echoed `--set`) with everything after a secret
+    key cut out to the end of its line: a line that failed to parse has no value to remember, and a
+    short or oddly shaped secret has no shape to find. A closing quote of the line is kept."""
     out = []
     for line in text.split("\n"):
-        m = KEY_VALUE.search(line)
-        if m and m.group("value") and is_secret_key(m.group("key").rsplit(".", 1)[-1]):
-            line = line[:m.start("value")] + REDACTED + ("'" if line.rstrip().endswith("'") else "")
+        start = secret_value_start(line)
+        if start is not None and line[start:].strip():
+            quote = line.rstrip()[-1] if line.rstrip()[-1] in "'\"" and len(line[start:].strip()) > 1 else ""
+            line = line[:start] + REDACTED + quote
         out.append(line)
     return "\n".join(out)
 

@@ -418,7 +418,9 @@ def test_a_50_mb_line_is_quarantined_without_being_read(write_recipe, tmp_path, 
 
 
 @pytest.mark.parametrize("text", ["  hub_token: s3cr3t-value: oops\n", '  hub_token: "s3cr3t-value\n',
-                                  "  api_key: [s3cr3t-value\n"])
+                                  "  api_key: [s3cr3t-value\n",
+                                  "  x: {name_or_path: org/m, hub_token: s3cr3t-value: x}\n",  # not the first key
+                                  "  hub_token: s3cr3t-value" + "A" * 80 + ": oops\n"])  # PyYAML cuts the line
 def test_a_yaml_syntax_error_on_a_secret_line_does_not_quote_the_secret(tmp_path, monkeypatch, capfd, text):
     """PyYAML's error quotes the bad line; a secret's value on it is cut out, whatever its shape."""
     path = tmp_path / "bad.yaml"
@@ -428,8 +430,12 @@ def test_a_yaml_syntax_error_on_a_secret_line_does_not_quote_the_secret(tmp_path
     assert "s3cr3t" not in out.stdout + out.stderr and "<redacted>" in out.stdout
 
 
-def test_a_bad_override_of_a_secret_key_does_not_quote_the_secret(monkeypatch, capfd):
-    out = run_cli(monkeypatch, capfd, "sft", "--recipe", str(REPO / "recipes" / "demo" / "sft.yaml"),
-                  "--set", "training.hub_token=[s3cr3t-value")
-    assert out.returncode == 2 and "--set 'training.hub_token=<redacted>'" in out.stderr
+@pytest.mark.parametrize("item, shown", [
+    ("training.hub_token=[s3cr3t-value", "--set 'training.hub_token=<redacted>'"),
+    ("model={name_or_path: x, hub_token: s3cr3t-value", "--set 'model={name_or_path: x, hub_token: <redacted>'"),
+    ("training.hub_token=[it's-s3cr3t", '--set "training.hub_token=<redacted>"'),
+])
+def test_a_bad_override_of_a_secret_key_does_not_quote_the_secret(monkeypatch, capfd, item, shown):
+    out = run_cli(monkeypatch, capfd, "sft", "--recipe", str(REPO / "recipes" / "demo" / "sft.yaml"), "--set", item)
+    assert out.returncode == 2 and shown in out.stderr
     assert "s3cr3t" not in out.stdout + out.stderr
