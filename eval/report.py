@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from pipeline.files import pyplot, save_figure
+from pipeline.runs import is_run
 from pipeline.summary import read_summary
 
 
@@ -145,6 +146,9 @@ def stage_outputs(results, out: Path) -> list[str]:
         run = Path(r["model"])
         summary = read_summary(run)
         if summary is None:
+            if is_run(run):  # a run of ours from before summaries (or an unfinished one)
+                lines += ["", f"### {label(r['model'])}", "", f"No summary.json in `{run}` (a run made before "
+                          "summaries, or not finished): rerun its stage to see its outputs here."]
             continue
         links = [f"[{name}]({os.path.relpath(run / name, out)})" for name in summary.get("outputs", [])
                  if (run / name).is_file()]
@@ -159,7 +163,7 @@ def stage_outputs(results, out: Path) -> list[str]:
 
 def loss_line(summary: dict) -> list[str]:
     loss = summary.get("loss")
-    if not loss:
+    if not loss or "window" not in loss:  # a single logged step has a curve but no trend
         return []
     k, trend = loss["window"], "falls" if loss["last"] < loss["first"] else "does not fall"
     return ["", f"Training loss {trend}: mean of the first {k} logged steps {loss['first']:.3f}, of the last {k} "
@@ -172,7 +176,8 @@ def data_lines(summary: dict, out: Path) -> list[str]:
     data = summary.get("trained_on")
     if not data:
         return []
-    rows = ", ".join(f"`{s['source']}` {s['rows']}{synth_report_link(s['source'], out)}" for s in data["sources"])
+    rows = ", ".join(f"`{s.get('label', s['source'])}` {s['rows']}{synth_report_link(s['source'], out)}"
+                     for s in data["sources"] if isinstance(s, dict) and "source" in s and "rows" in s)
     return ["", f"Trained on ({data['kind']} rows per source): {rows}."]
 
 
@@ -204,7 +209,9 @@ def sweep_lines(summary: dict) -> list[str]:
         return []
     rows = sweep["rows"]
     lines = ["", "Merge-weight sweep (soup weight against the long-context checkpoint):", "",
-             sweep["table"].strip(), ""]
+             str(sweep["table"]).strip(), ""]
+    if not (rows and all(isinstance(r, dict) and isinstance(r.get("scores"), dict) for r in rows)):
+        return lines
     pair = trade_off(rows)
     if pair:
         (a, wa), (b, wb) = pair

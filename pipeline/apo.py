@@ -52,8 +52,8 @@ class APORecipe(TrainRecipe):
     trains_on: ClassVar[Literal["rows", "pairs"] | None] = "pairs"
     stage: Literal["apo"]
 
-    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
-        t, problems = self.training, super().problems(base_dir)
+    def stage_problems(self) -> list[tuple[str, str]]:
+        t, problems = self.training, []
         if t.get("padding_free"):
             problems.append(("training.padding_free",
                              "TRL's DPO trainer ignores padding_free (it warns and pads); remove it"))

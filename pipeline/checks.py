@@ -6,8 +6,10 @@
    then the config is built for real, so TRL's own `__post_init__` checks run at validate time too.
    Hardware-bound settings (bf16, Liger, trackers) are left out of that build: they are checked
    against the machine by the training stage (pipeline/train.py) when it starts.
-2. Known-bad combinations: a packing strategy TRL no longer has, assistant-only loss on a template
-   without `{% generation %}` markers, DPO `padding_free`, mid-training with masked loss, ...
+2. Known-bad combinations every training stage shares: assistant-only loss on a template without
+   `{% generation %}` markers, packing without a max_length, packed rows without padding-free
+   attention, bf16 with fp16. A stage's own rules (mid-training's loss and packing, APO's
+   `padding_free` and reference model) are in its recipe class's `stage_problems()`, beside it.
 
 Each problem is a (key path, message) pair; pipeline/recipe.py turns them into one error that
 names the file and the line.

@@ -166,7 +166,8 @@ def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
     if build is None:
         have = [s for s in STAGES if hasattr(stage_module(s), "prepare")]
         raise RecipeError(recipe_file, [("stage", f"`prepare` builds the mixtures of {' and '.join(have)}; this "
-                                                  f"recipe is `{recipe.stage}`, which reads its rows directly")])
+                                                  f"recipe is `{recipe.stage}`, which has nothing to build ahead "
+                                                  "of its run")])
     check_inputs(recipe)
     build(recipe, parse_shard(shard) if shard else None)
     return 0

@@ -10,7 +10,6 @@ packed row is trained padding-free with attention inside each document.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pipeline.schema import TrainRecipe
@@ -24,8 +23,8 @@ class MidtrainRecipe(TrainRecipe):
 
     stage: Literal["midtrain"]
 
-    def problems(self, base_dir: Path) -> list[tuple[str, str]]:
-        t, problems = self.training, super().problems(base_dir)
+    def stage_problems(self) -> list[tuple[str, str]]:
+        t, problems = self.training, []
         if t.get("assistant_only_loss") or t.get("completion_only_loss"):
             problems.append(("training.assistant_only_loss",
                              "mid-training trains on every token; remove assistant_only_loss/completion_only_loss"))

@@ -344,7 +344,7 @@ def pairs_section(recipe) -> tuple[dict[str, Any], list[str]]:
     for i, s in enumerate(report["sources"]):
         s["label"] = source_label(recipe.data.sources[i].model_dump())
         s["modes"] = {mode: by[(i, mode)] for mode in ("think", "no_think") if by[(i, mode)]}
-    max_length = recipe.training.get("max_length") or trl_defaults("apo").get("max_length")
+    max_length = recipe.training.get("max_length") or trl_defaults(recipe.stage).get("max_length")
     lengths = pair_lengths(rows, tokenizer)
     report["lengths"] = {k: percentiles(v) for k, v in lengths.items()}
     report["max_length"] = max_length

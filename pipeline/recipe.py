@@ -7,8 +7,9 @@ is reported at once as `file: key (line N): what is wrong (what is allowed)`:
 
 1. schema      - the stage's recipe class (pipeline/stages.py says which): unknown keys (with a
                  suggestion), wrong types, bad literals;
-2. recipe      - the recipe's own `problems()`: for the training stages pipeline/checks.py, TRL's
-                 arguments (keys, types, ranges, choices, TRL's own checks) and known-bad combinations;
+2. recipe      - the recipe's own `problems()`: for the training stages TRL's arguments (keys, types,
+                 ranges, choices, TRL's own checks) and the shared known-bad combinations
+                 (pipeline/checks.py), then the stage's own rules (its recipe class's `stage_problems()`);
 3. stage       - the stage module's own `check(recipe)` (eval task names, synth filters), run by
                  the CLI (`pipeline/cli.py: load`), since the foundation imports no stage.
 """

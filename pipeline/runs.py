@@ -140,6 +140,8 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
         try:
             with heartbeat(partial / MANIFEST) if main else nullcontext():
                 yield run
+                if main:  # inside the try: a full disk here is recorded and said in one line like any other
+                    run.save_summary()
         except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
             disk = disk_problem(exc, [partial, cache_dir()]) if isinstance(exc, Exception) else None
             if main:
@@ -156,7 +158,6 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
         _barrier()  # every rank has written its share before the directory moves
         if main:
             (partial / RESERVE).unlink(missing_ok=True)
-            run.save_summary()
             run.end_attempt("complete")
             _promote(partial, final)
         _barrier()
@@ -228,12 +229,12 @@ def _refuse_unusable_place(final: Path, partial: Path) -> None:
             raise RunError(f"{path} ({what}) is a file, not a directory; choose another output_dir (or name) "
                            "or move the file away")
     for parent in final.absolute().parents:
-        if _is_run(parent):
+        if is_run(parent):
             raise RunError(f"{final} (output_dir) is inside the run {parent}; a run holds only what its stage "
                            "wrote: choose an output_dir outside it")
 
 
-def _is_run(path: Path) -> bool:
+def is_run(path: Path) -> bool:
     """A directory holding one of our manifests (finished or partial)."""
     try:
         manifest = read_manifest(path)

@@ -158,7 +158,12 @@ class TrainRecipe(RecipeBase):
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
         from pipeline.checks import check_combinations, check_training
 
-        problems = check_training(self) + check_combinations(self, base_dir)
+        problems = check_training(self) + self.stage_problems()
         if self.ref_model is not None and self.trains_on != "pairs":
             problems.append(("ref_model", "only the apo stage uses a reference model"))
-        return problems
+        return problems + check_combinations(self, base_dir)
+
+    def stage_problems(self) -> list[tuple[str, str]]:
+        """The rules of this training stage alone (mid-training's loss and packing, APO's reference model);
+        listed after TRL's argument checks and before the combinations every training stage shares."""
+        return []

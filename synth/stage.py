@@ -241,7 +241,8 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
                                                       for r in kept) for m in recipe.modes}}
         write_json_atomic(run.path / "report.json", report)
         run.metrics.update(report)
-        run.summary.update(outputs=["report.json", "filtered.jsonl"], filters={"report": "report.json", **report})
+        run.summary.update(outputs=[out_name, "report.json", "filtered.jsonl"],
+                           filters={"report": "report.json", **report})
         print(f"{recipe.stage}: {len(prompts)} prompts -> {len(rows)} rows -> kept {len(kept)}; filters {counts}")
     return recipe.output_path()
 

@@ -332,7 +332,9 @@ def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_en
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "apo").mkdir(parents=True)
     write_summary(tmp_path / "runs" / "apo", {"stage": "apo", "held_out": {
-        "start": {"model": "runs/sft", "accuracy": 0.8125}, "end": {"accuracy": 0.9375}}})
+        "pairs_file": "held.jsonl", "beta": 0.1, "reward_margin": 0.5,
+        "start": {"model": "runs/sft", "accuracy": 0.8125, "mean_margin": 0.0},
+        "end": {"pairs": 16, "accuracy": 0.9375, "mean_margin": 1.0}}})
     results = [{"model": m} for m in ("embedded:base", "runs/sft/", "runs/apo", "runs/merge")]
     assert eval_report.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
     assert eval_report.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
@@ -358,3 +360,23 @@ def test_report_skips_a_task_that_could_not_run_when_finding_what_moved():
                {"model": "b", "tasks": {"ruler": {"think": _summary(0.5)}, "mode": {"think": _summary(1.0)}}}]
     glance = eval_report.glance_table(results, ["ruler", "mode"], ["think"], Path("."))
     assert glance[2:] == ["| mode (think) | 0.00 | 1.00 |"]
+
+
+def test_the_report_survives_old_and_damaged_run_directories(tmp_path, capsys):
+    """A run of ours without summary.json (made before summaries) is named with what to do; a summary
+    section missing keys is dropped with a warning instead of failing the whole report."""
+    old, damaged = tmp_path / "runs" / "old-sft", tmp_path / "runs" / "sft"
+    for run in (old, damaged):
+        run.mkdir(parents=True)
+        (run / "manifest.json").write_text(json.dumps({"stage": "sft", "recipe_sha256": "0" * 64}))
+    write_summary(damaged, {"stage": "sft", "trained_on": {"sources": [{"source": "a.jsonl", "rows": 3}]},
+                            "loss": {"steps": 1, "curve": "loss.png"}, "held_out": {"start": {}}})
+    results = [{"model": str(run), "tasks": {"mode": {"think": _summary(0.5)}}} for run in (old, damaged)]
+    out = tmp_path / "eval"
+    out.mkdir()
+    report = eval_report.write_report(results, out, ["think"])
+    assert f"No summary.json in `{old}`" in report and "### sft" in report
+    assert "Trained on" not in report and "Training loss" not in report and "Held-out" not in report
+    warnings = capsys.readouterr().out
+    assert "section `trained_on` lacks some of kind, table, sources; not shown" in warnings
+    assert "section `held_out` lacks" in warnings

@@ -348,3 +348,14 @@ def test_sft_recipe_has_the_25_official_splits_with_their_weights():
     assert splits == OFFICIAL_SFT_SPLITS
     assert all(s.mode == ("think" if s.split.endswith("_think") and not s.split.endswith("no_think") else "no_think")
                for s in sft.data.sources)
+
+
+def test_a_stage_rule_is_listed_where_it_was_before_the_recipes_moved_beside_their_stages(write_recipe):
+    """Mid-training's own rule, then the reference-model rule, then the shared combinations: TRL checks,
+    the stage's rules and the shared ones keep the order users saw before (the review found it reversed)."""
+    body = {"name": "t", "stage": "midtrain", "model": {"name_or_path": "embedded:tiny-smollm3"},
+            "ref_model": {"name_or_path": "embedded:tiny-smollm3"},
+            "data": {"sources": [{"path": "data/demo/reasoning.jsonl"}]},
+            "training": {"packing": True, "max_length": 512, "bf16": True, "fp16": True}}
+    keys = [key.split(" ")[0] for key, _ in problems_of(write_recipe(body))]
+    assert keys == ["training.packing_strategy", "ref_model", "training.bf16"]

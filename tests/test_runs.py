@@ -97,3 +97,23 @@ def test_json_written_atomically(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"a": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_a_summary_that_cannot_be_written_fails_the_run_like_any_other_write(recipe, monkeypatch):
+    """summary.json is written inside the run: a full disk there is recorded in the manifest and said
+    in one line (UserError), and nothing looks finished (it used to be written after the try block)."""
+    import errno
+
+    from pipeline import runs
+    from pipeline.errors import UserError
+
+    def full(path, summary):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path / "summary.json"))
+
+    monkeypatch.setattr(runs, "write_summary", full)
+    with pytest.raises(UserError, match="summary.json: No space left on device; free space there"):
+        with stage_run(recipe) as run:
+            run.summary["outputs"] = []
+    assert not recipe.output_path().exists()
+    m = json.loads((run.path / "manifest.json").read_text())
+    assert m["status"] == "failed" and "No space left" in m["error"]
