@@ -61,7 +61,8 @@ def assert_checkpoint(out, tiny_model, stage):
     table = "pairs.json" if stage == "apo" else "mixture.txt"
     report = json.loads((out / ("pairs.json" if stage == "apo" else "mixture.json")).read_text())
     assert summary["trained_on"]["table"] == table and table in summary["outputs"]
-    assert summary["trained_on"]["sources"] == [{"source": s["source"], "rows": s["rows"]} for s in report["sources"]]
+    assert summary["trained_on"]["sources"] == [{"source": s["source"], "label": s["source"], "rows": s["rows"]}
+                                                for s in report["sources"]]  # local files: the label is the path
     return manifest
 
 
