@@ -74,9 +74,8 @@ def generate(backend, examples: list[Example], mode: str, s, desc: str) -> list:
 def request(example: Example, mode: str) -> Request:
     """What the model is sent for an example in a mode: its messages, tools, python tools, custom
     instructions and prefill, as the synth stage sends a teacher a prompt row (synth/stage.py request)."""
-    return Request(example.messages, enable_thinking=mode == "think", tools=example.tools, prefill=example.prefill,
-                   python_tools=example.template.get("python_tools"),
-                   custom_instructions=example.template.get("custom_instructions"))
+    return Request.of(example.messages, {**example.template, "xml_tools": example.tools}, mode == "think",
+                      example.prefill)
 
 
 def task_context(recipe, backend, max_new_tokens: int) -> TaskContext:

@@ -95,11 +95,10 @@ def run(recipe, overwrite: bool = False) -> Path:
             run.metrics.update({"sweep_best_weight": result["best_weight"], "sweep_best_mean": result["best_mean"]})
             run.summary["sweep"] = {"rows": result["rows"], "best_weight": result["best_weight"],
                                     "file": "sweep/sweep.md", "table": table(result)}
-            run.summary["outputs"] = ["sweep/sweep.md"]
         run.metrics.update({"soup_members": len(members), "soup_weights": [w for _, w in members],
                             "soup_weight": recipe.soup_weight})
         write_model_card(run, recipe, members)
-        run.summary["outputs"] = run.summary.get("outputs", []) + ["README.md"]
+        run.summary["outputs"] = ["sweep/sweep.md", "README.md"]  # those written: save_summary drops the others
     return recipe.output_path()
 
 

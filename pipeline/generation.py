@@ -91,6 +91,14 @@ class Request:
     python_tools: list | None = None
     custom_instructions: str | None = None
 
+    @classmethod
+    def of(cls, messages: list[dict[str, Any]], template: dict[str, Any], enable_thinking: bool,
+           prefill: str = "") -> Request:
+        """A request from a prompt and its template extras as pipeline.data.prompt_of gives them (xml_tools,
+        python_tools, custom_instructions): the one mapping synth's teacher and eval's model are sent through."""
+        return cls(messages, enable_thinking=enable_thinking, tools=template.get("xml_tools"), prefill=prefill,
+                   python_tools=template.get("python_tools"), custom_instructions=template.get("custom_instructions"))
+
 
 @dataclass
 class Completion:

@@ -134,10 +134,7 @@ def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -
 
 def request(item: dict) -> Request:
     """The teacher's request for one work item: the prompt with the row's tools and instructions."""
-    template = item.get("template", {})
-    return Request(item["messages"], enable_thinking=item["mode"] == "think", tools=template.get("xml_tools"),
-                   python_tools=template.get("python_tools"),
-                   custom_instructions=template.get("custom_instructions"), prefill=item["prefill"])
+    return Request.of(item["messages"], item.get("template", {}), item["mode"] == "think", item["prefill"])
 
 
 def _generate_all(recipe, prompts, shard_dir: Path, shard: tuple[int, int]) -> list[list[dict]]:
