@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, install_template, template_kwargs
+from pipeline.core.chat import DEFAULT_CUTOFF, DEFAULT_DATE, install_template, template_kwargs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,8 +46,8 @@ def bench_data_path(tokenizer, rows: list[dict], seq_length: int) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.data import Rendering, tokenize_row, validate_conversation
-    from pipeline.packing import pack, packing_stats
+    from pipeline.data.packing import pack, packing_stats
+    from pipeline.data.rows import Rendering, tokenize_row, validate_conversation
 
     rendering = Rendering(DEFAULT_DATE, DEFAULT_CUTOFF, assistant_only=True)
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def bench_data_path(tokenizer, rows: list[dict], seq_length: int) -> dict:
 def bench_packing(seq_length: int = 4096, n: int = 5000) -> dict:
     from datasets import Dataset
 
-    from pipeline.packing import pack, packing_stats
+    from pipeline.data.packing import pack, packing_stats
 
     rng = random.Random(0)
     lengths = [min(seq_length, max(16, int(rng.lognormvariate(6.2, 0.9)))) for _ in range(n)]
@@ -111,8 +111,8 @@ def bench_training(docs: list[dict], steps: int, seq_length: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.models import resolve_model
-    from pipeline.packing import pack
+    from pipeline.core.models import resolve_model
+    from pipeline.data.packing import pack
 
     path = resolve_model("embedded:smollm2-135m-instruct")
     tokenizer = install_template(AutoTokenizer.from_pretrained(path))
@@ -141,7 +141,7 @@ def bench_training(docs: list[dict], steps: int, seq_length: int) -> dict:
 
 
 def _tiny() -> str:
-    from pipeline.models import resolve_model
+    from pipeline.core.models import resolve_model
 
     return resolve_model("embedded:tiny-smollm3")
 

@@ -61,10 +61,10 @@ def write_rows(path: Path, n: int) -> None:
 def ours(path: Path, work: Path, num_proc: int) -> dict:
     from transformers import AutoTokenizer
 
-    from pipeline.chat import install_template
-    from pipeline.mixture import build_sft_mixture
-    from pipeline.models import resolve_model
-    from pipeline.schema import TrainRecipe
+    from pipeline.core.chat import install_template
+    from pipeline.core.models import resolve_model
+    from pipeline.core.schema import TrainRecipe
+    from pipeline.data.mixture import build_sft_mixture
 
     tokenizer = install_template(AutoTokenizer.from_pretrained(resolve_model("embedded:tiny-smollm3")))
     recipe = TrainRecipe.model_validate({
@@ -81,8 +81,8 @@ def trl(path: Path, work: Path, num_proc: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.chat import install_template
-    from pipeline.models import resolve_model
+    from pipeline.core.chat import install_template
+    from pipeline.core.models import resolve_model
 
     model_path = resolve_model("embedded:tiny-smollm3")
     tokenizer = install_template(AutoTokenizer.from_pretrained(model_path))

@@ -3,7 +3,7 @@ point), each stage's outputs, and charts. Written by the eval stage (eval/stage.
 results it saved, into `report.md`, `progress.png`, `<task>_by_length.png` (RULER) and `scores.png`.
 
 For a model that is a run directory, the report reads one file there, the run's `summary.json`
-(its sections: pipeline/summary.py): the loss trend, the rows per source it trained on (a source
+(its sections: pipeline/core/summary.py): the loss trend, the rows per source it trained on (a source
 written by a synth run links that run's filter report, from the synth run's own summary), APO's
 held-out preference and the merge sweep, and links to the files the summary lists. It knows no
 stage's other files and no task by name: a task whose summaries hold `length_<N>` scores gets a
@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.files import pyplot, save_figure
-from pipeline.runs import is_run
-from pipeline.summary import read_summary
+from pipeline.core.files import pyplot, save_figure
+from pipeline.core.runs import is_run
+from pipeline.core.summary import read_summary
 
 
 def write_report(results: list[dict], out: Path, modes: list[str]) -> str:

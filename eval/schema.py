@@ -1,5 +1,5 @@
 """The eval stage's recipe, beside the stage (eval/stage.py) that runs it; registered in
-pipeline/stages.py. The merge sweep builds one to score its merges (merge/sweep.py).
+pipeline/core/stages.py. The merge sweep builds one to score its merges (merge/sweep.py).
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from pipeline.core.schema import ChatSpec, RecipeBase
 from pipeline.generation import BackendSpec, SamplingSpec
-from pipeline.schema import ChatSpec, RecipeBase
 
 
 class EvalRecipe(RecipeBase):

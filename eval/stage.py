@@ -16,9 +16,9 @@ from typing import Any
 
 from eval.report import write_report
 from eval.tasks import Example, TaskContext, build_task, check_tasks
+from pipeline.core.models import resolve_model
+from pipeline.core.runs import stage_run, write_json_atomic
 from pipeline.generation import Request, make_backend
-from pipeline.models import resolve_model
-from pipeline.runs import stage_run, write_json_atomic
 
 
 def check(recipe) -> list[tuple[str, str]]:

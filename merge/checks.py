@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.runs import is_complete_checkpoint
+from pipeline.core.errors import UserError
+from pipeline.core.runs import is_complete_checkpoint
 
 # Files only a transformers Trainer checkpoint holds: such a directory must be a complete checkpoint.
 TRAINER_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")

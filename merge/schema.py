@@ -1,5 +1,5 @@
 """The merge stage's recipe, beside the stage (merge/stage.py) that runs it; registered in
-pipeline/stages.py.
+pipeline/core/stages.py.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.core.schema import ChatSpec, RecipeBase, Strict
 from pipeline.generation import BackendSpec, SamplingSpec
-from pipeline.schema import ChatSpec, RecipeBase, Strict
 
 
 class MergeInput(Strict):

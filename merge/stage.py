@@ -22,10 +22,10 @@ import yaml
 from eval.tasks import check_tasks
 from merge.checks import check_compatible
 from merge.sweep import sweep, table
-from pipeline.chat import end_of_turn_as_eos, template_text
-from pipeline.errors import UserError
-from pipeline.inputs import expand_glob, is_glob
-from pipeline.runs import stage_run
+from pipeline.core.chat import end_of_turn_as_eos, template_text
+from pipeline.core.errors import UserError
+from pipeline.core.inputs import expand_glob, is_glob
+from pipeline.core.runs import stage_run
 
 
 def check(recipe) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from eval.schema import EvalRecipe
-from pipeline.files import pyplot, save_figure
+from pipeline.core.files import pyplot, save_figure
 
 
 def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:

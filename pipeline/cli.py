@@ -13,8 +13,8 @@ user can fix (a bad recipe or input, a busy or foreign run directory: one line o
 recipe error is found before anything loads); 1 a bug or a failure while running (traceback).
 
 This module is the top of the house: it dispatches to the stage modules through the registry
-(pipeline/stages.py), so the foundation it lives in never imports a stage. Each stage module has `run(recipe, ...)` and
-may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names, synth
+(pipeline/core/stages.py), so the foundation it lives in never imports a stage. Each stage module has `run(recipe,
+...)` and may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names, synth
 filter settings); `load` runs those checks with the foundation's, for `validate` and every run.
 """
 
@@ -24,11 +24,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.inputs import check_inputs
-from pipeline.recipe import RecipeError, load_recipe, raise_problems
-from pipeline.redaction import redact, redact_text
-from pipeline.stages import STAGES, stage_module
+from pipeline.core.errors import UserError
+from pipeline.core.inputs import check_inputs
+from pipeline.core.recipe import RecipeError, load_recipe, raise_problems
+from pipeline.core.redaction import redact, redact_text
+from pipeline.core.stages import STAGES, stage_module
 
 SHARDED = [stage for stage, spec in STAGES.items() if spec.shards]  # the generation stages: `smolalign synth`
 DEMO_RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full, read-only or forbidden place outside a run (its lock, the cache): the same
-        from pipeline.runs import disk_problem
+        from pipeline.core.runs import disk_problem
 
         problem = disk_problem(e, [])
         if problem is None:
@@ -130,11 +130,11 @@ def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None =
 
 def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite: bool = False,
               shard: str | None = None) -> int:
-    from pipeline.runs import check_output_dir
+    from pipeline.core.runs import check_output_dir
 
     recipe = load(recipe_file, overrides, stage=stage)
     check_inputs(recipe)
-    if not shard:  # a share checks its own (pipeline.runs.join_run)
+    if not shard:  # a share checks its own (pipeline.core.runs.join_run)
         check_output_dir(recipe, overwrite)  # before any model or data loads
     extra = {"shard": shard} if shard else {}
     out = stage_module(stage).run(recipe, overwrite=overwrite, **extra)
@@ -159,7 +159,7 @@ def validate(files: list[str], inputs: bool = False) -> int:
 def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
     """Build the mixture a training stage will use, with its stage's own `prepare` (the same code and
     cache entry its `run` reads)."""
-    from pipeline.runs import parse_shard
+    from pipeline.core.runs import parse_shard
 
     recipe = load(recipe_file, overrides)
     build = getattr(stage_module(recipe.stage), "prepare", None)
@@ -175,9 +175,9 @@ def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
 
 def plan(args) -> int:
     """Plan every recipe; print the tables, write plan.json; exit 2 with one line per problem."""
-    from pipeline.costs import launcher_sharding, read_gpu_check
-    from pipeline.files import write_json_atomic
-    from pipeline.plan import format_plan, plan_recipe
+    from pipeline.core.files import write_json_atomic
+    from pipeline.planning.costs import launcher_sharding, read_gpu_check
+    from pipeline.planning.plan import format_plan, plan_recipe
 
     if args.gpus < 1:
         raise UserError(f"--gpus {args.gpus}: give the number of GPUs the job runs on (1 or more)")
@@ -249,7 +249,7 @@ def _is_accelerate_config(launcher) -> bool:
 
 
 def prepare_models(names: list[str]) -> int:
-    from pipeline.models import EMBEDDED, resolve_model
+    from pipeline.core.models import EMBEDDED, resolve_model
 
     for name in names or list(EMBEDDED):
         print(f"embedded:{name} -> {resolve_model('embedded:' + name)}")

@@ -32,10 +32,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
-from pipeline.errors import UserError
-from pipeline.redaction import remember
-from pipeline.schema import Strict
+from pipeline.core.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
+from pipeline.core.errors import UserError
+from pipeline.core.redaction import remember
+from pipeline.core.schema import Strict
 
 
 class SamplingSpec(Strict):
@@ -94,7 +94,7 @@ class Request:
     @classmethod
     def of(cls, messages: list[dict[str, Any]], template: dict[str, Any], enable_thinking: bool,
            prefill: str = "") -> Request:
-        """A request from a prompt and its template extras as pipeline.data.prompt_of gives them (xml_tools,
+        """A request from a prompt and its template extras as pipeline.data.rows.prompt_of gives them (xml_tools,
         python_tools, custom_instructions): the one mapping synth's teacher and eval's model are sent through."""
         return cls(messages, enable_thinking=enable_thinking, tools=template.get("xml_tools"), prefill=prefill,
                    python_tools=template.get("python_tools"), custom_instructions=template.get("custom_instructions"))

@@ -23,10 +23,10 @@ echo "$deps" > "$site/zz_smolalign_test_deps.pth"   # sorted last: the wheel's o
 cd "$tmp"  # away from the checkout, so nothing is imported from it
 "$tmp/venv/bin/python" - "$tmp" <<'PY'
 import sys
-import eval.tasks, pipeline, pipeline.chat, synth, merge
+import eval.tasks, pipeline, pipeline.core.chat, synth, merge
 for module in (pipeline, eval.tasks, synth, merge):
     assert module.__file__.startswith(sys.argv[1]), f"{module.__name__} imported from {module.__file__}, not the wheel"
-assert pipeline.chat.TEMPLATE_PATH.is_file(), "the chat template is missing from the wheel"
+assert pipeline.core.chat.TEMPLATE_PATH.is_file(), "the chat template is missing from the wheel"
 from eval.tasks.ifeval import SHIPPED
 assert SHIPPED.is_file(), "eval/data is missing from the wheel"
 PY

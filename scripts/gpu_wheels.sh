@@ -53,7 +53,7 @@ rm -f "$DEST"/*.whl "$DEST/tokenizer/tokenizer.json" "$DEST/tokenizer/tokenizer_
     -d "$DEST" "${PACKAGES[@]}"
 
 # The stage runs tokenize generated rows: the embedded model's tokenizer (SmolLM2's), built by `make setup`.
-TOKENIZER=$("$PY" -c "from pipeline.models import resolve_model; print(resolve_model('embedded:tiny-smollm3'))")
+TOKENIZER=$("$PY" -c "from pipeline.core.models import resolve_model; print(resolve_model('embedded:tiny-smollm3'))")
 mkdir -p "$DEST/tokenizer"
 cp "$TOKENIZER"/tokenizer.json "$TOKENIZER"/tokenizer_config.json "$DEST/tokenizer/"
 echo "gpu wheels: $(ls "$DEST"/*.whl | wc -l) wheels and a tokenizer in $DEST ($(du -sh "$DEST" | cut -f1))"

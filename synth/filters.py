@@ -2,7 +2,7 @@
 
 - truncated:        the generation hit max_new_tokens (finish_reason "length")
 - think_block:      think mode without exactly one well-formed, non-empty <think>...</think> first,
-                    or no-think mode with reasoning in a think block (pipeline.chat's rules)
+                    or no-think mode with reasoning in a think block (pipeline.core.chat's rules)
 - empty_answer:     nothing after the think block
 - exact_duplicate:  the same prompt and answer (normalised) seen before
 - near_duplicate:   answer 5-gram Jaccard >= threshold with an earlier kept answer (datasketch MinHash LSH)
@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.chat import MISSING_ANSWER, strip_think, think_block_problem
-from pipeline.errors import UserError
+from pipeline.core.chat import MISSING_ANSWER, strip_think, think_block_problem
+from pipeline.core.errors import UserError
 from synth.schema import FilterSpec
 
 WORD = re.compile(r"\w+")

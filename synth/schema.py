@@ -1,5 +1,5 @@
 """The synth stages' recipe (synth-traces, synth-pairs) and their filter settings, beside the stage
-(synth/stage.py) that runs them; registered in pipeline/stages.py.
+(synth/stage.py) that runs them; registered in pipeline/core/stages.py.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.core.schema import DataSpec, ModelSpec, RecipeBase, Strict
 from pipeline.generation import BackendSpec, SamplingSpec
-from pipeline.schema import DataSpec, ModelSpec, RecipeBase, Strict
 
 
 class FilterSpec(Strict):

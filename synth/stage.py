@@ -6,7 +6,7 @@
 synth-traces: prompts of non-reasoning datasets -> the teacher in thinking mode -> dual-mode SFT
 rows (`rows.jsonl`: messages with the <think> trace, chat_template_kwargs) that the SFT stage reads.
 A prompt row keeps its tool calls, tool results, tools and custom instructions (the one row path,
-pipeline/sources.py and pipeline/data.py): the teacher sees them, and the rows carry them on.
+pipeline/data/sources.py and pipeline/data/rows.py): the teacher sees them, and the rows carry them on.
 synth-pairs: the same kind of prompts -> strong model (chosen) and weak model (rejected), in each
 mode -> preference rows (`pairs.jsonl`: prompt, chosen, rejected, chat_template_kwargs) that the
 APO stage reads.
@@ -33,13 +33,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipeline.data import BadRow, prompt_of
-from pipeline.errors import UserError
-from pipeline.files import write_jsonl
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_jsonl
+from pipeline.core.models import resolve_model
+from pipeline.core.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
+from pipeline.data.rows import BadRow, prompt_of
+from pipeline.data.sources import iter_rows
 from pipeline.generation import Request, make_backend
-from pipeline.models import resolve_model
-from pipeline.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
-from pipeline.sources import iter_rows
 from synth.filters import apply_filters
 from synth.store import ShardStore, key_shard, read_all, work_key
 
@@ -52,7 +52,7 @@ THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teac
 # ----------------------------------------------------------------------------------------------
 def load_prompts(recipe) -> list[dict]:
     """[{"id", "messages", "template", "reference"}]: each row read by the one loader and normalised as
-    training rows are (pipeline.data.prompt_of): the conversation up to the turn the model writes,
+    training rows are (pipeline.data.rows.prompt_of): the conversation up to the turn the model writes,
     with its tool calls and tool results, and in `template` the row's tools and custom instructions.
     A row that is not a conversation is skipped and counted, with the first reason printed."""
     rng = random.Random(recipe.prompts.seed)

@@ -10,14 +10,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
-    from pipeline.models import resolve_model
+    from pipeline.core.models import resolve_model
 
     return resolve_model("embedded:tiny-smollm3")
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> str:
-    from pipeline.models import resolve_model
+    from pipeline.core.models import resolve_model
 
     return resolve_model("embedded:smollm2-135m-instruct")
 

@@ -38,16 +38,16 @@ def hold_after_optimizer_save(checkpoint: str, marker_dir: Path) -> None:
 
 
 def hold_in_map_workers(marker_dir: Path) -> None:
-    import pipeline.mixture
+    import pipeline.data.mixture
 
-    main, encode_row = os.getpid(), pipeline.mixture.encode_row
+    main, encode_row = os.getpid(), pipeline.data.mixture.encode_row
 
     def encode_then_hold(*args, **kwargs):
         if os.getpid() != main:  # a forked worker; the main process only waits for them
             hold(marker_dir)
         return encode_row(*args, **kwargs)
 
-    pipeline.mixture.encode_row = encode_then_hold
+    pipeline.data.mixture.encode_row = encode_then_hold
 
 
 if __name__ == "__main__":

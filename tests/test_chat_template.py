@@ -5,7 +5,7 @@ import datetime
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.chat import install_template, template_kwargs
+from pipeline.core.chat import install_template, template_kwargs
 
 SYSTEM_THINK = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nToday Date: 01 July 2025\n"
                 "Reasoning Mode: /think\n\n## Custom Instructions\n\n")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline.data import BadRow, normalise_messages, take_fraction, take_tokens, validate_conversation
-from pipeline.packing import pack, packing_stats
+from pipeline.data.packing import pack, packing_stats
+from pipeline.data.rows import BadRow, normalise_messages, take_fraction, take_tokens, validate_conversation
 
 USER = {"role": "user", "content": "Hi"}
 
@@ -250,7 +250,7 @@ def test_packing_refuses_a_row_length_that_is_not_positive():
     """max_length 0 with wrapped packing once looped forever while memory grew."""
     import numpy as np
 
-    from pipeline.packing import bfd_plan, wrapped_rows
+    from pipeline.data.packing import bfd_plan, wrapped_rows
 
     for plan in (wrapped_rows, bfd_plan):
         for bad in (0, -4):

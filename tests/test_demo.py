@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO
 
 from eval import stage as eval_stage
-from pipeline import sft
-from pipeline.recipe import load_recipe
+from pipeline.core.recipe import load_recipe
+from pipeline.training import sft
 
 BASE = "embedded:smollm2-135m-instruct"
 STEPS = 40  # >= 20 logged steps: the loss check compares the mean of the first 10 with the last 10

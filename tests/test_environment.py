@@ -8,9 +8,9 @@ import torch
 import transformers.utils
 from conftest import sft_recipe
 
-from pipeline.errors import UserError
-from pipeline.recipe import load_recipe
-from pipeline.train import check_environment, choose_attention
+from pipeline.core.errors import UserError
+from pipeline.core.recipe import load_recipe
+from pipeline.training.train import check_environment, choose_attention
 
 
 def recipe(write_recipe, attn="sdpa", **training):

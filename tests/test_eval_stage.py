@@ -10,9 +10,9 @@ from conftest import REPO
 
 from eval import report as eval_report
 from eval import stage
+from pipeline.core.recipe import load_recipe
+from pipeline.core.summary import loss_section, trained_on_section, write_summary
 from pipeline.generation import OpenAIBackend, Request, SamplingSpec, TransformersBackend
-from pipeline.recipe import load_recipe
-from pipeline.summary import loss_section, trained_on_section, write_summary
 
 
 def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, ckpt_copy):
@@ -105,7 +105,7 @@ def test_openai_backend_sends_our_rendered_prompt(tiny_model):
 
 def test_unknown_eval_task_and_option_are_refused(write_recipe):
     from pipeline.cli import load
-    from pipeline.recipe import RecipeError
+    from pipeline.core.recipe import RecipeError
 
     body = {"name": "t", "stage": "eval", "models": ["m"], "tasks": {"gsm8k": {}, "ruler": {"lenghts": [1]}}}
     with pytest.raises(RecipeError) as e:

@@ -62,8 +62,8 @@ def test_throughput_records_land_on_disk_as_each_finishes(tmp_path):
         assert "peak_memory_gib" in r and sum(r["documents"] for r in [r]) >= 1
     assert {(r["seq_length"], r["attn_implementation"], r["activation_checkpointing"]) for r in records} == {
         (n, impl, ac) for n in (64, 128) for impl in ("sdpa", "eager") for ac in (False, True)}
-    # and `smolalign plan` (pipeline/costs.py) reads them
-    from pipeline.costs import read_gpu_check
+    # and `smolalign plan` (pipeline/planning/costs.py) reads them
+    from pipeline.planning.costs import read_gpu_check
 
     assert read_gpu_check(out)["rows"] == records
 
@@ -94,7 +94,7 @@ def test_attention_flops_equal_torch_flop_counter():
 
 
 def test_stage_runs_change_only_data_steps_saving_and_tracker_of_the_real_recipes(tmp_path):
-    from pipeline.recipe import load_recipe
+    from pipeline.core.recipe import load_recipe
 
     g = gpu_check()
     for stage, length in (("sft", 65536), ("apo", 24576)):

@@ -58,15 +58,15 @@ def one_error_line(out):
 def tok(tiny_model):
     from transformers import AutoTokenizer
 
-    from pipeline.chat import install_template
+    from pipeline.core.chat import install_template
 
     return install_template(AutoTokenizer.from_pretrained(tiny_model))
 
 
 def build(write_recipe, tmp_path, tok, data, data_settings=None, **source):
     """build_sft_mixture (what `prepare` and the training stages run) on one no-think source."""
-    from pipeline.mixture import build_sft_mixture
-    from pipeline.recipe import load_recipe
+    from pipeline.core.recipe import load_recipe
+    from pipeline.data.mixture import build_sft_mixture
 
     body = sft_recipe()
     body["data"] = {"sources": [{"path": str(data), "mode": "no_think", **source}], "num_proc": 1,
@@ -81,7 +81,7 @@ def quarantined(tmp_path):
 
 # ---- 10. a fraction that selects no rows --------------------------------------------------------
 def test_a_fraction_that_selects_no_rows_is_one_clear_error(write_recipe, tmp_path, tok):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(10))
     with pytest.raises(UserError, match=r"data.sources.0 \(.*chat.jsonl\): fraction 0.001 of its 10 usable rows "
@@ -91,9 +91,9 @@ def test_a_fraction_that_selects_no_rows_is_one_clear_error(write_recipe, tmp_pa
 
 
 def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path):
-    from pipeline.data import build_preference_mixture
-    from pipeline.errors import UserError
-    from pipeline.recipe import load_recipe
+    from pipeline.core.errors import UserError
+    from pipeline.core.recipe import load_recipe
+    from pipeline.data.rows import build_preference_mixture
 
     pairs = str(REPO / "data/demo/preferences.jsonl")
     recipe = load_recipe(write_recipe({
@@ -108,8 +108,8 @@ def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_sile
 
 def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
     import synth.stage as synth_stage
-    from pipeline.errors import UserError
-    from pipeline.recipe import load_recipe
+    from pipeline.core.errors import UserError
+    from pipeline.core.recipe import load_recipe
 
     more = write_jsonl(tmp_path / "more.jsonl", chat_rows(10))
     recipe = load_recipe(write_recipe({
@@ -149,7 +149,7 @@ def test_a_retry_after_past_the_budget_gives_up_at_once_and_says_so(tiny_model, 
     import time
     from email.utils import formatdate
 
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     value = formatdate(time.time() + 3600, usegmt=True) if retry_after == "date" else retry_after
     with ScriptedServer([(503, {"Retry-After": value}, {"error": "overloaded"})] * 50) as server:
@@ -188,7 +188,7 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, where):
 
 
 def test_a_recipe_with_a_few_aliases_still_loads(write_recipe):
-    from pipeline.recipe import load_recipe
+    from pipeline.core.recipe import load_recipe
 
     text = ("name: t\nstage: sft\nmodel: {name_or_path: embedded:tiny-smollm3}\n"
             "data: {sources: [&src {path: data.jsonl, mode: no_think}, *src]}\n"
@@ -200,9 +200,9 @@ def test_a_recipe_with_a_few_aliases_still_loads(write_recipe):
 def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recipe, tmp_path, tiny_model,
                                                                      monkeypatch):
     import synth.stage as synth_stage
-    from pipeline.errors import UserError
-    from pipeline.recipe import load_recipe
-    from pipeline.runs import read_manifest
+    from pipeline.core.errors import UserError
+    from pipeline.core.recipe import load_recipe
+    from pipeline.core.runs import read_manifest
 
     monkeypatch.setattr(synth_stage, "BATCH", 4)
 
@@ -230,7 +230,7 @@ def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recip
 
 
 def test_plan_says_connection_settings_do_not_change_a_run():
-    from pipeline.plan import changes_identity
+    from pipeline.planning.plan import changes_identity
 
     connection = ("base_url", "retry_budget_s", "concurrency", "timeout_s")
     assert not any(changes_identity(f"backend.{k}") for k in connection)
@@ -256,8 +256,8 @@ def files_holding(directory, *secrets):
 
 @pytest.mark.slow  # ~25 s: one step of real training, saved twice (checkpoint and run)
 def test_a_training_run_writes_no_token_into_any_file(write_recipe, tmp_path):
-    from pipeline import sft
-    from pipeline.recipe import load_recipe
+    from pipeline.core.recipe import load_recipe
+    from pipeline.training import sft
 
     body = sft_recipe(output_dir=str(tmp_path / "runs" / "sft"),
                       description=f"pushes with {HUB_TOKEN}; teacher key {SK_TOKEN}")
@@ -277,8 +277,8 @@ def test_a_password_in_base_url_is_sent_as_basic_auth_and_never_printed_or_writt
                                                                                      tiny_model, monkeypatch, capfd):
     import base64
 
-    from pipeline.recipe import load_recipe
-    from pipeline.runs import stage_run
+    from pipeline.core.recipe import load_recipe
+    from pipeline.core.runs import stage_run
 
     with ScriptedServer([]) as server:
         ask(tiny_model, server.url.replace("://", f"://me:{PASSWORD}@"), retry_budget_s=5)
@@ -310,8 +310,8 @@ def test_a_secret_value_is_not_echoed_by_a_recipe_error(write_recipe, monkeypatc
 
 
 def test_the_manifest_hides_secrets_and_only_secrets(write_recipe, tmp_path):
-    from pipeline.recipe import load_recipe
-    from pipeline.runs import read_manifest, stage_run
+    from pipeline.core.recipe import load_recipe
+    from pipeline.core.runs import read_manifest, stage_run
 
     body = sft_recipe(output_dir=str(tmp_path / "sft"), description=f"see https://me:{PASSWORD}@host/x, {SK_TOKEN}")
     body["data"]["sources"][0]["path"] = str(REPO / "data/demo/chat_no_think.jsonl")
@@ -334,7 +334,7 @@ def test_a_name_that_only_starts_like_a_token_is_shown(name):
     """A Hugging Face token is hf_ and 34 characters, an OpenAI key sk- and 40 or more, a GitHub token
     ghp_ and 36: a model or data path that merely starts with such a prefix is not a secret, and a
     manifest that hid it would not say what the run read."""
-    from pipeline.redaction import redact, redact_text
+    from pipeline.core.redaction import redact, redact_text
 
     assert redact_text(name) == name and redact({"model": {"name_or_path": name}})["model"]["name_or_path"] == name
     assert redact_text(f"{name} {HUB_TOKEN} {SK_TOKEN}") == f"{name} <redacted> <redacted>"
@@ -347,7 +347,7 @@ def test_a_url_password_is_cut_out_whole_as_urllib_reads_it(url):
     holding an unescaped @ was cut out only up to its first @, and the rest was shown."""
     import urllib.parse
 
-    from pipeline.redaction import redact_text
+    from pipeline.core.redaction import redact_text
 
     password = urllib.parse.urlsplit(url.split()[0]).password
     shown = redact_text(url)
@@ -378,8 +378,8 @@ def test_a_row_over_the_size_bound_is_quarantined_with_its_size(write_recipe, tm
 
 
 def test_the_default_bound_follows_max_length():
-    from pipeline.mixture import row_byte_limit
-    from pipeline.schema import TrainRecipe
+    from pipeline.core.schema import TrainRecipe
+    from pipeline.data.mixture import row_byte_limit
 
     def recipe(max_length=None, limit=None):
         body = sft_recipe()

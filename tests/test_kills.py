@@ -20,8 +20,8 @@ import yaml
 from conftest import REPO
 from safetensors.torch import load_file
 
-from pipeline import sft
-from pipeline.recipe import load_recipe
+from pipeline.core.recipe import load_recipe
+from pipeline.training import sft
 
 HARNESS = [sys.executable, str(REPO / "tests" / "kill_harness.py")]
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
@@ -118,7 +118,7 @@ def test_a_checkpoint_cut_short_is_set_aside_outside_the_run_and_outside_rotatio
 def test_only_the_main_rank_sets_a_checkpoint_aside_the_others_skip_it(tmp_path, monkeypatch):
     """Every rank of a multi-GPU job looks for checkpoints to resume from; had each moved the one cut
     short, the ranks would race on one rename and the losers fail (FileNotFoundError) on resume."""
-    from pipeline.train import complete_checkpoints
+    from pipeline.training.train import complete_checkpoints
 
     run = tmp_path / "sft.partial"
     for step, whole in ((2, True), (4, False)):
@@ -141,7 +141,7 @@ def test_a_checkpoint_of_sharded_weights_is_resumed_from_not_set_aside(tmp_path,
     """DeepSpeed without zero3_save_16bit_model and FSDP with SHARDED_STATE_DICT save the weights in their
     own layout (transformers writes no model.safetensors then): every such checkpoint was set aside as
     cut short, and the run restarted from step 0."""
-    from pipeline.train import complete_checkpoints
+    from pipeline.training.train import complete_checkpoints
 
     ckpt = tmp_path / "sft.partial" / "checkpoint-4"
     (ckpt / sharded).parent.mkdir(parents=True)
@@ -209,8 +209,8 @@ def test_a_busy_lock_names_who_really_holds_it_and_a_waiting_run_says_what_it_wa
     """The process named in a lock is gone but a process it left behind holds the lock (here `sleep`,
     handed the descriptor): the refusal names the real holder, not the dead pid; a run that waits for
     a lock says so and goes on once the holder is killed."""
-    from pipeline.models import file_lock
-    from pipeline.runs import RunError, run_lock
+    from pipeline.core.models import file_lock
+    from pipeline.core.runs import RunError, run_lock
 
     lock = tmp_path / "runs" / "sft.lock"
     lock.parent.mkdir()
@@ -332,7 +332,7 @@ SMOLALIGN_CACHE={cache} exec {sys.executable} -m pipeline.cli sft --recipe {reci
 def test_a_full_disk_while_loading_a_hub_id_is_not_called_unreachable(code):
     """A Hub dataset or model fails to load with an OSError when its cache's disk is full: that error goes
     on to the stage's disk handling (free space / SMOLALIGN_CACHE), not to 'download it with hf download'."""
-    from pipeline.inputs import hub_errors
+    from pipeline.core.inputs import hub_errors
 
     with pytest.raises(OSError) as raised, hub_errors("HuggingFaceTB/smoltalk2", "data source", "dataset"):
         raise OSError(code, os.strerror(code), "/hf/datasets/smoltalk2.arrow")
@@ -374,10 +374,10 @@ def test_a_full_disk_while_a_parquet_source_converts_is_not_called_unreadable(tm
     probe.write_text("""
 import sys
 from pathlib import Path
-from pipeline.errors import UserError
-from pipeline.runs import disk_problem
-from pipeline.schema import Source
-from pipeline.sources import open_source
+from pipeline.core.errors import UserError
+from pipeline.core.runs import disk_problem
+from pipeline.core.schema import Source
+from pipeline.data.sources import open_source
 parquet, cache, seen = (Path(arg) for arg in sys.argv[1:])
 try:
     open_source(Source(path=str(parquet), mode="no_think"), cache)
@@ -396,9 +396,9 @@ seen.write_text(result)
 
 
 def test_a_file_that_is_not_parquet_is_still_one_line_naming_it(tmp_path):
-    from pipeline.errors import UserError
-    from pipeline.schema import Source
-    from pipeline.sources import open_source
+    from pipeline.core.errors import UserError
+    from pipeline.core.schema import Source
+    from pipeline.data.sources import open_source
 
     bad = tmp_path / "rows.parquet"
     bad.write_text("not a parquet file\n")

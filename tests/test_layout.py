@@ -73,7 +73,7 @@ def test_no_import_cycles():
 def test_the_checker_sees_imports():
     """The two tests above would pass vacuously on a parser that found nothing."""
     edges = graph()
-    assert "pipeline.chat" in edges["pipeline.generation"] and "pipeline.runs" in edges["eval.stage"]
+    assert "pipeline.core.chat" in edges["pipeline.generation"] and "pipeline.core.runs" in edges["eval.stage"]
     assert "eval.tasks" in edges["merge.stage"]
 
 
@@ -81,7 +81,7 @@ def test_the_checker_sees_imports():
 def test_the_foundation_branches_on_no_recipe_type():
     """pipeline/ never asks which recipe it holds (`isinstance(recipe, SomeRecipe)`) and names no stage's
     recipe class: a recipe says what it reads (`inputs()`) and what it gets wrong (`problems()`)."""
-    from pipeline.stages import STAGES
+    from pipeline.core.stages import STAGES
 
     stage_classes = {spec.schema.split(":")[1] for spec in STAGES.values() if not spec.schema.startswith("pipeline.")}
     assert stage_classes >= {"SynthRecipe", "MergeRecipe", "EvalRecipe"}
@@ -104,8 +104,8 @@ def test_the_foundation_branches_on_no_recipe_type():
 def test_every_stage_schema_sits_beside_its_stage():
     """The registry's recipe class of each stage lives in the package of the module that runs it, and
     is the class that validates that stage's recipes."""
-    from pipeline.schema import RecipeBase
-    from pipeline.stages import STAGES, recipe_class
+    from pipeline.core.schema import RecipeBase
+    from pipeline.core.stages import STAGES, recipe_class
 
     for stage, spec in STAGES.items():
         schema_module = spec.schema.split(":")[0]
@@ -120,7 +120,7 @@ def test_the_foundation_compares_no_stage_name():
     """pipeline/ never asks which stage it runs (`recipe.stage == "apo"`, `stage in ("midtrain", "sft")`,
     `stage.startswith("synth")`): what differs between stages is asked of the recipe (`trains_on`,
     `trl_config`) or of the registry (`shards`, a stage module's `prepare`). The registry names them."""
-    from pipeline.stages import STAGES
+    from pipeline.core.stages import STAGES
 
     def named(node, prefix: bool = False) -> list[str]:
         parts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
@@ -129,7 +129,7 @@ def test_the_foundation_compares_no_stage_name():
 
     found = []
     for module, path in modules().items():
-        if not module.startswith("pipeline") or module == "pipeline.stages":
+        if not module.startswith("pipeline") or module == "pipeline.core.stages":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Compare):
@@ -152,9 +152,9 @@ def test_the_stage_name_check_sees_a_comparison(tmp_path, monkeypatch):
 
 
 def test_the_report_reads_each_run_through_its_summary_and_knows_no_task_by_name():
-    """eval/report.py reads a run's summary.json (pipeline/summary.py) and the files the summary names,
+    """eval/report.py reads a run's summary.json (pipeline/core/summary.py) and the files the summary names,
     never another stage's own files, and special-cases no task."""
-    from pipeline.stages import STAGES
+    from pipeline.core.stages import STAGES
 
     others = {"manifest.json", "log_history.json", "mixture.json", "mixture.txt", "pairs.json", "preference.json",
               "sweep.json", "sweep.md", "report.json", "loss.png", "ruler", "ifeval", "math", "tools", "mode"}

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from merge.checks import MergeCheckError, check_compatible
 from merge.stage import run
 from pipeline.cli import load
-from pipeline.models import build_tiny_smollm3
-from pipeline.summary import read_summary
+from pipeline.core.models import build_tiny_smollm3
+from pipeline.core.summary import read_summary
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_pat
 
 
 def test_bad_sweep_weight_is_refused(write_recipe, tmp_path, ckpts):
-    from pipeline.recipe import RecipeError
+    from pipeline.core.recipe import RecipeError
 
     with pytest.raises(RecipeError, match=r"sweep weights must be in \(0, 1\]"):
         merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.0, 1.5])

@@ -6,10 +6,10 @@ import pytest
 from conftest import REPO
 from transformers import AutoTokenizer
 
-from pipeline.chat import install_template
-from pipeline.data import build_preference_mixture, format_report
-from pipeline.mixture import build_sft_mixture
-from pipeline.recipe import load_recipe
+from pipeline.core.chat import install_template
+from pipeline.core.recipe import load_recipe
+from pipeline.data.mixture import build_sft_mixture
+from pipeline.data.rows import build_preference_mixture, format_report
 
 
 @pytest.fixture
@@ -127,9 +127,9 @@ def test_a_source_is_named_the_same_by_the_mixture_report_the_quarantine_and_the
     """One label for a source everywhere: path, Hub config, split (a smoltalk2 subset is a config + split)."""
     import io
 
-    from pipeline import plan
-    from pipeline.data import format_report, write_quarantine
-    from pipeline.schema import Source
+    from pipeline.core.schema import Source
+    from pipeline.data.rows import format_report, write_quarantine
+    from pipeline.planning import plan
 
     split = "smoltalk_smollm3_everyday_conversations_no_think"
     source = Source(path="HuggingFaceTB/smoltalk2", name="SFT", split=split)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline import models
-from pipeline.errors import UserError
+from pipeline.core import models
+from pipeline.core.errors import UserError
 
 
 def test_tiny_smollm3_has_the_smollm3_architecture(tiny_model):

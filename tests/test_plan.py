@@ -13,11 +13,11 @@ import pytest
 import yaml
 from conftest import REPO
 
-from pipeline import costs
 from pipeline.cli import main
-from pipeline.recipe import load_recipe
-from pipeline.runs import identity_hash
-from pipeline.train import load_tokenizer
+from pipeline.core.recipe import load_recipe
+from pipeline.core.runs import identity_hash
+from pipeline.planning import costs
+from pipeline.training.train import load_tokenizer
 
 
 def run_plan(tmp_path, *args, capsys=None) -> tuple[int, dict]:
@@ -366,7 +366,7 @@ def test_the_memory_estimate_is_within_20_percent_of_the_demo_sft_runs_peak_rss(
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "SMOLALIGN_CACHE": str(tmp_path / "cache")}
-    baseline = peak_rss(["-c", "import torch, transformers, trl, datasets, pipeline.sft"], env)
+    baseline = peak_rss(["-c", "import torch, transformers, trl, datasets, pipeline.training.sft"], env)
     peak = peak_rss(["-m", "pipeline.cli", "sft", "--recipe", str(path)], env)
     estimate = costs.memory_per_gpu(costs.model_shape(smollm2), dtype="float32", sharding=("none", 0), gpus=1,
                                     seq_length=384, checkpointing=False, liger=False)["total_gib"] * costs.GIB

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.chat import install_template, template_kwargs
-from pipeline.preference import pair_logprobs, preference_stats, reward_margin
+from pipeline.core.chat import install_template, template_kwargs
+from pipeline.training.preference import pair_logprobs, preference_stats, reward_margin
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 from conftest import REPO
 from transformers import AutoTokenizer
 
-from pipeline.chat import install_template
-from pipeline.errors import UserError
-from pipeline.mixture import build_sft_mixture
-from pipeline.recipe import load_recipe
+from pipeline.core.chat import install_template
+from pipeline.core.errors import UserError
+from pipeline.core.recipe import load_recipe
+from pipeline.data.mixture import build_sft_mixture
 
 TOOL = {"name": "get_weather", "description": "Weather for a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -194,7 +194,7 @@ def test_bfd_packs_as_tightly_as_trl(tiny_model):
     from datasets import Dataset
     from trl.data_utils import pack_dataset
 
-    from pipeline.packing import pack, packing_stats
+    from pipeline.data.packing import pack, packing_stats
 
     rng = random.Random(0)
     lengths = [min(2048, max(8, int(rng.lognormvariate(5.5, 0.9)))) for _ in range(2000)]
@@ -229,7 +229,7 @@ def test_released_mapped_pages_leave_the_process_and_read_back_the_same(tmp_path
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.mapped import release_mapped_pages
+    from pipeline.data.mapped import release_mapped_pages
 
     def rss_file_mb():
         for line in open("/proc/self/status"):
@@ -252,8 +252,8 @@ def test_released_mapped_pages_leave_the_process_and_read_back_the_same(tmp_path
 def test_prepare_builds_the_mixture_of_stages_that_have_one_and_refuses_the_others(capsys):
     """`smolalign prepare` asks the stage module for its `prepare` (midtrain and sft share SFT's); APO reads
     its pairs directly, so an APO recipe is one clear error naming the stages prepare serves, exit 2."""
-    from pipeline import apo, midtrain, sft
     from pipeline.cli import main
+    from pipeline.training import apo, midtrain, sft
 
     assert midtrain.prepare is sft.prepare and not hasattr(apo, "prepare")
     assert main(["prepare", "--recipe", str(REPO / "recipes" / "demo" / "apo.yaml")]) == 2

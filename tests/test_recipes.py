@@ -10,9 +10,9 @@ import pytest
 import yaml
 from conftest import REPO, sft_recipe
 
-from pipeline.checks import trl_config_class
-from pipeline.inputs import check_inputs
-from pipeline.recipe import RecipeError, load_recipe, recipe_hash
+from pipeline.core.checks import trl_config_class
+from pipeline.core.inputs import check_inputs
+from pipeline.core.recipe import RecipeError, load_recipe, recipe_hash
 
 SHIPPED = sorted((REPO / "recipes").glob("smollm3/*.yaml")) + sorted((REPO / "recipes").glob("demo/*.yaml"))
 

@@ -13,8 +13,8 @@ from conftest import REPO, sft_recipe
 from scripted_server import ScriptedServer
 from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
 
-from pipeline.recipe import RecipeError, load_recipe
-from pipeline.runs import RunError, read_manifest, stage_run
+from pipeline.core.recipe import RecipeError, load_recipe
+from pipeline.core.runs import RunError, read_manifest, stage_run
 
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
 
@@ -69,9 +69,9 @@ def test_an_output_dir_no_run_could_finish_in_is_refused_before_any_work(make_re
                                                                          capsys, place):
     """Issue 21 item 4: each of these trained the whole stage and then failed (exit 1), renaming the
     user's file to `out.old`, failing on rmtree of a link, or changing a finished run's content."""
-    import pipeline.sft
+    import pipeline.training.sft
     from pipeline.cli import main
-    from pipeline.runs import content_hash
+    from pipeline.core.runs import content_hash
 
     finished = make_recipe()
     with stage_run(finished) as run:
@@ -89,7 +89,7 @@ def test_an_output_dir_no_run_could_finish_in_is_refused_before_any_work(make_re
     else:
         out = finished.output_path() / "extra"
     recipe = make_recipe(output_dir=str(out))
-    monkeypatch.setattr(pipeline.sft, "run", lambda *a, **k: pytest.fail("the stage started"))
+    monkeypatch.setattr(pipeline.training.sft, "run", lambda *a, **k: pytest.fail("the stage started"))
     assert main(["sft", "--recipe", recipe._source, *overwrite]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out) in err, err
@@ -107,9 +107,9 @@ def test_a_second_run_on_a_held_run_dir_is_refused_naming_the_holder(make_recipe
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(REPO / 'tests')!r})
-from pipeline.recipe import RecipeError, load_recipe
+from pipeline.core.recipe import RecipeError, load_recipe
 from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
-from pipeline.runs import stage_run
+from pipeline.core.runs import stage_run
 with stage_run(load_recipe({recipe._source!r})):
     print("holding", flush=True)
     time.sleep(60)
@@ -307,7 +307,7 @@ def test_http_429_is_retried_after_retry_after_and_succeeds(tiny_model):
 
 
 def test_http_400_is_not_retried_and_names_the_url_and_the_reason(tiny_model):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     reason = {"error": {"message": "This model's maximum context length is 2048 tokens"}}
     stub = ScriptedServer([(400, {}, reason)])
@@ -321,7 +321,7 @@ def test_http_400_is_not_retried_and_names_the_url_and_the_reason(tiny_model):
 
 @pytest.mark.parametrize("reply", [b"<html>oops</html>", {"no": "choices"}])
 def test_http_malformed_reply_is_a_clear_error_with_the_url(tiny_model, reply):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     stub = ScriptedServer([(200, {}, reply)])
     try:

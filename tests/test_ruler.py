@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from eval.tasks import RulerTask, TaskContext
 from eval.tasks.ruler import NIAH, VARIANTS, string_match_all, string_match_part
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

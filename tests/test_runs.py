@@ -5,8 +5,8 @@ import json
 import pytest
 from conftest import sft_recipe
 
-from pipeline.recipe import load_recipe, recipe_hash
-from pipeline.runs import content_hash, fingerprint, new_manifest, read_manifest, stage_run, write_json_atomic
+from pipeline.core.recipe import load_recipe, recipe_hash
+from pipeline.core.runs import content_hash, fingerprint, new_manifest, read_manifest, stage_run, write_json_atomic
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def test_a_summary_that_cannot_be_written_fails_the_run_like_any_other_write(rec
     in one line (UserError), and nothing looks finished (it used to be written after the try block)."""
     import errno
 
-    from pipeline import runs
-    from pipeline.errors import UserError
+    from pipeline.core import runs
+    from pipeline.core.errors import UserError
 
     def full(path, summary):
         raise OSError(errno.ENOSPC, "No space left on device", str(path / "summary.json"))

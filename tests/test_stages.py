@@ -12,12 +12,12 @@ from conftest import REPO
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from pipeline import apo, sft
-from pipeline.errors import UserError
-from pipeline.preference import pair_logprobs, preference_stats
-from pipeline.recipe import load_recipe
-from pipeline.summary import read_summary
-from pipeline.train import load_tokenizer
+from pipeline.core.errors import UserError
+from pipeline.core.recipe import load_recipe
+from pipeline.core.summary import read_summary
+from pipeline.training import apo, sft
+from pipeline.training.preference import pair_logprobs, preference_stats
+from pipeline.training.train import load_tokenizer
 
 TRAINING = {"max_steps": 3, "learning_rate": 1.0e-3, "per_device_train_batch_size": 2, "bf16": False,
             "logging_steps": 1, "save_strategy": "no", "max_length": 128}
@@ -132,7 +132,7 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
      "pair 2: mode `from_row` but the row has no chat_template_kwargs.enable_thinking"),
     ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.", "chat_template_kwargs": {"enable_thinking": "no"}}',
      "pair 2: chat_template_kwargs.enable_thinking must be true or false"),
-    # the training rows' own checks apply too (pipeline.data.preference_row)
+    # the training rows' own checks apply too (pipeline.data.rows.preference_row)
     ('{"prompt": "Hi", "chosen": "Hello.", "rejected": " ", "chat_template_kwargs": {"enable_thinking": false}}',
      "pair 2: empty rejected answer"),
 ])
@@ -283,13 +283,13 @@ def test_kill_during_checkpoint_save_resumes_from_the_last_complete_one(straight
 
 def test_kill_between_last_checkpoint_and_promotion_only_redoes_the_save(straight_midtrain, monkeypatch):
     straight, recipe = straight_midtrain
-    import pipeline.sft
+    import pipeline.training.sft
 
-    real_finish = pipeline.sft.finish
-    monkeypatch.setattr(pipeline.sft, "finish", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    real_finish = pipeline.training.sft.finish
+    monkeypatch.setattr(pipeline.training.sft, "finish", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     with pytest.raises(RuntimeError, match="killed"):
         sft.run(recipe)
-    monkeypatch.setattr(pipeline.sft, "finish", real_finish)
+    monkeypatch.setattr(pipeline.training.sft, "finish", real_finish)
     assert (recipe.output_path().with_name("midtrain.partial") / "checkpoint-4" / "trainer_state.json").is_file()
     out = sft.run(recipe)
     manifest = json.loads((out / "manifest.json").read_text())

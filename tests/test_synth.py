@@ -11,12 +11,12 @@ from conftest import REPO
 
 import synth.stage as synth_stage
 from pipeline.cli import load
-from pipeline.data import build_preference_mixture
+from pipeline.core.recipe import RecipeError, load_recipe
+from pipeline.core.runs import parse_shard
+from pipeline.core.summary import read_summary
+from pipeline.data.mixture import build_sft_mixture
+from pipeline.data.rows import build_preference_mixture
 from pipeline.generation import Backend, Completion
-from pipeline.mixture import build_sft_mixture
-from pipeline.recipe import RecipeError, load_recipe
-from pipeline.runs import parse_shard
-from pipeline.summary import read_summary
 from synth.filters import Contamination, NearDuplicates, apply_filters
 from synth.store import ShardStore
 
@@ -111,7 +111,7 @@ def test_shards_split_the_work_and_a_last_run_collects(write_recipe, tmp_path, s
 def test_traces_feed_sft_and_pairs_feed_apo(write_recipe, tmp_path, scripted, tiny_model):
     from transformers import AutoTokenizer
 
-    from pipeline.chat import install_template
+    from pipeline.core.chat import install_template
 
     traces = synth_stage.run(synth_recipe(write_recipe, tmp_path, modes=("think", "no_think")))
     pairs = synth_stage.run(synth_recipe(write_recipe, tmp_path, stage="synth-pairs", modes=("think", "no_think")))
@@ -269,7 +269,7 @@ def test_a_tool_row_reaches_the_teacher_and_sft_trains_its_tool_calls(write_reci
     renders exactly what the teacher saw."""
     from transformers import AutoTokenizer
 
-    from pipeline.chat import install_template
+    from pipeline.core.chat import install_template
     from pipeline.generation import Renderer
 
     tok = install_template(AutoTokenizer.from_pretrained(tiny_model))
@@ -365,9 +365,9 @@ def test_an_eval_prompt_from_a_tool_row_is_sent_as_the_teacher_is_sent_it(tiny_m
 
     from eval.stage import request as eval_request
     from eval.tasks.base import Example
-    from pipeline.chat import install_template
-    from pipeline.data import prompt_of
-    from pipeline.errors import UserError
+    from pipeline.core.chat import install_template
+    from pipeline.core.errors import UserError
+    from pipeline.data.rows import prompt_of
     from pipeline.generation import Renderer
 
     render = Renderer(install_template(AutoTokenizer.from_pretrained(tiny_model)))

@@ -54,7 +54,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def smollm2() -> str:
-    from pipeline.models import resolve_model
+    from pipeline.core.models import resolve_model
 
     return resolve_model("embedded:smollm2-135m-instruct")
 
@@ -73,7 +73,7 @@ def build_scripted_smollm3(tokenizer_from: str, out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, SmolLM3Config, SmolLM3ForCausalLM
 
-    from pipeline.chat import END_OF_TURN, install_template
+    from pipeline.core.chat import END_OF_TURN, install_template
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     tokenizer.add_tokens(TAGS, special_tokens=True)

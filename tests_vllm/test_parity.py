@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import CHAIN_TEXT, REPO, SUMMARY
 
-from pipeline.chat import END_OF_TURN
+from pipeline.core.chat import END_OF_TURN
 from pipeline.generation import Request, SamplingSpec, TransformersBackend, VLLMBackend
 
 GREEDY = SamplingSpec(temperature=0.0, top_p=1.0, max_new_tokens=40, seed=0)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import strip_think
-from pipeline.data import prompt_of
-from pipeline.errors import UserError
-from pipeline.sources import BadRow
+from pipeline.core.chat import strip_think
+from pipeline.core.errors import UserError
+from pipeline.data.rows import prompt_of
+from pipeline.data.sources import BadRow
 
 __all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "sample_indices", "strip_think"]
 
@@ -55,7 +55,7 @@ class Example:
 
     @classmethod
     def from_row(cls, id: str, row: dict[str, Any], target: Any, **fields) -> Example:
-        """An example whose prompt is a dataset row read as every stage reads one (pipeline.data.prompt_of):
+        """An example whose prompt is a dataset row read as every stage reads one (pipeline.data.rows.prompt_of):
         `messages`, ShareGPT `conversations` or a bare `prompt`, up to the turn the model writes, with
         the row's tools (`tools`, `chat_template_kwargs.xml_tools`), python tools and custom instructions.
         A row that is not a prompt is an error naming the example."""

@@ -41,9 +41,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices
-from pipeline.chat import THINK_CLOSE, THINK_OPEN
-from pipeline.errors import UserError
-from pipeline.files import read_jsonl
+from pipeline.core.chat import THINK_CLOSE, THINK_OPEN
+from pipeline.core.errors import UserError
+from pipeline.core.files import read_jsonl
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
 HUB_SOURCE = "google/IFEval"
@@ -79,7 +79,7 @@ def ensure_punkt() -> bool:
         from punkt.data import english
     except ImportError:
         return False
-    from pipeline.models import cache_dir
+    from pipeline.core.models import cache_dir
 
     root = cache_dir() / "nltk_data"
     target = root / "tokenizers" / "punkt_tab" / "english"

@@ -31,7 +31,7 @@ import sys
 import threading
 
 from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices, strip_think
-from pipeline.files import read_jsonl
+from pipeline.core.files import read_jsonl
 
 INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
 TIMEOUT_S = 5  # per parse and per comparison, as math-verify's defaults

@@ -4,7 +4,7 @@ each half measures is defined here.
 
 Think half. The generation prompt ends with `<|im_start|>assistant\n`; the completion must be one
 think block opening the turn, with reasoning in it, closed, then a non-empty answer (the training
-data's rule, `pipeline.chat.think_block_problem`). Fails: no block (answered directly), an empty block,
+data's rule, `pipeline.core.chat.think_block_problem`). Fails: no block (answered directly), an empty block,
 reasoning cut off before `</think>`, a block with nothing after it, a second block, a block not at the
 start.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from eval.tasks.base import Example, Task, TaskContext, sample_indices
-from pipeline.chat import THINK_CLOSE, THINK_OPEN, think_block_problem
+from pipeline.core.chat import THINK_CLOSE, THINK_OPEN, think_block_problem
 
 PROMPTS = [
     "What is the boiling point of water at sea level?", "Name three primary colours.",

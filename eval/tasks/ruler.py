@@ -52,8 +52,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eval.tasks.base import Example, Task, TaskContext, mean, package_dir, strip_think
-from pipeline.errors import UserError
-from pipeline.models import cache_dir
+from pipeline.core.errors import UserError
+from pipeline.core.models import cache_dir
 
 # ---- RULER's constants (scripts/data/synthetic/constants.py) --------------------------------------
 NIAH_TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "

@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices
-from pipeline.chat import THINK_CLOSE
-from pipeline.errors import UserError
-from pipeline.files import read_jsonl
+from pipeline.core.chat import THINK_CLOSE
+from pipeline.core.errors import UserError
+from pipeline.core.files import read_jsonl
 
 INSTALL = "pip install --no-deps bfcl-eval==2026.3.23"
 # Single-turn categories that BFCL scores with the AST checker in Python. Java/JavaScript need BFCL's

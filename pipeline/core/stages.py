@@ -10,7 +10,7 @@ imported when that stage is asked for, so pipeline/ imports nothing from synth/,
 A stage module has `run(recipe, overwrite=False) -> Path` (a stage that `shards` also takes `shard`), may
 have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names) and
 `prepare(recipe, shard)` when its data can be built ahead of the job (`smolalign prepare`). Its
-recipe class subclasses pipeline.schema.RecipeBase (a training stage: TrainRecipe, with `trl_config`
+recipe class subclasses pipeline.core.schema.RecipeBase (a training stage: TrainRecipe, with `trl_config`
 and `trains_on`) and lives beside it. Adding a stage: its module, its recipe class, and one line here.
 """
 
@@ -29,11 +29,11 @@ class Stage:
 
 # In pipeline order: `smolalign demo` runs them in this order.
 STAGES: dict[str, Stage] = {
-    "midtrain": Stage("pipeline.midtrain", "pipeline.midtrain:MidtrainRecipe"),
+    "midtrain": Stage("pipeline.training.midtrain", "pipeline.training.midtrain:MidtrainRecipe"),
     "synth-traces": Stage("synth.stage", "synth.schema:SynthRecipe", shards=True),
     "synth-pairs": Stage("synth.stage", "synth.schema:SynthRecipe", shards=True),
-    "sft": Stage("pipeline.sft", "pipeline.sft:SFTRecipe"),
-    "apo": Stage("pipeline.apo", "pipeline.apo:APORecipe"),
+    "sft": Stage("pipeline.training.sft", "pipeline.training.sft:SFTRecipe"),
+    "apo": Stage("pipeline.training.apo", "pipeline.training.apo:APORecipe"),
     "merge": Stage("merge.stage", "merge.schema:MergeRecipe"),
     "eval": Stage("eval.stage", "eval.schema:EvalRecipe"),
 }

@@ -1,5 +1,5 @@
 """Rows: the one normaliser, and what one training example is before it becomes Arrow columns
-(pipeline/mixture.py). Every stage reads its rows through pipeline/sources.py and makes sense of
+(pipeline/data/mixture.py). Every stage reads its rows through pipeline/data/sources.py and makes sense of
 them here: SFT and mid-training rows, APO pairs and held-out pairs, synth prompts.
 
     messages = normalise_messages(row)                       # messages / ShareGPT / prompt-completion
@@ -7,7 +7,7 @@ them here: SFT and mid-training rows, APO pairs and held-out pairs, synth prompt
     messages, extra = prompt_of(row)                         # what a model continues (synth prompts)
     enc, thinking = encode_row(row, source, tokenizer, rendering)   # ids + labels in the row's one mode
 
-Each source (read by pipeline/sources.py) has a mode (`think`, `no_think`,
+Each source (read by pipeline/data/sources.py) has a mode (`think`, `no_think`,
 or `from_row`: the row's `chat_template_kwargs.enable_thinking`) and a budget: a row `fraction`
 (>1 upsamples) or a `tokens` budget, drawn with the mixture seed. Rows are normalised to chat
 `messages` (messages, ShareGPT `conversations`, prompt/completion; tool calls and tool results
@@ -35,10 +35,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
-from pipeline.errors import UserError
-from pipeline.schema import Source, TrainRecipe
-from pipeline.sources import BadRow, iter_rows, source_label
+from pipeline.core.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
+from pipeline.core.errors import UserError
+from pipeline.core.schema import Source, TrainRecipe
+from pipeline.data.sources import BadRow, iter_rows, source_label
 
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",

@@ -8,7 +8,7 @@ A Hub dataset or a parquet file keeps its own columns. A local JSONL (or JSON li
 `text` column of raw JSON lines, each parsed where it is used (`parse_row`): Arrow would otherwise
 merge the nested dicts of all rows into one struct type, and a tool schema or a tool call's
 `arguments` would gain other rows' keys as None. What a row *means* (messages, ShareGPT,
-prompt/completion, tools, template kwargs) is pipeline/data.py's normaliser, not this module's.
+prompt/completion, tools, template kwargs) is pipeline/data/rows.py's normaliser, not this module's.
 
 Adding a file format is one branch in `open_source` (and its suffix in `FILE_TYPES`).
 """
@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.inputs import classify_input, disk_error, hub_errors
-from pipeline.schema import Source
+from pipeline.core.errors import UserError
+from pipeline.core.inputs import classify_input, disk_error, hub_errors
+from pipeline.core.schema import Source
 
 FILE_TYPES = (".jsonl", ".json", ".parquet")
 RAW_JSON = "text"  # the column of a local JSON file's rows, one JSON document each

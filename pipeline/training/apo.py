@@ -14,7 +14,7 @@ Checkpoints (`save_steps`) are what the merge stage soups.
 With `eval_pairs:` (held-out pairs), the stage measures what it exists for: how often the model
 prefers the chosen answer before training (the SFT model, which is also the reference) and after,
 the mean log-probability margins, and the implicit reward margin of the result against the start
-(pipeline/preference.py); written to `preference.json` and the run's metrics.
+(pipeline/training/preference.py); written to `preference.json` and the run's metrics.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pipeline.data import BadRow, build_preference_mixture, preference_row
-from pipeline.errors import UserError
-from pipeline.preference import pair_logprobs, preference_stats, reward_margin
-from pipeline.runs import is_main_process, stage_run
-from pipeline.schema import Source, TrainRecipe
-from pipeline.sources import iter_rows
-from pipeline.summary import trained_on_section
-from pipeline.train import (
+from pipeline.core.errors import UserError
+from pipeline.core.runs import is_main_process, stage_run
+from pipeline.core.schema import Source, TrainRecipe
+from pipeline.core.summary import trained_on_section
+from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
+from pipeline.data.sources import iter_rows
+from pipeline.training.preference import pair_logprobs, preference_stats, reward_margin
+from pipeline.training.train import (
     announce_attention,
     check_environment,
     finish,
@@ -106,7 +106,7 @@ def run(recipe, overwrite: bool = False) -> Path:
 
 def held_out_pairs(recipe) -> list[dict]:
     """The recipe's held-out pairs, read by the one loader, checked and given chat_template_kwargs exactly
-    as training rows of mode `from_row` are (pipeline.data.preference_row); a bad pair is an error naming
+    as training rows of mode `from_row` are (pipeline.data.rows.preference_row); a bad pair is an error naming
     the file and the pair, raised before any model loads."""
     source = Source(path=recipe.eval_pairs, mode="from_row")
     pairs = []

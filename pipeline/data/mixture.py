@@ -6,11 +6,11 @@ quarantine -> budgets -> shuffle -> packed rows, cached by content.
     dataset, report = build_sft_mixture(recipe, tokenizer, cache_root, quarantine_path)  # what stages call
 
 No step holds the corpus as Python objects. Rows are read as Arrow by the one loader
-(pipeline/sources.py: a local JSONL file line by line as text, each line parsed inside the map);
+(pipeline/data/sources.py: a local JSONL file line by line as text, each line parsed inside the map);
 `datasets.map(batched=True, num_proc=N)` tokenizes them into int32
 columns on disk, with a `reason` column that is empty for good rows and says why a row was
 quarantined otherwise; budgets are drawn from the `length` column as index lists; the shuffle is a
-permutation of indices; packing (pipeline/packing.py) plans rows from lengths and builds them batch
+permutation of indices; packing (pipeline/data/packing.py) plans rows from lengths and builds them batch
 by batch. Peak memory is a few bytes per document plus one batch, whatever the token count.
 
 The result lands in `<cache>/mixtures/<fingerprint>/` (fingerprint: sources and their content, the
@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
-from pipeline.errors import UserError
-from pipeline.inputs import classify_input
-from pipeline.mapped import release_mapped_pages
-from pipeline.packing import map_procs, pack, packing_stats
-from pipeline.schema import Source, TrainRecipe
-from pipeline.sources import RAW_JSON, is_raw_json, open_source, parse_row, source_label
+from pipeline.core.errors import UserError
+from pipeline.core.inputs import classify_input
+from pipeline.core.schema import Source, TrainRecipe
+from pipeline.data.mapped import release_mapped_pages
+from pipeline.data.packing import map_procs, pack, packing_stats
+from pipeline.data.rows import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
+from pipeline.data.sources import RAW_JSON, is_raw_json, open_source, parse_row, source_label
 
 # `trained_kept`: the trained tokens a row keeps once cut to max_length (all of them when wrapped packing
 # splits long rows instead): a long prompt cut before its answer trains nothing, whatever `trained` says.
@@ -73,7 +73,7 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
                       shard: tuple[int, int] | None = None):
     """(dataset ready for TRL, report dict), built once per fingerprint under `cache_root`.
     With `shard` (i, n): tokenize only that share of every source and return (None, None)."""
-    from pipeline.models import file_lock
+    from pipeline.core.models import file_lock
 
     fingerprint = mixture_fingerprint(recipe, tokenizer, tokenizer.chat_template or "")
     cache = Path(cache_root) / fingerprint
@@ -92,7 +92,7 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
 
 
 def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
-    from pipeline.runs import content_hash
+    from pipeline.core.runs import content_hash
 
     h = hashlib.sha256()
     for source in recipe.data.sources:
@@ -278,7 +278,7 @@ def kept_length(recipe: TrainRecipe) -> int | None:
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
                     rendering: Rendering, offset: int, raw_json: bool, keep: int | None,
                     limit: int) -> dict[str, list]:
-    release_mapped_pages()  # the pages this worker has read do not stay resident (pipeline/mapped.py)
+    release_mapped_pages()  # the pages this worker has read do not stay resident (pipeline/data/mapped.py)
     out: dict[str, list] = {key: [] for key in TOKENIZED}
     keys = [k for k in batch if k != "bytes"]
     for j, index in enumerate(indices):

@@ -1,15 +1,15 @@
 """Typed recipes: the shared specs (model, chat, data sources, LoRA), the base every stage's recipe
 extends, and the base of the training stages' recipes; help text and cross-field rules in one place.
 
-A recipe is YAML (`recipes/`), loaded and checked by pipeline/recipe.py. Every model here forbids
+A recipe is YAML (`recipes/`), loaded and checked by pipeline/core/recipe.py. Every model here forbids
 unknown keys, so a typo is an error with a suggestion rather than a silently ignored setting.
-Every stage owns its recipe class, beside its stage module (pipeline/midtrain.py, sft.py, apo.py,
+Every stage owns its recipe class, beside its stage module (pipeline/training/midtrain.py, sft.py, apo.py,
 synth/schema.py, merge/schema.py, eval/schema.py; generation's backend and sampling specs in
 pipeline/generation.py); the registry
-pipeline/stages.py says which class reads which stage. A recipe says itself what it reads
+pipeline/core/stages.py says which class reads which stage. A recipe says itself what it reads
 (`inputs()`) and what it gets wrong beyond its schema (`problems()`), so the foundation branches on
 no recipe type. The `training:` block is TRL's own (SFTConfig / DPOConfig) and is checked against
-TRL in pipeline/checks.py.
+TRL in pipeline/core/checks.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE
+from pipeline.core.chat import DEFAULT_CUTOFF, DEFAULT_DATE
 
 
 class Strict(BaseModel):
@@ -39,7 +39,8 @@ class ModelSpec(Strict):
     attn_implementation: Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2",
                                  "flash_attention_3"] = Field(
         "auto", description="`auto`: flash_attention_2 where flash-attn imports, else flex_attention on a GPU, else "
-        "sdpa (pipeline/train.py choose_attention); the choice and why are in the manifest and the first log line.")
+        "sdpa (pipeline/training/train.py choose_attention); the choice and why are in the manifest and the first log "
+        "line.")
 
 
 class ChatSpec(Strict):
@@ -108,7 +109,7 @@ class RecipeBase(Strict):
 
     def inputs(self) -> list[tuple[str, str]]:
         """(key path, reference) of every model and data input the recipe names: checked to exist before
-        the stage runs (pipeline/inputs.py) and fingerprinted in its manifest (pipeline/runs.py)."""
+        the stage runs (pipeline/core/inputs.py) and fingerprinted in its manifest (pipeline/core/runs.py)."""
         return []
 
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
@@ -119,12 +120,12 @@ class RecipeBase(Strict):
 
 class TrainRecipe(RecipeBase):
     """What every training stage's recipe has: a model, a data mixture and TRL arguments for `trl_config`.
-    Each training stage subclasses it beside its module (pipeline/midtrain.py, sft.py, apo.py), naming
+    Each training stage subclasses it beside its module (pipeline/training/midtrain.py, sft.py, apo.py), naming
     its stage and adding its own rules to `problems()`."""
 
     trl_config: ClassVar[str] = "SFTConfig"  # the TRL config class that receives `training:`
-    # What a step trains on: "rows" (token rows, packed; pipeline/mixture.py) or "pairs" (preference pairs
-    # read by the stage; pipeline/data.py). It decides how rows are planned and costed (pipeline/plan.py)
+    # What a step trains on: "rows" (token rows, packed; pipeline/data/mixture.py) or "pairs" (preference pairs
+    # read by the stage; pipeline/data/rows.py). It decides how rows are planned and costed (pipeline/planning/plan.py)
     # and whether a reference model and held-out pairs mean anything.
     trains_on: ClassVar[Literal["rows", "pairs"] | None] = "rows"
     stage: str
@@ -156,7 +157,7 @@ class TrainRecipe(RecipeBase):
         return out
 
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
-        from pipeline.checks import check_combinations, check_training
+        from pipeline.core.checks import check_combinations, check_training
 
         problems = check_training(self) + self.stage_problems()
         if self.ref_model is not None and self.trains_on != "pairs":

@@ -5,11 +5,11 @@
 A recipe is validated in layers, all before any model or dataset loads, and every problem found
 is reported at once as `file: key (line N): what is wrong (what is allowed)`:
 
-1. schema      - the stage's recipe class (pipeline/stages.py says which): unknown keys (with a
+1. schema      - the stage's recipe class (pipeline/core/stages.py says which): unknown keys (with a
                  suggestion), wrong types, bad literals;
 2. recipe      - the recipe's own `problems()`: for the training stages TRL's arguments (keys, types,
                  ranges, choices, TRL's own checks) and the shared known-bad combinations
-                 (pipeline/checks.py), then the stage's own rules (its recipe class's `stage_problems()`);
+                 (pipeline/core/checks.py), then the stage's own rules (its recipe class's `stage_problems()`);
 3. stage       - the stage module's own `check(recipe)` (eval task names, synth filters), run by
                  the CLI (`pipeline/cli.py: load`), since the foundation imports no stage.
 """
@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import UserError
-from pipeline.redaction import REDACTED, redact_key_lines, remember_secrets, secret_value_start
-from pipeline.stages import STAGES, recipe_class
+from pipeline.core.errors import UserError
+from pipeline.core.redaction import REDACTED, redact_key_lines, remember_secrets, secret_value_start
+from pipeline.core.stages import STAGES, recipe_class
 
 
 class _Loader(yaml.SafeLoader):

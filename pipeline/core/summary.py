@@ -1,6 +1,6 @@
 """summary.json: what one stage run did, in the one file other stages and the eval report read.
 
-Every stage fills `run.summary` while it runs; pipeline/runs.py writes it to `<run>/summary.json`
+Every stage fills `run.summary` while it runs; pipeline/core/runs.py writes it to `<run>/summary.json`
 when the run completes, so every run this version finishes has one (a run made before has none: the
 report says so) and a reader (eval/report.py) never needs to know another stage's own files.
 Every key but `stage` is optional: a stage writes the sections that mean something for it.
@@ -9,13 +9,13 @@ Every key but `stage` is optional: a stage writes the sections that mean somethi
     format      this layout's version: 1
     outputs     files worth opening, relative to the run directory, in reading order:
                 ["loss.png", "mixture.txt", "README.md"]
-    loss        training stages (pipeline/train.py): {"steps": 24, "window": 10, "first": 2.55,
+    loss        training stages (pipeline/training/train.py): {"steps": 24, "window": 10, "first": 2.55,
                 "last": 1.15, "curve": "loss.png"}: the mean logged loss over the first and the last
                 `window` of the `steps` logged steps (the trend from two logged steps on)
     trained_on  training stages: {"kind": "mixture" | "pairs", "table": "mixture.txt" | "pairs.json",
                 "sources": [{"source": "runs/demo/synth-traces/rows.jsonl", "label": the same, with a
                 Hub source's config and split, "rows": 5}, ...]}
-    held_out    apo with eval_pairs (pipeline/preference.py): {"pairs_file", "beta", "reward_margin",
+    held_out    apo with eval_pairs (pipeline/training/preference.py): {"pairs_file", "beta", "reward_margin",
                 "start": {"model", "pairs", "accuracy", "mean_margin"}, "end": {the same, no model}}
     sweep       merge with `sweep:` (merge/sweep.py): {"rows": [{"weight", "scores": {"task (mode)":
                 score}, "mean"}], "best_weight", "file": "sweep/sweep.md", "table": its markdown}
@@ -30,8 +30,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.files import write_json_atomic
-from pipeline.sources import source_label
+from pipeline.core.files import write_json_atomic
+from pipeline.data.sources import source_label
 
 SUMMARY = "summary.json"
 FORMAT = 1
@@ -52,7 +52,7 @@ def loss_section(history: list[dict[str, Any]], curve: str = "loss.png") -> dict
 
 
 def trained_on_section(kind: str, table: str, report: dict[str, Any]) -> dict[str, Any]:
-    """`trained_on` from a mixture or pairs report (rows per source, as pipeline/data.py counts them);
+    """`trained_on` from a mixture or pairs report (rows per source, as pipeline/data/rows.py counts them);
     `label` names the source as every report does (with its Hub config and split), `source` is its path."""
     return {"kind": kind, "table": table,
             "sources": [{"source": s["source"], "label": source_label(s["source"], s.get("split", "train"),

@@ -192,7 +192,8 @@ def tokens_per_second(shape: dict[str, Any], kind: str, span: float, *, checkpoi
                      f"{base.get('date_utc')}"}
 
 
-# What `auto` picks on a GPU, best first (pipeline/train.py): flash-attn where it imports, else flex_attention.
+# What `auto` picks on a GPU, best first (pipeline/training/train.py): flash-attn where it imports, else
+# flex_attention.
 AUTO_ON_GPU = ("flash_attention_2", "flex_attention")
 
 

@@ -5,13 +5,13 @@
    rate of "abc" and fails hours later), lie in a sane range, and be one of the field's `choices`;
    then the config is built for real, so TRL's own `__post_init__` checks run at validate time too.
    Hardware-bound settings (bf16, Liger, trackers) are left out of that build: they are checked
-   against the machine by the training stage (pipeline/train.py) when it starts.
+   against the machine by the training stage (pipeline/training/train.py) when it starts.
 2. Known-bad combinations every training stage shares: assistant-only loss on a template without
    `{% generation %}` markers, packing without a max_length, packed rows without padding-free
    attention, bf16 with fp16. A stage's own rules (mid-training's loss and packing, APO's
    `padding_free` and reference model) are in its recipe class's `stage_problems()`, beside it.
 
-Each problem is a (key path, message) pair; pipeline/recipe.py turns them into one error that
+Each problem is a (key path, message) pair; pipeline/core/recipe.py turns them into one error that
 names the file and the line.
 """
 
@@ -25,9 +25,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import TemplateError, generation_markers_problem, template_text
-from pipeline.redaction import REDACTED, is_secret_key
-from pipeline.stages import recipe_class
+from pipeline.core.chat import TemplateError, generation_markers_problem, template_text
+from pipeline.core.redaction import REDACTED, is_secret_key
+from pipeline.core.stages import recipe_class
 
 Problems = list[tuple[str, str]]
 
@@ -167,7 +167,7 @@ def _build_problems(cls, training: dict[str, Any]) -> Problems:
 # ----------------------------------------------------------------------------------------------
 def check_combinations(recipe, base_dir: Path) -> Problems:
     """Combinations every training stage gets wrong the same way; a stage's own rules are in its recipe
-    class's `problems()` (mid-training's in pipeline/midtrain.py, APO's in pipeline/apo.py)."""
+    class's `problems()` (mid-training's in pipeline/training/midtrain.py, APO's in pipeline/training/apo.py)."""
     t, problems = recipe.training, []
     if t.get("assistant_only_loss"):
         try:

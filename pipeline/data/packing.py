@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.mapped import release_mapped_pages
+from pipeline.data.mapped import release_mapped_pages
 
 PACKED_FEATURES = {"input_ids": "int32", "labels": "int32", "seq_lengths": "int32"}
 ROWS_PER_BATCH = 64  # packed rows built per map batch: 64 x 64k tokens x 2 columns x 4 bytes = 32 MB

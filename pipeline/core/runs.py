@@ -6,7 +6,7 @@ stable (not per process), so a killed job restarted with the same recipe finds i
 
 `manifest.json` records what is needed to trust or reproduce the output: the resolved recipe and
 its hash, a fingerprint of every input, package versions, the git commit, metrics and status.
-`summary.json` (pipeline/summary.py) says what the run did, for the stages and reports that read it.
+`summary.json` (pipeline/core/summary.py) says what the run did, for the stages and reports that read it.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.files import write_json_atomic
-from pipeline.inputs import classify_input, disk_error, expand_glob, is_glob, recipe_inputs
-from pipeline.locks import LockBusy, exclusive
-from pipeline.models import cache_dir
-from pipeline.recipe import recipe_hash
-from pipeline.redaction import redact
-from pipeline.summary import write_summary
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_json_atomic
+from pipeline.core.inputs import classify_input, disk_error, expand_glob, is_glob, recipe_inputs
+from pipeline.core.locks import LockBusy, exclusive
+from pipeline.core.models import cache_dir
+from pipeline.core.recipe import recipe_hash
+from pipeline.core.redaction import redact
+from pipeline.core.summary import write_summary
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",
@@ -52,7 +52,7 @@ class RunError(UserError, FileExistsError):
 @dataclass
 class Run:
     """A stage run in progress. Write outputs under `path`; put numbers in `metrics` and what a reader of
-    the run needs in `summary` (its sections: pipeline/summary.py), written when the run completes."""
+    the run needs in `summary` (its sections: pipeline/core/summary.py), written when the run completes."""
 
     path: Path
     final: Path
@@ -352,7 +352,7 @@ def _refuse_foreign(path: Path, what: str) -> None:
 @contextmanager
 def run_lock(final: Path) -> Iterator[None]:
     """Hold `<out>.lock` while the run is open. flock is released by the kernel when its process
-    dies, and no forked helper (a data worker) keeps it (pipeline/locks.py), so a killed run's lock is
+    dies, and no forked helper (a data worker) keeps it (pipeline/core/locks.py), so a killed run's lock is
     taken over by the next one; the file says who holds it."""
     try:
         with exclusive(final.with_name(final.name + ".lock"), f"the run {final}", wait=False):
@@ -501,7 +501,7 @@ def package_versions() -> dict[str, str]:
 
 
 def git_state() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()

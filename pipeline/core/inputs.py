@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.recipe import RecipeError
+from pipeline.core.errors import UserError
+from pipeline.core.recipe import RecipeError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_HINT = re.compile(r"^(\.|/|~|runs/)|\.(jsonl|json|parquet|jinja|safetensors)$")
@@ -36,7 +36,7 @@ def recipe_inputs(recipe) -> list[tuple[str, str]]:
 
 def check_inputs(recipe) -> None:
     """Every local input exists; embedded names are known. Raises RecipeError listing the missing."""
-    from pipeline.models import EMBEDDED
+    from pipeline.core.models import EMBEDDED
 
     problems = []
     for key, ref in recipe_inputs(recipe):

@@ -6,14 +6,14 @@ and from another variant, and what it will cost, before any GPU is booked. No mo
 
 For each recipe (any stage; the plan reads recipes generically: stage, `training:`, data sources):
 1. differences: the resolved recipe (schema defaults, `--set`, TRL's own field defaults of the pinned
-   version for `training:`) against the published configuration of its stage (pipeline/published/
+   version for `training:`) against the published configuration of its stage (pipeline/planning/published/
    smollm3.yaml: values, source and commit) and against `--against`: every key that differs, whether it
-   changes the run's identity (pipeline/runs.py identity_data decides) and a note for the known traps;
-2. data: the mixture `prepare` built for this recipe and tokenizer (pipeline/mixture.py's cache entry):
+   changes the run's identity (pipeline/core/runs.py identity_data decides) and a note for the known traps;
+2. data: the mixture `prepare` built for this recipe and tokenizer (pipeline/data/mixture.py's cache entry):
    tokens per source and mode, trained tokens, pack fill, rows over max_length, quarantined rows and their
    top reasons. A source that trains nothing or next to nothing is a problem. APO: pairs per source and
    mode, prompt and answer lengths against max_length. Synth: prompts x modes x models x tokens;
-3. cost: optimizer steps, tokens, GPU-hours and wall time on N GPUs, memory per GPU (pipeline/costs.py).
+3. cost: optimizer steps, tokens, GPU-hours and wall time on N GPUs, memory per GPU (pipeline/planning/costs.py).
 Problems (the recipe cannot run as written) are listed; the CLI prints them one a line and exits 2.
 """
 
@@ -29,12 +29,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline import costs, sources
-from pipeline.checks import RENAMED_TRAINING_KEYS, trl_config_class
-from pipeline.inputs import classify_input
-from pipeline.recipe import parse_yaml
-from pipeline.redaction import redact
-from pipeline.runs import identity_data, identity_hash
+from pipeline.core.checks import RENAMED_TRAINING_KEYS, trl_config_class
+from pipeline.core.inputs import classify_input
+from pipeline.core.recipe import parse_yaml
+from pipeline.core.redaction import redact
+from pipeline.core.runs import identity_data, identity_hash
+from pipeline.data import sources
+from pipeline.planning import costs
 
 PUBLISHED = Path(__file__).resolve().parent / "published" / "smollm3.yaml"
 # A source whose share of the mixture's trained tokens is under this trains next to nothing: an error.
@@ -92,12 +93,12 @@ def flatten(value: Any, path: str = "", out: dict[str, Any] | None = None) -> di
 
 
 def source_label(source: dict[str, Any]) -> str:
-    """A source block's label, as every report names it (pipeline/sources.py)."""
+    """A source block's label, as every report names it (pipeline/data/sources.py)."""
     return sources.source_label(source["path"], source.get("split", "train"), source.get("name"))
 
 
 def changes_identity(path: str) -> bool:
-    """Whether a key is part of a run's identity: the rule of pipeline/runs.py (identity_data), asked
+    """Whether a key is part of a run's identity: the rule of pipeline/core/runs.py (identity_data), asked
     about this one key."""
     top, _, rest = path.split("[")[0].partition(".")
     if top in ("training", "backend") and rest:  # blocks whose keys are judged one by one
@@ -164,7 +165,7 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
         old_name = entry.get("published_as")
         renamed = old_name in RENAMED_TRAINING_KEYS
         note = entry.get("note") or note_for(path)
-        if renamed:  # the one table of renamed keys (pipeline/checks.py) says what became of it
+        if renamed:  # the one table of renamed keys (pipeline/core/checks.py) says what became of it
             note = f"published as `{old_name}`: {RENAMED_TRAINING_KEYS[old_name]}"
         if _same(mine, theirs):
             # Not a difference in what runs, so not a row (a row is a difference, with its identity
@@ -232,8 +233,8 @@ def _global_batch_row(recipe, pub, gpus: int) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------------------
 def local_tokenizer(recipe):
     """(tokenizer, None) when the recipe's tokenizer is on this machine, else (None, why). Never downloads."""
-    from pipeline.models import cache_dir
-    from pipeline.train import load_tokenizer
+    from pipeline.core.models import cache_dir
+    from pipeline.training.train import load_tokenizer
 
     ref = recipe.model.name_or_path
     kind = classify_input(ref)
@@ -250,8 +251,8 @@ def local_tokenizer(recipe):
 
 def mixture_section(recipe) -> tuple[dict[str, Any], list[str]]:
     """The midtrain/SFT mixture `prepare` built for this recipe: its report, read from the cache."""
-    from pipeline.mixture import mixture_fingerprint
-    from pipeline.models import cache_dir
+    from pipeline.core.models import cache_dir
+    from pipeline.data.mixture import mixture_fingerprint
 
     how = f"build it with `make prepare RECIPE={recipe._source}` (the same cache entry the training stage reads)"
     missing = [s.path for s in recipe.data.sources
@@ -322,8 +323,8 @@ def top_quarantine_reasons(path: Path, top: int = 3) -> dict[int, list[tuple[str
 def pairs_section(recipe) -> tuple[dict[str, Any], list[str]]:
     """APO: pairs per source and mode (the APO stage's own budgets and checks), and token lengths of
     prompts and answers against max_length."""
-    from pipeline.data import preference_rows
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
+    from pipeline.data.rows import preference_rows
 
     how = "the pairs are read by the APO stage itself (no prepare step); they must be on this machine"
     remote = [s.path for s in recipe.data.sources if classify_input(s.path) == "hub"]
@@ -426,7 +427,7 @@ def count_rows(path: str) -> int | None:
 def shape_for(recipe) -> tuple[dict[str, Any], str]:
     """(architecture numbers, where they come from): the model's config.json on this machine, else the
     SmolLM3-3B shape, said to be an assumption."""
-    from pipeline.models import cache_dir
+    from pipeline.core.models import cache_dir
 
     ref = recipe.model.name_or_path
     kind = classify_input(ref)
@@ -542,7 +543,7 @@ def plan_recipe(recipe, *, gpus: int = 8, gpu: str = "h100", against=None, shard
     if against is not None:
         plan["against"] = against_differences(recipe, against)
     data, problems = {}, []
-    if recipe.trains_on == "rows":  # token rows, built and packed by pipeline/mixture.py
+    if recipe.trains_on == "rows":  # token rows, built and packed by pipeline/data/mixture.py
         data, problems = mixture_section(recipe)
     elif recipe.trains_on == "pairs":  # preference pairs, read by the stage itself
         data, problems = pairs_section(recipe)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.chat import EMPTY_THINK, END_OF_TURN
+from pipeline.core.chat import EMPTY_THINK, END_OF_TURN
 
 
 def answer_logprob(model, tokenizer, prompt: list[dict], answer: list[dict], template_kwargs: dict[str, Any]) -> float:

@@ -1,6 +1,6 @@
 """The dual-mode chat format, owned here and nowhere else.
 
-    from pipeline.chat import install_template, template_kwargs
+    from pipeline.core.chat import install_template, template_kwargs
     install_template(tokenizer)                                   # ships with tokenizer.save_pretrained(...)
     tokenizer.apply_chat_template(messages, **template_kwargs(enable_thinking=False))
 

@@ -18,13 +18,13 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pipeline.data import format_report
-from pipeline.mixture import build_sft_mixture
-from pipeline.models import cache_dir
-from pipeline.runs import is_main_process, stage_run
-from pipeline.schema import TrainRecipe
-from pipeline.summary import trained_on_section
-from pipeline.train import (
+from pipeline.core.models import cache_dir
+from pipeline.core.runs import is_main_process, stage_run
+from pipeline.core.schema import TrainRecipe
+from pipeline.core.summary import trained_on_section
+from pipeline.data.mixture import build_sft_mixture
+from pipeline.data.rows import format_report
+from pipeline.training.train import (
     announce_attention,
     check_environment,
     finish,

@@ -1,0 +1,1 @@
+"""The foundation of smolalign's pipeline."""

@@ -1,0 +1,1 @@
+"""Planning a run of smolalign's pipeline."""

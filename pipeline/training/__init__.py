@@ -1,0 +1,1 @@
+"""The training stages of smolalign's pipeline."""
