@@ -13,9 +13,10 @@ user can fix (a bad recipe or input, a busy or foreign run directory: one line o
 recipe error is found before anything loads); 1 a bug or a failure while running (traceback).
 
 This module is the top of the house: it dispatches to the stage modules through the registry
-(pipeline/core/stages.py), so the foundation it lives in never imports a stage. Each stage module has `run(recipe,
-...)` and may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names, synth
-filter settings); `load` runs those checks with the foundation's, for `validate` and every run.
+(pipeline/core/stages.py), so the foundation never imports a stage. Each stage module has
+`run(recipe, ...)` and may have `check(recipe) -> [(key, problem)]` for what only it can judge (eval
+task names, synth filter settings); `load` runs those checks with the foundation's, for `validate`
+and every run.
 """
 
 from __future__ import annotations

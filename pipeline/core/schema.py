@@ -72,6 +72,12 @@ class Source(Strict):
         return self
 
 
+def source_label(path: str, split: str = "train", name: str | None = None) -> str:
+    """How reports, plans and errors name a source: `path`, then the Hub config (`name`) where there is
+    one, then the split where it is not `train`: `HuggingFaceTB/smoltalk2:SFT:smoltalk_smollm3_...`."""
+    return ":".join([path] + ([name] if name else []) + ([split] if split != "train" else []))
+
+
 class DataSpec(Strict):
     sources: list[Source] = Field(min_length=1)
     seed: int = 42

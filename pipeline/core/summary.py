@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.files import write_json_atomic
-from pipeline.data.sources import source_label
+from pipeline.core.schema import source_label
 
 SUMMARY = "summary.json"
 FORMAT = 1

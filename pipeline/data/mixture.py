@@ -34,11 +34,11 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.inputs import classify_input
-from pipeline.core.schema import Source, TrainRecipe
+from pipeline.core.schema import Source, TrainRecipe, source_label
 from pipeline.data.mapped import release_mapped_pages
 from pipeline.data.packing import map_procs, pack, packing_stats
 from pipeline.data.rows import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
-from pipeline.data.sources import RAW_JSON, is_raw_json, open_source, parse_row, source_label
+from pipeline.data.sources import RAW_JSON, is_raw_json, open_source, parse_row
 
 # `trained_kept`: the trained tokens a row keeps once cut to max_length (all of them when wrapped packing
 # splits long rows instead): a long prompt cut before its answer trains nothing, whatever `trained` says.

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from pipeline.core.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
 from pipeline.core.errors import UserError
-from pipeline.core.schema import Source, TrainRecipe
-from pipeline.data.sources import BadRow, iter_rows, source_label
+from pipeline.core.schema import Source, TrainRecipe, source_label
+from pipeline.data.sources import BadRow, iter_rows
 
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",

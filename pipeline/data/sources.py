@@ -35,12 +35,6 @@ class BadRow(ValueError):
     """A row that cannot be used; the message is the quarantine reason."""
 
 
-def source_label(path: str, split: str = "train", name: str | None = None) -> str:
-    """How reports, plans and errors name a source: `path`, then the Hub config (`name`) where there is
-    one, then the split where it is not `train`: `HuggingFaceTB/smoltalk2:SFT:smoltalk_smollm3_...`."""
-    return ":".join([path] + ([name] if name else []) + ([split] if split != "train" else []))
-
-
 def is_raw_json(source: Source) -> bool:
     """Whether `open_source` gives this source's rows as raw JSON text (local .jsonl/.json)."""
     return classify_input(source.path) == "local" and Path(source.path).suffix in (".jsonl", ".json")

@@ -29,12 +29,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import schema
 from pipeline.core.checks import RENAMED_TRAINING_KEYS, trl_config_class
 from pipeline.core.inputs import classify_input
 from pipeline.core.recipe import parse_yaml
 from pipeline.core.redaction import redact
 from pipeline.core.runs import identity_data, identity_hash
-from pipeline.data import sources
 from pipeline.planning import costs
 
 PUBLISHED = Path(__file__).resolve().parent / "published" / "smollm3.yaml"
@@ -93,8 +93,8 @@ def flatten(value: Any, path: str = "", out: dict[str, Any] | None = None) -> di
 
 
 def source_label(source: dict[str, Any]) -> str:
-    """A source block's label, as every report names it (pipeline/data/sources.py)."""
-    return sources.source_label(source["path"], source.get("split", "train"), source.get("name"))
+    """A source block's label, as every report names it (pipeline/core/schema.py)."""
+    return schema.source_label(source["path"], source.get("split", "train"), source.get("name"))
 
 
 def changes_identity(path: str) -> bool:
