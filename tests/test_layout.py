@@ -1,5 +1,6 @@
-"""The house is readable from the bottom up: the foundation (pipeline/) imports no stage package,
-and no module imports, directly or through others, a module that imports it back."""
+"""The house is readable from the bottom up: pipeline/ imports no stage package, each room of pipeline/
+imports only the rooms below it (ROOMS), the stage packages stand on the foundation, the data path and
+generation, and no module imports, directly or through others, a module that imports it back."""
 
 import ast
 import typing
@@ -9,6 +10,19 @@ import pytest
 from conftest import REPO
 
 PACKAGES = ("pipeline", "synth", "merge", "eval")
+
+# The rooms of pipeline/, bottom up, each with the rooms it may import besides itself (the docstrings
+# of pipeline/__init__.py and of each room's package say the same). A room is a package
+# (pipeline/core/) or a module of its own (pipeline/generation.py).
+ROOMS: dict[str, set[str]] = {
+    "core": set(),  # the foundation
+    "data": {"core"},  # the data path
+    "generation": {"core"},  # backends shared by synth/, merge/ and eval/
+    "training": {"core", "data"},  # the training stages
+    "planning": {"core", "data", "training"},  # `smolalign plan`
+    "cli": {"core", "data", "generation", "training", "planning"},  # the top: `smolalign`
+}
+STAGES_STAND_ON = {"core", "data", "generation"}  # what synth/, merge/ and eval/ may import of pipeline/
 
 
 def modules() -> dict[str, Path]:
@@ -76,6 +90,78 @@ def test_the_checker_sees_imports():
     assert "pipeline.core.chat" in edges["pipeline.generation"] and "pipeline.core.runs" in edges["eval.stage"]
     assert "eval.tasks" in edges["merge.stage"]
 
+
+def room(module: str) -> str | None:
+    """The room of a module of pipeline/ (`pipeline.data.rows` -> `data`); None for pipeline/__init__.py
+    and for a module in no room."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else None
+
+
+def test_every_pipeline_module_sits_in_a_room():
+    loose = sorted(m for m in modules() if m.startswith("pipeline.") and room(m) is None)
+    assert loose == [], f"modules of pipeline/ in no room (put each in one of {sorted(ROOMS)}): {loose}"
+
+
+def test_each_room_imports_only_the_rooms_below_it():
+    wrong = sorted(f"{module} ({room(module)}/) imports {imported} ({room(imported)}/)"
+                   for module, targets in graph().items() if module.startswith("pipeline.")
+                   for imported in targets if imported.startswith("pipeline.")
+                   and room(imported) != room(module) and room(imported) not in ROOMS.get(room(module), set()))
+    assert wrong == [], "a room imports a room above it or beside it: " + "; ".join(wrong)
+
+
+def test_stage_packages_stand_on_the_foundation_data_and_generation():
+    """synth/, merge/ and eval/ use the foundation, the data path and generation, never a training
+    stage, the planner or the CLI: what they share with those lives in a room below."""
+    wrong = sorted(f"{module} imports {imported}" for module, targets in graph().items()
+                   if not module.startswith("pipeline") for imported in targets
+                   if imported.startswith("pipeline.") and room(imported) not in STAGES_STAND_ON)
+    assert wrong == [], wrong
+
+
+def test_each_room_says_what_it_owns_and_may_import():
+    """Each room package opens with a docstring naming the rooms it may import (ROOMS), so that the
+    docstring and this test say the same."""
+    for name, allowed in ROOMS.items():
+        init = REPO / "pipeline" / name / "__init__.py"
+        if not init.is_file():  # a room that is one module (generation.py, cli.py)
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "owns" in doc and "may import" in doc, f"{init}: say what the room owns and what it may import"
+        missing = [r for r in sorted(allowed) if f"pipeline/{r}/" not in doc and f"pipeline/{r}.py" not in doc]
+        assert missing == [], f"{init}: its docstring does not name {missing}, which ROOMS lets it import"
+
+
+def test_the_room_checks_see_violations(tmp_path, monkeypatch):
+    """The room tests above fail on a house that breaks them (so their silence means something): the
+    foundation importing the data path, a module in no room, a stage package importing a training stage."""
+    files = {
+        "pipeline/__init__.py": "",
+        "pipeline/core/__init__.py": "",
+        "pipeline/core/summary.py": "from pipeline.data.sources import source_label\n",
+        "pipeline/data/__init__.py": "",
+        "pipeline/data/sources.py": "def source_label(path):\n    return path\n",
+        "pipeline/training/__init__.py": "",
+        "pipeline/training/sft.py": "def run(): pass\n",
+        "pipeline/stray.py": "",
+        "synth/__init__.py": "",
+        "synth/stage.py": "def f():\n    from pipeline.training import sft  # lazy imports count\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for package in ("merge", "eval"):
+        (tmp_path / package).mkdir()
+    monkeypatch.setitem(globals(), "REPO", tmp_path)
+    with pytest.raises(AssertionError, match=r"pipeline\.core\.summary \(core/\) imports pipeline\.data\.sources"):
+        test_each_room_imports_only_the_rooms_below_it()
+    with pytest.raises(AssertionError, match=r"\['pipeline\.stray'\]"):
+        test_every_pipeline_module_sits_in_a_room()
+    with pytest.raises(AssertionError, match=r"synth\.stage imports pipeline\.training\.sft"):
+        test_stage_packages_stand_on_the_foundation_data_and_generation()
+    with pytest.raises(AssertionError, match="say what the room owns"):
+        test_each_room_says_what_it_owns_and_may_import()
 
 
 def test_the_foundation_branches_on_no_recipe_type():
