@@ -134,7 +134,9 @@ class TrainRecipe(RecipeBase):
     )
     chat: ChatSpec = ChatSpec()
     data: DataSpec
-    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig.")
+    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig, but for "
+                                     "`global_batch_size` (ours: rows per optimizer step; the stage derives "
+                                     "gradient_accumulation_steps from the GPU count, pipeline/batch.py).")
     peft: PeftSpec | None = None
     eval_pairs: str | None = Field(
         None, description="APO only: held-out preference pairs (.jsonl, the training rows' layout), scored before "
@@ -156,9 +158,10 @@ class TrainRecipe(RecipeBase):
         return out
 
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        from pipeline.batch import batch_problems
         from pipeline.checks import check_combinations, check_training
 
-        problems = check_training(self) + self.stage_problems()
+        problems = check_training(self) + batch_problems(self.training) + self.stage_problems()
         if self.ref_model is not None and self.trains_on != "pairs":
             problems.append(("ref_model", "only the apo stage uses a reference model"))
         return problems + check_combinations(self, base_dir)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, sft_recipe
 
+from pipeline.batch import GLOBAL_BATCH, batch_for, trl_training
 from pipeline.checks import trl_config_class
 from pipeline.inputs import check_inputs
 from pipeline.recipe import RecipeError, load_recipe, recipe_hash
@@ -41,14 +42,19 @@ def test_shipped_recipe_loads(path):
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem in ("midtrain", "sft", "apo")],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_training_block_builds_the_trl_config(path, tmp_path):
-    """The pass-through block is accepted by TRL itself, not just by our key check."""
+    """The pass-through block is accepted by TRL itself, not just by our key check; our own key (the global
+    batch) reaches TRL as the accumulation it means on 8 GPUs."""
     recipe = load_recipe(path)
     cls = trl_config_class(recipe.stage)
-    args = dict(recipe.training, output_dir=str(tmp_path), bf16=False, use_liger_kernel=False, report_to="none")
+    batch = batch_for(recipe.training, 8, {})
+    training = trl_training(recipe.training, batch)
+    args = dict(training, output_dir=str(tmp_path), bf16=False, use_liger_kernel=False, report_to="none")
     config = cls(**args)
-    for key, value in recipe.training.items():
+    for key, value in training.items():
         if key not in ("bf16", "use_liger_kernel", "report_to", "loss_type"):
             assert getattr(config, key) == value, key
+    assert 8 * config.per_device_train_batch_size * config.gradient_accumulation_steps == batch.global_batch
+    assert GLOBAL_BATCH not in training
 
 
 def test_real_recipe_has_published_hyperparameters():
@@ -140,6 +146,20 @@ def test_a_bad_value_under_a_secret_key_is_named_by_its_key_not_shown(write_reci
     [(key, msg)] = problems_of(write_recipe(recipe))
     assert key.startswith("training.hub_token") and "1234" not in msg
     assert msg == "<redacted> is not a valid str (or null)"
+
+
+@pytest.mark.parametrize("training, problem", [
+    ({"global_batch_size": 128, "gradient_accumulation_steps": 2}, "not both"),
+    ({"global_batch_size": "128"}, "not a number of rows"),
+    ({"global_batch_size": True}, "not a number of rows"),
+    ({"global_batch_size": 0}, "not a number of rows"),
+    ({"global_batch_size": 6, "per_device_train_batch_size": 4}, "not a multiple of per_device_train_batch_size 4"),
+])
+def test_a_global_batch_that_no_gpu_count_can_make_is_refused_by_validate(write_recipe, training, problem):
+    recipe = sft_recipe()
+    recipe["training"] = {**recipe["training"], **training}
+    found = problems_of(write_recipe(recipe))
+    assert len(found) == 1 and found[0][0].startswith("training.global_batch_size (line") and problem in found[0][1]
 
 
 def test_transformers4_keys_get_their_replacement(write_recipe):
