@@ -14,10 +14,11 @@ TRL in pipeline/checks.py.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.chat import DEFAULT_CUTOFF, DEFAULT_DATE
 
@@ -48,8 +49,40 @@ class ChatSpec(Strict):
         description="`smollm3` (our dual-mode template, installed on every checkpoint we write), "
         "`model` (the tokenizer's own), or a path to a .jinja file.",
     )
-    today_date: str = Field(DEFAULT_DATE, description="Fixed date stamped in the system turn (reproducible data).")
-    knowledge_cutoff: str = DEFAULT_CUTOFF
+    today_date: str = Field(DEFAULT_DATE, description="Fixed date stamped in the system turn (reproducible data), "
+                            "written as the system turn shows it: `01 July 2025` (a YAML date, 2025-07-01, is "
+                            "written that way for you).")
+    knowledge_cutoff: str = Field(DEFAULT_CUTOFF,
+                                  description="Month and year, as the system turn shows it: `June 2025`.")
+
+    @field_validator("today_date", mode="before")
+    @classmethod
+    def _a_day(cls, value):
+        return _as_date_text(value, "%d %B %Y", "a day, month name and year, e.g. `01 July 2025`")
+
+    @field_validator("knowledge_cutoff", mode="before")
+    @classmethod
+    def _a_month(cls, value):
+        return _as_date_text(value, "%B %Y", "a month name and year, e.g. `June 2025`")
+
+
+def _as_date_text(value, form: str, what: str):
+    """A date as the system turn writes it (`form`), from that text, an ISO date (2025-07-01) or a YAML date: a
+    date written another way would reach the training data as it is, so it is refused."""
+    if isinstance(value, datetime.datetime):
+        value = value.date()
+    if isinstance(value, datetime.date):
+        return value.strftime(form)
+    if not isinstance(value, str):
+        raise ValueError(f"not a date: write {what}")
+    try:
+        return datetime.date.fromisoformat(value.strip()).strftime(form)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.strptime(value.strip(), form).strftime(form)  # one way: `1 July` is `01 July`
+    except ValueError:
+        raise ValueError(f"not a date written as {what}") from None
 
 
 class Source(Strict):

@@ -241,6 +241,23 @@ def test_enforce_eager_only_for_the_vllm_backend(write_recipe):
     assert key.startswith("backend.enforce_eager")
 
 
+@pytest.mark.parametrize("written, stored", [("2025-08-15", "15 August 2025"), ("'2025-08-15'", "15 August 2025"),
+                                             ("15 August 2025", "15 August 2025"), ("'1 July 2025'", "01 July 2025")])
+def test_a_date_is_stored_as_the_system_turn_writes_it(write_recipe, written, stored):
+    """An unquoted YAML date is a date object, not text: it is written as the template shows dates."""
+    text = yaml.safe_dump(sft_recipe()) + f"chat:\n  today_date: {written}\n  knowledge_cutoff: 2025-06-01\n"
+    recipe = load_recipe(write_recipe(text))
+    assert (recipe.chat.today_date, recipe.chat.knowledge_cutoff) == (stored, "June 2025")
+
+
+@pytest.mark.parametrize("written", ["yesterday", "'2025/08/15'", "'August 15, 2025'", "20250815"])
+def test_a_date_written_another_way_is_refused(write_recipe, written):
+    path = write_recipe(yaml.safe_dump(sft_recipe()) + f"chat:\n  today_date: {written}\n")
+    [(key, message)] = problems_of(path)
+    assert key.startswith("chat.today_date (line") and "e.g. `01 July 2025`" in message
+    assert "datetime" not in message
+
+
 def test_budget_fraction_and_tokens_exclusive(write_recipe):
     recipe = sft_recipe()
     recipe["data"]["sources"][0].update(fraction=0.5, tokens=1000)
@@ -322,6 +339,22 @@ def test_cli_validate_reports_each_file(write_recipe):
     assert proc.returncode == 2
     assert f"ok    {good} (sft)" in proc.stdout
     assert f"FAIL  {bad}: invalid recipe" in proc.stdout and "models: required key is missing" in proc.stdout
+
+
+def test_validate_checks_launcher_configs_as_launcher_configs(write_recipe, capsys):
+    """`smolalign validate recipes/accelerate/*.yaml` (as a new user types it): ok, as accelerate configs; a
+    launcher config given to a stage says what it is and where it goes."""
+    from pipeline.cli import main
+
+    configs = sorted(str(p) for p in (REPO / "recipes/accelerate").glob("*.yaml"))
+    bad = write_recipe("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 7}\n", "bad.yaml")
+    assert main(["validate", *configs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(line.startswith("ok    ") and "accelerate launcher config" in line for line in out)
+    assert main(["validate", str(bad)]) == 2 and "zero_stage of 0 to 3" in capsys.readouterr().out
+    assert main(["sft", "--recipe", configs[0]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "accelerate launcher config" in err[-1] and "stage: required key is missing" not in "".join(err)
 
 
 def test_every_trl_choice_field_is_checked():
