@@ -51,6 +51,7 @@ RENAMED_TRAINING_KEYS = {
     "gradient_checkpointing": "deprecated in transformers 5 (removed in 6): use `activation_checkpointing`",
     "gradient_checkpointing_kwargs": "deprecated in transformers 5: use `activation_checkpointing_kwargs`",
     "overwrite_output_dir": "removed in transformers 5: use `smolalign STAGE --overwrite`",
+    "max_seq_length": "renamed in TRL 0.20: use `max_length` (tokens of a row; of a packed row with packing)",
 }
 _REMOVED_HINTS = {
     ("packing_strategy", "ffd"): " (`ffd` was removed from TRL; best-fit decreasing is `bfd`)",
@@ -181,7 +182,7 @@ def check_combinations(recipe, base_dir: Path) -> Problems:
         problem = generation_markers_problem(template, recipe.chat.template)
         if problem:
             problems.append(("chat.template", problem))
-    if t.get("packing") and not t.get("max_length"):
+    if t.get("packing") and not t.get("max_length") and "max_seq_length" not in t:  # that one is named as renamed
         problems.append(("training.max_length", "packing needs a max_length: the length of a packed row"))
     if t.get("packing") and t.get("padding_free") is False:
         # Measured: TRL's collator then sends an all-ones attention_mask, and eager/sdpa attend across

@@ -172,6 +172,15 @@ def test_transformers4_keys_get_their_replacement(write_recipe):
     assert "use `activation_checkpointing`" in problems[f"training.gradient_checkpointing (line {ckpt})"]
 
 
+def test_max_seq_length_is_one_problem_naming_its_new_name(write_recipe):
+    """TRL renamed it to max_length: one problem that says so, not a second, misleading "packing needs a
+    max_length" (the recipe has one, under the old name)."""
+    recipe = sft_recipe()
+    recipe["training"]["max_seq_length"] = recipe["training"].pop("max_length")
+    [(key, message)] = problems_of(write_recipe(recipe))
+    assert key.startswith("training.max_seq_length (line") and "use `max_length`" in message
+
+
 def test_assistant_only_loss_needs_generation_markers(write_recipe, tmp_path):
     plain = tmp_path / "plain.jinja"
     plain.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
