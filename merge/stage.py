@@ -52,17 +52,25 @@ def linear_config(members: list[tuple[str, float]], dtype: str) -> dict:
             "models": [{"model": path, "parameters": {"weight": weight}} for path, weight in members]}
 
 
-class _InferredLayoutFilter(logging.Filter):
-    """mergekit 0.1.5 ships no layout file for SmolLM3 and warns "No JSON architecture found for
-    SmolLM3ForCausalLM", which reads as an error; it then reads the layout from the weights, which is right
-    (tests/test_merge.py: the merge is exact and keeps no_rope_layers). The stage says so in its own words."""
+class _Unless(logging.Filter):
+    """Drops a library's log records that start with `start`."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(f"No JSON architecture found for {INFERRED_ARCHITECTURE}")
+        return not record.getMessage().startswith(self.start)
 
 
 INFERRED_ARCHITECTURE = "SmolLM3ForCausalLM"
-logging.getLogger("mergekit.architecture").addFilter(_InferredLayoutFilter())
+# mergekit 0.1.5 ships no layout file for SmolLM3 and warns "No JSON architecture found for SmolLM3ForCausalLM",
+# which reads as an error; it then reads the layout from the weights, which is right (tests/test_merge.py: the
+# merge is exact and keeps no_rope_layers): the stage says so in its own words (say_inferred_layout).
+logging.getLogger("mergekit.architecture").addFilter(_Unless(f"No JSON architecture found for "
+                                                            f"{INFERRED_ARCHITECTURE}"))
+# mergekit sets `config.torch_dtype`, which transformers 5 renamed `dtype`: its deprecation is mergekit's to fix.
+logging.getLogger("transformers.configuration_utils").addFilter(_Unless("`torch_dtype` is deprecated"))
 
 
 def say_inferred_layout(paths: list[str]) -> None:

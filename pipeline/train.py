@@ -210,11 +210,16 @@ def announce_batch(run, batch: Batch) -> None:
 def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
     """TRL config from the recipe's `training:` block (our own keys replaced by what they mean: the derived
     gradient accumulation) plus what the stage decides itself."""
+    import torch
+
     cls = trl_config_class(recipe.stage)
     batch = training_batch(recipe)
+    quiet_library_deprecations()
     # Defaults the recipe may override: no tracker unless asked; count tokens, which makes
-    # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers).
-    kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding"}
+    # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers); pinned
+    # memory only where there is a GPU to copy to (torch warns on every run otherwise).
+    kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding",
+                              "dataloader_pin_memory": torch.cuda.is_available()}
     kwargs.update(_without_secrets(trl_training(recipe.training, batch)))
     kwargs.update(stage_settings, output_dir=str(output_dir), seed=recipe.seed)
     args = cls(**kwargs)
@@ -224,6 +229,16 @@ def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
                         f"{batch.global_batch * args.train_batch_size // batch.per_device} here: one process drives "
                         f"{args.n_gpu} GPUs; launch one process per GPU (accelerate launch or torchrun)")
     return args
+
+
+def quiet_library_deprecations() -> None:
+    """TRL 1.16 and peft 0.21 still call transformers 4's names (`is_gradient_checkpointing`,
+    `gradient_checkpointing_enable` / `_disable`), which transformers 5 deprecates with a warning on every run:
+    theirs to change, nothing a recipe can do (ours say `activation_checkpointing`). Only those warnings go."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
+                            category=FutureWarning)
 
 
 def _without_secrets(training: dict[str, Any]) -> dict[str, Any]:

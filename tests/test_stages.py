@@ -147,6 +147,18 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
     assert report["reward_margin"] == pytest.approx(0.05 * change, abs=1e-3) and report["reward_margin"] != 0
 
 
+def test_a_training_run_shows_no_library_deprecation_noise(write_recipe, tmp_path, recwarn):
+    """TRL and peft call transformers 4's checkpointing names (`is_gradient_checkpointing`, ...) and the data loader
+    asks for pinned memory on a CPU: warnings about library internals the user cannot act on, on every run."""
+    recipe = recipe_for(write_recipe, tmp_path, "apo",
+                        [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"}],
+                        loss_type="apo_zero", max_length=256, max_steps=1, activation_checkpointing=True)
+    apo.run(recipe)
+    noise = [str(w.message) for w in recwarn if "gradient_checkpointing" in str(w.message)
+             or "pin_memory" in str(w.message)]
+    assert noise == []
+
+
 @pytest.mark.parametrize("line, problem", [
     ('{"prompt": "Hi", "chosen": "Hello."}', "pair 2: no `rejected` column"),
     ('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}',
