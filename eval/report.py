@@ -5,8 +5,8 @@ results it saved, into `report.md`, `progress.png`, `<task>_by_length.png` (RULE
 For a model that is a run directory, the report reads one file there, the run's `summary.json`
 (its sections: pipeline/core/summary.py): the loss trend, the rows per source it trained on (a source
 written by a synth run links that run's filter report, from the synth run's own summary), APO's
-held-out preference and the merge sweep, and links to the files the summary lists. It knows no
-stage's other files and no task by name: a task whose summaries hold `length_<N>` scores gets a
+held-out preference, the merge's inputs and weights and its sweep, and links to the files the summary
+lists. It knows no stage's other files and no task by name: a task whose summaries hold `length_<N>` scores gets a
 table and a chart by context length.
 """
 
@@ -98,9 +98,18 @@ def glance_table(results, tasks, modes, out: Path) -> list[str]:
         if "trained_on" in s else "")
     row("held-out pairs preferred", lambda run, s: held_out_cell(s))
     row("merge sweep", lambda run, s: link("sweep", run, s.get("sweep", {}).get("file")))
+    row("merged from", lambda run, s: merged_cell(s))
     if len(lines) == 2:
         lines.append("| " + f"no score moved by {MOVED} or more" + " |" * len(results))
     return lines
+
+
+def merged_cell(summary: dict) -> str:
+    m = summary.get("merged")
+    if not m:
+        return ""
+    rest = round(1 - m["soup_weight"], 10)
+    return f"{m['soup_weight']:g} x soup of {len(m['soup'])} + {rest:g} x `{m['long_context']}`"
 
 
 def held_out_cell(summary: dict) -> str:
@@ -157,7 +166,7 @@ def stage_outputs(results, out: Path) -> list[str]:
         if curve and (run / curve).is_file():
             lines += ["", f"![{label(r['model'])} loss]({os.path.relpath(run / curve, out)})"]
         lines += (loss_line(summary) + data_lines(summary, out) + preference_lines(summary, run)
-                  + sweep_lines(summary))
+                  + merged_lines(summary) + sweep_lines(summary))
     return ["", "## Each stage's outputs"] + lines if lines else []
 
 
@@ -201,6 +210,16 @@ def preference_lines(summary: dict, run: Path) -> list[str]:
             f"| after: {label(str(run))} | {end['accuracy']:.3f} | {end['mean_margin']:.3f} |", "",
             f"Mean implicit reward margin of the result against the start (beta {p['beta']}): "
             f"{p['reward_margin']:.4f}."]
+
+
+def merged_lines(summary: dict) -> list[str]:
+    """What a merge run merged, with the weights."""
+    m = summary.get("merged")
+    if not m:
+        return []
+    soup = ", ".join(f"`{s['path']}` ({s['weight']:g})" for s in m["soup"] if isinstance(s, dict))
+    return ["", f"Merged: {m['soup_weight']:g} x the soup of {soup}; {round(1 - m['soup_weight'], 10):g} x "
+            f"`{m['long_context']}`."]
 
 
 def sweep_lines(summary: dict) -> list[str]:

@@ -15,6 +15,7 @@ run dir -> the APO model's tokenizer with our chat template (set explicitly, not
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import yaml
@@ -51,6 +52,35 @@ def linear_config(members: list[tuple[str, float]], dtype: str) -> dict:
             "models": [{"model": path, "parameters": {"weight": weight}} for path, weight in members]}
 
 
+class _Unless(logging.Filter):
+    """Drops a library's log records that start with `start`."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+INFERRED_ARCHITECTURE = "SmolLM3ForCausalLM"
+# mergekit 0.1.5 ships no layout file for SmolLM3 and warns "No JSON architecture found for SmolLM3ForCausalLM",
+# which reads as an error; it then reads the layout from the weights, which is right (tests/test_merge.py: the
+# merge is exact and keeps no_rope_layers): the stage says so in its own words (say_inferred_layout).
+logging.getLogger("mergekit.architecture").addFilter(_Unless(f"No JSON architecture found for "
+                                                            f"{INFERRED_ARCHITECTURE}"))
+# mergekit sets `config.torch_dtype`, which transformers 5 renamed `dtype`: its deprecation is mergekit's to fix.
+logging.getLogger("transformers.configuration_utils").addFilter(_Unless("`torch_dtype` is deprecated"))
+
+
+def say_inferred_layout(paths: list[str]) -> None:
+    architectures = {a for p in paths for a in json.loads((Path(p) / "config.json").read_text()).get("architectures",
+                                                                                                      [])}
+    if INFERRED_ARCHITECTURE in architectures:
+        print(f"mergekit reads the layout of {INFERRED_ARCHITECTURE} from its weights (it ships no layout file for "
+              "it): the merged tensors and no_rope_layers are checked to come out right")
+
+
 def run_mergekit(config: dict, out: Path, record: Path, partial: Path, final: Path) -> None:
     """Merge into `out`; write the config to `record` with paths as they will be once the run
     directory is promoted (`partial` -> `final`), so it can be rerun as written."""
@@ -70,6 +100,7 @@ def run(recipe, overwrite: bool = False) -> Path:
     total = sum(w for _, w in members)
     members = [(p, w / total) for p, w in members]  # the soup is an average
     check_compatible([p for p, _ in members] + [recipe.long_context.path])
+    say_inferred_layout([recipe.long_context.path])  # check_compatible found every input of one architecture
     with stage_run(recipe, overwrite) as run:
         if len(members) > 1:
             soup = run.path / "soup"
@@ -98,7 +129,11 @@ def run(recipe, overwrite: bool = False) -> Path:
         run.metrics.update({"soup_members": len(members), "soup_weights": [w for _, w in members],
                             "soup_weight": recipe.soup_weight})
         write_model_card(run, recipe, members)
-        run.summary["outputs"] = ["sweep/sweep.md", "README.md"]  # those written: save_summary drops the others
+        run.summary["merged"] = {"soup": [{"path": p, "weight": w} for p, w in members],
+                                 "soup_weight": recipe.soup_weight, "long_context": recipe.long_context.path}
+        # those written: save_summary drops the others
+        run.summary["outputs"] = ["sweep/sweep.md", "mergekit_final.yml", "soup/mergekit_config.yml", "lineage.json",
+                                  "README.md"]
     return recipe.output_path()
 
 

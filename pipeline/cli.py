@@ -146,6 +146,15 @@ def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite
 def validate(files: list[str], inputs: bool = False) -> int:
     failed = 0
     for f in files:
+        launcher = _launcher_in(f)
+        if launcher is not None:  # recipes/accelerate/*.yaml: checked as what they are
+            if _is_accelerate_config(launcher):
+                print(f"ok    {f} (accelerate launcher config, {launcher['distributed_type']})")
+            else:
+                failed += 1
+                print(f"FAIL  {f}: an accelerate launcher config whose deepspeed_config is not a mapping with a "
+                      "zero_stage of 0 to 3 (see recipes/accelerate/zero3.yaml)")
+            continue
         try:
             recipe = load(f)
             if inputs:
@@ -155,6 +164,18 @@ def validate(files: list[str], inputs: bool = False) -> int:
             failed += 1
             print(f"FAIL  {redact_text(str(e))}")
     return 2 if failed else 0
+
+
+def _launcher_in(path: str) -> dict | None:
+    """The accelerate launcher config in `path` (a mapping with distributed_type and no stage), or None."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # load() says what is wrong with it
+    is_launcher = isinstance(data, dict) and "distributed_type" in data and "stage" not in data
+    return data if is_launcher else None
 
 
 def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:

@@ -461,12 +461,14 @@ STAGE_RUNS = (  # (stage, packed row / max length, extra --set), in the order th
 def stage_overrides(stage: str, seq_length: int, model_dir: str, data_file: str, out_dir: str, steps: int,
                     extra=()) -> list[str]:
     """What --set changes in the real recipe: the model (a random 3B-shape checkpoint), the data (generated
-    rows), the row length, the steps, no checkpoints and no tracker. Everything else is the recipe's."""
+    rows), the row length, the steps, no checkpoints and no tracker, and the global batch: 2 rows a step on
+    this one GPU (2 accumulation steps; the recipe's 128 would make each step 128 micro-steps, and tokens/s
+    is the same). Everything else is the recipe's."""
     mode = "no_think" if stage == "sft" else "from_row"
     return [f"model.name_or_path={model_dir}", f"output_dir={out_dir}",
             f"data.sources=[{{path: {data_file}, mode: {mode}}}]", f"training.max_length={seq_length}",
             f"training.max_steps={steps}", "training.save_strategy='no'", "training.report_to=none",
-            "training.logging_steps=1", *extra]
+            "training.logging_steps=1", "training.global_batch_size=2", *extra]
 
 
 def vocabulary_words(tokenizer) -> list[str]:

@@ -195,3 +195,29 @@ def test_structured_tool_calls_render_as_calls_written_in_the_content(tok, think
     ours = conversation(render(tok, structured, enable_thinking=thinking))
     assert ours == conversation(render(tok, written, enable_thinking=thinking))
     assert ("\n\n<tool_call>" in ours) == (think + content).endswith("\n\n")  # only where the content holds it
+
+
+# ----------------------------------------------------------------------------------------------
+# Where ours deliberately differs from the released template (README, "The chat format")
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("block", ["<think>\n\n</think>\n", "<think>\nearlier reasoning\n</think>\n"])
+def test_a_no_think_turn_that_holds_a_think_block_gets_no_second_one(tok, block):
+    """The released template puts the empty block before every no-think assistant turn, also before one that
+    already opens with a block (`<think>\n\n</think>\n<think>...`): a row or a replayed turn that carries its
+    block would train or prompt two. Ours renders the turn's own block alone."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": block + "Hello!"}]
+    assert conversation(render(tok, messages, enable_thinking=False)) == (
+        f"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n{block}Hello!<|im_end|>\n")
+
+
+def test_structured_tool_calls_are_rendered_where_the_released_template_drops_them(tok):
+    """The released template renders only `content`: an OpenAI-style turn with `tool_calls` and no content would
+    be an empty turn followed by a tool result for a call never made. Ours writes the calls as smoltalk2 rows
+    write them in the content (test_structured_tool_calls_render_as_calls_written_in_the_content)."""
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None,
+                                                          "tool_calls": [CALL]}, {"role": "tool", "content": "18C"}]
+    assert conversation(render(tok, messages, enable_thinking=False)) == (
+        "<|im_start|>user\nWeather?<|im_end|>\n"
+        f"<|im_start|>assistant\n<think>\n\n</think>\n{CALL_TEXT}<|im_end|>\n"
+        "<|im_start|>user\n18C<|im_end|>\n")
+

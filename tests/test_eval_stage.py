@@ -300,7 +300,10 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
     table = "| soup weight | math (no_think) | mean |\n"
     (merge_run / "sweep" / "sweep.md").write_text(table)
     write_summary(merge_run, {"stage": "merge", "outputs": ["sweep/sweep.md"],
-                              "sweep": {"rows": rows, "best_weight": 0.8, "file": "sweep/sweep.md", "table": table}})
+                              "sweep": {"rows": rows, "best_weight": 0.8, "file": "sweep/sweep.md", "table": table},
+                              "merged": {"soup": [{"path": "runs/x/apo/checkpoint-2", "weight": 0.5},
+                                                  {"path": "runs/x/apo/checkpoint-4", "weight": 0.5}],
+                                         "soup_weight": 0.9, "long_context": "runs/x/midtrain"}})
     results = [{"model": "embedded:base", "tasks": {"mode": {"think": _summary(0.0), "no_think": _summary(1.0)}}},
                {"model": str(sft_run), "tasks": {"mode": {"think": _summary(0.75), "no_think": _summary(1.0)}}},
                {"model": str(merge_run), "tasks": {"mode": {"think": _summary(0.5), "no_think": _summary(1.0)}}}]
@@ -320,6 +323,9 @@ def test_report_compares_every_model_with_the_first_and_links_each_stage(tmp_pat
     assert "| trained on |  | [mixture](../runs/sft/mixture.txt) |  |" in glance
     assert "| held-out pairs preferred |  | 0.75 → 0.88 |  |" in glance
     assert "| merge sweep |  |  | [sweep](../runs/merge/sweep/sweep.md) |" in glance
+    assert "| merged from |  |  | 0.9 x soup of 2 + 0.1 x `runs/x/midtrain` |" in glance
+    assert ("Merged: 0.9 x the soup of `runs/x/apo/checkpoint-2` (0.5), `runs/x/apo/checkpoint-4` (0.5); "
+            "0.1 x `runs/x/midtrain`.") in report.split("### merge")[1]
     assert "[loss.png](../runs/sft/loss.png)" in report and "[preference.json](../runs/sft/preference.json)" in report
     assert "loss falls: mean of the first 10 logged steps 2.550, of the last 10 1.150" in report
     synth_link = "([synth filters](../runs/synth-traces/report.json))"  # a synth run's rows link its filter report

@@ -94,6 +94,7 @@ def test_attention_flops_equal_torch_flop_counter():
 
 
 def test_stage_runs_change_only_data_steps_saving_and_tracker_of_the_real_recipes(tmp_path):
+    from pipeline.core.batch import batch_for
     from pipeline.core.recipe import load_recipe
 
     g = gpu_check()
@@ -108,11 +109,12 @@ def test_stage_runs_change_only_data_steps_saving_and_tracker_of_the_real_recipe
         assert run.training["max_length"] == length and run.training["torch_compile"] is True
         changed = {k for k in real.training.keys() | run.training.keys()
                    if real.training.get(k) != run.training.get(k)}
-        assert changed <= {"max_steps", "save_strategy", "report_to", "logging_steps", "max_length", "torch_compile"}
-        # everything that sets the speed is the recipe's own
-        for key in ("activation_checkpointing", "use_liger_kernel", "bf16", "per_device_train_batch_size",
-                    "gradient_accumulation_steps"):
+        assert changed <= {"max_steps", "save_strategy", "report_to", "logging_steps", "max_length", "torch_compile",
+                           "global_batch_size"}
+        # everything that sets the speed is the recipe's own; a step is 2 micro-steps on the one GPU
+        for key in ("activation_checkpointing", "use_liger_kernel", "bf16", "per_device_train_batch_size"):
             assert run.training[key] == real.training[key]
+        assert batch_for(run.training, 1, {}).accumulation == 2
 
 
 def test_steady_tokens_per_s_leaves_out_the_first_step():

@@ -1,6 +1,7 @@
 """Merge stage: exact linear arithmetic, incompatible inputs refused by name, output usable."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,16 @@ def merge_recipe(write_recipe, tmp_path, soup, long_context, **extra):
     return load(write_recipe(body))
 
 
-def test_final_merge_is_exactly_09_a_plus_01_b(write_recipe, tmp_path, ckpts):
+def test_final_merge_is_exactly_09_a_plus_01_b(write_recipe, tmp_path, ckpts, caplog, capsys, monkeypatch):
+    import mergekit.architecture
+
+    monkeypatch.setattr(mergekit.architecture, "WARNED_ARCHITECTURE_NAMES", set())  # it warns once a process
+    logging.Logger.warning_once.cache_clear()  # and so does transformers (torch_dtype)
     out = run(merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"]))
+    # mergekit has no layout file for SmolLM3 and infers it, correctly (below): not a warning that reads as an error
+    assert not [r for r in caplog.records if "No JSON architecture" in r.getMessage()]
+    assert not [r for r in caplog.records if "`torch_dtype` is deprecated" in r.getMessage()]  # mergekit's use
+    assert "mergekit reads the layout of SmolLM3ForCausalLM from its weights" in capsys.readouterr().out
     a, b, m = weights(ckpts["a"]), weights(ckpts["b"]), weights(out)
     assert set(m) == set(a)
     for name in a:
@@ -70,6 +79,12 @@ def test_soup_then_merge_with_a_glob(write_recipe, tmp_path, ckpts):
     lineage = manifest["inputs"]
     assert {"soup.0.path[0]", "soup.0.path[1]", "long_context.path"} <= set(lineage)
     assert manifest["metrics"]["soup_weights"] == [0.5, 0.5]
+    # what the eval report reads: the inputs and their weights, and the merge's own files
+    summary = read_summary(out)
+    assert summary["merged"] == {"soup": [{"path": str(apo / "checkpoint-1"), "weight": 0.5},
+                                          {"path": str(apo / "checkpoint-2"), "weight": 0.5}],
+                                 "soup_weight": 0.9, "long_context": str(ckpts["b"])}
+    assert summary["outputs"] == ["mergekit_final.yml", "soup/mergekit_config.yml", "lineage.json", "README.md"]
 
 
 def test_merged_model_loads_and_generates_with_our_template(write_recipe, tmp_path, ckpts):
@@ -209,7 +224,8 @@ def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_pat
     assert run_summary["sweep"]["rows"] == summary["rows"]
     assert run_summary["sweep"]["best_weight"] == summary["best_weight"]
     assert run_summary["sweep"]["table"] == (out / "sweep" / "sweep.md").read_text()
-    assert run_summary["stage"] == "merge" and run_summary["outputs"] == ["sweep/sweep.md", "README.md"]
+    assert run_summary["stage"] == "merge" and run_summary["outputs"] == ["sweep/sweep.md", "mergekit_final.yml",
+                                                                        "lineage.json", "README.md"]
 
 
 def test_bad_sweep_weight_is_refused(write_recipe, tmp_path, ckpts):

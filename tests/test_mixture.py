@@ -59,6 +59,18 @@ def test_mixture_report_quarantine_and_labels(write_recipe, tok, tmp_path):
     assert "quarantined 6" in table and "efficiency" in table
 
 
+def test_mixture_txt_counts_the_trained_tokens_training_sees(write_recipe, tok, tmp_path):
+    """A row longer than max_length is cut: its trained tokens past the cut are never trained, so mixture.txt's
+    "trained" column counts those within max_length, the number the plan shows and the packed rows hold."""
+    recipe = sft(write_recipe, [{"path": str(REPO / "data/demo/tools.jsonl"), "mode": "no_think"}], max_length=360)
+    dataset, report = build_sft_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
+    [source] = report["sources"]
+    packed = sum(sum(t != -100 for t in row) for row in dataset["labels"])
+    assert source["trained_tokens_kept"] == packed < source["trained_tokens"]
+    header, line = format_report(report).splitlines()[:2]
+    assert "tools.jsonl" in line and line.split()[-2] == str(packed) and "trained (within max_length)" in header
+
+
 def test_mixture_is_cached_by_fingerprint(write_recipe, tok, tmp_path):
     sources = [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}]
     recipe = sft(write_recipe, sources)

@@ -16,7 +16,9 @@ from conftest import REPO
 from pipeline.cli import main
 from pipeline.core.recipe import load_recipe
 from pipeline.core.runs import identity_hash
+from pipeline.data import sources
 from pipeline.planning import costs
+from pipeline.planning.plan import source_sizes
 from pipeline.training.train import load_tokenizer
 
 
@@ -52,9 +54,8 @@ def test_the_real_sft_recipe_shows_the_known_differences_from_the_published_conf
     assert "removed in transformers 5" in warmup["note"]
     assert renamed["training.activation_checkpointing"]["published_as"] == "gradient_checkpointing"
     assert "strftime_now" in rows["chat.template"]["note"]
-    batch = rows["global batch (GPUs x per-device x accumulation)"]
-    assert batch["published"] == "128 (64 GPUs)" and batch["ours"] == "16 on 8 GPU(s)"
-    assert "gradient_accumulation_steps=16" in batch["note"]
+    # the published global batch on 8 GPUs: the accumulation is derived, so neither is a difference
+    assert not {"global batch (GPUs x per-device x accumulation)", "training.gradient_accumulation_steps"} & set(rows)
     # equal values are not differences, and the 25 splits and their weights are the published ones
     assert not {"training.learning_rate", "training.max_length", "training.lr_scheduler_kwargs"} & set(rows)
     assert not [k for k in rows if k.startswith("data.sources")]
@@ -64,6 +65,107 @@ def test_the_real_sft_recipe_shows_the_known_differences_from_the_published_conf
     out = capsys.readouterr().out
     assert "ffd" in out and "warmup_ratio -> training.warmup_steps (0.03)" in out
     assert not [line for line in out.splitlines() if line.lstrip().startswith("training.warmup_steps")]
+
+
+PUBLISHED_BATCH = {"midtrain": 128, "sft": 128, "apo": 32}
+
+
+@pytest.mark.parametrize("gpus", [8, 16, 64])
+@pytest.mark.parametrize("stage", ["midtrain", "sft", "apo"])
+def test_the_real_recipes_train_with_the_published_global_batch_on_any_gpu_count(tmp_path, capsys, stage, gpus):
+    """128 (mid-training, SFT) and 32 (APO) rows a step, as published, on 8, 16 and 64 GPUs: the accumulation is
+    derived from the GPU count. APO's 32 pairs cannot be made on 64 GPUs (64 rows a micro-step at least): refused,
+    naming the counts that can."""
+    rc, plan = run_plan(tmp_path, REPO / f"recipes/smollm3/{stage}.yaml", "--gpus", gpus)
+    [p] = plan["plans"]
+    out = capsys.readouterr().out
+    wanted = PUBLISHED_BATCH[stage]
+    if wanted < gpus:
+        assert rc == 2 and p["cost"]["global_batch"] is None and "steps" not in p["cost"]
+        [problem] = plan["problems"]
+        assert f"global_batch_size {wanted} cannot be made on {gpus} GPU(s)" in problem
+        assert "run on 1, 2, 4, 8, 16 or 32 GPUs" in problem
+        return
+    accumulation = wanted // gpus
+    assert rc == 0 and p["cost"]["global_batch"] == wanted and p["cost"]["gpu_hours"] > 0  # APO's too, offline
+    assert f"global batch {wanted} = {gpus} GPU(s) x 1 per device x {accumulation} accumulation step(s)" in out
+    assert p["resolved"]["training"]["gradient_accumulation_steps"].startswith("derived at launch")
+    rows = rows_by_key(p["published"]["rows"])
+    assert not {"global batch (GPUs x per-device x accumulation)", "training.gradient_accumulation_steps"} & set(rows)
+
+
+def test_the_sources_sizes_with_the_published_weights_give_the_blogs_token_counts():
+    """The per-split sizes (smoltalk2 dataset card) are the ones the published mixtures were made of: with the
+    published weights they add up to the blog's ~35B (mid-training) and ~1.8B (SFT) tokens an epoch."""
+    from pipeline.planning.plan import published
+
+    for stage in ("midtrain", "sft"):
+        pub = published()["stages"][stage]
+        total = sum(s["weight"] * s["tokens"] for s in pub["sources"])
+        assert total == pytest.approx(pub["tokens_per_epoch"]["value"], rel=0.06), stage
+
+
+@pytest.mark.parametrize("stage", ["midtrain", "sft"])
+def test_a_changed_weight_keeps_the_cost_estimate_and_moves_it_by_that_sources_tokens(tmp_path, stage):
+    """Not built here: the estimate comes from each source's size and the recipe's weights, so raising one weight
+    adds that share of its source (times the epochs) instead of dropping the estimate."""
+    recipe = REPO / f"recipes/smollm3/{stage}.yaml"
+    base = load_recipe(recipe)
+    first = base.data.sources[0]
+    _, before = run_plan(tmp_path, recipe)
+    rc, after = run_plan(tmp_path, recipe, "--set", f"data.sources.0.fraction={(first.fraction or 1.0) + 0.5}")
+    size = source_sizes()[sources.source_label(first.path, first.split, first.name)]["tokens"]
+    a, b = before["plans"][0]["cost"], after["plans"][0]["cost"]
+    assert rc == 0 and b["work_from"].startswith("estimate: each source's size") and b["gpu_hours"] > a["gpu_hours"]
+    assert b["tokens"] - a["tokens"] == pytest.approx(0.5 * size * base.training["num_train_epochs"], rel=1e-6)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"]])
+def test_lora_trainable_parameters_are_what_peft_makes_trainable(tiny_model, targets):
+    """The reference is peft itself: the adapters it adds to the tiny SmolLM3 for the same r and targets."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM"))
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert costs.lora_parameters(costs.model_shape(tiny_model), 4, targets) == (trainable, [])
+
+
+def test_a_lora_variant_is_planned_as_lora(tmp_path, capsys):
+    """Memory, GPU-hours and differences of a LoRA variant of the real SFT and APO recipes: gradients and optimizer
+    states for the adapters alone, fewer FLOPs a token, one `peft` row, no APO reference copy."""
+    for stage in ("sft", "apo"):
+        text = (REPO / f"recipes/smollm3/{stage}.yaml").read_text()
+        lora = tmp_path / f"lora-{stage}.yaml"
+        lora.write_text(text.replace("\ntraining:", "\npeft: {r: 16, lora_alpha: 32}\ntraining:"))
+        _, full = run_plan(tmp_path, REPO / f"recipes/smollm3/{stage}.yaml")
+        rc, plan = run_plan(tmp_path, lora, "--against", REPO / f"recipes/smollm3/{stage}.yaml")
+        a, b = full["plans"][0]["cost"], plan["plans"][0]["cost"]
+        assert rc == 0 and b["lora"]["trainable_parameters"] == costs.lora_parameters(costs.SMOLLM3_3B, 16,
+                                                                                      "all-linear")[0]
+        assert b["memory"]["optimizer_gib"] < a["memory"]["optimizer_gib"] / 100
+        assert b["memory"]["gradients_gib"] < a["memory"]["gradients_gib"] / 10
+        speedup = b["lora"]["speedup"]
+        assert a["gpu_hours"] / b["gpu_hours"] == pytest.approx(speedup) and 1.2 < speedup < 1.5
+        assert ("reference_model_gib" in a["memory"], "reference_model_gib" in b["memory"]) == (stage == "apo", False)
+        published_rows = rows_by_key(plan["plans"][0]["published"]["rows"])
+        assert published_rows["peft"]["ours"].startswith("LoRA r=16") and published_rows["peft"]["note"]
+        [row] = plan["plans"][0]["against"]["rows"]
+        assert (row["key"], row["other"]) == ("peft", "none (full fine-tuning)")
+    assert "LoRA: 30,228,480 trainable parameters" in capsys.readouterr().out
+
+
+def test_a_recipe_giving_the_accumulation_shows_the_batch_it_makes_and_how_to_state_it(tmp_path):
+    text = (REPO / "recipes/smollm3/sft.yaml").read_text().replace("global_batch_size: 128",
+                                                                   "gradient_accumulation_steps: 2")
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(text)
+    rc, plan = run_plan(tmp_path, recipe, "--gpus", "8")
+    row = rows_by_key(plan["plans"][0]["published"]["rows"])["global batch (GPUs x per-device x accumulation)"]
+    assert rc == 0 and (row["published"], row["ours"]) == ("128 (64 GPUs)", "16 on 8 GPU(s)")
+    assert "`global_batch_size: 128` instead of gradient_accumulation_steps" in row["note"]
+    assert plan["plans"][0]["cost"]["global_batch"] == 16
 
 
 def test_a_renamed_key_with_a_different_value_is_a_difference_that_changes_the_identity(tmp_path):
@@ -82,6 +184,15 @@ def test_the_other_published_stages_show_their_traps(tmp_path, stage, key, publi
     rc, plan = run_plan(tmp_path, REPO / f"recipes/smollm3/{stage}.yaml", "--gpus", "16")
     row = rows_by_key(plan["plans"][0]["published"]["rows"])[key]
     assert rc == 0 and (row["published"], row["ours"]) == (published, ours) and row["note"]
+
+
+def test_each_stage_gives_its_own_reason_for_a_difference(tmp_path):
+    """The published mid-training template is plain ChatML: its row must not carry SFT's reason (the date)."""
+    _, mid = run_plan(tmp_path, REPO / "recipes/smollm3/midtrain.yaml")
+    _, sft = run_plan(tmp_path, REPO / "recipes/smollm3/sft.yaml")
+    mid_note = rows_by_key(mid["plans"][0]["published"]["rows"])["chat.template"]["note"]
+    sft_note = rows_by_key(sft["plans"][0]["published"]["rows"])["chat.template"]["note"]
+    assert "plain ChatML" in mid_note and "strftime" not in mid_note and "strftime_now" in sft_note
 
 
 def test_against_lists_exactly_the_changed_keys_and_which_change_the_identity(tmp_path, capsys):

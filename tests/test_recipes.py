@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, sft_recipe
 
+from pipeline.core.batch import GLOBAL_BATCH, batch_for, trl_training
 from pipeline.core.checks import trl_config_class
 from pipeline.core.inputs import check_inputs
 from pipeline.core.recipe import RecipeError, load_recipe, recipe_hash
@@ -41,14 +42,19 @@ def test_shipped_recipe_loads(path):
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem in ("midtrain", "sft", "apo")],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_training_block_builds_the_trl_config(path, tmp_path):
-    """The pass-through block is accepted by TRL itself, not just by our key check."""
+    """The pass-through block is accepted by TRL itself, not just by our key check; our own key (the global
+    batch) reaches TRL as the accumulation it means on 8 GPUs."""
     recipe = load_recipe(path)
     cls = trl_config_class(recipe.stage)
-    args = dict(recipe.training, output_dir=str(tmp_path), bf16=False, use_liger_kernel=False, report_to="none")
+    batch = batch_for(recipe.training, 8, {})
+    training = trl_training(recipe.training, batch)
+    args = dict(training, output_dir=str(tmp_path), bf16=False, use_liger_kernel=False, report_to="none")
     config = cls(**args)
-    for key, value in recipe.training.items():
+    for key, value in training.items():
         if key not in ("bf16", "use_liger_kernel", "report_to", "loss_type"):
             assert getattr(config, key) == value, key
+    assert 8 * config.per_device_train_batch_size * config.gradient_accumulation_steps == batch.global_batch
+    assert GLOBAL_BATCH not in training
 
 
 def test_real_recipe_has_published_hyperparameters():
@@ -142,6 +148,20 @@ def test_a_bad_value_under_a_secret_key_is_named_by_its_key_not_shown(write_reci
     assert msg == "<redacted> is not a valid str (or null)"
 
 
+@pytest.mark.parametrize("training, problem", [
+    ({"global_batch_size": 128, "gradient_accumulation_steps": 2}, "not both"),
+    ({"global_batch_size": "128"}, "not a number of rows"),
+    ({"global_batch_size": True}, "not a number of rows"),
+    ({"global_batch_size": 0}, "not a number of rows"),
+    ({"global_batch_size": 6, "per_device_train_batch_size": 4}, "not a multiple of per_device_train_batch_size 4"),
+])
+def test_a_global_batch_that_no_gpu_count_can_make_is_refused_by_validate(write_recipe, training, problem):
+    recipe = sft_recipe()
+    recipe["training"] = {**recipe["training"], **training}
+    found = problems_of(write_recipe(recipe))
+    assert len(found) == 1 and found[0][0].startswith("training.global_batch_size (line") and problem in found[0][1]
+
+
 def test_transformers4_keys_get_their_replacement(write_recipe):
     recipe = sft_recipe()
     recipe["training"].update(warmup_ratio=0.03, gradient_checkpointing=True)
@@ -150,6 +170,15 @@ def test_transformers4_keys_get_their_replacement(write_recipe):
     warm, ckpt = line(path, "warmup_ratio:"), line(path, "gradient_checkpointing:")
     assert "use `warmup_steps` with a float in [0, 1)" in problems[f"training.warmup_ratio (line {warm})"]
     assert "use `activation_checkpointing`" in problems[f"training.gradient_checkpointing (line {ckpt})"]
+
+
+def test_max_seq_length_is_one_problem_naming_its_new_name(write_recipe):
+    """TRL renamed it to max_length: one problem that says so, not a second, misleading "packing needs a
+    max_length" (the recipe has one, under the old name)."""
+    recipe = sft_recipe()
+    recipe["training"]["max_seq_length"] = recipe["training"].pop("max_length")
+    [(key, message)] = problems_of(write_recipe(recipe))
+    assert key.startswith("training.max_seq_length (line") and "use `max_length`" in message
 
 
 def test_assistant_only_loss_needs_generation_markers(write_recipe, tmp_path):
@@ -219,6 +248,23 @@ def test_enforce_eager_only_for_the_vllm_backend(write_recipe):
     assert key.startswith("backend") and "`enforce_eager` is a setting of backend `vllm`" in msg
     [(key, msg)] = problems_of(write_recipe({**body, "backend": {"kind": "vllm", "enforce_eager": "sometimes"}}))
     assert key.startswith("backend.enforce_eager")
+
+
+@pytest.mark.parametrize("written, stored", [("2025-08-15", "15 August 2025"), ("'2025-08-15'", "15 August 2025"),
+                                             ("15 August 2025", "15 August 2025"), ("'1 July 2025'", "01 July 2025")])
+def test_a_date_is_stored_as_the_system_turn_writes_it(write_recipe, written, stored):
+    """An unquoted YAML date is a date object, not text: it is written as the template shows dates."""
+    text = yaml.safe_dump(sft_recipe()) + f"chat:\n  today_date: {written}\n  knowledge_cutoff: 2025-06-01\n"
+    recipe = load_recipe(write_recipe(text))
+    assert (recipe.chat.today_date, recipe.chat.knowledge_cutoff) == (stored, "June 2025")
+
+
+@pytest.mark.parametrize("written", ["yesterday", "'2025/08/15'", "'August 15, 2025'", "20250815"])
+def test_a_date_written_another_way_is_refused(write_recipe, written):
+    path = write_recipe(yaml.safe_dump(sft_recipe()) + f"chat:\n  today_date: {written}\n")
+    [(key, message)] = problems_of(path)
+    assert key.startswith("chat.today_date (line") and "e.g. `01 July 2025`" in message
+    assert "datetime" not in message
 
 
 def test_budget_fraction_and_tokens_exclusive(write_recipe):
@@ -302,6 +348,22 @@ def test_cli_validate_reports_each_file(write_recipe):
     assert proc.returncode == 2
     assert f"ok    {good} (sft)" in proc.stdout
     assert f"FAIL  {bad}: invalid recipe" in proc.stdout and "models: required key is missing" in proc.stdout
+
+
+def test_validate_checks_launcher_configs_as_launcher_configs(write_recipe, capsys):
+    """`smolalign validate recipes/accelerate/*.yaml` (as a new user types it): ok, as accelerate configs; a
+    launcher config given to a stage says what it is and where it goes."""
+    from pipeline.cli import main
+
+    configs = sorted(str(p) for p in (REPO / "recipes/accelerate").glob("*.yaml"))
+    bad = write_recipe("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 7}\n", "bad.yaml")
+    assert main(["validate", *configs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(line.startswith("ok    ") and "accelerate launcher config" in line for line in out)
+    assert main(["validate", str(bad)]) == 2 and "zero_stage of 0 to 3" in capsys.readouterr().out
+    assert main(["sft", "--recipe", configs[0]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "accelerate launcher config" in err[-1] and "stage: required key is missing" not in "".join(err)
 
 
 def test_every_trl_choice_field_is_checked():

@@ -67,13 +67,34 @@ def assert_checkpoint(out, tiny_model, stage):
 
 
 def test_midtrain_stage(write_recipe, tmp_path, tiny_model):
+    """... stating its global batch: 4 rows a step, 2 per device, so 2 accumulation steps in one process."""
     recipe = recipe_for(write_recipe, tmp_path, "midtrain",
                         [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}],
-                        packing=True, packing_strategy="wrapped")
+                        packing=True, packing_strategy="wrapped", global_batch_size=4)
     out = sft.run(recipe)
     manifest = assert_checkpoint(out, tiny_model, "midtrain")
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["packing"]["trained_token_share"] == 1.0 and manifest["metrics"]["packing_efficiency"] > 0.95
+    assert {k: manifest["batch"][k] for k in ("global_batch", "gpus", "per_device", "accumulation", "derived")} == {
+        "global_batch": 4, "gpus": 1, "per_device": 2, "accumulation": 2, "derived": True}
+    args = torch.load(out / "training_args.bin", weights_only=False)  # what the Trainer ran with
+    assert args.gradient_accumulation_steps == 2 and not hasattr(args, "global_batch_size")
+
+
+def test_a_gpu_count_that_cannot_make_the_global_batch_is_refused_before_anything_loads(
+        write_recipe, tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    recipe = recipe_for(write_recipe, tmp_path, "sft",
+                        [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}],
+                        packing=True, global_batch_size=4)
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets it for 3 processes: 3 x 2 rows a micro-step
+    monkeypatch.setattr(sft, "load_tokenizer", lambda *a, **k: pytest.fail("loaded the tokenizer"))
+    assert main(["sft", "--recipe", recipe._source]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.global_batch_size 4 cannot be made on 3 GPU(s)" in err[0]
+    assert "run on 1 or 2 GPUs" in err[0]
+    assert not recipe.output_path().with_name("sft.partial").exists()
 
 
 def test_sft_stage(write_recipe, tmp_path, tiny_model, capsys):
@@ -98,12 +119,17 @@ def test_sft_stage(write_recipe, tmp_path, tiny_model, capsys):
     assert "trained tokens" in (out / "mixture.txt").read_text()
 
 
-def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model):
+def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model, recwarn):
     held_out = str(REPO / "data/demo/preferences_heldout.jsonl")
     recipe = recipe_for(write_recipe, tmp_path, "apo",
                         [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"}],
-                        top={"eval_pairs": held_out}, loss_type="apo_zero", beta=0.05, max_length=256)
+                        top={"eval_pairs": held_out}, loss_type="apo_zero", beta=0.05, max_length=256,
+                        activation_checkpointing=True)
     out = apo.run(recipe)
+    # No library noise on every run: TRL and peft call transformers 4's checkpointing names
+    # (`is_gradient_checkpointing`, ...), and the data loader asked for pinned memory on a CPU
+    assert [str(w.message) for w in recwarn if "gradient_checkpointing" in str(w.message)
+            or "pin_memory" in str(w.message)] == []
     manifest = assert_checkpoint(out, tiny_model, "apo")
     assert manifest["attention"]["model"]["used"] == "sdpa" and "ref_model" not in manifest["attention"]
     history = json.loads((out / "log_history.json").read_text())
@@ -202,9 +228,11 @@ def test_partial_run_of_another_recipe_is_not_resumed(write_recipe, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_the_same_model(write_recipe, tmp_path):
+    """... with the global batch the recipe states (4 rows a step): 2 processes x 1 row x 2 accumulation steps."""
     recipe = recipe_for(write_recipe, tmp_path, "sft",
                         [{"path": str(REPO / "data/demo/chat_no_think.jsonl"), "mode": "no_think"}],
-                        packing=True, packing_strategy="bfd", assistant_only_loss=True, per_device_train_batch_size=1)
+                        packing=True, packing_strategy="bfd", assistant_only_loss=True, per_device_train_batch_size=1,
+                        global_batch_size=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            "29533", "-m", "pipeline.cli", "sft", "--recipe", recipe._source],
@@ -214,6 +242,9 @@ def test_two_processes_train_the_same_model(write_recipe, tmp_path):
     checksums = manifest["metrics"]["rank_param_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert manifest["status"] == "complete"
+    assert (manifest["batch"]["gpus"], manifest["batch"]["accumulation"]) == (2, 2)
+    args = torch.load(recipe.output_path() / "training_args.bin", weights_only=False)
+    assert args.gradient_accumulation_steps == 2
 
 
 def test_lora_sft_saves_adapter_and_merged_model(write_recipe, tmp_path, tiny_model):

@@ -19,11 +19,13 @@ Follows NVIDIA/RULER's `scripts/synthetic.yaml` (what each task is), `scripts/da
 The prompt is RULER's task template in the user turn; RULER's answer prefix opens the assistant turn
 (`Example.prefill`), so the completion continues it. Length rule (RULER's): the prompt as the model
 sees it (chat template, system turn, generation prompt, prefill) + RULER's tokens to generate for the
-task <= length. The haystack is the largest that fits to one word (sentence, document), where RULER
-stops at its increments (500 words, 25 sentences): found on exact token counts for the first sample
-(`largest`: aimed along the near-linear tokens per unit, a handful of counts even at 128k) and
-searched again for a sample that does not fit with it. Each example carries RULER's per-task
-generation budget as `Example.max_new_tokens`, which the eval stage generates it with.
+task <= length. The haystack is the largest that fits, to one word (sentence, document), as RULER's
+niah.py finds it (a bisection from its increment, 500 words or 25 sentences, down to one unit): found on
+exact token counts for the first sample (`largest`: aimed along the near-linear tokens per unit, a
+handful of counts even at 128k). A sample that does not fit with it is searched again to one unit,
+where RULER steps down by its increment (500 words): ours stays within one word of the length.
+Each example carries RULER's per-task generation budget as `Example.max_new_tokens`, which the eval
+stage generates it with.
 Scorers: string_match_all (fraction of references found, case-insensitive) for niah/vt/cwe/fwe,
 string_match_part (any reference found) for qa, on the answer after any think block. Scores are 0..1.
 

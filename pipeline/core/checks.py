@@ -5,7 +5,8 @@
    rate of "abc" and fails hours later), lie in a sane range, and be one of the field's `choices`;
    then the config is built for real, so TRL's own `__post_init__` checks run at validate time too.
    Hardware-bound settings (bf16, Liger, trackers) are left out of that build: they are checked
-   against the machine by the training stage (pipeline/training/train.py) when it starts.
+   against the machine by the training stage (pipeline/training/train.py) when it starts. Our own keys
+   (`global_batch_size`) are not TRL's: pipeline/core/batch.py checks them.
 2. Known-bad combinations every training stage shares: assistant-only loss on a template without
    `{% generation %}` markers, packing without a max_length, packed rows without padding-free
    attention, bf16 with fp16. A stage's own rules (mid-training's loss and packing, APO's
@@ -25,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.batch import OWN_TRAINING_KEYS
 from pipeline.core.chat import TemplateError, generation_markers_problem, template_text
 from pipeline.core.redaction import REDACTED, is_secret_key
 from pipeline.core.stages import recipe_class
@@ -49,6 +51,7 @@ RENAMED_TRAINING_KEYS = {
     "gradient_checkpointing": "deprecated in transformers 5 (removed in 6): use `activation_checkpointing`",
     "gradient_checkpointing_kwargs": "deprecated in transformers 5: use `activation_checkpointing_kwargs`",
     "overwrite_output_dir": "removed in transformers 5: use `smolalign STAGE --overwrite`",
+    "max_seq_length": "renamed in TRL 0.20: use `max_length` (tokens of a row; of a packed row with packing)",
 }
 _REMOVED_HINTS = {
     ("packing_strategy", "ffd"): " (`ffd` was removed from TRL; best-fit decreasing is `bfd`)",
@@ -85,6 +88,8 @@ def check_training(recipe) -> Problems:
     problems: Problems = []
     for key, value in recipe.training.items():
         where = f"training.{key}"
+        if key in OWN_TRAINING_KEYS:  # ours, checked by pipeline/core/batch.py, never passed to TRL
+            continue
         if key in STAGE_OWNED_TRAINING_KEYS:
             problems.append((where, f"set by the stage, not here: {STAGE_OWNED_TRAINING_KEYS[key]}"))
         elif key in RENAMED_TRAINING_KEYS:
@@ -99,7 +104,7 @@ def check_training(recipe) -> Problems:
                 problems.append((where, problem))
     if problems:
         return problems
-    return _build_problems(cls, recipe.training)
+    return _build_problems(cls, {k: v for k, v in recipe.training.items() if k not in OWN_TRAINING_KEYS})
 
 
 def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str | None:
@@ -177,7 +182,7 @@ def check_combinations(recipe, base_dir: Path) -> Problems:
         problem = generation_markers_problem(template, recipe.chat.template)
         if problem:
             problems.append(("chat.template", problem))
-    if t.get("packing") and not t.get("max_length"):
+    if t.get("packing") and not t.get("max_length") and "max_seq_length" not in t:  # that one is named as renamed
         problems.append(("training.max_length", "packing needs a max_length: the length of a packed row"))
     if t.get("packing") and t.get("padding_free") is False:
         # Measured: TRL's collator then sends an all-ones attention_mask, and eager/sdpa attend across

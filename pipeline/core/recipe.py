@@ -145,6 +145,10 @@ def load_recipe(path: str | Path, overrides: list[str] = (), stage: str | None =
 
     source = str(path)
     declared = raw.get("stage")
+    if declared is None and "distributed_type" in raw:
+        raise RecipeError(source, [("", "an accelerate launcher config (it has distributed_type), not a recipe: "
+                                        f"give it to accelerate, `accelerate launch --config_file {path} -m "
+                                        "pipeline.cli STAGE --recipe RECIPE`")])
     if declared is None:
         raise RecipeError(source, [("stage", f"required key is missing; one of: {', '.join(STAGES)}")])
     if stage is not None and declared != stage:

@@ -14,10 +14,11 @@ TRL in pipeline/core/checks.py.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.core.chat import DEFAULT_CUTOFF, DEFAULT_DATE
 
@@ -49,8 +50,40 @@ class ChatSpec(Strict):
         description="`smollm3` (our dual-mode template, installed on every checkpoint we write), "
         "`model` (the tokenizer's own), or a path to a .jinja file.",
     )
-    today_date: str = Field(DEFAULT_DATE, description="Fixed date stamped in the system turn (reproducible data).")
-    knowledge_cutoff: str = DEFAULT_CUTOFF
+    today_date: str = Field(DEFAULT_DATE, description="Fixed date stamped in the system turn (reproducible data), "
+                            "written as the system turn shows it: `01 July 2025` (a YAML date, 2025-07-01, is "
+                            "written that way for you).")
+    knowledge_cutoff: str = Field(DEFAULT_CUTOFF,
+                                  description="Month and year, as the system turn shows it: `June 2025`.")
+
+    @field_validator("today_date", mode="before")
+    @classmethod
+    def _a_day(cls, value):
+        return _as_date_text(value, "%d %B %Y", "a day, month name and year, e.g. `01 July 2025`")
+
+    @field_validator("knowledge_cutoff", mode="before")
+    @classmethod
+    def _a_month(cls, value):
+        return _as_date_text(value, "%B %Y", "a month name and year, e.g. `June 2025`")
+
+
+def _as_date_text(value, form: str, what: str):
+    """A date as the system turn writes it (`form`), from that text, an ISO date (2025-07-01) or a YAML date: a
+    date written another way would reach the training data as it is, so it is refused."""
+    if isinstance(value, datetime.datetime):
+        value = value.date()
+    if isinstance(value, datetime.date):
+        return value.strftime(form)
+    if not isinstance(value, str):
+        raise ValueError(f"not a date: write {what}")
+    try:
+        return datetime.date.fromisoformat(value.strip()).strftime(form)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.strptime(value.strip(), form).strftime(form)  # one way: `1 July` is `01 July`
+    except ValueError:
+        raise ValueError(f"not a date written as {what}") from None
 
 
 class Source(Strict):
@@ -141,7 +174,9 @@ class TrainRecipe(RecipeBase):
     )
     chat: ChatSpec = ChatSpec()
     data: DataSpec
-    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig.")
+    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig, but for "
+                                     "`global_batch_size` (ours: rows per optimizer step; the stage derives "
+                                     "gradient_accumulation_steps from the GPU count, pipeline/core/batch.py).")
     peft: PeftSpec | None = None
     eval_pairs: str | None = Field(
         None, description="APO only: held-out preference pairs (.jsonl, the training rows' layout), scored before "
@@ -163,9 +198,10 @@ class TrainRecipe(RecipeBase):
         return out
 
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
+        from pipeline.core.batch import batch_problems
         from pipeline.core.checks import check_combinations, check_training
 
-        problems = check_training(self) + self.stage_problems()
+        problems = check_training(self) + batch_problems(self.training) + self.stage_problems()
         if self.ref_model is not None and self.trains_on != "pairs":
             problems.append(("ref_model", "only the apo stage uses a reference model"))
         return problems + check_combinations(self, base_dir)

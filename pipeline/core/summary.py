@@ -19,6 +19,8 @@ Every key but `stage` is optional: a stage writes the sections that mean somethi
                 "start": {"model", "pairs", "accuracy", "mean_margin"}, "end": {the same, no model}}
     sweep       merge with `sweep:` (merge/sweep.py): {"rows": [{"weight", "scores": {"task (mode)":
                 score}, "mean"}], "best_weight", "file": "sweep/sweep.md", "table": its markdown}
+    merged      merge (merge/stage.py): {"soup": [{"path", "weight"}, ...], "soup_weight": 0.9,
+                "long_context": "runs/x/midtrain"}: the inputs and their weights (the soup's sum to 1)
     filters     synth (synth/stage.py): {"report": "report.json", "prompts", "rows", "kept",
                 "filters": {filter: rows dropped}}
     scores      eval (eval/stage.py): {model: {task: {mode: score}}}, the report in "outputs"
@@ -95,6 +97,7 @@ REQUIRED: dict[str, dict[str, Any]] = {
                  "start": {"model": None, "accuracy": None, "mean_margin": None},
                  "end": {"pairs": None, "accuracy": None, "mean_margin": None}},
     "sweep": {"rows": None, "file": None, "table": None},
+    "merged": {"soup": None, "soup_weight": None, "long_context": None},
     "filters": {"report": None},
 }
 

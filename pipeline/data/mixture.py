@@ -105,7 +105,7 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
         "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
         "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
         "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
-        "max_row_bytes": row_byte_limit(recipe), "format": 5,
+        "max_row_bytes": row_byte_limit(recipe), "format": 6,  # 6: BFD breaks ties as TRL does
     }
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]

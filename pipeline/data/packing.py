@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ def bfd_plan(lengths: np.ndarray, seq_length: int) -> tuple[np.ndarray, np.ndarr
     """Documents per row by best-fit decreasing, as two arrays: row r holds the documents
     `docs[offsets[r]:offsets[r + 1]]`, in the order they were placed. Free space is tracked per
     distinct value (at most `seq_length` of them) in a sorted list, so finding the best fit is a
-    bisection; the only per-document state is two integer arrays."""
+    bisection; the only per-document state is two integer arrays.
+
+    Ties are broken as TRL's `bfd` breaks them, so the same documents give the same rows (tested row for
+    row against TRL 1.16): documents of equal length are placed in their original order, and among rows
+    with the same free space the one that has had it longest takes the next document (first in, first out)."""
     if seq_length <= 0:
         raise ValueError(f"seq_length must be positive, got {seq_length}")
     if len(lengths) and int(lengths.max()) > seq_length:
@@ -58,12 +63,12 @@ def bfd_plan(lengths: np.ndarray, seq_length: int) -> tuple[np.ndarray, np.ndarr
     row_of = np.empty(len(placed), dtype=np.int64)  # row of the k-th document placed
     rows = 0
     spaces: list[int] = []  # distinct free-space values that some row has, sorted
-    rows_with: dict[int, list[int]] = {}  # free space -> rows with exactly that much room
+    rows_with: dict[int, deque[int]] = {}  # free space -> rows with exactly that much room, oldest first
     for k, need in enumerate(lengths[placed].tolist()):
         j = bisect.bisect_left(spaces, need)
         if j < len(spaces):
             space = spaces[j]
-            row = rows_with[space].pop()
+            row = rows_with[space].popleft()
             if not rows_with[space]:
                 del spaces[j], rows_with[space]
         else:
@@ -73,7 +78,7 @@ def bfd_plan(lengths: np.ndarray, seq_length: int) -> tuple[np.ndarray, np.ndarr
         if left > 0:
             if left not in rows_with:
                 bisect.insort(spaces, left)
-                rows_with[left] = []
+                rows_with[left] = deque()
             rows_with[left].append(row)
     by_row = np.argsort(row_of, kind="stable")  # stable: a row keeps its documents in placement order
     offsets = np.zeros(rows + 1, dtype=np.int64)

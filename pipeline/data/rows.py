@@ -413,12 +413,15 @@ def write_quarantine(fh, source: Source, si: int, entries: Iterable[tuple[int, s
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The mixture report as a readable table."""
-    lines = [f"{'source':<48} {'mode':<9} {'rows':>7} {'tokens':>10} {'trained':>10} {'quarant.':>8}"]
+    """The mixture report as a readable table. "trained" counts the trained tokens training sees: those within
+    max_length (a long row is cut there, and an answer past the cut trains nothing)."""
+    lines = [f"{'source':<48} {'mode':<9} {'rows':>7} {'tokens':>10} {'trained (within max_length)':>28} "
+             f"{'quarant.':>8}"]
     for s in report["sources"]:
         name = source_label(s["source"], s["split"], s.get("name"))
-        lines.append(f"{name[-48:]:<48} {s['mode']:<9} {s['rows']:>7} {s['tokens']:>10} "
-                     f"{s['trained_tokens']:>10} {s['quarantined']:>8}")
+        trained = s.get("trained_tokens_kept", s["trained_tokens"])  # reports of older caches: before the cut
+        lines.append(f"{name[-48:]:<48} {s['mode']:<9} {s['rows']:>7} {s['tokens']:>10} {trained:>28} "
+                     f"{s['quarantined']:>8}")
     for mode, m in sorted(report["modes"].items()):
         lines.append(f"mode {mode:<8} rows {m['rows']:>7}  tokens {m['tokens']:>10}")
     lines.append(f"rows {report['rows']}, quarantined {report['quarantined']}, longer than "

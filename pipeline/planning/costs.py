@@ -18,6 +18,13 @@ Memory per GPU, for P parameters, b bytes per element of the model's dtype, N GP
   no L x L matrix; `eager` does (heads x L x L per layer, two copies).
 - logits: (b + 4) bytes per token and vocabulary entry (the logits and their fp32 upcast for the loss);
   none with Liger's fused linear cross-entropy, which never builds them whole.
+- LoRA (`trainable`: the adapters' parameters, `lora_parameters`): the base weights are frozen, so they get no
+  gradients and no optimizer states; the adapters are float32 (peft casts them up by default): 16 bytes a
+  parameter (weights, gradients, two AdamW states), sharded like the rest. Activations are the same: the
+  backward pass still carries gradients through every layer.
+Compute per token (`lora_speedup`): full training does a forward (2P) and a backward for the activations (2P)
+and for the weights (2P), plus the forward again with activation checkpointing; LoRA skips the frozen weights'
+2P (and adds 6 x trainable), attention costing the same.
 Checked against measured peaks: the H100 gpu-check figures (tests/test_plan.py) and the demo SFT run on CPU.
 """
 
@@ -81,22 +88,44 @@ def parameters(shape: dict[str, Any]) -> int:
     return embeddings + layers * per_layer + d
 
 
+# LoRA target module -> (input width, output width), from the model's dimensions (d, q, kv, inter).
+LORA_MODULES = {"q_proj": ("d", "q"), "k_proj": ("d", "kv"), "v_proj": ("d", "kv"), "o_proj": ("q", "d"),
+                "gate_proj": ("d", "inter"), "up_proj": ("d", "inter"), "down_proj": ("inter", "d")}
+
+
+def lora_parameters(shape: dict[str, Any], r: int, targets: list[str] | str) -> tuple[int, list[str]]:
+    """(the LoRA adapters' parameters, target names not counted): r x (in + out) per adapted linear layer.
+    `all-linear` is every linear layer of the decoder but the output head (peft's rule)."""
+    d, q, kv, inter, layers, _ = _dims(shape)
+    width = {"d": d, "q": q, "kv": kv, "inter": inter}
+    names = list(LORA_MODULES) if targets == "all-linear" else list(targets)
+    known = [n for n in names if n in LORA_MODULES]
+    per_layer = sum(r * (width[LORA_MODULES[n][0]] + width[LORA_MODULES[n][1]]) for n in known)
+    return layers * per_layer, [n for n in names if n not in LORA_MODULES]
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory per GPU
 # ----------------------------------------------------------------------------------------------
 def memory_per_gpu(shape: dict[str, Any], *, dtype: str, sharding: tuple[str, int], gpus: int, seq_length: int,
                    batch: int = 1, checkpointing: bool, liger: bool, attn_implementation: str = "sdpa",
-                   capacity_gib: float | None = None) -> dict[str, Any]:
+                   capacity_gib: float | None = None, trainable: int | None = None) -> dict[str, Any]:
     """Bytes per GPU by part, in GiB, with and without activation checkpointing; `total_gib` is the one
-    the recipe asks for. `sharding`: ("none", 0), ("zero", 1|2|3) or ("fsdp", 0)."""
+    the recipe asks for. `sharding`: ("none", 0), ("zero", 1|2|3) or ("fsdp", 0). `trainable`: the LoRA
+    adapters' parameters (None: every parameter trains)."""
     p, b = parameters(shape), DTYPE_BYTES[dtype]
     d, q, kv, inter, layers, vocab = _dims(shape)
     kind, stage = sharding
     n = max(gpus, 1)
-    if kind == "none":
+    full = kind == "fsdp" or (kind == "zero" and stage == 3)
+    if trainable is not None:  # LoRA: frozen weights in the model's dtype; fp32 adapters with their states
+        weights = (2 * p / n if full else (2 if kind == "zero" else b) * p) + 4 * trainable / (n if full else 1)
+        grads = 4 * trainable / (n if full or (kind == "zero" and stage >= 2) else 1)
+        optimizer = 8 * trainable / (n if kind != "none" and (full or stage >= 1) else 1)
+        gathered = 2 * (p - vocab * d) / layers if full else 0
+    elif kind == "none":
         weights, grads, optimizer, gathered = b * p, b * p, 2 * b * p, 0
     else:
-        full = kind == "fsdp" or stage == 3
         weights = 2 * p / n if full else 2 * p
         grads = 2 * p / n if full or stage >= 2 else 2 * p
         optimizer = 12 * p / n if full or stage >= 1 else 12 * p  # ZeRO-0 shards nothing
@@ -110,7 +139,8 @@ def memory_per_gpu(shape: dict[str, Any], *, dtype: str, sharding: tuple[str, in
     with_ckpt = layers * d * b * tokens + per_layer + logits
     states = weights + grads + optimizer + gathered
     out = {
-        "parameters": p, "weights_gib": weights / GIB, "gradients_gib": grads / GIB,
+        "parameters": p, "trainable_parameters": p if trainable is None else trainable,
+        "weights_gib": weights / GIB, "gradients_gib": grads / GIB,
         "optimizer_gib": optimizer / GIB, "gathered_layer_gib": gathered / GIB, "logits_gib": logits / GIB,
         "activations_checkpointed_gib": with_ckpt / GIB, "activations_full_gib": without / GIB,
         "total_checkpointed_gib": (states + with_ckpt) / GIB, "total_full_gib": (states + without) / GIB,
@@ -142,6 +172,17 @@ def flops_per_token(shape: dict[str, Any], span: float) -> float:
     (6 x layers x span x q width: QK^T and AV, forward and backward, half the square)."""
     d, q, kv, inter, layers, vocab = _dims(shape)
     return 6 * parameters(shape) + 6 * layers * span * q
+
+
+def lora_speedup(shape: dict[str, Any], span: float, trainable: int, checkpointing: bool) -> float:
+    """How much faster a LoRA step is than full training, per token, in compute: the frozen weights get no
+    weight gradients (4P + 6 x trainable instead of 6P; 2P more each with checkpointing's second forward),
+    attention costing the same (its backward has no weights; a third more with checkpointing). An estimate:
+    measured throughput is of full training."""
+    d, q, kv, inter, layers, vocab = _dims(shape)
+    p, recompute = parameters(shape), 2 if checkpointing else 0
+    attention = 6 * layers * span * q * (4 / 3 if checkpointing else 1)
+    return ((6 + recompute) * p + attention) / ((4 + recompute) * p + 6 * trainable + attention)
 
 
 def read_gpu_check(path: str | Path) -> dict[str, Any] | None:

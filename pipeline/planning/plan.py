@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import schema
+from pipeline.core.batch import GLOBAL_BATCH, Batch, BatchError, batch_for
 from pipeline.core.checks import RENAMED_TRAINING_KEYS, trl_config_class
 from pipeline.core.inputs import classify_input
 from pipeline.core.recipe import parse_yaml
@@ -66,11 +67,17 @@ def trl_defaults(stage: str) -> dict[str, Any]:
     return out
 
 
+DERIVED_ACCUMULATION = f"derived at launch from {GLOBAL_BATCH} and the GPU count"
+
+
 def resolved(recipe) -> dict[str, Any]:
-    """The recipe as it will run: every schema default, and TRL's defaults under whatever `training:` leaves out."""
+    """The recipe as it will run: every schema default, and TRL's defaults under whatever `training:` leaves out
+    (the accumulation of a recipe that states its global batch is derived at launch: said so)."""
     data = recipe.model_dump(mode="json")
     if isinstance(data.get("training"), dict):
         data["training"] = {**trl_defaults(recipe.stage), **data["training"]}
+        if GLOBAL_BATCH in data["training"]:
+            data["training"]["gradient_accumulation_steps"] = DERIVED_ACCUMULATION
     return data
 
 
@@ -78,7 +85,9 @@ def flatten(value: Any, path: str = "", out: dict[str, Any] | None = None) -> di
     """{key path: value}. `training.X` values are leaves; a list of sources (dicts with a `path`) is keyed
     by each source's label, so adding or removing one source does not renumber the others."""
     out = {} if out is None else out
-    if isinstance(value, dict) and value and not path.startswith("training."):
+    if path == "peft":  # one row, full fine-tuning or LoRA with its settings
+        out[path] = peft_label(value)
+    elif isinstance(value, dict) and value and not path.startswith("training."):
         for k, v in value.items():
             flatten(v, f"{path}.{k}" if path else str(k), out)
     elif isinstance(value, list) and value and all(isinstance(v, dict) and "path" in v for v in value):
@@ -90,6 +99,15 @@ def flatten(value: Any, path: str = "", out: dict[str, Any] | None = None) -> di
     else:
         out[path] = value
     return out
+
+
+def peft_label(peft: dict[str, Any] | None) -> str:
+    """`peft:` in one cell: none, or LoRA with its settings."""
+    if not peft:
+        return "none (full fine-tuning)"
+    targets = peft["target_modules"]
+    targets = targets if isinstance(targets, str) else ", ".join(targets)
+    return f"LoRA r={peft['r']} alpha={peft['lora_alpha']} dropout={peft['lora_dropout']} on {targets}"
 
 
 def source_label(source: dict[str, Any]) -> str:
@@ -154,7 +172,10 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
     ours = flatten(resolved(recipe))
     defaults = trl_defaults(recipe.stage)  # every published stage is a training stage
     rows, renamed_same = [], []
+    batch, batch_problem = plan_batch(recipe, gpus)
     for path, entry in pub["keys"].items():
+        if path == "training.gradient_accumulation_steps" and GLOBAL_BATCH in recipe.training:
+            continue  # derived from the global batch, which the batch line and row compare
         theirs, published_value = entry["value"], entry["value"]
         if theirs is None and path.startswith("training."):
             theirs = defaults.get(path.removeprefix("training."))
@@ -178,17 +199,23 @@ def published_differences(recipe, gpus: int) -> dict[str, Any] | None:
         rows.append({"key": path, "published": published_value, "ours": shown(path, mine),
                      "changes_identity": changes_identity(path),
                      "note": note.strip(), **({"published_as": old_name} if old_name else {})})
-    for path in sorted(k for k in ours if k.startswith("training.") and k not in pub["keys"]):
+    ours_only = sorted(k for k in ours if k.startswith("training.") and k not in pub["keys"]
+                       and k != f"training.{GLOBAL_BATCH}")  # the batch line compares it
+    for path in ours_only:
         default = defaults.get(path.removeprefix("training."), MISSING)
         if path.removeprefix("training.") in recipe.training and not _same(ours[path], default):
             rows.append({"key": path, "published": f"not set (TRL default: {default})",
                          "ours": shown(path, ours[path]), "changes_identity": changes_identity(path),
                          "note": note_for(path)})
     rows += _source_differences(recipe, pub)
-    rows.append(_global_batch_row(recipe, pub, gpus))
+    if recipe.peft is not None:  # the published recipe trains every weight
+        rows.append({"key": "peft", "published": peft_label(None), "ours": peft_label(recipe.peft.model_dump()),
+                     "changes_identity": True, "note": note_for("peft")})
+    rows.append(_global_batch_row(pub, gpus, batch, batch_problem))
     src = published()["source"]
     return {"file": pub["file"], "repository": src["repository"], "commit": src["commit"], "date": src["date"],
-            "rows": [r for r in rows if r is not None], "renamed": renamed_same}
+            "rows": [r for r in rows if r is not None], "renamed": renamed_same,
+            "batch": {"published": published_batch(pub), "ours": batch.describe() if batch else batch_problem}}
 
 
 def _source_differences(recipe, pub) -> list[dict[str, Any]]:
@@ -208,24 +235,36 @@ def _source_differences(recipe, pub) -> list[dict[str, Any]]:
     return rows
 
 
-def global_batch(training: dict[str, Any], gpus: int) -> int:
-    """GPUs x per-device batch x gradient accumulation (TRL's defaults where `training` leaves them out)."""
-    per_device = int(training.get("per_device_train_batch_size", 8))
-    return gpus * per_device * int(training.get("gradient_accumulation_steps", 1))
+def plan_batch(recipe, gpus: int) -> tuple[Batch | None, str | None]:
+    """(the recipe's global batch on `gpus` GPUs, None) or (None, why that count cannot make it): what the
+    training stage derives at launch (pipeline/core/batch.py)."""
+    try:
+        return batch_for(recipe.training, gpus, trl_defaults(recipe.stage)), None
+    except BatchError as e:
+        return None, str(e)
 
 
-def _global_batch_row(recipe, pub, gpus: int) -> dict[str, Any] | None:
-    t = {**trl_defaults(recipe.stage), **recipe.training}
-    ours = global_batch(t, gpus)
-    if ours == pub["global_batch"]:
+def published_batch(pub: dict[str, Any]) -> str:
+    keys = pub["keys"]
+    per_device = keys["training.per_device_train_batch_size"]["value"]
+    accumulation = keys["training.gradient_accumulation_steps"]["value"]
+    return f"{pub['global_batch']} = {pub['gpus']} GPUs x {per_device} per device x {accumulation} accumulation steps"
+
+
+def _global_batch_row(pub, gpus: int, batch: Batch | None, problem: str | None) -> dict[str, Any] | None:
+    if batch is not None and batch.global_batch == pub["global_batch"]:
         return None
-    per_device = int(t.get("per_device_train_batch_size", 8))
-    accumulation = pub["global_batch"] / (gpus * per_device)
-    fix = (f"; to match it on {gpus} GPU(s): gradient_accumulation_steps={accumulation:g}"
-           if accumulation == int(accumulation) and accumulation >= 1 else "")
-    return {"key": "global batch (GPUs x per-device x accumulation)",
-            "published": f"{pub['global_batch']} ({pub['gpus']} GPUs)", "ours": f"{ours} on {gpus} GPU(s)",
-            "changes_identity": True, "note": note_for("training.gradient_accumulation_steps") + fix}
+    row = {"key": "global batch (GPUs x per-device x accumulation)",
+           "published": f"{pub['global_batch']} ({pub['gpus']} GPUs)",
+           "ours": f"{batch.global_batch} on {gpus} GPU(s)" if batch else f"cannot be made on {gpus} GPU(s)",
+           "changes_identity": True, "note": note_for("training.gradient_accumulation_steps")}
+    if batch is None:
+        row["note"] = problem
+    elif not batch.derived:
+        row["note"] += (f"; to train with the published batch on any GPU count, state it: `{GLOBAL_BATCH}: "
+                        f"{pub['global_batch']}` instead of gradient_accumulation_steps (the stage derives the "
+                        f"accumulation at launch)")
+    return row
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,37 +491,54 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
     t = {**trl_defaults(recipe.stage), **recipe.training}
     shape, shape_from = shape_for(recipe)
     max_length = int(t.get("max_length") or 1024)
-    per_device, accumulation = int(t["per_device_train_batch_size"]), int(t["gradient_accumulation_steps"])
+    batch, batch_problem = plan_batch(recipe, gpus)
     work = _work(recipe, data, max_length)
+    checkpointing = bool(t.get("activation_checkpointing"))
     out: dict[str, Any] = {"gpus": gpus, "gpu": gpu, "model": shape_from, "parameters": costs.parameters(shape),
-                           "global_batch": global_batch(t, gpus), "max_length": max_length, **work}
+                           "global_batch": batch.global_batch if batch else None,
+                           "batch": batch.describe() if batch else batch_problem, "max_length": max_length, **work}
+    trainable = None
+    if recipe.peft is not None:
+        trainable, not_counted = costs.lora_parameters(shape, recipe.peft.r, recipe.peft.target_modules)
+        out["lora"] = {"trainable_parameters": trainable, "share": trainable / out["parameters"],
+                       "targets_not_counted": not_counted}
     rows = work.get("rows_per_epoch")
     max_steps = int(t.get("max_steps") or -1)
-    if max_steps > 0:
+    if batch is None:
+        pass  # no step count: this GPU count cannot run the recipe (a problem, below)
+    elif max_steps > 0:
         out["steps"] = max_steps
         if rows:
             out["epochs"] = max_steps * out["global_batch"] / rows
     elif rows:
-        per_epoch = math.ceil(math.ceil(rows / (gpus * per_device)) / accumulation)
+        per_epoch = math.ceil(math.ceil(rows / (gpus * batch.per_device)) / batch.accumulation)
         out["steps"] = math.ceil(float(t["num_train_epochs"]) * per_epoch)
         out["epochs"] = float(t["num_train_epochs"])
     if "epochs" in out and work.get("tokens_per_epoch"):
         # the APO reference model: one more forward per token (a third of a training step's FLOPs)
         reference = 1 / 3 if recipe.trains_on == "pairs" else 0
         out["tokens"] = work["tokens_per_epoch"] * out["epochs"]
-        speed = costs.tokens_per_second(shape, gpu, work["span"], measured=measured,
-                                        checkpointing=bool(t.get("activation_checkpointing")),
+        speed = costs.tokens_per_second(shape, gpu, work["span"], measured=measured, checkpointing=checkpointing,
                                         liger=bool(t.get("use_liger_kernel")),
                                         attn_implementation=recipe.model.attn_implementation)
+        if trainable is not None:  # measured throughput is full training's; LoRA skips the weight gradients
+            factor = costs.lora_speedup(shape, work["span"], trainable, checkpointing)
+            out["lora"]["speedup"] = factor
+            speed = {**speed, "tokens_per_s": speed["tokens_per_s"] * factor, "estimate": True,
+                     "source": f"{speed['source']}; x{factor:.2f} for LoRA (no gradients of the frozen weights)"}
         out["throughput"] = speed
         out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + reference), speed["tokens_per_s"])
         out["wall_hours"] = out["gpu_hours"] / gpus
-    batch = per_device * (2 if recipe.trains_on == "pairs" else 1)  # DPO runs chosen and rejected together
+    per_device = int(t["per_device_train_batch_size"])
+    rows_at_once = per_device * (2 if recipe.trains_on == "pairs" else 1)  # DPO runs chosen and rejected together
     memory = costs.memory_per_gpu(
-        shape, dtype=recipe.model.dtype, sharding=sharding, gpus=gpus, seq_length=max_length, batch=batch,
-        checkpointing=bool(t.get("activation_checkpointing")), liger=bool(t.get("use_liger_kernel")),
-        attn_implementation=recipe.model.attn_implementation, capacity_gib=costs.GPUS[gpu]["memory_gib"])
-    if recipe.trains_on == "pairs" and recipe.ref_model is None and not t.get("precompute_ref_log_probs"):
+        shape, dtype=recipe.model.dtype, sharding=sharding, gpus=gpus, seq_length=max_length, batch=rows_at_once,
+        checkpointing=checkpointing, liger=bool(t.get("use_liger_kernel")),
+        attn_implementation=recipe.model.attn_implementation, capacity_gib=costs.GPUS[gpu]["memory_gib"],
+        trainable=trainable)
+    # With LoRA the reference is the policy with its adapters switched off: no copy.
+    if (recipe.trains_on == "pairs" and recipe.ref_model is None and recipe.peft is None
+            and not t.get("precompute_ref_log_probs")):
         reference = memory["weights_gib"]  # a frozen copy of the weights, sharded like them
         memory["reference_model_gib"] = reference
         for key in ("total_gib", "total_checkpointed_gib", "total_full_gib"):
@@ -490,7 +546,7 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
         memory["fits"] = memory["total_gib"] <= 0.9 * memory["capacity_gib"]
     memory["sharding"] = f"zero{sharding[1]}" if sharding[0] == "zero" else sharding[0]
     out["memory"] = memory
-    problems = []
+    problems = [batch_problem] if batch_problem else []
     if not memory["fits"]:
         problems.append(f"memory: about {memory['total_gib']:.1f} GiB per GPU at max_length {max_length} "
                         f"({memory['sharding']}, {gpus} GPUs) does not fit a {costs.GPUS[gpu]['name']} "
@@ -504,13 +560,9 @@ def _memory_hint(t: dict[str, Any], memory: dict[str, Any]) -> str:
     return "; shard more (zero3 / fsdp2, more GPUs), lower max_length, or turn on Liger"
 
 
-def _published_mixture(recipe) -> bool:
-    """Whether the recipe's sources and weights are the published ones (its token count then applies)."""
-    return not _source_differences(recipe, published()["stages"][recipe.stage])
-
-
 def _work(recipe, data: dict[str, Any], max_length: int) -> dict[str, Any]:
-    """Rows and tokens an epoch holds, from the built mixture, or from the published token count as an estimate."""
+    """Rows and tokens an epoch holds: from the built mixture or the pairs read here, else estimated from the
+    sources' sizes (pipeline/planning/published/smollm3.yaml: the smoltalk2 dataset card) and the recipe's weights."""
     if data.get("status") == "built":
         packing = data.get("packing")
         if packing:
@@ -522,12 +574,45 @@ def _work(recipe, data: dict[str, Any], max_length: int) -> dict[str, Any]:
     if data.get("status") == "read":  # APO pairs
         return {"rows_per_epoch": data["rows"], "tokens_per_epoch": data["tokens"],
                 "span": data["tokens"] / max(2 * data["rows"], 1), "work_from": "the pairs"}
-    pub = published()["stages"].get(recipe.stage, {}).get("tokens_per_epoch")
-    if pub and recipe.trains_on == "rows" and _published_mixture(recipe):
-        return {"rows_per_epoch": math.ceil(pub["value"] / max_length), "tokens_per_epoch": pub["value"],
-                "span": max_length, "work_from": f"estimate: the published token count ({pub['from']}), full "
-                "rows of max_length, attention over whole rows (an upper bound); `make prepare` gives this mixture's"}
-    return {"work_from": "unknown until the data is built or read"}
+    return estimated_work(recipe, max_length)
+
+
+def source_sizes() -> dict[str, dict[str, Any]]:
+    """Every published source with a known size (its whole split: rows, and tokens or tokens_chosen), by label."""
+    return {source_label(s): s for stage in published()["stages"].values() for s in stage["sources"] if "rows" in s}
+
+
+def estimated_work(recipe, max_length: int) -> dict[str, Any]:
+    """An epoch's rows and tokens from each source's known size and the recipe's weight (`fraction`, or a
+    `tokens` budget): documents are cut to max_length (unless wrapped packing splits them), packed rows are
+    assumed full, and attention runs over each source's mean document length, weighted by its tokens.
+    APO: a pair is prompt + chosen and prompt + rejected, the rejected side assumed as long as the chosen."""
+    sizes, pairs = source_sizes(), recipe.trains_on == "pairs"
+    labels = [source_label(s.model_dump()) for s in recipe.data.sources]
+    unknown = [label for label in labels if label not in sizes]
+    if unknown:
+        return {"work_from": f"unknown: the size of {', '.join(unknown)} is not known here and the data is not "
+                             "built or read"}
+    wrapped = recipe.training.get("packing_strategy") == "wrapped"
+    documents = tokens = spans = 0.0
+    for source, label in zip(recipe.data.sources, labels):
+        size = sizes[label]
+        per_document = size["tokens_chosen" if pairs else "tokens"] / size["rows"]  # a pair: one side
+        kept = per_document if wrapped and not pairs else min(per_document, max_length)
+        n = source.tokens / per_document if source.tokens else size["rows"] * (source.fraction or 1.0)
+        documents += n
+        tokens += n * kept * (2 if pairs else 1)
+        spans += n * kept * kept
+    how = "rejected answers as long as chosen ones" if pairs else "packed rows full"
+    if pairs or not recipe.training.get("packing"):
+        rows = documents
+    else:
+        rows = tokens / max_length
+    return {"rows_per_epoch": math.ceil(rows), "tokens_per_epoch": tokens,
+            "span": spans / (tokens / (2 if pairs else 1)),
+            "work_from": "estimate: each source's size in the smoltalk2 dataset card x the recipe's weights ("
+                         f"{how}; attention over each source's mean document length); the built data gives exact "
+                         "figures"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,6 +654,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines += _table(["key", "published", "ours", "identity"],
                         [[r["key"], r["published"], r["ours"], _yes(r["changes_identity"])] for r in pub["rows"]],
                         notes=[r["note"] for r in pub["rows"]])
+        lines.append(f"  global batch: published {pub['batch']['published']}; here {pub['batch']['ours']}")
         if pub["renamed"]:
             lines.append("  renamed, same value (not a difference): " + ", ".join(
                 f"{r['published_as']} -> {r['key']} ({_cell(r['value'])})" for r in pub["renamed"]))
@@ -666,8 +752,7 @@ def _format_data(data: dict[str, Any]) -> list[str]:
 def _format_cost(cost: dict[str, Any]) -> list[str]:
     lines = [f"\n-- what it costs on {cost['gpus']} x {costs.GPUS[cost['gpu']]['name']} "
              f"(model {cost['model']}, {cost['parameters'] / 1e9:.2f}B parameters)"]
-    lines.append(f"  global batch {cost['global_batch']} rows of up to {cost['max_length']:,} tokens; "
-                 f"work from {cost['work_from']}")
+    lines.append(f"  {cost['batch']}; rows of up to {cost['max_length']:,} tokens; work from {cost['work_from']}")
     if "steps" in cost:
         epochs = f" ({cost['epochs']:g} epochs)" if "epochs" in cost else ""
         lines.append(f"  optimizer steps {cost['steps']:,}{epochs}")
@@ -676,6 +761,13 @@ def _format_cost(cost: dict[str, Any]) -> list[str]:
         lines.append(f"  tokens {cost['tokens']:,.0f}; {speed['tokens_per_s']:,.0f} tokens/s per GPU "
                      f"({'estimate' if speed['estimate'] else 'measured'}: {speed['source']})")
         lines.append(f"  {cost['gpu_hours']:,.1f} GPU-hours, {cost['wall_hours']:,.1f} h wall on {cost['gpus']} GPUs")
+    if cost.get("lora"):
+        lora = cost["lora"]
+        lines.append(f"  LoRA: {lora['trainable_parameters']:,} trainable parameters ({lora['share']:.2%}); gradients "
+                     "and optimizer states for those alone"
+                     + (f", compute x{lora['speedup']:.2f} faster a token (estimate)" if "speedup" in lora else "")
+                     + (f"; not counted: {', '.join(lora['targets_not_counted'])}" if lora["targets_not_counted"]
+                        else ""))
     m = cost["memory"]
     lines.append(f"  memory per GPU ({m['sharding']}): weights {m['weights_gib']:.1f} + gradients "
                  f"{m['gradients_gib']:.1f} + optimizer {m['optimizer_gib']:.1f} GiB"

@@ -32,6 +32,7 @@ from pipeline.data.sources import iter_rows
 from pipeline.training.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.training.train import (
     announce_attention,
+    announce_batch,
     check_environment,
     finish,
     load_model,
@@ -40,6 +41,7 @@ from pipeline.training.train import (
     rank_checksums,
     record_attention,
     train_or_restore,
+    training_batch,
     trl_args,
 )
 
@@ -68,6 +70,7 @@ def run(recipe, overwrite: bool = False) -> Path:
     from trl import DPOTrainer
 
     check_environment(recipe)
+    batch = training_batch(recipe)  # a GPU count that cannot make the global batch fails here, before any load
     attention = {"model": announce_attention(recipe)}
     if recipe.ref_model:
         attention["ref_model"] = announce_attention(recipe, "ref_model")
@@ -75,6 +78,7 @@ def run(recipe, overwrite: bool = False) -> Path:
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:
         record_attention(run, **attention)
+        announce_batch(run, batch)
         dataset, report = build_preference_mixture(recipe, run.path / "quarantine.jsonl")
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))

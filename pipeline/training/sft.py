@@ -26,6 +26,7 @@ from pipeline.data.mixture import build_sft_mixture
 from pipeline.data.rows import format_report
 from pipeline.training.train import (
     announce_attention,
+    announce_batch,
     check_environment,
     finish,
     load_model,
@@ -34,6 +35,7 @@ from pipeline.training.train import (
     rank_checksums,
     record_attention,
     train_or_restore,
+    training_batch,
     trl_args,
 )
 
@@ -57,11 +59,13 @@ def run(recipe, overwrite: bool = False) -> Path:
     from trl import SFTTrainer
 
     check_environment(recipe)
+    batch = training_batch(recipe)  # a GPU count that cannot make the global batch fails here, before any load
     attention = announce_attention(recipe)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe)
     with stage_run(recipe, overwrite) as run:
         record_attention(run, model=attention)
+        announce_batch(run, batch)
         quarantine = run.path / "quarantine.jsonl"
         dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine)
         if is_main_process():

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.batch import Batch, BatchError, batch_for, trl_training, world_size
 from pipeline.core.chat import end_of_turn_as_eos, generation_markers_problem, template_text
 from pipeline.core.checks import trl_config_class
 from pipeline.core.errors import UserError
@@ -183,17 +184,61 @@ def peft_config(recipe: TrainRecipe):
 
 
 # ----------------------------------------------------------------------------------------------
-# TRL arguments
+# The global batch and TRL arguments
 # ----------------------------------------------------------------------------------------------
-def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
-    """TRL config from the recipe's `training:` block plus what the stage decides itself."""
+def training_batch(recipe: TrainRecipe) -> Batch:
+    """The recipe's global batch on this launch's processes (WORLD_SIZE): with `training.global_batch_size`,
+    the accumulation that makes it. A GPU count that cannot make it is refused in one line; stages call this
+    before anything loads."""
     cls = trl_config_class(recipe.stage)
+    defaults = {f.name: f.default for f in fields(cls)
+                if f.name in ("per_device_train_batch_size", "gradient_accumulation_steps")}
+    try:
+        return batch_for(recipe.training, world_size(), defaults)
+    except BatchError as e:
+        raise UserError(f"{recipe._source}: {e}") from None
+
+
+def announce_batch(run, batch: Batch) -> None:
+    """The global batch and how it is made: the stage's log and its manifest (`batch`)."""
+    run.manifest["batch"] = {**asdict(batch), "described": batch.describe()}
+    if is_main_process():
+        print(batch.describe(), flush=True)
+        run.save_manifest()
+
+
+def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
+    """TRL config from the recipe's `training:` block (our own keys replaced by what they mean: the derived
+    gradient accumulation) plus what the stage decides itself."""
+    import torch
+
+    cls = trl_config_class(recipe.stage)
+    batch = training_batch(recipe)
+    quiet_library_deprecations()
     # Defaults the recipe may override: no tracker unless asked; count tokens, which makes
-    # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers).
-    kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding"}
-    kwargs.update(_without_secrets(recipe.training))
+    # transformers log `train_tokens_per_second` next to the loss (progress bar and trackers); pinned
+    # memory only where there is a GPU to copy to (torch warns on every run otherwise).
+    kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding",
+                              "dataloader_pin_memory": torch.cuda.is_available()}
+    kwargs.update(_without_secrets(trl_training(recipe.training, batch)))
     kwargs.update(stage_settings, output_dir=str(output_dir), seed=recipe.seed)
-    return cls(**kwargs)
+    args = cls(**kwargs)
+    if batch.derived and args.train_batch_size != batch.per_device:
+        # one process driving several GPUs (torch DataParallel) multiplies the per-device batch by their count
+        raise UserError(f"{recipe._source}: training.global_batch_size {batch.global_batch} would be "
+                        f"{batch.global_batch * args.train_batch_size // batch.per_device} here: one process drives "
+                        f"{args.n_gpu} GPUs; launch one process per GPU (accelerate launch or torchrun)")
+    return args
+
+
+def quiet_library_deprecations() -> None:
+    """TRL 1.16 and peft 0.21 still call transformers 4's names (`is_gradient_checkpointing`,
+    `gradient_checkpointing_enable` / `_disable`), which transformers 5 deprecates with a warning on every run:
+    theirs to change, nothing a recipe can do (ours say `activation_checkpointing`). Only those warnings go."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
+                            category=FutureWarning)
 
 
 def _without_secrets(training: dict[str, Any]) -> dict[str, Any]:
