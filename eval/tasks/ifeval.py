@@ -30,6 +30,15 @@ the package's 400 recorded documents exactly as NLTK 3.8.1 with its downloaded E
 empty model matches 132, the package's `english_web` model 353). If neither the data nor the package is
 there, those instructions are reported as unavailable: left out of numerator and denominator (a prompt
 with one is left out of the prompt-level numbers) and counted in `unavailable_instructions`.
+
+Reward (training): the share of the prompt's instructions the response follows, strict. Strict because
+loose forgives a response whose first or last line breaks an instruction (or whose `*` markup does),
+which is where a chatty opener ("Sure! Here is...") or a closing offer sits: a policy rewarded on loose
+is free to grow them, while a user reads the response as written; strict is also IFEval's headline (our
+`score`). A share rather than all-or-nothing: on a prompt with three instructions, completions that
+follow one, two or three of them earn different rewards, a signal all-or-nothing gives only to the
+last. Instructions that cannot be checked here (no Punkt) count in neither part; with none left, 0.
+No reference response exists to teach: IFEval's rows are prompts.
 """
 
 from __future__ import annotations
@@ -167,6 +176,11 @@ class IFEvalTask(Task):
                 "instructions": len(d["instructions"]), "unavailable": d["unavailable"],
                 "instructions_strict": sum(i["strict"] for i in d["instructions"]),
                 "instructions_loose": sum(i["loose"] for i in d["instructions"])}
+
+    def reward(self, example: Example, completion: str, mode: str) -> float:
+        """The share of the instructions checked that the response follows, strict (module docstring)."""
+        checked = self.score_details(example, completion)["instructions"]
+        return sum(i["strict"] for i in checked) / len(checked) if checked else 0.0
 
     def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict:
         """IFEval's four numbers. Prompt level: over prompts whose every instruction could be checked;
