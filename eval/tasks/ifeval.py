@@ -2,9 +2,10 @@
 
 Prompts: `google/IFEval` (541 prompts) when `source` names it, a local JSONL with IFEval's columns
 (`prompt`, `instruction_id_list`, `kwargs`), or, by default, the 24 IFEval-style prompts shipped in
-eval/data/ifeval_prompts.jsonl. When the Hub cannot be reached, `source: google/IFEval` falls back to the
-shipped set and says so. Only google/IFEval gives numbers comparable to published ones: `aggregate`
-says which (`source`, `comparable`).
+eval/data/ifeval_prompts.jsonl. When the Hub cannot be reached, the eval of `source: google/IFEval` falls
+back to the shipped set and says so; `prompts()` (what synth decontaminates against) never does: it is
+the source's prompts or a one-line error naming it. Only google/IFEval gives numbers comparable to
+published ones: `aggregate` says which (`source`, `comparable`).
 
 Scores, as google's `instruction_following_eval` defines them: prompt level (a prompt passes when all
 its instructions pass) and instruction level (passed instructions / all instructions), each strict (the
@@ -53,6 +54,7 @@ from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices
 from pipeline.core.chat import THINK_CLOSE, THINK_OPEN
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_jsonl
+from pipeline.core.inputs import classify_input, hub_errors
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
 HUB_SOURCE = "google/IFEval"
@@ -148,18 +150,33 @@ class IFEvalTask(Task):
         self.source = source
         self.used = source or "shipped offline set (eval/data/ifeval_prompts.jsonl)"
 
-    def rows(self) -> list[dict]:
-        if self.source and not Path(self.source).exists():  # a Hub dataset: google/IFEval
-            from datasets import load_dataset
+    def rows(self, fallback: bool = True) -> list[dict]:
+        """The source's rows. A Hub dataset this machine cannot reach: with `fallback`, the shipped set
+        (said, and recorded in `used`: the eval marks its numbers not comparable); without, a one-line
+        error naming the source and what to do."""
+        if self.source is None:
+            return read_jsonl(SHIPPED)
+        if classify_input(self.source) != "hub":
+            if not Path(self.source).expanduser().is_file():
+                raise UserError(f"tasks.ifeval.source: {self.source} does not exist; give a JSONL of IFEval's rows "
+                                "(prompt, instruction_id_list, kwargs) or google/IFEval")
+            return read_jsonl(Path(self.source).expanduser())
+        from datasets import load_dataset
 
-            try:
+        if not fallback:
+            with hub_errors(self.source, "tasks.ifeval.source", repo_type="dataset"):
                 return list(load_dataset(self.source, split="train"))
-            except ConnectionError as e:  # offline: datasets retries, then raises this
-                self.used = f"shipped offline set (eval/data/ifeval_prompts.jsonl): {self.source} unreachable"
-                print(f"IFEval: {e}; scoring the shipped offline set instead (not comparable to published numbers)")
-                return read_jsonl(SHIPPED)
-        path = Path(self.source) if self.source else SHIPPED
-        return read_jsonl(path)
+        try:
+            return list(load_dataset(self.source, split="train"))
+        except ConnectionError as e:  # offline: datasets retries, then raises this
+            self.used = f"shipped offline set (eval/data/ifeval_prompts.jsonl): {self.source} unreachable"
+            print(f"IFEval: {e}; scoring the shipped offline set instead (not comparable to published numbers)")
+            return read_jsonl(SHIPPED)
+
+    def prompts(self) -> list[str]:
+        """The source's own prompts, never the shipped set in their place: decontaminating against a stand-in
+        would let the real ones through."""
+        return [row["prompt"] for row in self.rows(fallback=False)]
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
