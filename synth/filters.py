@@ -82,8 +82,8 @@ def eval_prompts(against: Iterable[str] = ()) -> list[str]:
     read is a one-line error naming the recipe and the source."""
     from eval.tasks import TASKS, build_task
 
-    recipes = [(path, eval_recipe(path).tasks) for path in against] or [
-        ("every registered task's default set", {name: None for name in TASKS})]
+    recipes = [(f"filters.decontaminate_against: {path}", eval_recipe(path).tasks) for path in against] or [
+        ("filters.decontaminate: every registered task's default set", {name: None for name in TASKS})]
     texts = []
     for label, tasks in recipes:
         counts = {}
@@ -91,10 +91,10 @@ def eval_prompts(against: Iterable[str] = ()) -> list[str]:
             try:
                 prompts = build_task(name, options).prompts()
             except UserError as e:
-                raise UserError(f"filters.decontaminate_against: {label}: {e}") from None
+                raise UserError(f"{label}: {e}") from None
             counts[name] = len(prompts)
             texts += prompts
-        print(f"decontamination against {label}: " + ", ".join(f"{n} {k} prompts" for k, n in counts.items()))
+        print(f"{label}: " + ", ".join(f"{n} {k} prompts" for k, n in counts.items()))
     return texts
 
 

@@ -168,27 +168,28 @@ def test_verify_checks_generations_with_any_registered_tasks_reward():
     [tools_row] = [r for r in tools.training_rows() if r["id"] == "simple_python_0"]
     call = tools_row["messages"][-1]["content"]
     wrong = call.replace('"base": 10', '"base": 12')
-    ifeval = IFEvalTask().training_rows(n=1, seed=0)[0]
+    [ifeval] = [r for r in IFEvalTask().training_rows() if r["id"] == "ifeval-0"]  # all in lowercase
+    assert ifeval["reference"]["target"]["instruction_id_list"] == ["change_case:english_lowercase"]
     ruler = RulerTask(lengths=[1024], variants=["niah_single_1"]).training_rows(n=1)[0]
     needle = ruler["reference"]["target"][0]
     think = "<think>\nFirst I plan.\n</think>\n\n"
+    invitation = "You are warmly invited to dinner at my place on Friday at eight in the evening."
     cases = {  # task -> [(row, kept?)]
         "tools": [(trace_row("q1", think + call, reference=tools_row["reference"]), True),
                   (trace_row("q2", think + wrong, reference=tools_row["reference"]), False),
                   (trace_row("q3", think + wrong), True)],  # nothing to verify against
-        "ifeval": [(trace_row("q4", "<think>\nok\n</think>\n\nAN ANSWER ALL IN CAPITALS.",
-                              reference=ifeval["reference"]), None)],
-        "ruler": [(trace_row("q5", f"{think}The number is {needle}.", reference=ruler["reference"]), True),
-                  (trace_row("q6", f"{think}The number is 1234567.", reference=ruler["reference"]), False)],
-        "mode": [(trace_row("q7", "It is 100 °C.", thinking=False), True),
-                 (trace_row("q8", "Okay, so the user asks about water. It is 100 °C.", thinking=False), False)],
+        "ifeval": [(trace_row("q4", f"<think>\nNo CAPITALS.\n</think>\n\n{invitation.lower()}",
+                              reference=ifeval["reference"]), True),
+                   (trace_row("q5", f"{think}{invitation}", reference=ifeval["reference"]), False)],
+        "ruler": [(trace_row("q6", f"{think}The number is {needle}.", reference=ruler["reference"]), True),
+                  (trace_row("q7", f"{think}The number is 1234567.", reference=ruler["reference"]), False)],
+        "mode": [(trace_row("q8", "It is 100 °C.", thinking=False), True),
+                 (trace_row("q9", "Okay, so the user asks about water. It is 100 °C.", thinking=False), False)],
     }
     for task, rows in cases.items():
         settings = {"verify": task, "decontaminate": False, "dedup": "none"}
         kept, dropped, counts = apply_filters([row for row, _ in rows], settings, answers)
         for row, expected in rows:
-            if expected is None:  # whatever the task's own verify says of it
-                expected = IFEvalTask().verify(row["reference"], row["messages"][-1]["content"])
             assert (row in kept) is expected, (task, row["prompt"])
         assert counts.get("unverified", 0) == sum(row not in kept for row, _ in rows)
     without = apply_filters([cases["mode"][1][0]], {"decontaminate": False}, answers)[0]
