@@ -8,8 +8,8 @@ that every input can be merged (architecture, tensor shapes, vocabulary, tied em
 -> soup (linear, uniform or given weights) into `soup/` -> final linear merge at the top of the
 run dir -> the APO model's tokenizer with our chat template (set explicitly, not MergeKit's copy)
 -> the MergeKit configs used, a model card and the manifest (every input's fingerprint) -> with
-`sweep:`, merges at each listed weight scored with eval/ tasks, a table, a plot and the best weight
-(merge/sweep.py).
+`sweep:`, merges at each of its weights scored by its eval spec (the eval stage's own), a table, a plot
+and the best weight (merge/sweep.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pipeline.core.runs import stage_run
 
 def check(recipe) -> list[tuple[str, str]]:
     """Stage-specific recipe checks: the sweep's eval tasks and their options."""
-    return check_tasks(recipe.sweep_tasks, key="sweep_tasks")
+    return check_tasks(recipe.sweep.eval.tasks, key="sweep.eval.tasks") if recipe.sweep else []
 
 
 def soup_inputs(recipe) -> list[tuple[str, float]]:

@@ -1,7 +1,9 @@
 """Merge-weight sweep: merge at several soup weights, score each merge with eval/ tasks (long
 context and reasoning by default), and name the best weight.
 
-Called by the merge stage when the recipe lists `sweep` weights. Writes, under `<run>/sweep/`:
+Called by the merge stage when the recipe has a `sweep:` block. Each merge is scored by the eval stage's
+own code with the eval recipe `sweep.eval` makes (the recipe's eval spec, the merge as its one model: a
+field the eval recipe gains reaches the sweep with no edit here). Writes, under `<run>/sweep/`:
 `sweep.json` (every score), `sweep.md` (a table) and `sweep.png` (score against weight, one line
 per task and mode, plus the mean). The best weight is the one with the highest mean score (ties go
 to the weight nearest the recipe's `soup_weight`); the stage's own output keeps `soup_weight`, so
@@ -23,13 +25,10 @@ def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for weight in sorted(set(recipe.sweep)):
+    for weight in sorted(set(recipe.sweep.weights)):
         path = out / f"w{weight:g}"
         merge_at(weight, path)
-        eval_recipe = EvalRecipe(name=recipe.name, stage="eval", models=[str(path)], tasks=recipe.sweep_tasks,
-                                 modes=recipe.sweep_modes, backend=recipe.backend, sampling=recipe.sampling,
-                                 chat=recipe.chat, dtype=recipe.dtype, seed=recipe.seed)
-        result = evaluate_model(eval_recipe, str(path), progress=f"[w={weight:g}] ")
+        result = evaluate_model(eval_recipe(recipe, path), str(path), progress=f"[w={weight:g}] ")
         scores = {f"{task} ({mode})": s["score"]
                   for task, modes in result["tasks"].items() for mode, s in modes.items()}
         rows.append({"weight": weight, "scores": scores, "mean": round(sum(scores.values()) / len(scores), 4)})
@@ -41,6 +40,13 @@ def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:
     (out / "sweep.md").write_text(table(summary))
     plot(summary, out / "sweep.png")
     return summary
+
+
+def eval_recipe(recipe, model: Path) -> EvalRecipe:
+    """The eval recipe that scores one merge: the sweep's eval spec, with the merge as its model and the
+    merge recipe's name and seed (the seed draws each task's examples)."""
+    return EvalRecipe.model_validate({**recipe.sweep.eval.model_dump(), "name": recipe.name, "stage": "eval",
+                                      "models": [str(model)], "seed": recipe.seed})
 
 
 def table(summary: dict) -> str:

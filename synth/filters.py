@@ -6,8 +6,17 @@
 - empty_answer:     nothing after the think block
 - exact_duplicate:  the same prompt and answer (normalised) seen before
 - near_duplicate:   answer 5-gram Jaccard >= threshold with an earlier kept answer (datasketch MinHash LSH)
-- contaminated:     the prompt shares an n-gram (default 13 words) with a prompt of our eval tasks
-- unverified:       with `verify: math`, a think trace whose final answer math-verify rejects
+- contaminated:     the prompt shares an n-gram (default 13 words) with a prompt of the eval: the tasks of
+                    the eval recipes in `decontaminate_against`, built with those recipes' options (their
+                    real sources: google/IFEval where the recipe scores it), or by default every
+                    registered task with its default options (the sets the packages ship)
+- unverified:       with `verify: TASK` (any registered eval task), a generation that does not earn that
+                    task's full reward against its prompt row's `reference` (or `answer`): math-verify
+                    equivalence for `math`, every instruction for `ifeval`, BFCL's checker for `tools`
+
+The eval prompts are read when the stage starts (`decontamination`), before anything is generated: a
+source this machine cannot read (a Hub dataset offline) stops the run there with one line naming it,
+never after hours of generation, and never falls back to another set.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.chat import MISSING_ANSWER, strip_think, think_block_problem
 from pipeline.core.errors import UserError
+from pipeline.core.recipe import RecipeError, load_recipe, raise_problems
 from synth.schema import FilterSpec
 
 WORD = re.compile(r"\w+")
@@ -54,12 +65,66 @@ class Contamination:
         return not self.grams.isdisjoint(ngrams(text, self.n))
 
 
-def eval_prompts() -> list[str]:
-    """The prompts of every eval task, as each task gives them (`Task.prompts`): a new task is covered
-    without a change here."""
-    from eval.tasks import TASKS
+def decontamination(settings: FilterSpec, base_dir: Path = Path(".")) -> Contamination | None:
+    """The n-grams the filter checks prompts against (None when `decontaminate` is off): the prompts of the
+    eval recipes in `decontaminate_against` (found from `base_dir`, the synth recipe's folder), or of every
+    registered task with its default options."""
+    if not settings.decontaminate:
+        return None
+    against = [str(path) for path in settings.eval_recipes(base_dir)]
+    return Contamination(settings.ngram, eval_prompts(against) if against else None)
 
-    return [text for task in TASKS.values() for text in task().prompts()]
+
+def eval_prompts(against: Iterable[str] = ()) -> list[str]:
+    """The prompts of the eval tasks, as each task gives them (`Task.prompts`: a new task is covered without
+    a change here). `against`: eval recipe files, whose tasks are built with each recipe's options, so
+    their real sources; none: every registered task with its default options. A source that cannot be
+    read is a one-line error naming the recipe and the source."""
+    from eval.tasks import TASKS, build_task
+
+    recipes = [(f"filters.decontaminate_against: {path}", eval_recipe(path).tasks) for path in against] or [
+        ("filters.decontaminate: every registered task's default set", {name: None for name in TASKS})]
+    texts = []
+    for label, tasks in recipes:
+        counts = {}
+        for name, options in tasks.items():
+            try:
+                prompts = build_task(name, options).prompts()
+            except UserError as e:
+                raise UserError(f"{label}: {e}") from None
+            counts[name] = len(prompts)
+            texts += prompts
+        print(f"{label}: " + ", ".join(f"{n} {k} prompts" for k, n in counts.items()))
+    return texts
+
+
+def eval_recipe(path: str):
+    """The eval recipe in `path`, checked as `smolalign validate` checks it (its schema and its task names)."""
+    from eval.tasks import check_tasks
+
+    recipe = load_recipe(path, stage="eval")
+    raise_problems(recipe, check_tasks(recipe.tasks))
+    return recipe
+
+
+def check_filters(settings: FilterSpec, base_dir: Path, key: str = "filters") -> list[tuple[str, str]]:
+    """(key path, problem) of the filter settings only the registry and other files can judge, found
+    when the recipe is validated: `verify` names a registered task, each `decontaminate_against` file is
+    an eval recipe (found from `base_dir`, the synth recipe's folder)."""
+    from eval.tasks import TASKS, unknown_task
+
+    problems = []
+    if settings.verify is not None and settings.verify not in TASKS:
+        problems.append((f"{key}.verify", unknown_task(settings.verify)))
+    if settings.decontaminate_against and not settings.decontaminate:
+        problems.append((f"{key}.decontaminate_against", "set, but `decontaminate` is false: remove one of them"))
+    for i, (named, path) in enumerate(zip(settings.decontaminate_against, settings.eval_recipes(base_dir))):
+        try:
+            eval_recipe(str(path))
+        except RecipeError as e:
+            why = "; ".join(f"{k}: {m}" if k else m for k, m in e.problems)
+            problems.append((f"{key}.decontaminate_against.{i}", f"{named} is not an eval recipe we can read ({why})"))
+    return problems
 
 
 class NearDuplicates:
@@ -95,14 +160,17 @@ class NearDuplicates:
         return False
 
 
-def apply_filters(rows: list[dict], settings: FilterSpec | dict[str, Any], answers_of, extra=None):
+def apply_filters(rows: list[dict], settings: FilterSpec | dict[str, Any], answers_of, extra=None,
+                  contamination: Contamination | None = None):
     """Keep rows that pass every filter. `answers_of(row)` lists the (answer text, thinking,
-    finish_reason) the strict filters judge; `extra(row)` may return a further reason.
+    finish_reason) the strict filters judge; `extra(row)` may return a further reason; `contamination`:
+    `decontamination(settings)`, built here when not given.
     Returns (kept, dropped rows with their `filter_reason`, counts per reason)."""
     settings = settings if isinstance(settings, FilterSpec) else FilterSpec.model_validate(settings)
     counts: Counter = Counter()
     dropped, kept = [], []
-    contamination = Contamination(settings.ngram) if settings.decontaminate else None
+    if contamination is None:
+        contamination = decontamination(settings)
     exact: set[str] | None = set() if settings.dedup != "none" else None
     near = NearDuplicates(settings.near_threshold) if settings.dedup == "exact_and_near" else None
     verifier = _verifier(settings.verify)
@@ -130,7 +198,7 @@ def _reason(row, settings: FilterSpec, answers_of, contamination, exact, near, v
             return "empty_answer"
     if contamination is not None and contamination.hits(prompt):
         return "contaminated"
-    main = answers_of(row)[0][0]
+    main, thinking, _ = answers_of(row)[0]
     if exact is not None:
         fingerprint = normalise(prompt) + "\0" + normalise(main)
         if fingerprint in exact:
@@ -138,17 +206,25 @@ def _reason(row, settings: FilterSpec, answers_of, contamination, exact, near, v
         exact.add(fingerprint)
     if near is not None and near.seen(strip_think(main)):
         return "near_duplicate"
-    if verifier is not None and row.get("reference") is not None and not verifier(row["reference"], main):
+    if verifier is not None and not verifier(row.get("reference"), main, thinking):
         return "unverified"
     return None
 
 
 def _verifier(name: str | None):
+    """`verify: name` as a check of (reference, answer, thinking): the task's full reward (Task.verify); a row
+    with no reference passes, unless the task scores without one (mode adherence)."""
     if not name:
         return None
-    if name != "math":
-        raise UserError(f"filters.verify: {name!r} is not a verifier; available: math")
-    from eval.tasks import build_task
+    from eval.tasks import TASKS, build_task, unknown_task
 
-    task = build_task(name, None)  # the task checks answers its own way (Task.verify)
-    return lambda reference, answer: task.verify(str(reference), answer)
+    if name not in TASKS:
+        raise UserError(f"filters.verify: {name!r}: {unknown_task(name)}")
+    task = build_task(name, None)  # scoring against a row's reference needs none of the task's options
+
+    def verify(reference, answer: str, thinking: bool = True) -> bool:
+        if reference is None and task.needs_reference:
+            return True
+        return task.verify(reference, answer, "think" if thinking else "no_think")
+
+    return verify

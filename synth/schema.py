@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -21,8 +22,21 @@ class FilterSpec(Strict):
         "exact_and_near", description="Exact (normalised prompt + answer) and near (MinHash LSH on answers).")
     near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity of answer 5-grams.")
     decontaminate: bool = Field(True, description="Drop prompts sharing an n-gram with our eval tasks' prompts.")
+    decontaminate_against: list[str] = Field(
+        default_factory=list, description="Eval recipes (YAML files, beside this recipe or from the working "
+        "directory) whose prompts the data must not share an n-gram with: each of their tasks built with that "
+        "recipe's own options, so from its real sources. Empty: every registered eval task with its default options "
+        "(the sets shipped with the packages; all an offline run can read).")
     ngram: int = Field(13, ge=1, description="Words per n-gram for decontamination.")
-    verify: Literal["math"] | None = Field(None, description="`math`: keep traces whose answer matches `answer`.")
+    verify: str | None = Field(
+        None, description="A registered eval task (eval/tasks): keep generations that earn its full reward against "
+        "the prompt row's `reference` (or `answer`); a row without one passes, unless the task needs none (mode).")
+
+    def eval_recipes(self, base_dir: Path) -> list[Path]:
+        """The files `decontaminate_against` names: each beside the synth recipe (`base_dir`) where it is
+        there, else as given (from the working directory)."""
+        return [base_dir / path if (base_dir / path).is_file() else Path(path).expanduser()
+                for path in self.decontaminate_against]
 
 
 class SynthRecipe(RecipeBase):
@@ -44,7 +58,10 @@ class SynthRecipe(RecipeBase):
         out = [("teacher.name_or_path", self.teacher.name_or_path)]
         if self.weak:
             out.append(("weak.name_or_path", self.weak.name_or_path))
-        return out + [(f"prompts.sources.{i}.path", s.path) for i, s in enumerate(self.prompts.sources)]
+        out += [(f"prompts.sources.{i}.path", s.path) for i, s in enumerate(self.prompts.sources)]
+        base_dir = Path(self._source).parent if self._source else Path(".")
+        return out + [(f"filters.decontaminate_against.{i}", str(path))
+                      for i, path in enumerate(self.filters.eval_recipes(base_dir))]
 
     @model_validator(mode="after")
     def _weak_for_pairs(self):

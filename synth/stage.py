@@ -40,11 +40,16 @@ from pipeline.core.runs import join_run, parse_shard, run_lock, stage_run, write
 from pipeline.data.rows import BadRow, prompt_of
 from pipeline.data.sources import iter_rows
 from pipeline.generation import Request, make_backend
-from synth.filters import apply_filters
+from synth.filters import apply_filters, check_filters, decontamination
 from synth.store import ShardStore, key_shard, read_all, work_key
 
 BATCH = 64  # prompts generated between two fsyncs of the shard file
 THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teacher that does not
+
+
+def check(recipe) -> list[tuple[str, str]]:
+    """Stage-specific recipe checks, run by `smolalign validate` too: the filters' verifier task and eval recipes."""
+    return check_filters(recipe.filters, Path(recipe._source or ".").parent)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,8 +58,10 @@ THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teac
 def load_prompts(recipe) -> list[dict]:
     """[{"id", "messages", "template", "reference"}]: each row read by the one loader and normalised as
     training rows are (pipeline.data.rows.prompt_of): the conversation up to the turn the model writes,
-    with its tool calls and tool results, and in `template` the row's tools and custom instructions.
-    A row that is not a conversation is skipped and counted, with the first reason printed."""
+    with its tool calls and tool results, and in `template` the row's tools and custom instructions;
+    `reference`, what `verify:` checks against: the row's `reference` (an eval task's training rows carry
+    one) or its `answer`. A row that is not a conversation is skipped and counted, with the first reason
+    printed."""
     rng = random.Random(recipe.prompts.seed)
     prompts, seen, skipped = [], set(), Counter()
     for si, source in enumerate(recipe.prompts.sources):
@@ -71,8 +78,8 @@ def load_prompts(recipe) -> list[dict]:
             pid = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             if pid not in seen:  # the same prompt twice would only be generated twice
                 seen.add(pid)
-                rows.append({"id": pid, "messages": messages, "template": template,
-                             "reference": row.get("answer")})
+                reference = row.get("reference") if row.get("reference") is not None else row.get("answer")
+                rows.append({"id": pid, "messages": messages, "template": template, "reference": reference})
         if source.fraction is not None:
             count = len(rows)
             rows = rng.sample(rows, min(len(rows), round(source.fraction * len(rows))))
@@ -216,6 +223,8 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
     prompts = load_prompts(recipe)
     if not prompts:
         raise UserError(f"{recipe._source}: no prompts found in prompts.sources (rows need `messages` or `prompt`)")
+    # the eval's prompts now: a source this machine cannot read stops the run before anything is generated
+    contamination = decontamination(recipe.filters, Path(recipe._source or ".").parent)
     if n > 1:  # one machine's share: generate and stop; a final run without --shard collects
         partial = join_run(recipe)  # the run's manifest: shares of different recipes never mix
         with run_lock(partial / "shards" / f"shard-{i}-of-{n}"):  # one writer per shard file
@@ -230,7 +239,8 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
             rows, out_name = trace_rows(prompts, lists[0], generated), "rows.jsonl"
         else:
             rows, out_name = pair_rows(prompts, lists[0], lists[1], generated), "pairs.jsonl"
-        kept, dropped, counts = apply_filters(rows, recipe.filters, _answers, extra=_empty_rejected)
+        kept, dropped, counts = apply_filters(rows, recipe.filters, _answers, extra=_empty_rejected,
+                                              contamination=contamination)
         write_jsonl(run.path / out_name, kept)
         write_jsonl(run.path / "filtered.jsonl", dropped)
         report = {"prompts": len(prompts), "generations": len(generated), "rows": len(rows), "kept": len(kept),

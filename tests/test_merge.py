@@ -6,13 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from eval.schema import EvalRecipe, EvalSpec
 from merge.checks import MergeCheckError, check_compatible
 from merge.stage import run
+from merge.sweep import eval_recipe
 from pipeline.cli import load
 from pipeline.core.models import build_tiny_smollm3
+from pipeline.core.recipe import RecipeError
 from pipeline.core.summary import read_summary
 
 
@@ -197,10 +201,11 @@ def test_failed_check_writes_nothing(write_recipe, tmp_path, ckpts):
 
 
 def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_path, ckpts):
-    recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5, 1.0],
-                          sweep_tasks={"ruler": {"lengths": [512], "variants": ["niah_single_1"], "n": 1},
-                                       "mode": {"n": 2}},
-                          sweep_modes=["no_think"], sampling={"temperature": 0.0, "max_new_tokens": 4})
+    recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep={
+        "weights": [0.5, 1.0], "eval": {"tasks": {"ruler": {"lengths": [512], "variants": ["niah_single_1"], "n": 1},
+                                                  "mode": {"n": 2}},
+                                        "modes": ["no_think"], "sampling": {"temperature": 0.0, "max_new_tokens": 4},
+                                        "dtype": "float32"}})
     out = run(recipe)
     summary = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [r["weight"] for r in summary["rows"]] == [0.5, 1.0]
@@ -229,10 +234,75 @@ def test_weight_sweep_scores_each_merge_and_names_the_best(write_recipe, tmp_pat
 
 
 def test_bad_sweep_weight_is_refused(write_recipe, tmp_path, ckpts):
-    from pipeline.core.recipe import RecipeError
+    with pytest.raises(RecipeError, match=r"sweep.weights \(line \d+\): sweep weights must be in \(0, 1\]"):
+        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep={"weights": [0.0, 1.5]})
+    with pytest.raises(RecipeError, match=r"sweep.eval.tasks.ruler.depth \(line \d+\): unknown option"):
+        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"],
+                     sweep={"weights": [0.5], "eval": {"tasks": {"ruler": {"depth": 1}}}})
 
-    with pytest.raises(RecipeError, match=r"sweep weights must be in \(0, 1\]"):
-        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.0, 1.5])
-    with pytest.raises(RecipeError, match="sweep_tasks.ruler.depth"):
-        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5],
-                     sweep_tasks={"ruler": {"depth": 1}})
+
+# ---- the sweep's eval is the eval stage's own spec, composed ------------------------------------
+def test_every_eval_setting_reaches_the_sweep(write_recipe, tmp_path, ckpts):
+    """Each merge is scored with an EvalRecipe made from `sweep.eval`: every field of the eval spec arrives
+    as given (one class: a field the eval gains arrives too), the merge is its one model."""
+    spec = {"tasks": {"mode": {"n": 3}}, "modes": ["no_think"], "dtype": "float16",
+            "backend": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "concurrency": 3},
+            "sampling": {"temperature": 0.3, "max_new_tokens": 7, "seed": 5},
+            "chat": {"template": "model", "today_date": "02 Feb 2024"}}
+    assert set(spec) == set(EvalSpec.model_fields)  # this test sets every field the spec has
+    recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], seed=3,
+                          sweep={"weights": [0.5], "eval": spec})
+    built = eval_recipe(recipe, tmp_path / "w0.5")
+    assert (built.models, built.seed, built.name, built.stage) == ([str(tmp_path / "w0.5")], 3, "t", "eval")
+    assert {k: v for k, v in built.model_dump().items() if k in spec} == EvalSpec.model_validate(spec).model_dump()
+
+
+# What the shipped merge recipes said before the sweep's eval became an eval spec, verbatim.
+OLD_SWEEPS = {
+    "demo": {"sweep": [0.5, 0.9, 1.0], "sweep_tasks": {"mode": {"n": 6}}, "sweep_modes": ["think", "no_think"],
+             "backend": {"kind": "transformers", "batch_size": 12},
+             "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 96}},
+    "smollm3": {"sweep": [0.7, 0.8, 0.9, 1.0],
+                "sweep_tasks": {"ruler": {"lengths": [4096, 16384, 65536], "n": 20}, "math": {"n": 100}},
+                "backend": {"kind": "vllm", "max_model_len": 65536},
+                "sampling": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 16384}},
+}
+
+
+@pytest.mark.parametrize("name", OLD_SWEEPS)
+def test_the_shipped_sweeps_score_as_they_did(name):
+    recipe = load(REPO / "recipes" / name / "merge.yaml")
+    old = OLD_SWEEPS[name]
+    # the eval recipe the sweep built before: the copied fields, with the merge recipe's dtype, chat and seed
+    before = EvalRecipe(name=recipe.name, stage="eval", models=["w"], tasks=old["sweep_tasks"],
+                        modes=old.get("sweep_modes", ["think", "no_think"]), backend=old["backend"],
+                        sampling=old["sampling"], chat=recipe.chat, dtype=recipe.dtype, seed=recipe.seed)
+    assert recipe.sweep.weights == old["sweep"]
+    assert eval_recipe(recipe, Path("w")).model_dump() == before.model_dump()
+
+
+def test_a_recipe_in_the_sweeps_old_layout_is_told_where_each_key_went(write_recipe, tmp_path, ckpts):
+    with pytest.raises(RecipeError) as e:
+        merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], sweep=[0.5], sweep_tasks={"mode": {}},
+                     backend={"kind": "transformers"})
+    [(_, message)] = e.value.problems
+    for moved in ("`sweep: [weights]` -> `sweep.weights`", "`sweep_tasks` -> `sweep.eval.tasks`",
+                  "`backend` -> `sweep.eval.backend`"):
+        assert moved in message
+
+
+def test_how_the_sweeps_server_is_reached_is_not_part_of_the_runs_identity(write_recipe, tmp_path, ckpts):
+    """As for eval and synth: fixing the server's address or retry budget resumes a run, and `plan` says so."""
+    from pipeline.core.runs import identity_hash
+    from pipeline.planning.plan import changes_identity
+
+    def recipe(**backend):
+        backend = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", **backend}
+        return merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"],
+                            sweep={"weights": [0.5], "eval": {"tasks": {"mode": {}}, "backend": backend}})
+
+    base = identity_hash(recipe())
+    assert identity_hash(recipe(base_url="http://127.0.0.1:10/v1", timeout_s=30, retry_budget_s=5)) == base
+    assert identity_hash(recipe(batch_size=3)) != base
+    assert not changes_identity("sweep.eval.backend.base_url") and changes_identity("sweep.eval.backend.kind")
+    assert not changes_identity("backend.retry_budget_s") and changes_identity("sweep.eval.tasks")

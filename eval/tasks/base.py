@@ -1,7 +1,7 @@
 """What every task shares: the Task interface, the Example record, package data lookup.
 
-A task is an object with a `name` and these methods; the eval stage, the merge sweep and the synth
-filters call every task the same way, and none of them knows a task by name:
+A task is an object with a `name` and these methods; the eval stage, the merge sweep, the synth
+filters and a training stage call every task the same way, and none of them knows a task by name:
 
     examples(n, seed, ctx)              -> list[Example]      (ctx: TaskContext, see below)
     score(example, completion, mode)    -> dict[str, float]   ("score" is the task's headline number;
@@ -9,12 +9,32 @@ filters call every task the same way, and none of them knows a task by name:
     aggregate(examples, scores)         -> dict[str, float]   (the task's reported numbers; "score" first)
     prompts()                           -> list[str]          (its prompts' text: synth decontaminates
                                                                training data against them)
-    verify(reference, completion)       -> bool               (the completion gives the reference answer,
-                                                               by the task's own scorer: synth's `verify:`)
+
+and, to train on (as nanochat's tasks give examples, evaluate and reward, one object for data, eval
+and chat RL):
+
+    training_rows(n, seed, mode, ctx)   -> list[dict]         (rows in the one row layout: the prompt, the
+                                                               reference answer where it can be taught,
+                                                               the mode, and the `reference` that scores it)
+    reward(example, completion, mode)   -> float in [0, 1]    (what a completion earns: the task's own
+                                                               scorer, for an RL stage and synth's `verify:`)
+    example_of(row)                     -> Example            (the example a row of `training_rows` stands
+                                                               for: an RL stage rewards against it)
+    verify(reference, completion, mode) -> bool               (full reward against a row's `reference`:
+                                                               synth's `verify:`)
 
 `mode` is "think" or "no_think": the mode the prompt was sent in. `Task` below gives the defaults
-(`aggregate` = mean of "score"); a task overrides what it reports differently (IFEval's four
-numbers, RULER per sub-task and length).
+(`aggregate` = mean of "score", `reward` = "score"); a task overrides what it reports differently
+(IFEval's four numbers, RULER per sub-task and length) and what it rewards differently (IFEval: the
+share of instructions followed).
+
+What a reward sees. Every scorer reads the answer, after the think block: math's and RULER's the text
+after `</think>`, IFEval's the response without its think block, BFCL's decoder the text after the last
+`</think>`. A completion that opens a think block and never closes it has not answered (cut off, or
+stopped, while reasoning) and earns 0 from every task; this is the one place a reward departs from its
+scorer: BFCL's decoder, like BFCL, reads calls inside an unclosed block, and a policy rewarded for
+that would learn never to close it. Whether the completion keeps its mode's format (a think block in
+`/think`, none in `/no_think`) is the mode task's reward, not the other tasks'.
 """
 
 from __future__ import annotations
@@ -22,16 +42,19 @@ from __future__ import annotations
 import importlib.util
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.chat import strip_think
+from pipeline.core.chat import THINK_CLOSE, THINK_OPEN, strip_think
 from pipeline.core.errors import UserError
 from pipeline.data.rows import prompt_of
 from pipeline.data.sources import BadRow
 
-__all__ = ["Example", "Task", "TaskContext", "mean", "package_dir", "sample_indices", "strip_think"]
+__all__ = ["MODES", "Example", "Task", "TaskContext", "mean", "package_dir", "sample_indices", "strip_think",
+           "unanswered"]
+
+MODES = ("think", "no_think")
 
 
 @dataclass
@@ -95,6 +118,9 @@ class Task:
     """Defaults for the interface above; tasks subclass it."""
 
     name = "task"
+    # Whether a completion is scored against each example's own reference (math's answer, IFEval's
+    # instructions, BFCL's calls, RULER's needles); mode adherence has the same rule for every prompt.
+    needs_reference = True
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         raise NotImplementedError
@@ -109,9 +135,88 @@ class Task:
         """Every prompt the task can send, as text: by default the user turns of all its examples."""
         return [m["content"] for ex in self.examples() for m in ex.messages if m.get("role") == "user"]
 
-    def verify(self, reference: Any, completion: str) -> bool:
-        """Whether `completion` gives the `reference` answer, scored as this task scores its own examples."""
-        return self.score(Example("verify", [], reference), completion, "think")["score"] == 1.0
+    # ---- training: the rows a task teaches, the reward a completion earns ----------------------------
+    def answer(self, example: Example) -> str | None:
+        """The reference answer as a completion (what the model writes after the prompt and the example's
+        prefill) that earns the full reward; None where the task has none to write (IFEval's
+        instructions, mode adherence)."""
+        return None
+
+    def reward(self, example: Example, completion: str, mode: str) -> float:
+        """What `completion`, sent in `mode`, earns: the task's own "score", in [0, 1]; 0 for a completion
+        that never closes the think block it opened (see the module docstring)."""
+        if unanswered(completion):
+            return 0.0
+        value = float(self.score(example, completion, mode)["score"])
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"task {self.name}: the score of {example.id} is {value}, outside [0, 1]; a task "
+                             "whose score is not a share must override `reward`")
+        return value
+
+    def training_rows(self, n: int | None = None, seed: int = 0, mode: str = "no_think",
+                      ctx: TaskContext | None = None) -> list[dict[str, Any]]:
+        """Rows of this task's examples (`examples(n, seed, ctx)`) in the layout every stage reads
+        (pipeline/data/rows.py): `messages` (the prompt as eval sends it, then the reference answer as the
+        assistant turn where one is taught), `chat_template_kwargs` (the mode, the prompt's tools and
+        instructions), and `task`, `id` and `reference`, from which `example_of` rebuilds the example.
+
+        An answer is taught in no_think mode only, and only when this task's own reward gives it 1.0
+        (BFCL rejects the first answer it lists for a few items): a think-mode row needs a reasoning
+        trace, which no reference holds, so think-mode rows are prompts, for synth-traces (with `verify:`
+        this task) or an RL stage to complete. The rows are the task's own examples: built on a
+        benchmark, a task teaches that benchmark, so give it a training source (math's and IFEval's
+        `source`) and keep the eval's prompts out (synth's `decontaminate_against`)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        rows = []
+        for example in self.examples(n, seed, ctx):
+            answer = self.answer(example) if mode == "no_think" else None
+            if answer is not None and self.reward(example, answer, mode) != 1.0:
+                answer = None
+            rows.append(self.row(example, mode, answer))
+        return rows
+
+    def row(self, example: Example, mode: str, answer: str | None = None) -> dict[str, Any]:
+        """One training row for `example` in `mode`, with `answer` as its assistant turn when given."""
+        messages = [dict(m) for m in example.messages]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": example.prefill + answer})
+        kwargs = {"enable_thinking": mode == "think", **example.template}
+        if example.tools:
+            kwargs["xml_tools"] = example.tools
+        return {"messages": messages, "chat_template_kwargs": kwargs, "task": self.name, "id": example.id,
+                "reference": self.reference(example)}
+
+    def reference(self, example: Example) -> Any:
+        """What a row carries so that this task scores a completion for it without its data (JSON)."""
+        return {"target": example.target, "meta": example.meta, "prefill": example.prefill,
+                "max_new_tokens": example.max_new_tokens}
+
+    def with_reference(self, example: Example, reference: Any) -> Example:
+        """`example` to be scored against `reference`, as `reference()` wrote it."""
+        reference = reference or {}
+        return replace(example, target=reference.get("target"), meta=dict(reference.get("meta") or {}),
+                       prefill=reference.get("prefill") or "", max_new_tokens=reference.get("max_new_tokens"))
+
+    def example_of(self, row: dict[str, Any]) -> Example:
+        """The example a row of `training_rows` stands for: its prompt read by the one row path
+        (`Example.from_row`; a taught answer, the trailing assistant turn, is not part of it) and its
+        `reference`. A stage that reads such rows from a file rewards each completion against it."""
+        example_id = str(row.get("id", self.name))
+        if self.needs_reference and row.get("reference") is None:
+            raise UserError(f"{example_id}: the row has no `reference`, which task {self.name} scores against; "
+                            "write rows with Task.training_rows")
+        return self.with_reference(Example.from_row(example_id, row, target=None), row.get("reference"))
+
+    def verify(self, reference: Any, completion: str, mode: str = "think") -> bool:
+        """Whether `completion` earns the full reward against `reference` (a row's, as `reference()` writes
+        it), scored as this task scores its own examples: synth's `verify:` filter."""
+        return self.reward(self.with_reference(Example("verify", [], None), reference), completion, mode) == 1.0
+
+
+def unanswered(completion: str) -> bool:
+    """The completion opens a think block and never closes it: it has not answered."""
+    return completion.lstrip().startswith(THINK_OPEN) and THINK_CLOSE not in completion
 
 
 def sample_indices(count: int, n: int | None, seed: int) -> list[int]:

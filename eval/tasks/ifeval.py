@@ -2,9 +2,10 @@
 
 Prompts: `google/IFEval` (541 prompts) when `source` names it, a local JSONL with IFEval's columns
 (`prompt`, `instruction_id_list`, `kwargs`), or, by default, the 24 IFEval-style prompts shipped in
-eval/data/ifeval_prompts.jsonl. When the Hub cannot be reached, `source: google/IFEval` falls back to the
-shipped set and says so. Only google/IFEval gives numbers comparable to published ones: `aggregate`
-says which (`source`, `comparable`).
+eval/data/ifeval_prompts.jsonl. When the Hub cannot be reached, the eval of `source: google/IFEval` falls
+back to the shipped set and says so; `prompts()` (what synth decontaminates against) never does: it is
+the source's prompts or a one-line error naming it. Only google/IFEval gives numbers comparable to
+published ones: `aggregate` says which (`source`, `comparable`).
 
 Scores, as google's `instruction_following_eval` defines them: prompt level (a prompt passes when all
 its instructions pass) and instruction level (passed instructions / all instructions), each strict (the
@@ -30,6 +31,15 @@ the package's 400 recorded documents exactly as NLTK 3.8.1 with its downloaded E
 empty model matches 132, the package's `english_web` model 353). If neither the data nor the package is
 there, those instructions are reported as unavailable: left out of numerator and denominator (a prompt
 with one is left out of the prompt-level numbers) and counted in `unavailable_instructions`.
+
+Reward (training): the share of the prompt's instructions the response follows, strict. Strict because
+loose forgives a response whose first or last line breaks an instruction (or whose `*` markup does),
+which is where a chatty opener ("Sure! Here is...") or a closing offer sits: a policy rewarded on loose
+is free to grow them, while a user reads the response as written; strict is also IFEval's headline (our
+`score`). A share rather than all-or-nothing: on a prompt with three instructions, completions that
+follow one, two or three of them earn different rewards, a signal all-or-nothing gives only to the
+last. Instructions that cannot be checked here (no Punkt) count in neither part; with none left, 0.
+No reference response exists to teach: IFEval's rows are prompts.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from eval.tasks.base import Example, Task, TaskContext, mean, sample_indices
 from pipeline.core.chat import THINK_CLOSE, THINK_OPEN
 from pipeline.core.errors import UserError
 from pipeline.core.files import read_jsonl
+from pipeline.core.inputs import classify_input, hub_errors
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "ifeval_prompts.jsonl"
 HUB_SOURCE = "google/IFEval"
@@ -139,18 +150,33 @@ class IFEvalTask(Task):
         self.source = source
         self.used = source or "shipped offline set (eval/data/ifeval_prompts.jsonl)"
 
-    def rows(self) -> list[dict]:
-        if self.source and not Path(self.source).exists():  # a Hub dataset: google/IFEval
-            from datasets import load_dataset
+    def rows(self, fallback: bool = True) -> list[dict]:
+        """The source's rows. A Hub dataset this machine cannot reach: with `fallback`, the shipped set
+        (said, and recorded in `used`: the eval marks its numbers not comparable); without, a one-line
+        error naming the source and what to do."""
+        if self.source is None:
+            return read_jsonl(SHIPPED)
+        if classify_input(self.source) != "hub":
+            if not Path(self.source).expanduser().is_file():
+                raise UserError(f"tasks.ifeval.source: {self.source} does not exist; give a JSONL of IFEval's rows "
+                                "(prompt, instruction_id_list, kwargs) or google/IFEval")
+            return read_jsonl(Path(self.source).expanduser())
+        from datasets import load_dataset
 
-            try:
+        if not fallback:
+            with hub_errors(self.source, "tasks.ifeval.source", repo_type="dataset"):
                 return list(load_dataset(self.source, split="train"))
-            except ConnectionError as e:  # offline: datasets retries, then raises this
-                self.used = f"shipped offline set (eval/data/ifeval_prompts.jsonl): {self.source} unreachable"
-                print(f"IFEval: {e}; scoring the shipped offline set instead (not comparable to published numbers)")
-                return read_jsonl(SHIPPED)
-        path = Path(self.source) if self.source else SHIPPED
-        return read_jsonl(path)
+        try:
+            return list(load_dataset(self.source, split="train"))
+        except ConnectionError as e:  # offline: datasets retries, then raises this
+            self.used = f"shipped offline set (eval/data/ifeval_prompts.jsonl): {self.source} unreachable"
+            print(f"IFEval: {e}; scoring the shipped offline set instead (not comparable to published numbers)")
+            return read_jsonl(SHIPPED)
+
+    def prompts(self) -> list[str]:
+        """The source's own prompts, never the shipped set in their place: decontaminating against a stand-in
+        would let the real ones through."""
+        return [row["prompt"] for row in self.rows(fallback=False)]
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         rows = self.rows()
@@ -167,6 +193,11 @@ class IFEvalTask(Task):
                 "instructions": len(d["instructions"]), "unavailable": d["unavailable"],
                 "instructions_strict": sum(i["strict"] for i in d["instructions"]),
                 "instructions_loose": sum(i["loose"] for i in d["instructions"])}
+
+    def reward(self, example: Example, completion: str, mode: str) -> float:
+        """The share of the instructions checked that the response follows, strict (module docstring)."""
+        checked = self.score_details(example, completion)["instructions"]
+        return sum(i["strict"] for i in checked) / len(checked) if checked else 0.0
 
     def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict:
         """IFEval's four numbers. Prompt level: over prompts whose every instruction could be checked;

@@ -16,6 +16,10 @@ thread, and a huge power such as 10^{10^{10}} can block in C code where no signa
 run in one helper process (started on first use, with math-verify's timeouts on in its main thread); when
 it misses the deadline it is killed, the answer counts as wrong and `timed_out` says so. This holds
 wherever `score` is called from: the eval's threads, the synth filter (`verify: math`), tests.
+
+Training: the reward is the score (1 for an equivalent answer, else 0); a no-think row teaches the
+reference answer in the form the instruction asks for (`The answer is $\\boxed{...}$.`). A row's
+`reference` may also be a bare answer, as math datasets' `answer` columns hold it (synth's `verify: math`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import select
 import subprocess
 import sys
 import threading
+from typing import Any
 
 from eval.tasks.base import Example, Task, TaskContext, package_dir, sample_indices, strip_think
 from pipeline.core.files import read_jsonl
@@ -71,6 +76,19 @@ class MathTask(Task):
     def score(self, example: Example, completion: str, mode: str) -> dict[str, float]:
         verdict = check(example.target, strip_think(completion))
         return {"score": float(verdict == "equal"), "timed_out": float(verdict == "timeout")}
+
+    def answer(self, example: Example) -> str:
+        """The reference in a box, as the instruction asks (a reference written as `$...$` loses its dollars)."""
+        reference = str(example.target).strip()
+        if len(reference) > 1 and reference.startswith("$") and reference.endswith("$"):
+            reference = reference[1:-1].strip()
+        return f"The answer is $\\boxed{{{reference}}}$."
+
+    def with_reference(self, example: Example, reference: Any) -> Example:
+        """A row's `reference` as `reference()` wrote it, or a bare answer (a dataset's `answer` column)."""
+        if not isinstance(reference, dict):
+            reference = {"target": str(reference)}
+        return super().with_reference(example, reference)
 
 
 def answers_match(reference: str, answer_text: str, timeout_s: float = TIMEOUT_S) -> bool:

@@ -16,6 +16,10 @@ to ...", "The user is asking ...") or thinks aloud anywhere ("Wait, ...", "let m
 "let me re-check", "Hmm, ..."). These are the openings and self-corrections of R1/Qwen3-style
 reasoning traces, the data that teaches the think mode and leaks into no-think answers; a direct
 answer has no use for them.
+
+Reward (training): 1 when the completion follows its mode's rule, else 0: the format reward of each
+mode, the same for every prompt (no reference: `needs_reference` is false, and synth's `verify: mode`
+keeps the generations that follow the rule). Its rows are the prompts, in the mode asked for.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ THINKING_ALOUD = re.compile(
 
 class ModeTask(Task):
     name = "mode"
+    needs_reference = False
 
     def examples(self, n: int | None = None, seed: int = 0, ctx: TaskContext | None = None) -> list[Example]:
         return [Example.from_row(f"mode-{i}", {"prompt": PROMPTS[i]}, target=None)

@@ -39,6 +39,10 @@ change every haystack, so it waits for a change that re-baselines RULER scores);
 wonderwords' nouns, adjectives and verbs only (RULER's larger english_words.json is a Git LFS file), so
 at lengths needing more distinct words than those lists
 hold the list stops growing: `meta["prompt_tokens"]` records how full each prompt is.
+
+Training: the reward is RULER's string-match score of the example (a share for string_match_all, 0 or 1
+for string_match_part). A no-think row teaches the answer after RULER's answer prefix: every reference
+(the first one for QA), numbered for cwe as its worked example is, space-separated for vt.
 """
 
 from __future__ import annotations
@@ -165,6 +169,19 @@ class RulerTask(Task):
         pred = postprocess(strip_think(completion))
         metric = string_match_all if METRIC[example.meta["variant"]] == "string_match_all" else string_match_part
         return {"score": metric(pred, example.target)}
+
+    def answer(self, example: Example) -> str:
+        """What follows the answer prefix: the references, written as RULER's worked examples write them."""
+        variant, refs = example.meta["variant"], example.target
+        if METRIC[variant] == "string_match_part":
+            text = refs[0]
+        elif variant == "cwe":
+            text = " ".join(f"{i + 1}. {word}" for i, word in enumerate(refs))
+        elif variant == "vt":
+            text = " ".join(refs)
+        else:
+            text = ", ".join(refs) + "."
+        return text if example.prefill.endswith(" ") else f" {text}"
 
     def aggregate(self, examples: list[Example], scores: list[dict[str, float]]) -> dict:
         """RULER's numbers: per task and length, the mean over tasks per length, and over lengths."""

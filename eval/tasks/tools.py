@@ -23,6 +23,10 @@ model's function names had "." replaced by "_"), and that table imports every pr
 checker with a stand-in for that one module, registered only while the checker is imported: it answers
 "no renaming" for every model, which is right for us because our template shows the model the function
 names unchanged. The checker's code is not changed.
+
+Training: the reward is BFCL's verdict (1 or 0). A no-think row teaches the first possible answer BFCL
+lists for each call (an argument whose first possible answer is "" left out, as BFCL lets it be), one
+`<tool_call>` block per call; an item whose first answer BFCL itself rejects is a prompt row.
 """
 
 from __future__ import annotations
@@ -83,6 +87,28 @@ class ToolsTask(Task):
         if calls is None:
             return {"score": 0.0}
         return {"score": float(bfcl_check(example.meta["functions"], calls, example.target, example.meta["category"]))}
+
+    def answer(self, example: Example) -> str:
+        """One `<tool_call>` block per expected call, with the first possible answer of each argument."""
+        declared = {f["name"]: f.get("parameters", {}).get("properties", {}) for f in example.meta["functions"]}
+        blocks = []
+        for truth in example.target:
+            for name, params in truth.items():
+                arguments = {k: _first(v) for k, v in params.items() if k in declared.get(name, {}) and v[0] != ""}
+                blocks.append(f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>")
+        return "\n".join(blocks)
+
+
+def _first(options: list):
+    """The first possible answer BFCL lists for an argument; inside a dict (or a list of dicts) the first of
+    each key's own options, leaving out keys that may be omitted. Keys the function does not declare are
+    left out by the caller: BFCL rejects them."""
+    value = options[0]
+    if isinstance(value, dict):
+        return {k: _first(v) for k, v in value.items() if v[0] != ""}
+    if isinstance(value, list) and value and all(isinstance(d, dict) for d in value):
+        return [{k: _first(v) for k, v in d.items() if v[0] != ""} for d in value]
+    return value
 
 
 def _schema(function: dict) -> dict:

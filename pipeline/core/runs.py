@@ -405,9 +405,18 @@ def identity_data(data: dict[str, Any]) -> dict[str, Any]:
     data = {k: v for k, v in data.items() if k not in NON_IDENTITY_FIELDS}
     if isinstance(data.get("training"), dict):
         data["training"] = {k: v for k, v in data["training"].items() if k not in NON_IDENTITY_TRAINING_KEYS}
-    if isinstance(data.get("backend"), dict):
-        data["backend"] = {k: v for k, v in data["backend"].items() if k not in NON_IDENTITY_BACKEND_KEYS}
-    return data
+    return _without_connection(data)
+
+
+def _without_connection(block: Any) -> Any:
+    """`block` less NON_IDENTITY_BACKEND_KEYS in every `backend` mapping, however deep (the merge sweep's
+    is `sweep.eval.backend`)."""
+    if not isinstance(block, dict):
+        return block
+    out = {k: _without_connection(v) for k, v in block.items()}
+    if isinstance(out.get("backend"), dict):
+        out["backend"] = {k: v for k, v in out["backend"].items() if k not in NON_IDENTITY_BACKEND_KEYS}
+    return out
 
 
 def identity_hash(recipe) -> str:

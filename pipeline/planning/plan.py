@@ -118,10 +118,16 @@ def source_label(source: dict[str, Any]) -> str:
 def changes_identity(path: str) -> bool:
     """Whether a key is part of a run's identity: the rule of pipeline/core/runs.py (identity_data), asked
     about this one key."""
-    top, _, rest = path.split("[")[0].partition(".")
-    if top in ("training", "backend") and rest:  # blocks whose keys are judged one by one
-        return bool(identity_data({top: {rest.split(".")[0]: 1}})[top])
-    return top in identity_data({top: 1})
+    keys = path.split("[")[0].split(".")
+    data: Any = 1
+    for key in reversed(keys):  # the key alone, as a recipe: {"training": {"logging_steps": 1}}
+        data = {key: data}
+    kept = identity_data(data)
+    for key in keys:
+        if not isinstance(kept, dict) or key not in kept:
+            return False
+        kept = kept[key]
+    return True
 
 
 def note_for(path: str) -> str:
