@@ -248,7 +248,7 @@ def test_every_eval_setting_reaches_the_sweep(write_recipe, tmp_path, ckpts):
     spec = {"tasks": {"mode": {"n": 3}}, "modes": ["no_think"], "dtype": "float16",
             "backend": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "concurrency": 3},
             "sampling": {"temperature": 0.3, "max_new_tokens": 7, "seed": 5},
-            "chat": {"template": "model", "today_date": "02 Feb 2024"}}
+            "chat": {"template": "model", "today_date": "02 February 2024"}}
     assert set(spec) == set(EvalSpec.model_fields)  # this test sets every field the spec has
     recipe = merge_recipe(write_recipe, tmp_path, [ckpts["a"]], ckpts["b"], seed=3,
                           sweep={"weights": [0.5], "eval": spec})
