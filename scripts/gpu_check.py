@@ -190,11 +190,15 @@ def check_vllm_parity() -> dict:
 # 1. Packed rows vs each document alone
 # ----------------------------------------------------------------------------------------------
 def small_config():
+    """SmolLM3 with SmolLM2's 49,152-token vocabulary. Its special ids are set: SmolLM3Config's defaults (pad
+    128004, bos 128000, eos 128001) are ids of SmolLM3's own 128k vocabulary, and an embedding refuses a
+    padding index outside its table (this once stopped every run at this part)."""
     from transformers import SmolLM3Config
 
     return SmolLM3Config(vocab_size=49152, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
-                         tie_word_embeddings=True, no_rope_layer_interval=4)
+                         tie_word_embeddings=True, no_rope_layer_interval=4, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
 
 
 def packed_rows(vocab_size: int) -> dict[str, list[dict]]:

@@ -25,6 +25,24 @@ def gpu_check():
     return module
 
 
+def test_the_scripts_own_configs_build_a_model():
+    """The configs the script trains and compares, built as it builds them (these tests used to pass a tiny config
+    of their own, and the script's small_config() left SmolLM3's pad id 128004 outside its 49,152-token vocabulary:
+    every run stopped at the logits part with `Padding_idx must be within num_embeddings`). On the meta device,
+    so the 3B shape costs no memory."""
+    import torch
+    from transformers import SmolLM3ForCausalLM
+
+    g = gpu_check()
+    for config in (g.small_config(), g.smollm3_3b_config()):
+        with torch.device("meta"):
+            model = SmolLM3ForCausalLM._from_config(config, dtype=torch.bfloat16)
+        embedding = model.get_input_embeddings()
+        assert embedding.num_embeddings == config.vocab_size and 0 <= embedding.padding_idx < config.vocab_size
+        for special in (config.pad_token_id, config.bos_token_id, config.eos_token_id):
+            assert 0 <= special < config.vocab_size, special
+
+
 def tiny_config():
     from transformers import SmolLM3Config
 
