@@ -94,14 +94,18 @@ bench: setup
 # GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
 # packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at
 # 8k/32k/64k rows, and our sft/apo stages on that shape, recorded in runs/gpu-check.json as each part finishes.
-# It runs with the machine's own python3 where there is no .venv (a GPU image without internet cannot
-# `make setup`): carry the packages it lacks as wheels made here with `make gpu-wheels` (scripts/gpu_wheels.sh).
-GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+# A GPU image without internet cannot `make setup`: carry the packages it lacks as wheels made here with
+# `make gpu-wheels` (scripts/gpu_wheels.sh, into .whl/, for GPU_PYVER). Where .whl/ holds them, `make gpu-check`
+# runs the machine's own python3 and installs them first (scripts/gpu_check.sh: into .gpu-site/, first on
+# PYTHONPATH); else it runs .venv's python where there is one. GPU_CHECK passes options to scripts/gpu_check.py.
+GPU_PYTHON ?= $(if $(wildcard .whl/*.whl),python3,$(if $(wildcard $(PY)),$(PY),python3))
+GPU_CHECK ?=
 gpu-check:
-	$(GPU_PYTHON) scripts/gpu_check.py
+	bash scripts/gpu_check.sh $(GPU_PYTHON) $(GPU_CHECK)
 
+GPU_PYVER ?= 3.12
 gpu-wheels: setup
-	bash scripts/gpu_wheels.sh $(PY) .whl
+	bash scripts/gpu_wheels.sh $(PY) .whl $(GPU_PYVER)
 
 clean:
 	rm -rf runs
