@@ -9,6 +9,7 @@
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
 #   make gpu-wheels                here: what gpu-check needs on a GPU machine without internet (.whl/)
 #   make gpu-check                 on a GPU machine: attention, MFU and our stages at the real shapes
+#   make gpu-rehearsal             CI: gpu-check on CPU at tiny shapes, in a venv built like the GPU image
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -106,6 +107,15 @@ gpu-check:
 GPU_PYVER ?= 3.12
 gpu-wheels: setup
 	bash scripts/gpu_wheels.sh $(PY) .whl $(GPU_PYVER)
+
+# CI, on CPU: `make gpu-check` as the GPU machine runs it, in a venv built like its image (scripts/gpu_image.txt,
+# rebuilt only when that list changes), with the wheels of `make gpu-wheels`, every part at tiny shapes
+# (scripts/gpu_check.py --rehearsal: runs/gpu-rehearsal.json). Fails unless every part wrote an `ok` record.
+GPU_REHEARSAL_VENV ?= .venv-gpu-rehearsal
+.PHONY: gpu-rehearsal
+gpu-rehearsal: gpu-wheels
+	bash scripts/setup_gpu_rehearsal_venv.sh $(GPU_REHEARSAL_VENV)
+	$(MAKE) --no-print-directory gpu-check GPU_PYTHON=$(GPU_REHEARSAL_VENV)/bin/python GPU_CHECK=--rehearsal
 
 clean:
 	rm -rf runs
