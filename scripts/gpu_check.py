@@ -749,6 +749,7 @@ class Plan:
 
     device: str
     out: str
+    workdir: str  # the stage runs' checkpoint, data and runs
     parts: str
     budget_s: float
     throughput_s: float  # of the budget, for the throughput grid when the stages run too
@@ -764,14 +765,15 @@ class Plan:
     stage_steps: int = 3  # optimizer steps per stage run
 
 
-GPU_RUN = Plan(device="cuda", out="runs/gpu-check.json", parts="vllm,logits,throughput,stages", budget_s=540.0,
+GPU_RUN = Plan(device="cuda", out="runs/gpu-check.json", workdir="runs/gpu-check-work",
+               parts="vllm,logits,throughput,stages", budget_s=540.0,
                throughput_s=240.0, logits_row_tokens=2048, compile_flex=True, lengths=LENGTHS,
                grid_implementations=IMPLEMENTATIONS, steps=3)
 
 # The GPU run on CPU, in minutes: smaller sizes, and only the differences the CPU forces. vLLM parity is left out
 # (the GPU image has no vLLM either; `make test-vllm` checks it on vLLM's CPU build).
 REHEARSAL = Plan(
-    device="cpu", out="runs/gpu-rehearsal.json", parts="logits,throughput,stages",
+    device="cpu", out="runs/gpu-rehearsal.json", workdir="runs/gpu-rehearsal-work", parts="logits,throughput,stages",
     budget_s=900.0, throughput_s=150.0,  # limits, not targets: a rehearsal cut short by a busy machine fails
     logits_row_tokens=512,
     compile_flex=False,  # see check_packed_logits
@@ -849,7 +851,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", default=None,
                         help="packed rows of the throughput grid (default 8192,32768,65536)")
     parser.add_argument("--parts", default=None, help="default vllm,logits,throughput,stages (rehearsal: no vllm)")
-    parser.add_argument("--workdir", default="runs/gpu-check-work")
+    parser.add_argument("--workdir", default=None, help="default runs/gpu-check-work (rehearsal: gpu-rehearsal-work)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer dir for the stage runs (default .whl/tokenizer)")
     args = parser.parse_args(argv)
     plan = REHEARSAL if args.rehearsal else GPU_RUN
@@ -897,8 +899,8 @@ def run_parts(report: Report, budget: Budget, plan: Plan, parts: list[str], args
         free_memory(device)
     if "stages" in parts:
         tokenizer = Path(args.tokenizer).resolve() if args.tokenizer else default_tokenizer()
-        # absolute: the stage processes run from the repository root
-        guarded(report, "stages", run_stages, report, budget, Path(args.workdir).resolve(), tokenizer, plan,
+        workdir = Path(args.workdir or plan.workdir).resolve()  # absolute: the stage processes run from the repository
+        guarded(report, "stages", run_stages, report, budget, workdir, tokenizer, plan,
                 args.stage_steps or plan.stage_steps)
 
 

@@ -132,6 +132,12 @@ def test_stage_runs_change_only_data_steps_saving_and_tracker_of_the_real_recipe
         for key in ("activation_checkpointing", "use_liger_kernel", "bf16", "per_device_train_batch_size",
                     "gradient_accumulation_steps"):
             assert run.training[key] == real.training[key]
+        # the rehearsal on CPU changes two more, and says so; the model keeps the recipe's dtype and `auto`
+        rehearsed = load_recipe(REPO / f"recipes/smollm3/{stage}.yaml", sets + list(g.REHEARSAL.stage_sets))
+        assert {k for k in real.training.keys() | rehearsed.training.keys()
+                if real.training.get(k) != rehearsed.training.get(k)} - changed == {"bf16", "use_liger_kernel"}
+        assert rehearsed.model.dtype == real.model.dtype == "bfloat16"
+        assert rehearsed.model.attn_implementation == "auto"
 
 
 def test_steady_tokens_per_s_leaves_out_the_first_step():
