@@ -9,6 +9,7 @@
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
 #   make gpu-wheels                here: what gpu-check needs on a GPU machine without internet (.whl/)
 #   make gpu-check                 on a GPU machine: attention, MFU and our stages at the real shapes
+#   make gpu-rehearsal             CI: gpu-check on CPU at tiny shapes, in a venv built like the GPU image
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -94,14 +95,27 @@ bench: setup
 # GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
 # packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at
 # 8k/32k/64k rows, and our sft/apo stages on that shape, recorded in runs/gpu-check.json as each part finishes.
-# It runs with the machine's own python3 where there is no .venv (a GPU image without internet cannot
-# `make setup`): carry the packages it lacks as wheels made here with `make gpu-wheels` (scripts/gpu_wheels.sh).
-GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+# A GPU image without internet cannot `make setup`: carry the packages it lacks as wheels made here with
+# `make gpu-wheels` (scripts/gpu_wheels.sh, into .whl/, for GPU_PYVER). Where .whl/ holds them, `make gpu-check`
+# runs the machine's own python3 and installs them first (scripts/gpu_check.sh: into .gpu-site/, first on
+# PYTHONPATH); else it runs .venv's python where there is one. GPU_CHECK passes options to scripts/gpu_check.py.
+GPU_PYTHON ?= $(if $(wildcard .whl/*.whl),python3,$(if $(wildcard $(PY)),$(PY),python3))
+GPU_CHECK ?=
 gpu-check:
-	$(GPU_PYTHON) scripts/gpu_check.py
+	bash scripts/gpu_check.sh $(GPU_PYTHON) $(GPU_CHECK)
 
+GPU_PYVER ?= 3.12
 gpu-wheels: setup
-	bash scripts/gpu_wheels.sh $(PY) .whl
+	bash scripts/gpu_wheels.sh $(PY) .whl $(GPU_PYVER)
+
+# CI, on CPU: `make gpu-check` as the GPU machine runs it, in a venv built like its image (scripts/gpu_image.txt,
+# rebuilt only when that list changes), with the wheels of `make gpu-wheels`, every part at tiny shapes
+# (scripts/gpu_check.py --rehearsal: runs/gpu-rehearsal.json). Fails unless every part wrote an `ok` record.
+GPU_REHEARSAL_VENV ?= .venv-gpu-rehearsal
+.PHONY: gpu-rehearsal
+gpu-rehearsal: gpu-wheels
+	bash scripts/setup_gpu_rehearsal_venv.sh $(GPU_REHEARSAL_VENV)
+	$(MAKE) --no-print-directory gpu-check GPU_PYTHON=$(GPU_REHEARSAL_VENV)/bin/python GPU_CHECK=--rehearsal
 
 clean:
 	rm -rf runs

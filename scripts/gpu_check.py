@@ -1,11 +1,15 @@
-"""GPU checks that CI (CPU only) cannot make, recorded in one JSON as each part finishes (`make gpu-check`).
+"""GPU checks that CI (CPU only) cannot make, recorded in one JSON as each part finishes (`make gpu-check`),
+and their rehearsal on CPU at tiny shapes, which CI runs (`make gpu-rehearsal`).
 
+    make gpu-check          # on the GPU machine: installs the carried wheels (.whl/), then runs every part
     python scripts/gpu_check.py [--out runs/gpu-check.json] [--budget-s 540] [--steps 3]
-                                [--lengths 8192,32768,65536] [--parts vllm,logits,throughput,stages]
+                                [--lengths 8192,32768,65536] [--parts vllm,logits,throughput,stages] [--rehearsal]
 
 Sized for one 10-minute call on one H100 or H200. Every part checks the time left (`--budget-s`) and
 records what it could not fit as "skipped: time budget"; the JSON is rewritten (temp file + rename)
 after every record, and one line is printed per record, so a run killed at its limit still leaves results.
+No part can end the run: an exception in a part, or in one configuration of the throughput grid or one stage
+run, becomes that record's `error` status with the tail of its traceback, and the run goes on.
 The throughput grid gets `--throughput-s` of the budget (shortest rows first), the stage runs the rest,
 in the order sft 8k, sft 64k, apo 24k, sft 8k with torch_compile (each ~2 minutes: a process, a mixture,
 a 6 GB load and save). Estimated before any GPU run: one call does not fit everything; what was skipped
@@ -26,16 +30,35 @@ is for a second call, e.g. `--parts stages` or `--parts throughput --lengths 327
    (generated rows), the steps, saving and the tracker are changed with --set. Tokens/s come from the
    stage's own log (log_history.json), steady state: from the end of step 1 to the last step.
 
+`--rehearsal` (no GPU needed; `make gpu-rehearsal` runs it in a venv built like the GPU image, with the carried
+wheels installed as `make gpu-check` installs them): the same code on CPU at small sizes, into
+runs/gpu-rehearsal.json (never read by `smolalign plan`). It passes (exit 0) only when every part wrote an `ok`
+record, nothing else but the skips the GPU image gives too (flash-attn not installed), every carried wheel is
+the one in use and every import works. What differs from the GPU run (REHEARSAL below), each forced by the CPU
+or by minutes of CPU time:
+  - logits: rows of 512 tokens, not 2048; flex_attention without torch.compile (on CPU the compile is
+    inductor's C++ backend, ~2 minutes, which the GPU's Triton kernels do not share; the masks are the same);
+  - throughput: rows of 128 and 256 tokens, one timed step, on the 3B config at 4 layers, hidden 64 and the
+    carried tokenizer's 49,152-token vocabulary; sdpa only (flex_attention has no backward on CPU), no Liger
+    (Triton GPU kernels; imported, not applied);
+  - stages: sft and apo once each, at 512 tokens, 2 steps, on that model, with `training.bf16=false` (our stages
+    refuse bf16 mixed precision without a GPU; the weights stay bfloat16) and `training.use_liger_kernel=false`;
+    attention `auto` picks sdpa (flex_attention on the GPU). The 64k sft and the torch_compile run are not
+    rehearsed;
+  - no vllm part (the image has no vLLM; `make test-vllm` checks vLLM's CPU build).
+
 The JSON (read by `smolalign plan` to project GPU-hours; keep these keys):
 
-    {"environment": {"date_utc", "gpu", "torch", "cuda", "python", "transformers", "trl", ..., "peak_bf16_tflops"},
+    {"environment": {"date_utc", "gpu", "torch", "cuda", "python", "transformers", "trl", ..., "peak_bf16_tflops",
+                     "carried": {"dir", "distributions", "not_in_use"} | None, "imports": {module: "ok" | error}},
      "vllm_parity": [{"status", ...}],
      "packed_logits": [{"attn_implementation", "rows", "documents", "max_abs_logit_diff_bf16",
                         "control_min_abs_diff_bf16", "status"}, ...],
      "throughput": [{"seq_length": int, "attn_implementation": str, "activation_checkpointing": bool,
                      "liger": bool, "tokens_per_s": float, "mfu": float, "attention_tflops_per_step": float,
-                     "peak_memory_gib": float, "status": "ok" | "oom" | "skipped: ...", ...}, ...],
+                     "peak_memory_gib": float, "status": "ok" | "oom" | "skipped: ..." | "error: ...", ...}, ...],
      "stages": [the same keys but the attention FLOPs, plus "stage" ("sft" | "apo"), "steps", "log"]}
+    An `error: ...` record also has "traceback": the last lines of the exception's traceback.
 
 MFU = 6 x parameters x tokens/s over the GPU's dense bf16 peak (989 TFLOP/s for H100 and H200). For apo,
 tokens are chosen + rejected (non-padding) and the frozen reference's forward (2 x parameters a token) is
@@ -44,16 +67,15 @@ work beside the 6N that MFU does not count.
 forward + backward = 3 x forward), not in the 6N count; `attention_tflops_computed_per_step` is what the
 kernel does (sdpa with a mask: the whole L x L square); `mfu_with_attention` adds the needed attention work.
 
-Refuses (exit 2, one line) on a machine without a GPU; never part of `make test`.
+Without `--rehearsal`, refuses (exit 2, one line) on a machine without a GPU; never part of `make test`.
 
 On a GPU machine without internet, carry what its image lacks as wheels (they are small, ~24 MB with
 the tokenizer the stages need): here, `make gpu-wheels` (scripts/gpu_wheels.sh) downloads trl, datasets
 (+ dill, multiprocess), liger-kernel, pydantic (+ pydantic-core, annotated-types, typing-inspection,
 typing-extensions), transformers and peft at our pins (and regex, whose floor transformers checks) into
-.whl/ for Python 3.12, and copies the embedded tokenizer to .whl/tokenizer; there, from the repository root:
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
-        .whl/*.whl && PYTHONPATH=/tmp/site:$PWD python3 scripts/gpu_check.py
+.whl/ for Python 3.12, and copies the embedded tokenizer to .whl/tokenizer. There, `make gpu-check`
+(scripts/gpu_check.sh) installs them with `pip install --no-index --no-deps --target .gpu-site` and runs this
+script with .gpu-site first on PYTHONPATH, then the repository: nothing else to type.
 
 Missing optional packages are recorded, not fatal: no liger-kernel -> liger false; no flash-attn ->
 "skipped: flash-attn is not installed"; no trl/datasets -> "skipped: not installed: trl, datasets".
@@ -71,6 +93,8 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -86,12 +110,14 @@ IMPLEMENTATIONS = ("flex_attention", "sdpa", "flash_attention_2")
 class Report:
     def __init__(self, path: Path, environment: dict):
         self.path = path
+        self.start = time.monotonic()
         self.data = {"environment": environment, "vllm_parity": [], "packed_logits": [], "throughput": [],
                      "stages": []}
         self.save()
         print("environment", json.dumps(environment), flush=True)
 
     def add(self, section: str, record: dict) -> None:
+        record = {**record, "at_s": round(time.monotonic() - self.start, 1)}  # when it finished: what each part costs
         self.data[section].append(record)
         self.save()
         print(section, json.dumps(record), flush=True)
@@ -113,6 +139,22 @@ class Budget:
         return self.end - time.monotonic()
 
 
+def failure(e: BaseException) -> dict:
+    """An exception as a record: its type and first line as the status, and the end of its traceback (where it
+    was raised), so one failing part or configuration is recorded and the run goes on to the next."""
+    first = (str(e).splitlines() or [""])[0][:300]
+    lines = "".join(traceback.format_exception(e)).rstrip().splitlines()
+    return {"status": f"error: {type(e).__name__}: {first}", "traceback": "\n".join(lines[-12:])}
+
+
+def guarded(report: Report, section: str, part, *args, **kwargs) -> None:
+    """Runs one part; an exception it lets out becomes an error record of its section."""
+    try:
+        part(*args, **kwargs)
+    except Exception as e:
+        report.add(section, failure(e))
+
+
 def version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -124,11 +166,50 @@ def environment(device: str) -> dict:
     import torch
 
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
-    return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "gpu": gpu,
-            "peak_bf16_tflops": peak_tflops(gpu), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": sys.version.split()[0], "flash_attention_2": flash_attn_missing() or "usable",
-            **{dist: version(dist) for dist in ("transformers", "trl", "datasets", "peft", "accelerate",
-                                               "liger-kernel", "flash-attn", "triton", "pydantic")}}
+    record = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "gpu": gpu,
+              "peak_bf16_tflops": peak_tflops(gpu), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "python": sys.version.split()[0],
+              **{dist: version(dist) for dist in ("transformers", "trl", "datasets", "peft", "accelerate",
+                                                 "liger-kernel", "flash-attn", "triton", "pydantic")},
+              "carried": carried_wheels(), "imports": imports()}
+    try:
+        record["flash_attention_2"] = flash_attn_missing() or "usable"
+    except Exception as e:  # the environment record must be written whatever this machine lacks
+        record["flash_attention_2"] = failure(e)["status"]
+    return record
+
+
+# What the parts import beyond torch and transformers: a carried wheel that does not import beside the image's
+# packages shows here, first thing in the JSON (Liger is imported, not applied: on CPU its kernels cannot run).
+IMPORTS = ("trl", "datasets", "peft", "pydantic", "liger_kernel.transformers", "pipeline.cli")
+
+
+def imports() -> dict[str, str]:
+    import importlib
+
+    result = {}
+    for name in IMPORTS:
+        try:
+            importlib.import_module(name)
+            result[name] = "ok"
+        except Exception as e:  # ImportError, or anything a module raises while importing
+            result[name] = failure(e)["status"]
+    return result
+
+
+def carried_wheels() -> dict | None:
+    """What scripts/gpu_check.sh installed from .whl/ (its directory is in SMOLALIGN_GPU_SITE), and which of those
+    distributions this process does not get from there: a carried package not first on the path is the image's
+    older one, e.g. transformers 5.17 without `activation_checkpointing_enable`."""
+    site = os.environ.get("SMOLALIGN_GPU_SITE")
+    if not site:
+        return None
+    carried = {}
+    for info in sorted(Path(site).glob("*.dist-info")):
+        name, _, rest = info.name.removesuffix(".dist-info").partition("-")
+        carried[name] = rest
+    not_in_use = {name: version(name) for name, v in carried.items() if version(name) != v}
+    return {"dir": site, "distributions": carried, "not_in_use": not_in_use}
 
 
 def peak_tflops(gpu: str | None) -> float | None:
@@ -190,16 +271,20 @@ def check_vllm_parity() -> dict:
 # 1. Packed rows vs each document alone
 # ----------------------------------------------------------------------------------------------
 def small_config():
+    """SmolLM3 with SmolLM2's 49,152-token vocabulary. Its special ids are set: SmolLM3Config's defaults (pad
+    128004, bos 128000, eos 128001) are ids of SmolLM3's own 128k vocabulary, and an embedding refuses a
+    padding index outside its table (this once stopped every run at this part)."""
     from transformers import SmolLM3Config
 
     return SmolLM3Config(vocab_size=49152, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192,
-                         tie_word_embeddings=True, no_rope_layer_interval=4)
+                         tie_word_embeddings=True, no_rope_layer_interval=4, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
 
 
-def packed_rows(vocab_size: int) -> dict[str, list[dict]]:
+def packed_rows(vocab_size: int, row_tokens: int = 2048) -> dict[str, list[dict]]:
     """One BFD row of five documents and two wrapped rows (a document continues from the first into the
-    second), all 2048 tokens: the collator's and packer's real output."""
+    second), all `row_tokens` long (a divisor of 2048): the collator's and packer's real output."""
     from datasets import Dataset
 
     from pipeline.data.packing import pack
@@ -207,16 +292,22 @@ def packed_rows(vocab_size: int) -> dict[str, list[dict]]:
     rng = random.Random(0)
 
     def docs(lengths):
+        lengths = [n * row_tokens // 2048 for n in lengths]
         return Dataset.from_list([{"input_ids": [rng.randrange(5, vocab_size) for _ in range(n)], "labels": [1] * n}
                                   for n in lengths])
 
-    bfd = pack(docs([300, 700, 128, 520, 400]), 2048, "bfd")
-    wrapped = pack(docs([1500, 1800, 600, 196]), 2048, "wrapped")
+    bfd = pack(docs([300, 700, 128, 520, 400]), row_tokens, "bfd")
+    wrapped = pack(docs([1500, 1800, 600, 196]), row_tokens, "wrapped")
     return {"bfd": [bfd[0]], "wrapped": [wrapped[0], wrapped[1]]}
 
 
 def check_packed_logits(report: Report, budget: Budget, device: str = "cuda", dtype: str = "bfloat16",
-                        implementations=IMPLEMENTATIONS, tolerance: float = 0.05, config=None) -> None:
+                        implementations=IMPLEMENTATIONS, tolerance: float = 0.05, config=None,
+                        row_tokens: int = 2048, compile_flex: bool = True) -> None:
+    """`compile_flex=False` runs flex_attention without torch.compile (the rehearsal: on CPU the compile is
+    inductor's C++ backend, minutes here and nothing the GPU's Triton kernels share; the masks are the same)."""
+    import contextlib
+
     import torch
     from transformers import SmolLM3ForCausalLM
 
@@ -227,7 +318,7 @@ def check_packed_logits(report: Report, budget: Budget, device: str = "cuda", dt
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     config = config or small_config()
-    rows = packed_rows(config.vocab_size)
+    rows = packed_rows(config.vocab_size, row_tokens)
     collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
     torch.manual_seed(0)
     with torch.device(device):
@@ -239,12 +330,15 @@ def check_packed_logits(report: Report, budget: Budget, device: str = "cuda", dt
             report.add("packed_logits", {"attn_implementation": impl,
                                          "status": f"skipped: {why_not or 'time budget'}"})
             continue
+        compiled = compile_flex or impl != "flex_attention"
         for kind, kind_rows in rows.items():
             try:
-                record = compare_packed(model, impl, kind_rows, collate, device, tolerance)
+                with contextlib.nullcontext() if compiled else torch.compiler.set_stance("force_eager"):
+                    record = compare_packed(model, impl, kind_rows, collate, device, tolerance)
             except Exception as e:  # one implementation failing must not hide the others
-                record = {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-            report.add("packed_logits", {"attn_implementation": impl, "rows": kind, **record})
+                record = failure(e)
+            report.add("packed_logits", {"attn_implementation": impl, "rows": kind,
+                                         **({} if compiled else {"compiled": False}), **record})
     del model
     free_memory(device)
 
@@ -281,12 +375,18 @@ def compare_packed(model, impl: str, rows: list[dict], collate, device: str, tol
 # ----------------------------------------------------------------------------------------------
 # 2. Training throughput of the 3B shape
 # ----------------------------------------------------------------------------------------------
-def smollm3_3b_config():
+SMOLLM3_3B_SIZES = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                    "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 128256}
+
+
+def smollm3_3b_config(**sizes):
+    """SmolLM3-3B's shape. `sizes` overrides SMOLLM3_3B_SIZES (the rehearsal's tiny model) and keeps the rest:
+    tied embeddings, NoPE in every 4th layer, the 64k positions, and the special ids of the tokenizer the stage
+    runs use (SmolLM2's, carried in .whl/tokenizer; SmolLM3Config's own defaults lie outside its vocabulary)."""
     from transformers import SmolLM3Config
 
-    return SmolLM3Config(vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=65536,
-                         tie_word_embeddings=True, no_rope_layer_interval=4, pad_token_id=2)
+    return SmolLM3Config(max_position_embeddings=65536, tie_word_embeddings=True, no_rope_layer_interval=4,
+                         pad_token_id=2, bos_token_id=1, eos_token_id=2, **(SMOLLM3_3B_SIZES | sizes))
 
 
 def document_lengths(seq_length: int, seed: int = 0) -> list[int]:
@@ -339,29 +439,41 @@ def measure_throughput(report: Report, budget: Budget, lengths=LENGTHS, steps: i
     model.train()
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.startswith("cuda"))
-    peak = report.data["environment"]["peak_bf16_tflops"]
+    peak = report.data["environment"].get("peak_bf16_tflops")
     failed: dict[tuple[str, bool], int] = {}  # (implementation, checkpointing) -> length that ran out of memory
     for seq_length in lengths:
-        docs = document_lengths(seq_length)
         for impl in implementations:
             for checkpointing in (False, True):
-                base = {"seq_length": seq_length, "attn_implementation": impl,
-                        "activation_checkpointing": checkpointing, "liger": liger, "parameters": params,
-                        "documents": len(docs), "tokens_per_s": None, "mfu": None, "peak_memory_gib": None,
-                        "attention_tflops_per_step": significant(attention_tflops(config, docs)),
-                        "attention_tflops_computed_per_step": significant(
-                            attention_tflops(config, docs, square=impl in ("sdpa", "eager")))}
-                status = skip_reason(impl, checkpointing, seq_length, failed, budget, reserve_s,
-                                     estimate_step_s(params, base, peak, checkpointing) * (steps + 2))
-                if status:
-                    report.add("throughput", {**base, "status": status})
-                    continue
-                record = time_steps(model, optimizer, impl, checkpointing, docs, config, steps, device)
+                key = {"seq_length": seq_length, "attn_implementation": impl,
+                       "activation_checkpointing": checkpointing}
+                try:
+                    record = measure_configuration(model, optimizer, config, key, liger, params, peak, steps, device,
+                                                   failed, budget, reserve_s)
+                except Exception as e:  # one configuration failing must not stop the grid
+                    record = {**key, **failure(e)}
                 if record["status"] == "oom":
                     failed[(impl, checkpointing)] = seq_length
-                report.add("throughput", {**base, **record, **rates(record, params, base, peak)})
+                report.add("throughput", record)
     del model, optimizer
     free_memory(device)
+
+
+def measure_configuration(model, optimizer, config, key: dict, liger: bool, params: int, peak: float | None,
+                          steps: int, device: str, failed: dict, budget: Budget, reserve_s: float) -> dict:
+    """One record of the grid: the row's documents and attention FLOPs, then its timed steps, or why skipped."""
+    seq_length, impl, checkpointing = key["seq_length"], key["attn_implementation"], key["activation_checkpointing"]
+    docs = document_lengths(seq_length)
+    base = {**key, "liger": liger, "parameters": params, "documents": len(docs), "tokens_per_s": None,
+            "mfu": None, "peak_memory_gib": None,
+            "attention_tflops_per_step": significant(attention_tflops(config, docs)),
+            "attention_tflops_computed_per_step": significant(
+                attention_tflops(config, docs, square=impl in ("sdpa", "eager")))}
+    status = skip_reason(impl, checkpointing, seq_length, failed, budget, reserve_s,
+                         estimate_step_s(params, base, peak, checkpointing) * (steps + 2))
+    if status:
+        return {**base, "status": status}
+    record = time_steps(model, optimizer, impl, checkpointing, docs, config, steps, device)
+    return {**base, **record, **rates(record, params, base, peak)}
 
 
 def skip_reason(impl, checkpointing, seq_length, failed, budget, reserve_s, needed_s) -> str | None:
@@ -396,7 +508,7 @@ def time_steps(model, optimizer, impl, checkpointing, docs, config, steps, devic
     seq_length = sum(docs)
     ids = torch.randint(0, config.vocab_size, (1, seq_length), device=device)
     position_ids = torch.cat([torch.arange(n, device=device) for n in docs]).unsqueeze(0)
-    times, failure = [], None
+    times, failed = [], None
     try:
         for step in range(steps + 1):
             if cuda:
@@ -413,15 +525,15 @@ def time_steps(model, optimizer, impl, checkpointing, docs, config, steps, devic
                 times.append(time.perf_counter() - t0)
     # recorded here, freed below: outside the except block the traceback's frames (activations) are released
     except torch.OutOfMemoryError:
-        failure = "oom"
+        failed = {"status": "oom"}
     except Exception as e:  # a kernel or compiler failure of one configuration must not stop the others
-        failure = f"error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+        failed = failure(e)
     optimizer.zero_grad(set_to_none=True)
     del ids, position_ids
     peak = memory(cuda)
     free_memory(device)
-    if failure:
-        return {"status": failure, **peak}
+    if failed:
+        return {**failed, **peak}
     return {"status": "ok", "timed_steps": len(times), "step_s": [round(t, 3) for t in times],
             "attn_implementation_used": model.config._attn_implementation, **peak}
 
@@ -506,19 +618,19 @@ def write_stage_data(stage: str, path: Path, words: list[str], seq_length: int, 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def random_checkpoint(path: Path, tokenizer_dir: Path) -> int:
-    """A random SmolLM3-3B-shape checkpoint with the carried tokenizer: what the stages load. Returns its
-    parameter count."""
+def random_checkpoint(path: Path, tokenizer_dir: Path, config, device: str = "cuda") -> int:
+    """A random checkpoint of `config` (the SmolLM3-3B shape) with the carried tokenizer: what the stages load.
+    Returns its parameter count."""
     import torch
     from transformers import SmolLM3ForCausalLM
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = SmolLM3ForCausalLM._from_config(smollm3_3b_config(), dtype=torch.bfloat16)
+    with torch.device(device):
+        model = SmolLM3ForCausalLM._from_config(config, dtype=torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(str(path))
     del model
-    free_memory("cuda")
+    free_memory(device)
     for f in tokenizer_dir.iterdir():
         if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
             shutil.copy(f, path / f.name)
@@ -537,35 +649,47 @@ def steady_tokens_per_s(history: list[dict]) -> tuple[float | None, int]:
     return (tokens1 - tokens0) / (t1 - t0), len(points) - 1
 
 
-def run_stages(report: Report, budget: Budget, workdir: Path, tokenizer_dir: Path | None, steps: int = 3) -> None:
+def run_stages(report: Report, budget: Budget, workdir: Path, tokenizer_dir: Path | None, plan: Plan,
+               steps: int = 3) -> None:
+    """`plan.stage_runs` one after the other on one random checkpoint of `plan.sizes` (the 3B shape on a GPU)."""
     skipped = missing_packages("trl", "datasets", "pydantic")
     if skipped or tokenizer_dir is None:
         report.add("stages", {"status": skipped or "skipped: no tokenizer (.whl/tokenizer or embedded:tiny-smollm3)"})
         return
-    if budget.left() < 150:
+    if budget.left() < plan.stage_s + 30:
         report.add("stages", {"status": "skipped: time budget"})
         return
     from transformers import AutoTokenizer
 
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = workdir / "smollm3-3b-random"
-    params = random_checkpoint(model_dir, tokenizer_dir)
+    params = random_checkpoint(model_dir, tokenizer_dir, smollm3_3b_config(**plan.sizes), plan.device)
     words = vocabulary_words(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
-    peak = report.data["environment"]["peak_bf16_tflops"]
-    for stage, seq_length, extra in STAGE_RUNS:
-        name = f"{stage}-{seq_length}" + ("-compile" if extra else "")
-        if budget.left() < 120:
-            report.add("stages", {"stage": stage, "seq_length": seq_length, "set": list(extra),
-                                  "status": "skipped: time budget"})
+    peak = report.data["environment"].get("peak_bf16_tflops")
+    for stage, seq_length, extra in plan.stage_runs:
+        key = {"stage": stage, "seq_length": seq_length, "set": list(extra)}
+        if budget.left() < plan.stage_s:
+            report.add("stages", {**key, "status": "skipped: time budget"})
             continue
-        data = workdir / f"{name}.jsonl"
-        write_stage_data(stage, data, words, seq_length, steps)
-        if missing_packages("liger_kernel"):  # the recipe's Liger would be refused: measure without it
-            extra = (*extra, "training.use_liger_kernel=false")
-        sets = stage_overrides(stage, seq_length, str(model_dir), str(data), str(workdir / name), steps, extra)
-        record = {"stage": stage, "seq_length": seq_length, "set": sets}
-        report.add("stages", {**record, **run_stage(stage, name, sets, workdir, budget, params, peak)})
+        try:
+            record = one_stage_run(stage, seq_length, (*plan.stage_sets, *extra), workdir, model_dir, words, steps,
+                                   budget, params, peak)
+        except Exception as e:  # one stage run failing must not stop the others
+            record = {**key, **failure(e)}
+        report.add("stages", record)
     shutil.rmtree(model_dir, ignore_errors=True)  # 6 GB
+
+
+def one_stage_run(stage: str, seq_length: int, extra: tuple, workdir: Path, model_dir: Path, words: list[str],
+                  steps: int, budget: Budget, params: int, peak: float | None) -> dict:
+    name = f"{stage}-{seq_length}" + ("-compile" if "training.torch_compile=true" in extra else "")
+    data = workdir / f"{name}.jsonl"
+    write_stage_data(stage, data, words, seq_length, steps)
+    if missing_packages("liger_kernel"):  # the recipe's Liger would be refused: measure without it
+        extra = (*extra, "training.use_liger_kernel=false")
+    sets = stage_overrides(stage, seq_length, str(model_dir), str(data), str(workdir / name), steps, extra)
+    record = {"stage": stage, "seq_length": seq_length, "set": sets}
+    return {**record, **run_stage(stage, name, sets, workdir, budget, params, peak)}
 
 
 def run_stage(stage, name, sets, workdir: Path, budget: Budget, params: int, peak: float | None) -> dict:
@@ -619,53 +743,167 @@ def default_tokenizer() -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# What a run checks: the GPU run, or its rehearsal on CPU
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """What one run checks and at which sizes. Both plans run the same code of every part."""
+
+    device: str
+    out: str
+    workdir: str  # the stage runs' checkpoint, data and runs
+    parts: str
+    budget_s: float
+    throughput_s: float  # of the budget, for the throughput grid when the stages run too
+    logits_row_tokens: int  # packed rows of the logits check
+    compile_flex: bool  # flex_attention through torch.compile, as transformers runs it in training
+    lengths: tuple[int, ...]  # packed rows of the throughput grid
+    grid_implementations: tuple[str, ...]
+    steps: int  # timed steps per configuration of the grid
+    sizes: dict = field(default_factory=dict)  # overrides of the 3B shape, for the grid and the stage runs
+    stage_runs: tuple = STAGE_RUNS
+    stage_sets: tuple[str, ...] = ()  # --set every stage run adds, beyond data, steps, saving and tracker
+    stage_s: float = 120.0  # no stage run starts with less time left
+    stage_steps: int = 3  # optimizer steps per stage run
+
+
+GPU_RUN = Plan(device="cuda", out="runs/gpu-check.json", workdir="runs/gpu-check-work",
+               parts="vllm,logits,throughput,stages", budget_s=540.0,
+               throughput_s=240.0, logits_row_tokens=2048, compile_flex=True, lengths=LENGTHS,
+               grid_implementations=IMPLEMENTATIONS, steps=3)
+
+# The GPU run on CPU, in minutes: smaller sizes, and only the differences the CPU forces. vLLM parity is left out
+# (the GPU image has no vLLM either; `make test-vllm` checks it on vLLM's CPU build).
+REHEARSAL = Plan(
+    device="cpu", out="runs/gpu-rehearsal.json", workdir="runs/gpu-rehearsal-work", parts="logits,throughput,stages",
+    budget_s=900.0, throughput_s=150.0,  # limits, not targets: a rehearsal cut short by a busy machine fails
+    logits_row_tokens=512,
+    compile_flex=False,  # see check_packed_logits
+    lengths=(128, 256),
+    grid_implementations=("sdpa", "flash_attention_2"),  # flex_attention has no backward on CPU
+    steps=1,
+    # 4 layers (one NoPE), GQA 4:1 as the 3B's, and the carried tokenizer's vocabulary: on CPU the vocabulary-wide
+    # passes over the logits (loss, entropy, DPO's log-probs) cost most of a step, 2.6x less than at 128k
+    sizes={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+           "num_key_value_heads": 1, "vocab_size": 49152},
+    stage_runs=(("sft", 512, ()), ("apo", 512, ())),
+    stage_steps=2,  # steady tokens/s needs two logged steps
+    # our stages refuse bf16 mixed precision without a GPU (the weights stay bfloat16, the recipe's model.dtype);
+    # Liger's kernels are Triton GPU kernels (the rehearsal imports Liger: environment.imports)
+    stage_sets=("training.bf16=false", "training.use_liger_kernel=false"),
+    stage_s=20.0)
+
+SECTIONS = {"vllm": "vllm_parity", "logits": "packed_logits", "throughput": "throughput", "stages": "stages"}
+# Statuses the GPU image gives as well: not a failure of the rehearsal
+SKIPPED_ON_THE_GPU_TOO = ("skipped: flash-attn is not installed",)
+
+
+def rehearsal_problems(data: dict, parts) -> list[str]:
+    """Why a rehearsal failed; empty when it passed: every carried wheel is the one in use and imports, and every
+    part wrote an `ok` record and nothing but `ok` records and the skips the GPU image gives too."""
+    env = data["environment"]
+    problems = [f"environment: {env['status']}"] if "status" in env else []
+    carried = env.get("carried")
+    if not carried:
+        problems.append("environment: no carried wheels: run it as `make gpu-check` runs it (scripts/gpu_check.sh)")
+    elif carried["not_in_use"]:
+        problems.append(f"environment: carried wheels not first on the path: {carried['not_in_use']}")
+    problems += [f"environment: import {module}: {status}" for module, status in env.get("imports", {}).items()
+                 if status != "ok"]
+    for part in parts:
+        section = SECTIONS[part]
+        records = data[section]
+        if not any(r.get("status") == "ok" for r in records):
+            problems.append(f"{section}: no ok record")
+        problems += [f"{section}: {what(r)}{r.get('status')}" for r in records
+                     if r.get("status") != "ok" and r.get("status") not in SKIPPED_ON_THE_GPU_TOO]
+    return problems
+
+
+def what(record: dict) -> str:
+    """The configuration a record is of, e.g. 'sdpa 256 tokens checkpointing: '."""
+    words = [str(record[k]) for k in ("stage", "attn_implementation", "rows") if k in record]
+    if "seq_length" in record:
+        words.append(f"{record['seq_length']} tokens")
+    if record.get("activation_checkpointing"):
+        words.append("checkpointing")
+    return " ".join(words) + ": " if words else ""
+
+
+def safe_environment(device: str) -> dict:
+    try:
+        return environment(device)
+    except Exception as e:  # the parts still run
+        return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "peak_bf16_tflops": None, **failure(e)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/gpu-check.json")
-    parser.add_argument("--budget-s", type=float, default=540.0, help="seconds for the whole run (one 10-minute call)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput configuration")
-    parser.add_argument("--throughput-s", type=float, default=240.0,
-                        help="seconds of the budget for the throughput grid when the stages run too")
-    parser.add_argument("--stage-steps", type=int, default=3, help="optimizer steps per stage run")
-    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
-    parser.add_argument("--parts", default="vllm,logits,throughput,stages")
-    parser.add_argument("--workdir", default="runs/gpu-check-work")
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="the same parts on CPU at tiny shapes (make gpu-rehearsal); exit 0 only if all are ok")
+    parser.add_argument("--out", default=None, help="default runs/gpu-check.json (rehearsal: runs/gpu-rehearsal.json)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="seconds for the whole run (default 540: one 10-minute call; rehearsal 420)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per throughput configuration (default 3; rehearsal 1)")
+    parser.add_argument("--throughput-s", type=float, default=None,
+                        help="seconds of the budget for the throughput grid when the stages run too (default 240)")
+    parser.add_argument("--stage-steps", type=int, default=None, help="optimizer steps per stage run (default 3; "
+                                                                          "rehearsal 2)")
+    parser.add_argument("--lengths", default=None,
+                        help="packed rows of the throughput grid (default 8192,32768,65536)")
+    parser.add_argument("--parts", default=None, help="default vllm,logits,throughput,stages (rehearsal: no vllm)")
+    parser.add_argument("--workdir", default=None, help="default runs/gpu-check-work (rehearsal: gpu-rehearsal-work)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer dir for the stage runs (default .whl/tokenizer)")
     args = parser.parse_args(argv)
-    budget = Budget(args.budget_s)
+    plan = REHEARSAL if args.rehearsal else GPU_RUN
+    budget = Budget(args.budget_s or plan.budget_s)
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu-check: no GPU is visible on this machine; run it on a GPU node (it is never part of make test)",
-              file=sys.stderr)
+    if plan.device == "cuda" and not torch.cuda.is_available():
+        print("gpu-check: no GPU is visible on this machine; run it on a GPU node (it is never part of make test), "
+              "or rehearse it on CPU: make gpu-rehearsal", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
-    parts = set(args.parts.split(","))
-    report = Report(Path(args.out), environment("cuda"))
-    if "vllm" in parts:
-        try:
-            report.add("vllm_parity", check_vllm_parity())
-        except Exception as e:
-            report.add("vllm_parity", {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
-        free_memory("cuda")
-    if "logits" in parts:
-        check_packed_logits(report, budget)
-    if "throughput" in parts:
-        reserve = max(0.0, budget.left() - args.throughput_s) if "stages" in parts else 0.0
-        try:
-            measure_throughput(report, budget, [int(n) for n in args.lengths.split(",")], args.steps,
-                               reserve_s=reserve)
-        except Exception as e:  # the stages still run
-            report.add("throughput", {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
-            free_memory("cuda")
-    if "stages" in parts:
-        tokenizer = Path(args.tokenizer).resolve() if args.tokenizer else default_tokenizer()
-        # absolute: the stage processes run from the repository root
-        run_stages(report, budget, Path(args.workdir).resolve(), tokenizer, args.stage_steps)
-    print(f"-> {args.out}")
-    bad = [r for section in ("vllm_parity", "packed_logits", "throughput", "stages") for r in report.data[section]
+    parts = [p for p in (args.parts if args.parts is not None else plan.parts).split(",") if p]
+    out = Path(args.out or plan.out)
+    report = Report(out, safe_environment(plan.device))
+    run_parts(report, budget, plan, parts, args)
+    print(f"-> {out}")
+    if args.rehearsal:
+        problems = rehearsal_problems(report.data, parts)
+        for problem in problems:
+            print(f"rehearsal: {problem}", file=sys.stderr)
+        print(f"rehearsal: {'FAILED' if problems else 'passed'}: {', '.join(parts) or 'environment only'} ({out})")
+        return 1 if problems else 0
+    bad = [r for section in SECTIONS.values() for r in report.data[section]
            if r["status"].startswith(("error", "mismatch"))]
     return 1 if bad else 0
+
+
+def run_parts(report: Report, budget: Budget, plan: Plan, parts: list[str], args) -> None:
+    """Every part asked for, in order; none can end the run (`guarded`)."""
+    device = plan.device
+    if "vllm" in parts:
+        guarded(report, "vllm_parity", lambda: report.add("vllm_parity", check_vllm_parity()))
+        free_memory(device)
+    if "logits" in parts:
+        guarded(report, "packed_logits", check_packed_logits, report, budget, device,
+                row_tokens=plan.logits_row_tokens, compile_flex=plan.compile_flex)
+        free_memory(device)
+    if "throughput" in parts:
+        lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else plan.lengths
+        throughput_s = args.throughput_s or plan.throughput_s
+        reserve = max(0.0, budget.left() - throughput_s) if "stages" in parts else 0.0
+        guarded(report, "throughput", measure_throughput, report, budget, lengths, args.steps or plan.steps,
+                device=device, config=smollm3_3b_config(**plan.sizes), implementations=plan.grid_implementations,
+                reserve_s=reserve)
+        free_memory(device)
+    if "stages" in parts:
+        tokenizer = Path(args.tokenizer).resolve() if args.tokenizer else default_tokenizer()
+        workdir = Path(args.workdir or plan.workdir).resolve()  # absolute: the stage processes run from the repository
+        guarded(report, "stages", run_stages, report, budget, workdir, tokenizer, plan,
+                args.stage_steps or plan.stage_steps)
 
 
 if __name__ == "__main__":
