@@ -413,7 +413,7 @@ def test_sigterm_and_ctrl_c_stop_every_other_stage_in_one_line_leaving_nothing_h
 
 
 # ---- prepare on a full or read-only disk ---------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("disk", ["full", "read-only"])
 def test_prepare_on_a_full_or_read_only_disk_is_one_line_leaves_nothing_and_the_rerun_is_exact(
         tmp_path, tiny_model, monkeypatch, capfd, disk):
