@@ -1,7 +1,7 @@
 """Checks that checkpoints can be merged, before MergeKit reads a single weight.
 
-Reads only config.json, the safetensors headers and tokenizer.json, so checking a soup of 3B
-checkpoints takes milliseconds. Each problem names the checkpoint and what differs.
+Reads only config.json, the safetensors headers (whole files: pipeline/core/weights.py) and tokenizer.json,
+so checking a soup of 3B checkpoints takes milliseconds. Each problem names the checkpoint and what differs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.core.runs import is_complete_checkpoint
+from pipeline.core.weights import weights_problem
 
 # Files only a transformers Trainer checkpoint holds: such a directory must be a complete checkpoint.
 TRAINER_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
@@ -46,16 +47,16 @@ def inspect(path: str | Path) -> Checkpoint:
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise MergeCheckError(f"{path}: no .safetensors weights (MergeKit needs safetensors)")
+    damaged = weights_problem(path)
+    if damaged:
+        raise MergeCheckError(f"{damaged}; was it cut short while being written? Rerun the stage that wrote it")
     tensors, dtypes = {}, set()
     for f in files:
-        try:
-            with safe_open(str(f), "pt") as st:
-                for name in st.keys():
-                    tensor = st.get_slice(name)
-                    tensors[name] = tuple(tensor.get_shape())
-                    dtypes.add(str(tensor.get_dtype()))
-        except Exception as e:  # safetensors' own error type; a truncated file says "not fully covered"
-            raise MergeCheckError(f"{f}: unreadable weights ({e}); was it cut short while being written?") from None
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():
+                tensor = st.get_slice(name)
+                tensors[name] = tuple(tensor.get_shape())
+                dtypes.add(str(tensor.get_dtype()))
     vocab = _vocab(path)
     return Checkpoint(
         path=str(path), architectures=tuple(config.get("architectures") or ()),

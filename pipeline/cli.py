@@ -10,7 +10,9 @@
 
 Stages: midtrain, synth-traces, synth-pairs, sft, apo, merge, eval. Exit codes: 0 ok; 2 an error the
 user can fix (a bad recipe or input, a busy or foreign run directory: one line on stderr, and a
-recipe error is found before anything loads); 1 a bug or a failure while running (traceback).
+recipe error is found before anything loads); 75 stopped by SIGTERM or SIGUSR1 (a training stage saved
+the step it was on; the same command resumes: pipeline/core/preemption.py); 130 stopped by Ctrl-C; 1 a bug
+or a failure while running (traceback).
 
 This module is the top of the house: it dispatches to the stage modules through the registry
 (pipeline/core/stages.py), so the foundation never imports a stage. Each stage module has
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.core.inputs import check_inputs
+from pipeline.core.preemption import INTERRUPTED_EXIT, PREEMPTED_EXIT, Preempted, handling_stop_signals, stopped_by
 from pipeline.core.recipe import RecipeError, load_recipe, raise_problems
 from pipeline.core.redaction import redact, redact_text
 from pipeline.core.stages import STAGES, stage_module
@@ -81,36 +84,68 @@ def main(argv: list[str] | None = None) -> int:
     sys.excepthook = _redacted_traceback
 
     try:
-        if args.command == "validate":
-            return validate(args.files, args.inputs)
-        if args.command == "prepare":
-            return prepare(args.recipe, args.overrides, args.shard)
-        if args.command == "plan":
-            return plan(args)
-        if args.command == "prepare-model":
-            return prepare_models(args.names)
-        if args.command == "demo":
-            return demo()
-        if args.command == "synth":
-            for path in args.recipe:
-                stage = load(path, args.overrides).stage
-                if stage not in SHARDED:
-                    raise RecipeError(path, [("stage", f"`smolalign synth` runs {' or '.join(SHARDED)} "
-                                                       f"recipes; this one is `{stage}`")])
-                run_stage(stage, path, args.overrides, args.overwrite, args.shard)
-            return 0
-        return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
-    except UserError as e:  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
+        with handling_stop_signals():
+            return dispatch(args)
+    except BaseException as e:
+        code = _said_in_one_line(e)
+        if code is None:  # a bug: the traceback is the message
+            raise
+        return code
+
+
+def _end_progress_bars() -> None:
+    """A stage stopped in the middle of a progress bar: end the bar's line, so that the message starts one."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", [])):
+        bar.close()
+
+
+def dispatch(args) -> int:
+    if args.command == "validate":
+        return validate(args.files, args.inputs)
+    if args.command == "prepare":
+        return prepare(args.recipe, args.overrides, args.shard)
+    if args.command == "plan":
+        return plan(args)
+    if args.command == "prepare-model":
+        return prepare_models(args.names)
+    if args.command == "demo":
+        return demo()
+    if args.command == "synth":
+        for path in args.recipe:
+            stage = load(path, args.overrides).stage
+            if stage not in SHARDED:
+                raise RecipeError(path, [("stage", f"`smolalign synth` runs {' or '.join(SHARDED)} "
+                                                   f"recipes; this one is `{stage}`")])
+            run_stage(stage, path, args.overrides, args.overwrite, args.shard)
+        return 0
+    return run_stage(args.command, args.recipe, args.overrides, args.overwrite, getattr(args, "shard", None))
+
+
+def _said_in_one_line(e: BaseException) -> int | None:
+    """Say on stderr, in one line, what stopped the command and return its exit code; None for a bug."""
+    _end_progress_bars()
+    stop = stopped_by(e)
+    if isinstance(stop, Preempted):
+        saved = f"; saved {stop.saved}" if stop.saved else ""
+        print(f"preempted: stopped by {stop.signal_name}{saved}; the same command resumes (exit {PREEMPTED_EXIT})",
+              file=sys.stderr)
+        return PREEMPTED_EXIT
+    if stop is not None:
+        print("interrupted (Ctrl-C): an unfinished run stays where it was; the same command resumes it (send SIGTERM "
+              "instead to have a training stage save the step it is on first)", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    if isinstance(e, UserError):  # bad input, a bad recipe, a busy or foreign run dir: one line, exit 2
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full, read-only or forbidden place outside a run (its lock, the cache): the same
+    if isinstance(e, OSError):  # a full, read-only or forbidden place outside a run (its lock, the cache): the same
         from pipeline.core.runs import disk_problem
 
         problem = disk_problem(e, [])
-        if problem is None:
-            raise
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    return None
 
 
 def _redacted_traceback(kind, error, tb) -> None:
@@ -191,7 +226,16 @@ def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
                                                   f"recipe is `{recipe.stage}`, which has nothing to build ahead "
                                                   "of its run")])
     check_inputs(recipe)
-    build(recipe, parse_shard(shard) if shard else None)
+    try:
+        build(recipe, parse_shard(shard) if shard else None)
+    except Exception as e:  # datasets wraps a full disk in its own error: the disk's doing is said in one line
+        from pipeline.core.models import cache_dir
+        from pipeline.core.runs import disk_problem
+
+        problem = disk_problem(e, [cache_dir() / "mixtures", cache_dir(), recipe.output_path().parent])
+        if problem is None:
+            raise
+        raise UserError(problem) from e
     return 0
 
 

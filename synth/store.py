@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.preemption import check, deferred
+
 
 def work_key(messages: list[dict], model: str, sampling: dict[str, Any], template_kwargs: dict[str, Any]) -> str:
     blob = json.dumps({"messages": messages, "model": model, "sampling": sampling, "template": template_kwargs},
@@ -51,12 +53,14 @@ class ShardStore:
         rows = [r for r in rows if r["key"] not in self.rows]
         if not rows:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.rows.update((r["key"], r) for r in rows)
+        with deferred():  # a stop signal (SIGTERM) waits until the batch is whole on disk
+            with open(self.path, "a", encoding="utf-8") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.rows.update((r["key"], r) for r in rows)
+        check()  # and then stops the stage here, with every finished batch kept
 
 
 def read_shard(path: Path) -> tuple[dict[str, dict], int, int]:

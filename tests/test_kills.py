@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from pipeline.core.recipe import load_recipe
 from pipeline.training import sft
@@ -124,7 +124,7 @@ def test_only_the_main_rank_sets_a_checkpoint_aside_the_others_skip_it(tmp_path,
     for step, whole in ((2, True), (4, False)):
         ckpt = run / f"checkpoint-{step}"
         ckpt.mkdir(parents=True)
-        (ckpt / "model.safetensors").write_bytes(b"weights")
+        save_file({"w": torch.zeros(2)}, ckpt / "model.safetensors")
         if whole:
             (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     monkeypatch.setenv("RANK", "3")

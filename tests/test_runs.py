@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 from conftest import sft_recipe
+from safetensors.torch import save_file
 
 from pipeline.core.recipe import load_recipe, recipe_hash
 from pipeline.core.runs import content_hash, fingerprint, new_manifest, read_manifest, stage_run, write_json_atomic
@@ -84,11 +86,11 @@ def test_finished_run_is_not_overwritten_by_accident(recipe):
 
 def test_fingerprint_of_an_earlier_run_carries_its_recipe_hash(recipe, tmp_path):
     with stage_run(recipe) as run:
-        (run.path / "model.safetensors").write_bytes(b"abc")
+        save_file({"w": torch.zeros(2)}, run.path / "model.safetensors")
     fp = fingerprint(str(recipe.output_path()))
     assert fp["kind"] == "run" and fp["recipe_sha256"] == recipe_hash(recipe) and fp["status"] == "complete"
     before = fp["content_sha256"]
-    (recipe.output_path() / "model.safetensors").write_bytes(b"abd")
+    save_file({"w": torch.ones(2)}, recipe.output_path() / "model.safetensors")
     assert content_hash(recipe.output_path()) != before
     assert fingerprint("HuggingFaceTB/SmolLM3-3B") == {"kind": "hub", "ref": "HuggingFaceTB/SmolLM3-3B"}
 

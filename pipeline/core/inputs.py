@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.core.recipe import RecipeError
+from pipeline.core.weights import weights_problem
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_HINT = re.compile(r"^(\.|/|~|runs/)|\.(jsonl|json|parquet|jinja|safetensors)$")
@@ -34,8 +35,13 @@ def recipe_inputs(recipe) -> list[tuple[str, str]]:
     return recipe.inputs()
 
 
+class DamagedInput(UserError):
+    """An input model or checkpoint whose weights are cut short."""
+
+
 def check_inputs(recipe) -> None:
-    """Every local input exists; embedded names are known. Raises RecipeError listing the missing."""
+    """Every local input exists; embedded names are known (else RecipeError listing the missing); and a
+    local model or checkpoint directory has whole weights (else DamagedInput, naming the file)."""
     from pipeline.core.models import EMBEDDED
 
     problems = []
@@ -55,6 +61,20 @@ def check_inputs(recipe) -> None:
             problems.append((key, f"{ref!r} does not exist{hint}"))
     if problems:
         raise RecipeError(recipe._source or recipe.name, problems)
+    check_input_weights(recipe)
+
+
+def check_input_weights(recipe) -> None:
+    """A run, checkpoint or model directory used as an input is read whole, or the stage does not start:
+    its weights are checked without loading them (pipeline/core/weights.py), which takes milliseconds."""
+    for key, ref in recipe_inputs(recipe):
+        if classify_input(ref) != "local":
+            continue
+        for path in map(Path, expand_glob(ref) if is_glob(ref) else [str(Path(ref).expanduser())]):
+            problem = weights_problem(path) if path.is_dir() else None
+            if problem:
+                raise DamagedInput(f"{key}: {problem}; the weights of {path} were cut short (a save or a copy that "
+                                   "did not finish): rerun the stage that wrote them, or copy them again")
 
 
 def is_glob(ref: str) -> bool:

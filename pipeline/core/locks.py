@@ -66,31 +66,60 @@ os.register_at_fork(before=_before_fork, after_in_child=_in_child)
 @contextmanager
 def exclusive(path: Path, what: str, wait: bool) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (created if needed) while the block runs; the file
-    says who holds it. Busy: raise LockBusy when not `wait`, else say on stderr what is awaited
-    (`what`) and from whom, then wait."""
+    says who holds it, and is removed when the block ends, so no lock file outlives its use. Busy: raise
+    LockBusy when not `wait`, else say on stderr what is awaited (`what`) and from whom, then wait."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = describe_holder(path, fh)
-            if not wait:
-                raise LockBusy(holder) from None
-            print(f"waiting for {path} ({what}): held by {holder}", file=sys.stderr, flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        _held.add(fh.fileno())
-        try:
+    fh = _lock_file(path, what, wait)
+    _held.add(fh.fileno())
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        fh.flush()
+        yield
+    finally:
+        _held.discard(fh.fileno())
+        try:  # removed while still locked: a process waiting on this file finds it gone and locks a new one
+            path.unlink()
+        except OSError:
             fh.seek(0)
             fh.truncate()
-            fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-            fh.flush()
-            yield
-        finally:
-            _held.discard(fh.fileno())
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _lock_file(path: Path, what: str, wait: bool):
+    """The open lock file at `path`, locked by this process. A holder removes the file as it releases it,
+    so a lock obtained on a file no longer at `path` is dropped and the one now there is locked instead."""
+    said = False
+    while True:
+        fh = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = describe_holder(path, fh)
+                if not wait:
+                    raise LockBusy(holder) from None
+                if not said:
+                    print(f"waiting for {path} ({what}): held by {holder}", file=sys.stderr, flush=True)
+                    said = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            if _still_at(path, fh):
+                return fh
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+
+
+def _still_at(path: Path, fh) -> bool:
+    try:
+        here, locked = os.stat(path), os.fstat(fh.fileno())
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
 
 
 def describe_holder(path: Path, fh) -> str:

@@ -36,9 +36,11 @@ from pipeline.core.files import write_json_atomic
 from pipeline.core.inputs import classify_input, disk_error, expand_glob, is_glob, recipe_inputs
 from pipeline.core.locks import LockBusy, exclusive
 from pipeline.core.models import cache_dir
+from pipeline.core.preemption import Preempted, check, deferred, stopped_by
 from pipeline.core.recipe import recipe_hash
 from pipeline.core.redaction import redact
 from pipeline.core.summary import write_summary
+from pipeline.core.weights import weights_problem
 
 MANIFEST = "manifest.json"
 PACKAGES = ("smolalign", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "mergekit",
@@ -70,9 +72,10 @@ class Run:
         write_summary(self.path, redact({"stage": self.manifest["stage"], **self.summary, "outputs": outputs}))
 
     def end_attempt(self, status: str, **updates) -> None:
-        """Close this attempt (status, duration) and total the durations of every attempt."""
+        """Close this attempt (status, duration, and `updates`: the error, or the signal and what it saved)
+        and total the durations of every attempt."""
         attempt = self.manifest["attempts"][-1]
-        attempt.update(status=status, finished_at=_now(), duration_s=round(time.time() - self.t0, 3))
+        attempt.update(status=status, finished_at=_now(), duration_s=round(time.time() - self.t0, 3), **updates)
         total = round(sum(a.get("duration_s", 0.0) for a in self.manifest["attempts"]), 3)
         self.save_manifest(status=status, finished_at=attempt["finished_at"], duration_s=total, **updates)
 
@@ -105,17 +108,22 @@ SHARDED_WEIGHT_DIRS = ("global_step*", "pytorch_model_fsdp_*")
 
 
 def is_complete_checkpoint(ckpt: Path) -> bool:
-    """A Trainer checkpoint directory holding weights and a whole trainer_state.json (the last file
-    transformers writes; a kill while writing it leaves JSON that does not parse)."""
+    return checkpoint_problem(ckpt) is None
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """None for a complete Trainer checkpoint directory, else why it is not one: it must hold weights, a
+    whole trainer_state.json (the last file transformers writes; a kill while writing it leaves JSON that
+    does not parse) and no file cut short (pipeline/core/weights.py: the optimizer state included)."""
     has_weights = any((ckpt / f).is_file() for f in WEIGHT_FILES) or any(
         d.is_dir() for pattern in SHARDED_WEIGHT_DIRS for d in ckpt.glob(pattern))
     if not has_weights:
-        return False
+        return "no weights"
     try:
         json.loads((ckpt / "trainer_state.json").read_text())
     except (OSError, ValueError):
-        return False
-    return True
+        return "no whole trainer_state.json"
+    return weights_problem(ckpt)
 
 
 def set_aside_dir(run_dir: Path) -> Path:
@@ -128,10 +136,13 @@ def set_aside_dir(run_dir: Path) -> Path:
 def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
     """Open `<out>.partial/`, yield a Run, and on success rename it to `<out>/` (status complete).
 
-    On an exception the partial dir stays (status failed, with the error) so the job can resume,
-    and nothing at `<out>/` looks finished. Only one process at a time may hold a run directory,
-    and a directory that is not one of our runs is never written into, moved or deleted.
+    On an exception the partial dir stays so the job can resume, with the attempt's status: `preempted`
+    (SIGTERM or SIGUSR1, pipeline/core/preemption.py), `interrupted` (Ctrl-C) or `failed` (with the error);
+    nothing at `<out>/` looks finished. Weights cut short are never promoted. Only one process at a time
+    may hold a run directory, and a directory that is not one of our runs is never written into, moved
+    or deleted.
     """
+    check()  # a stop signal that came while an earlier stage of this command finished: start nothing
     final = recipe.output_path()
     partial = partial_path(final)
     main = is_main_process()
@@ -142,25 +153,54 @@ def stage_run(recipe, overwrite: bool = False) -> Iterator[Run]:
                 yield run
                 if main:  # inside the try: a full disk here is recorded and said in one line like any other
                     run.save_summary()
-        except BaseException as exc:  # KeyboardInterrupt too: mark it, keep the partial dir for resume
+                    refuse_damaged_weights(partial)
+        except BaseException as exc:  # a stop signal or Ctrl-C too: mark it, keep the partial dir for resume
             disk = disk_problem(exc, [partial, cache_dir()]) if isinstance(exc, Exception) else None
             if main:
-                error = disk or "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                (partial / RESERVE).unlink(missing_ok=True)  # room for the manifest on a full disk
-                try:
-                    run.end_attempt("failed", error=error)
-                except Exception as manifest_error:  # the original error is the one to show
-                    print(f"warning: could not record the failure in {partial / MANIFEST}: {manifest_error}",
-                          file=sys.stderr)
+                with deferred():  # a second SIGTERM must not cut the record of the first short
+                    _record_end(run, partial, exc, disk)
             if disk:  # the user's to fix, not a bug: one line, exit 2
                 raise UserError(disk) from exc
             raise
-        _barrier()  # every rank has written its share before the directory moves
-        if main:
-            (partial / RESERVE).unlink(missing_ok=True)
-            run.end_attempt("complete")
-            _promote(partial, final)
-        _barrier()
+        with deferred():  # the run is finished: promote it whole, whatever signal comes now
+            _barrier()  # every rank has written its share before the directory moves
+            if main:
+                (partial / RESERVE).unlink(missing_ok=True)
+                run.end_attempt("complete")
+                _promote(partial, final)
+            _barrier()
+
+
+def _record_end(run: Run, partial: Path, exc: BaseException, disk: str | None) -> None:
+    """Close the attempt in the manifest: preempted (with the signal and what it saved), interrupted or
+    failed (with the error)."""
+    (partial / RESERVE).unlink(missing_ok=True)  # room for the manifest on a full disk
+    stop = stopped_by(exc)
+    try:
+        if isinstance(stop, Preempted):
+            saved = {"saved": stop.saved.name} if stop.saved else {}  # the checkpoint the next attempt resumes from
+            run.end_attempt("preempted", signal=stop.signal_name, **saved)
+        elif stop is not None:
+            run.end_attempt("interrupted", signal="SIGINT")
+        else:
+            run.end_attempt("failed", error=disk or "".join(traceback.format_exception_only(type(exc), exc)).strip())
+    except Exception as manifest_error:  # the original error is the one to show
+        print(f"warning: could not record the end of the attempt in {partial / MANIFEST}: {manifest_error}",
+              file=sys.stderr)
+
+
+class DamagedWeights(UserError):
+    """A weight file cut short where it is about to be trusted."""
+
+
+def refuse_damaged_weights(run_dir: Path) -> None:
+    """A run is promoted only with whole weights: its own and those of its checkpoints (the merge's soups
+    read them), checked without loading (pipeline/core/weights.py)."""
+    for directory in [run_dir, *sorted(p for p in run_dir.glob("checkpoint-*") if p.is_dir())]:
+        problem = weights_problem(directory)
+        if problem:
+            raise DamagedWeights(f"{problem}; the run stays unfinished in {run_dir}: check the disk (free space, "
+                                 "quota) and rerun the same command")
 
 
 # A few pages set aside in every partial run directory and freed when the run fails, so that a full
@@ -273,7 +313,8 @@ def _open(recipe, final: Path, partial: Path, overwrite: bool, main: bool) -> Ru
     return run
 
 
-HEARTBEAT_S = 60.0
+# How often a running stage touches its manifest: the precision of a killed attempt's recorded duration.
+HEARTBEAT_S = 5.0
 
 
 @contextmanager
@@ -301,15 +342,16 @@ def heartbeat(manifest: Path, every: float = HEARTBEAT_S) -> Iterator[None]:
 def record_killed_attempts(attempts: list[dict[str, Any]], partial: Path) -> None:
     """Attempts that never recorded their end were killed (SIGKILL, the OOM killer, a lost node): the
     caller holds the run's lock, so none of them still runs. Mark them `killed` and, for the latest,
-    record what its files say: the last sign of life (the newest mtime in the run directory, which
-    the heartbeat keeps fresh), the newest complete checkpoint it left, and its duration up to then."""
+    record its last sign of life (the heartbeat: the manifest's mtime, at most HEARTBEAT_S old when it
+    died, or a file it wrote after that beat), the newest complete checkpoint it left, and its duration
+    up to then."""
     for i, attempt in enumerate(attempts):
         if "status" in attempt:
             continue
         attempt["status"] = "killed"
         if i < len(attempts) - 1:  # its traces are overwritten by later attempts: nothing more is known
             continue
-        seen = max([partial.stat().st_mtime] + [p.lstat().st_mtime for p in partial.rglob("*")])
+        seen = max([(partial / MANIFEST).stat().st_mtime] + [p.lstat().st_mtime for p in partial.rglob("*")])
         started = calendar.timegm(time.strptime(attempt["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
         checkpoints = sorted((p for p in partial.glob("checkpoint-*")
                               if p.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(p)),

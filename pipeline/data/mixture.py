@@ -78,17 +78,33 @@ def build_sft_mixture(recipe: TrainRecipe, tokenizer, cache_root: Path, quaranti
     fingerprint = mixture_fingerprint(recipe, tokenizer, tokenizer.chat_template or "")
     cache = Path(cache_root) / fingerprint
     if shard is not None:
-        for si, source in enumerate(recipe.data.sources):
-            _tokenized(recipe, si, source, tokenizer, cache, shard)
+        try:
+            for si, source in enumerate(recipe.data.sources):
+                _tokenized(recipe, si, source, tokenizer, cache, shard)
+        except BaseException:  # a full disk, a stop signal: no half-written share stays (complete ones do)
+            for staging in cache.with_name(cache.name + ".parts").glob(f"source-*/share-{shard[0]}-of-{shard[1]}.tmp"):
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         return None, None
     with file_lock(Path(cache_root) / f"{fingerprint}.lock", f"the data mixture {cache}"):  # built once
         if not (cache / "report.json").is_file():
             _build(recipe, tokenizer, cache, fingerprint, quarantine_path)
     report = json.loads((cache / "report.json").read_text())
     if (cache / "quarantine.jsonl").is_file():
-        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cache / "quarantine.jsonl", quarantine_path)
+        copy_atomic(cache / "quarantine.jsonl", quarantine_path)
     return open_arrow_files(cache / "dataset"), report
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy through a temp file and a rename: a full disk leaves no partial copy, nor the temp file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
@@ -115,11 +131,50 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
 # Building
 # ----------------------------------------------------------------------------------------------
 def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quarantine_path: Path) -> None:
-    from datasets import concatenate_datasets
-
+    """Build the mixture into `<cache>.tmp` and rename it to `cache` when whole. A build that fails (a full
+    disk) or is stopped (SIGTERM, Ctrl-C) leaves nothing of its own behind (`_discard_unfinished`)."""
     tmp = cache.with_name(cache.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+        _build_into(tmp, recipe, tokenizer, cache, fingerprint, quarantine_path)
+    except BaseException:
+        _discard_unfinished(cache)
+        raise
+
+
+def _discard_unfinished(cache: Path) -> None:
+    """Remove what an unfinished build of `cache` left: its staging directory and the intermediates beside
+    it (tokenized rows, Arrow copies of local files, datasets' temp and lock files), all but the complete
+    shares of `prepare --shard` runs, which the next build uses as they are."""
+    shutil.rmtree(cache.with_name(cache.name + ".tmp"), ignore_errors=True)
+    parts = cache.with_name(cache.name + ".parts")
+    if not parts.is_dir():
+        return
+    for entry in parts.iterdir():
+        if entry.is_dir() and entry.name.startswith("source-"):
+            for item in entry.iterdir():
+                if not (item.is_dir() and item.name.startswith("share-") and not item.name.endswith(".tmp")):
+                    _remove(item)
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        else:
+            _remove(entry)
+    if not any(parts.iterdir()):
+        parts.rmdir()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _build_into(tmp: Path, recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str,
+                quarantine_path: Path) -> None:
+    from datasets import concatenate_datasets
+
     rng = random.Random(recipe.data.seed)
     max_length = recipe.training.get("max_length")
     strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
@@ -135,8 +190,7 @@ def _build(recipe: TrainRecipe, tokenizer, cache: Path, fingerprint: str, quaran
                 continue
             if len(good) == 0:
                 quarantine.close()
-                quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(tmp / "quarantine.jsonl", quarantine_path)
+                copy_atomic(tmp / "quarantine.jsonl", quarantine_path)
                 raise UserError(f"data.sources.{si} ({label}): no usable rows ({len(bad)} of "
                                 f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
             chosen = _budget(source, columns["length"], rng)

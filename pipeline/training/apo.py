@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pipeline.core.errors import UserError
+from pipeline.core.preemption import deferred
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import Source, TrainRecipe
 from pipeline.core.summary import trained_on_section
@@ -91,20 +92,21 @@ def run(recipe, overwrite: bool = False) -> Path:
                      if recipe.ref_model else None)
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=trl_args(recipe, run.path),
                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(recipe))
-        train_or_restore(trainer, run.path)
-        extra = {}
-        if pairs:
-            extra["held_out_preference"] = preference_report(recipe, before, pair_logprobs(trainer.model, tokenizer,
-                                                                                           pairs))
-            if is_main_process():
-                (run.path / "preference.json").write_text(json.dumps(extra["held_out_preference"], indent=2))
-                print(f"held-out preference: {extra['held_out_preference']}")
-            run.summary["outputs"].append("preference.json")
-            run.summary["held_out"] = extra["held_out_preference"]
-        finish(trainer, tokenizer, run, recipe, extra={
-            "pairs": report["rows"], "quarantined_pairs": report["quarantined"],
-            "rank_param_checksums": rank_checksums(trainer.model), **extra,
-        })
+        with deferred():  # a stop signal ends the current step and saves it; a finished training is saved whole
+            train_or_restore(trainer, run.path)
+            extra = {}
+            if pairs:
+                extra["held_out_preference"] = preference_report(recipe, before,
+                                                                 pair_logprobs(trainer.model, tokenizer, pairs))
+                if is_main_process():
+                    (run.path / "preference.json").write_text(json.dumps(extra["held_out_preference"], indent=2))
+                    print(f"held-out preference: {extra['held_out_preference']}")
+                run.summary["outputs"].append("preference.json")
+                run.summary["held_out"] = extra["held_out_preference"]
+            finish(trainer, tokenizer, run, recipe, extra={
+                "pairs": report["rows"], "quarantined_pairs": report["quarantined"],
+                "rank_param_checksums": rank_checksums(trainer.model), **extra,
+            })
     return recipe.output_path()
 
 

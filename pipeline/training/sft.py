@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.core.models import cache_dir
+from pipeline.core.preemption import deferred
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import TrainRecipe
 from pipeline.core.summary import trained_on_section
@@ -86,12 +87,13 @@ def run(recipe, overwrite: bool = False) -> Path:
         )
         trainer = SFTTrainer(model=load_model(recipe.model, attention), args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config(recipe))
-        train_or_restore(trainer, run.path)
-        finish(trainer, tokenizer, run, recipe, extra={
-            "mixture_rows": report["rows"], "quarantined_rows": report["quarantined"],
-            "packing_efficiency": report.get("packing", {}).get("efficiency"),
-            "rank_param_checksums": rank_checksums(trainer.model),
-        })
+        with deferred():  # a stop signal ends the current step and saves it; a finished training is saved whole
+            train_or_restore(trainer, run.path)
+            finish(trainer, tokenizer, run, recipe, extra={
+                "mixture_rows": report["rows"], "quarantined_rows": report["quarantined"],
+                "packing_efficiency": report.get("packing", {}).get("efficiency"),
+                "rank_param_checksums": rank_checksums(trainer.model),
+            })
     return recipe.output_path()
 
 

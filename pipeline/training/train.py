@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from pipeline.core.batch import Batch, BatchError, batch_for, trl_training, worl
 from pipeline.core.chat import end_of_turn_as_eos, generation_markers_problem, template_text
 from pipeline.core.checks import trl_config_class
 from pipeline.core.errors import UserError
-from pipeline.core.files import pyplot, save_figure
+from pipeline.core.files import pyplot, save_figure, write_json_atomic
 from pipeline.core.inputs import hub_errors
 from pipeline.core.models import flash_attn_import_error, resolve_model
+from pipeline.core.preemption import Preempted, deferred, requested
 from pipeline.core.redaction import redact
-from pipeline.core.runs import is_complete_checkpoint, is_main_process, set_aside_dir
+from pipeline.core.runs import checkpoint_problem, is_main_process, set_aside_dir
 from pipeline.core.schema import ModelSpec, TrainRecipe
 from pipeline.core.summary import loss_section
 
@@ -265,7 +267,9 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     ranks of a distributed job skip it."""
     found = []
     for ckpt in sorted((p for p in output_dir.glob("checkpoint-*") if p.is_dir()), key=_step, reverse=True):
-        if ckpt.name.removeprefix("checkpoint-").isdigit() and is_complete_checkpoint(ckpt):
+        numbered = ckpt.name.removeprefix("checkpoint-").isdigit()
+        problem = checkpoint_problem(ckpt) if numbered else "an old set-aside name"
+        if problem is None:
             found.append(ckpt)
             continue
         if not is_main_process():  # every rank looks; one moves (several would race on the rename)
@@ -273,7 +277,7 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
         aside = _free_name(set_aside_dir(output_dir) / f"step-{_step(ckpt)}")
         aside.parent.mkdir(parents=True, exist_ok=True)
         ckpt.rename(aside)
-        print(f"{ckpt.name} is incomplete (killed while saving?): set aside as {aside}; "
+        print(f"{ckpt.name} is incomplete ({problem}; killed while saving?): set aside as {aside}; "
               "resuming from the newest complete checkpoint")
     return found
 
@@ -297,7 +301,11 @@ def train_or_restore(trainer, output_dir: Path) -> None:
     """Train, resuming from the newest complete checkpoint of an interrupted run. When that
     checkpoint already holds the last planned step (the kill came after it, before the run was
     finished), training is not resumed, which would step past max_steps: its weights and trainer
-    state are loaded and only the final save is redone."""
+    state are loaded and only the final save is redone.
+
+    A stop signal (SIGTERM, SIGUSR1: pipeline/core/preemption.py) ends training at the end of the optimizer
+    step it came in, on every rank; that step is saved as a complete checkpoint and Preempted is raised,
+    so the same command resumes exactly there."""
     checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
     newest = checkpoints[0] if checkpoints else None
     if newest is not None:
@@ -307,7 +315,71 @@ def train_or_restore(trainer, output_dir: Path) -> None:
                   "redoing only the final save")
             restore_checkpoint(trainer, newest)
             return
-    trainer.train(resume_from_checkpoint=str(newest) if newest else None)
+        print(f"resuming from {newest.name} (step {state.get('global_step')} of {state.get('max_steps')})")
+    stop = save_and_stop_on_signal(output_dir)
+    trainer.add_callback(stop)
+    with deferred():  # a stop signal sets a flag; the callback acts on it at the end of the step
+        trainer.train(resume_from_checkpoint=str(newest) if newest else None)
+    if stop.saved is not None:
+        trainer.accelerator.wait_for_everyone()  # no rank leaves (its launcher would stop the rest) before all saved
+        raise Preempted(stop.signal_name, stop.saved)
+
+
+# Written into a checkpoint saved because of a stop signal, off the recipe's save schedule: once a later
+# checkpoint is saved, or the run finishes, it is removed, so that a finished run holds the checkpoints its
+# recipe asked for (a merge soup globs them) and save_total_limit's rotation never counts it.
+PREEMPTION_MARK = "preempted.json"
+
+
+def save_and_stop_on_signal(output_dir: Path):
+    """A TrainerCallback: at the end of each optimizer step, when any rank was sent a stop signal, save the
+    step as a checkpoint and stop training. `saved` is then that checkpoint, `signal_name` the signal."""
+    from transformers import TrainerCallback
+
+    class SaveAndStopOnSignal(TrainerCallback):
+        saved: Path | None = None
+        signal_name = ""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save and args.should_save:  # a scheduled save: the marked ones are superseded
+                drop_preemption_checkpoints(output_dir)
+            name = signal_of_any_rank(requested(), args.device)
+            if name is None:
+                return
+            checkpoint = output_dir / f"checkpoint-{state.global_step}"
+            if not control.should_save and args.should_save:
+                checkpoint.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(checkpoint / PREEMPTION_MARK, {"signal": name, "step": state.global_step})
+            control.should_save = control.should_training_stop = True
+            self.saved, self.signal_name = checkpoint, name
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if control.should_save and args.should_save:  # save_strategy: epoch
+                drop_preemption_checkpoints(output_dir)
+
+    return SaveAndStopOnSignal()
+
+
+def signal_of_any_rank(name: str | None, device) -> str | None:
+    """The stop signal any rank was sent (by name), on every rank, or None: the ranks that were sent one and
+    those that were not (or not yet) stop after the same step. One all_reduce of one number per step."""
+    import signal
+
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return name
+    number = torch.tensor([signal.Signals[name].value if name else 0], device=device)
+    dist.all_reduce(number, op=dist.ReduceOp.MAX)
+    return signal.Signals(int(number.item())).name if number.item() else None
+
+
+def drop_preemption_checkpoints(output_dir: Path) -> None:
+    """Remove the checkpoints saved only because of a stop signal (PREEMPTION_MARK)."""
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        if (checkpoint / PREEMPTION_MARK).is_file():
+            shutil.rmtree(checkpoint)
 
 
 def restore_checkpoint(trainer, checkpoint: Path) -> None:
@@ -366,6 +438,8 @@ def finish(trainer, tokenizer, run, recipe: TrainRecipe, extra: dict[str, Any] |
         loss = loss_section(history)
         if loss:
             run.summary["loss"] = loss
+    if trainer.args.should_save:  # the final weights are saved: no resume will need them
+        drop_preemption_checkpoints(run.path)
 
 
 def final_metrics(history: list[dict], state) -> dict[str, Any]:
