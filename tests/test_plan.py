@@ -16,7 +16,7 @@ from conftest import REPO
 from pipeline.cli import main
 from pipeline.core.recipe import load_recipe
 from pipeline.core.runs import identity_hash
-from pipeline.data import sources
+from pipeline.core.schema import source_label
 from pipeline.planning import costs
 from pipeline.planning.plan import source_sizes
 from pipeline.training.train import load_tokenizer
@@ -114,7 +114,7 @@ def test_a_changed_weight_keeps_the_cost_estimate_and_moves_it_by_that_sources_t
     first = base.data.sources[0]
     _, before = run_plan(tmp_path, recipe)
     rc, after = run_plan(tmp_path, recipe, "--set", f"data.sources.0.fraction={(first.fraction or 1.0) + 0.5}")
-    size = source_sizes()[sources.source_label(first.path, first.split, first.name)]["tokens"]
+    size = source_sizes()[source_label(first.path, first.split, first.name)]["tokens"]
     a, b = before["plans"][0]["cost"], after["plans"][0]["cost"]
     assert rc == 0 and b["work_from"].startswith("estimate: each source's size") and b["gpu_hours"] > a["gpu_hours"]
     assert b["tokens"] - a["tokens"] == pytest.approx(0.5 * size * base.training["num_train_epochs"], rel=1e-6)
