@@ -23,9 +23,11 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from pipeline.core.errors import UserError
 from pipeline.core.runs import is_main_process, stage_run
-from pipeline.core.schema import Source, TrainRecipe
+from pipeline.core.schema import ModelSpec, Source, TrainRecipe, TrainsOn
 from pipeline.core.summary import trained_on_section
 from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
 from pipeline.data.sources import iter_rows
@@ -51,8 +53,26 @@ class APORecipe(TrainRecipe):
     held-out pairs."""
 
     trl_config: ClassVar[str] = "DPOConfig"
-    trains_on: ClassVar[Literal["rows", "pairs"] | None] = "pairs"
+    trains_on: ClassVar[TrainsOn | None] = "pairs"
     stage: Literal["apo"]
+    ref_model: ModelSpec | None = Field(
+        None, description="The reference model. Default: a frozen copy of `model` (or precomputed log-probs).")
+    eval_pairs: str | None = Field(
+        None, description="Held-out preference pairs (.jsonl, the training rows' layout), scored before and after "
+        "training: how often the model prefers chosen over rejected, and the reward margin.")
+
+    def inputs(self) -> list[tuple[str, str]]:
+        out = super().inputs()
+        if self.ref_model:
+            out.insert(1, ("ref_model.name_or_path", self.ref_model.name_or_path))
+        if self.eval_pairs:
+            out.append(("eval_pairs", self.eval_pairs))
+        return out
+
+    def keeps_reference_copy(self) -> bool:
+        """Whether TRL keeps a frozen copy of the policy as the reference, on each GPU beside it: not with a
+        `ref_model` (a model of its own), LoRA (the policy with its adapters off) or precomputed log-probs."""
+        return self.ref_model is None and self.peft is None and not self.training.get("precompute_ref_log_probs")
 
     def stage_problems(self) -> list[tuple[str, str]]:
         t, problems = self.training, []
