@@ -41,6 +41,7 @@ from pipeline.data.rows import BadRow, prompt_of
 from pipeline.data.sources import iter_rows
 from pipeline.generation import Request, make_backend
 from synth.filters import apply_filters, check_filters, decontamination
+from synth.plan import plan, plan_text  # noqa: F401 (its part of `smolalign plan`, found here by the plan)
 from synth.store import ShardStore, key_shard, read_all, work_key
 
 BATCH = 64  # prompts generated between two fsyncs of the shard file

@@ -134,7 +134,9 @@ class PeftSpec(Strict):
 # What a training stage's step trains on:
 #   rows     token rows, built, budgeted and packed ahead of the job (pipeline/data/mixture.py)
 #   pairs    preference pairs (a prompt, a chosen and a rejected answer), read by the stage (pipeline/data/rows.py)
-TrainsOn = Literal["rows", "pairs"]
+#   prompts  prompts alone: the stage generates the completions it trains on (online RL), so its plan costs the
+#            generated tokens as well as the training (pipeline/planning/plan.py), from what its own plan says
+TrainsOn = Literal["rows", "pairs", "prompts"]
 
 
 class RecipeBase(Strict):

@@ -31,6 +31,7 @@ from pipeline.core.schema import ModelSpec, Source, TrainRecipe, TrainsOn
 from pipeline.core.summary import trained_on_section
 from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
 from pipeline.data.sources import iter_rows
+from pipeline.training.apo_plan import plan, plan_text
 from pipeline.training.preference import pair_logprobs, preference_stats, reward_margin
 from pipeline.training.train import (
     announce_attention,
@@ -46,6 +47,8 @@ from pipeline.training.train import (
     training_batch,
     trl_args,
 )
+
+__all__ = ["APORecipe", "held_out_pairs", "plan", "plan_text", "preference_report", "run"]
 
 
 class APORecipe(TrainRecipe):

@@ -24,6 +24,7 @@ from pipeline.core.schema import TrainRecipe
 from pipeline.core.summary import trained_on_section
 from pipeline.data.mixture import build_sft_mixture
 from pipeline.data.rows import format_report
+from pipeline.training.sft_plan import plan, plan_text
 from pipeline.training.train import (
     announce_attention,
     announce_batch,
@@ -38,6 +39,8 @@ from pipeline.training.train import (
     training_batch,
     trl_args,
 )
+
+__all__ = ["SFTRecipe", "plan", "plan_text", "prepare", "run"]  # plan, plan_text: its part of `smolalign plan`
 
 
 class SFTRecipe(TrainRecipe):
