@@ -13,7 +13,9 @@ have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task n
 of itself it says too, so that no shared module names it:
 - `plan(recipe, planner) -> PlanSection` and `plan_text(data) -> [lines]`: its part of `smolalign plan`
   (pipeline/planning/plan.py lends the `planner`: resolved TRL settings, the recipe's tokenizer offline,
-  the published sources' sizes, the generation throughput given).
+  the published sources' sizes, the generation throughput given);
+- `SUMMARY_SECTIONS`: the `Section`s (pipeline/core/summary.py) it writes in summary.json, with how the
+  eval report shows each.
 Its recipe class subclasses pipeline.core.schema.RecipeBase (a training stage: TrainRecipe, with
 `trl_config` and `trains_on`) and lives beside it. Adding a stage: its module, its recipe class, and one
 line here.

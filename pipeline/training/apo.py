@@ -28,11 +28,11 @@ from pydantic import Field
 from pipeline.core.errors import UserError
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import ModelSpec, Source, TrainRecipe, TrainsOn
-from pipeline.core.summary import trained_on_section
 from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
 from pipeline.data.sources import iter_rows
 from pipeline.training.apo_plan import plan, plan_text
-from pipeline.training.preference import pair_logprobs, preference_stats, reward_margin
+from pipeline.training.preference import HELD_OUT, pair_logprobs, preference_stats, reward_margin
+from pipeline.training.sections import TRAINING_SECTIONS, trained_on_section
 from pipeline.training.train import (
     announce_attention,
     announce_batch,
@@ -48,7 +48,7 @@ from pipeline.training.train import (
     trl_args,
 )
 
-__all__ = ["APORecipe", "held_out_pairs", "plan", "plan_text", "preference_report", "run"]
+__all__ = ["APORecipe", "SUMMARY_SECTIONS", "held_out_pairs", "plan", "plan_text", "preference_report", "run"]
 
 
 class APORecipe(TrainRecipe):
@@ -86,6 +86,10 @@ class APORecipe(TrainRecipe):
             problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
                                           "weights; drop `ref_model` or the precompute flag"))
         return problems
+
+
+# What a run writes in summary.json beside the shared keys, and how the eval report shows it.
+SUMMARY_SECTIONS = [*TRAINING_SECTIONS, HELD_OUT]
 
 
 def run(recipe, overwrite: bool = False) -> Path:

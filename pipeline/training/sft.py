@@ -21,9 +21,9 @@ from typing import Literal
 from pipeline.core.models import cache_dir
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import TrainRecipe
-from pipeline.core.summary import trained_on_section
 from pipeline.data.mixture import build_sft_mixture
 from pipeline.data.rows import format_report
+from pipeline.training.sections import TRAINING_SECTIONS, trained_on_section
 from pipeline.training.sft_plan import plan, plan_text
 from pipeline.training.train import (
     announce_attention,
@@ -40,7 +40,10 @@ from pipeline.training.train import (
     trl_args,
 )
 
-__all__ = ["SFTRecipe", "plan", "plan_text", "prepare", "run"]  # plan, plan_text: its part of `smolalign plan`
+__all__ = ["SFTRecipe", "SUMMARY_SECTIONS", "plan", "plan_text", "prepare", "run"]
+# What a run writes in summary.json beside the shared keys (its loss trend, the rows it trained on), and how the
+# eval report shows it; `plan` / `plan_text` (sft_plan.py): its part of `smolalign plan`.
+SUMMARY_SECTIONS = TRAINING_SECTIONS
 
 
 class SFTRecipe(TrainRecipe):

@@ -23,7 +23,7 @@ from pipeline.core.models import flash_attn_import_error, resolve_model
 from pipeline.core.redaction import redact
 from pipeline.core.runs import is_complete_checkpoint, is_main_process, set_aside_dir
 from pipeline.core.schema import ModelSpec, TrainRecipe
-from pipeline.core.summary import loss_section
+from pipeline.training.sections import loss_section
 
 
 # ----------------------------------------------------------------------------------------------
