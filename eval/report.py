@@ -58,7 +58,8 @@ MOVED = 0.1  # a (task, mode) score "moved" when its range over the models is at
 
 
 def label(model: str) -> str:
-    """A short name for a model: a run directory's stage (`runs/demo/sft` -> `sft`), else the reference."""
+    """A short name for a model: a run directory's last part (`runs/demo/<stage>` -> `<stage>`), else the
+    reference."""
     path = Path(model)
     return path.name if path.is_dir() else model.removeprefix("embedded:")
 

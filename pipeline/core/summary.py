@@ -1,8 +1,8 @@
-"""summary.json: what one stage run did, in the one file other stages and the eval report read.
+"""summary.json: what one stage run did, in the one file other stages and the evaluation report read.
 
 Every stage fills `run.summary` while it runs; pipeline/core/runs.py writes it to `<run>/summary.json`
 when the run completes, so every run this version finishes has one (a run made before has none: the
-report says so) and a reader (eval/report.py) never needs to know another stage's own files.
+report says so) and a reader (the evaluation report) never needs to know another stage's own files.
 
     stage       the stage that wrote it
     format      this layout's version: 1
@@ -12,7 +12,7 @@ report says so) and a reader (eval/report.py) never needs to know another stage'
 
 Every key but `stage` is optional: a stage writes the sections that mean something for it. It declares
 them in its module, `SUMMARY_SECTIONS` (a list of `Section`, below, with the layout of each): what a
-reader indexes in the section, and how the eval report shows it. This module names no section and no
+reader indexes in the section, and how the evaluation report shows it. This module names no section and no
 stage: it checks a summary's sections against what the registered stages (pipeline/core/stages.py)
 declare, so a stage that adds a section edits nothing here.
 """
@@ -35,9 +35,9 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Section:
-    """A section of summary.json, declared by the stage that writes it, and how the eval report shows it.
+    """A section of summary.json, declared by the stage that writes it, and how the evaluation report shows it.
 
-    Each function takes the section (a dict) and a `view` of the run, which eval/report.py gives:
+    Each function takes the section (a dict) and a `view` of the run, which the report gives (RunView):
     `view.run` (its directory), `view.label` (its short name), `view.link(text, file)` and
     `view.image(alt, file)` (markdown pointing at one of the run's files, "" when it is not there), and
     `view.source_link(path)` (what the run that wrote a data file offers beside it, below).
