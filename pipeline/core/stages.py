@@ -78,3 +78,4 @@ class PlanSection:
     reference_copy: bool = False  # a frozen copy of the weights sits beside them on each GPU
     # A prompts-only stage (`trains_on: prompts`) generates what it trains on: tokens it generates an epoch.
     generated_tokens_per_epoch: float | None = None
+    max_length: int | None = None  # tokens of its longest row, where `training.max_length` does not say it

@@ -373,7 +373,7 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
     """Steps, tokens, GPU-hours and memory per GPU, from what the stage said an epoch holds (`section`)."""
     t = {**trl_defaults(recipe.stage), **recipe.training}
     shape, shape_from = shape_for(recipe)
-    max_length = int(t.get("max_length") or 1024)
+    max_length = int(section.max_length or t.get("max_length") or 1024)
     batch, batch_problem = plan_batch(recipe, gpus)
     work = section.work or {"work_from": "unknown: the stage's module has no `plan` saying what an epoch holds"}
     checkpointing = bool(t.get("activation_checkpointing"))
