@@ -1,23 +1,24 @@
 """The eval report: every model's scores side by side, what moved from the first model (the starting
-point), each stage's outputs, and charts. Written by the eval stage (eval/stage.py) from the per-model
+point), each run's outputs, and charts. Written by the eval stage (eval/stage.py) from the per-model
 results it saved, into `report.md`, `progress.png`, `<task>_by_length.png` (RULER) and `scores.png`.
 
 For a model that is a run directory, the report reads one file there, the run's `summary.json`
-(its sections: pipeline/core/summary.py): the loss trend, the rows per source it trained on (a source
-written by a synth run links that run's filter report, from the synth run's own summary), APO's
-held-out preference, the merge's inputs and weights and its sweep, and links to the files the summary
-lists. It knows no stage's other files and no task by name: a task whose summaries hold `length_<N>` scores gets a
-table and a chart by context length.
+(pipeline/core/summary.py), and shows each of its sections as the stage that declared it says
+(`Section`: a row of the at-a-glance table, a paragraph under the run's outputs, a line on the progress
+picture, a link beside a source that another run wrote), plus links to the files the summary lists. It
+knows no stage, no section and no stage's other files by name, and no task: a task whose summaries hold
+`length_<N>` scores gets a table and a chart by context length.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.files import pyplot, save_figure
 from pipeline.core.runs import is_run
-from pipeline.core.summary import read_summary
+from pipeline.core.summary import declared_sections, read_summary
 
 
 def write_report(results: list[dict], out: Path, modes: list[str]) -> str:
@@ -57,9 +58,47 @@ MOVED = 0.1  # a (task, mode) score "moved" when its range over the models is at
 
 
 def label(model: str) -> str:
-    """A short name for a model: a run directory's stage (`runs/demo/sft` -> `sft`), else the reference."""
+    """A short name for a model: a run directory's last part (`runs/demo/<stage>` -> `<stage>`), else the
+    reference."""
     path = Path(model)
     return path.name if path.is_dir() else model.removeprefix("embedded:")
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A model of the report that may be a run directory, as a summary section's functions see it."""
+
+    model: str  # as the eval recipe names it
+    out: Path  # the report's directory: links are relative to it
+
+    @property
+    def run(self) -> Path:
+        return Path(self.model)
+
+    @property
+    def label(self) -> str:
+        return label(self.model)
+
+    def link(self, text: str, name: str | None) -> str:
+        """A markdown link to one of the run's files, "" when there is no such file."""
+        if not (name and (self.run / name).is_file()):
+            return ""
+        return f"[{text}]({os.path.relpath(self.run / name, self.out)})"
+
+    def image(self, alt: str, name: str | None) -> str:
+        link = self.link(alt, name)
+        return "!" + link if link else ""
+
+    def source_link(self, source: str) -> str:
+        """What the run that wrote a data file offers beside it (a section's `source_link`), as " ([text](file))"."""
+        run = Path(source).parent
+        summary = read_summary(run) or {}
+        for section in declared_sections():
+            has = section.source_link and summary.get(section.key)
+            offered = section.source_link(summary[section.key]) if has else None
+            if offered and offered[1] and (run / offered[1]).is_file():
+                return f" ([{offered[0]}]({os.path.relpath(run / offered[1], self.out)}))"
+        return ""
 
 
 def moved_scores(results, tasks, modes) -> list[tuple[str, list[float]]]:
@@ -75,46 +114,24 @@ def moved_scores(results, tasks, modes) -> list[tuple[str, list[float]]]:
 
 
 def glance_table(results, tasks, modes, out: Path) -> list[str]:
-    """The pipeline left to right: one column per model, a row per score that moved, then for run
-    directories of ours their loss curve, the data they trained on and APO's held-out preference."""
-    runs = [Path(r["model"]) for r in results]
+    """The pipeline left to right: one column per model, a row per score that moved, then a row per summary
+    section that has one (a run's loss curve, the data it trained on, ...), for the run directories of ours."""
     lines = ["| | " + " | ".join(f"**{label(r['model'])}**" for r in results) + " |",
              "|---" * (1 + len(results)) + "|"]
     for name, scores in moved_scores(results, tasks, modes):
         lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in scores) + " |")
-
-    summaries = [read_summary(run) for run in runs]
-
-    def row(name, cell):
-        cells = [cell(run, summary) if summary else "" for run, summary in zip(runs, summaries)]
+    summaries = [read_summary(r["model"]) or {} for r in results]
+    views = [RunView(r["model"], out) for r in results]
+    for section in declared_sections():
+        if not (section.glance and section.cell):
+            continue
+        cells = [section.cell(s[section.key], view) if s.get(section.key) else ""
+                 for s, view in zip(summaries, views)]
         if any(cells):
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-
-    def link(text, run: Path, name: str | None) -> str:
-        return f"[{text}]({os.path.relpath(run / name, out)})" if name and (run / name).is_file() else ""
-
-    row("loss curve", lambda run, s: link("loss", run, s.get("loss", {}).get("curve")))
-    row("trained on", lambda run, s: link(s["trained_on"]["kind"], run, s["trained_on"]["table"])
-        if "trained_on" in s else "")
-    row("held-out pairs preferred", lambda run, s: held_out_cell(s))
-    row("merge sweep", lambda run, s: link("sweep", run, s.get("sweep", {}).get("file")))
-    row("merged from", lambda run, s: merged_cell(s))
+            lines.append(f"| {section.glance} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         lines.append("| " + f"no score moved by {MOVED} or more" + " |" * len(results))
     return lines
-
-
-def merged_cell(summary: dict) -> str:
-    m = summary.get("merged")
-    if not m:
-        return ""
-    rest = round(1 - m["soup_weight"], 10)
-    return f"{m['soup_weight']:g} x soup of {len(m['soup'])} + {rest:g} x `{m['long_context']}`"
-
-
-def held_out_cell(summary: dict) -> str:
-    p = summary.get("held_out")
-    return f"{p['start']['accuracy']:.2f} → {p['end']['accuracy']:.2f}" if p else ""
 
 
 def plot_progress(results, tasks, modes, path: Path) -> None:
@@ -123,9 +140,8 @@ def plot_progress(results, tasks, modes, path: Path) -> None:
     xs = list(range(len(results)))
     for name, scores in moved_scores(results, tasks, modes):
         ax.plot(xs, scores, marker="o", label=name)
-    points = held_out_points(results)
-    if points:  # APO's own check: what it moves does not show in generation scores on a few prompts
-        ax.plot(*zip(*points), marker="s", linestyle="--", color="black", label="held-out pairs preferred")
+    for i, (name, points) in enumerate(progress_points(results).items()):  # a run's own measure of its progress
+        ax.plot(*zip(*points), marker="s", linestyle="--", color="black" if i == 0 else None, label=name)
     ax.set_xticks(xs, [label(r["model"]) for r in results])
     ax.set(ylabel="score", title="scores that moved, stage by stage", ylim=(-0.05, 1.05))
     ax.grid(alpha=0.3)
@@ -134,22 +150,32 @@ def plot_progress(results, tasks, modes, path: Path) -> None:
     save_figure(fig, path)
 
 
-def held_out_points(results) -> list[tuple[int, float]]:
-    """(model index, accuracy) of a run's held-out preference check (its summary's `held_out`): where it
-    started, when that model is in the report too, and where it ended."""
+def progress_points(results) -> dict[str, list[tuple[int, float]]]:
+    """{line: [(model index, value)]} for each summary section that draws a line on the progress picture (a
+    run's own measure, such as held-out preference: where it started, when that model is in the report too,
+    and where the run ended); the first run that has a line draws it."""
+    out: dict[str, list[tuple[int, float]]] = {}
     for i, r in enumerate(results):
-        p = (read_summary(r["model"]) or {}).get("held_out")
-        if p:
-            start = [j for j, s in enumerate(results) if Path(s["model"]) == Path(p["start"]["model"])]
-            before = [(start[0], p["start"]["accuracy"])] if start else []
-            return before + [(i, p["end"]["accuracy"])]
-    return []
+        summary = read_summary(r["model"]) or {}
+        for section in declared_sections():
+            if not (section.progress and summary.get(section.key)):
+                continue
+            name, points = section.progress(summary[section.key])
+            if name in out:
+                continue
+            placed = []
+            for model, value in points:
+                where = [i] if model is None else [j for j, s in enumerate(results) if Path(s["model"]) == Path(model)]
+                placed += [(where[0], value)] if where else []
+            if placed:
+                out[name] = placed
+    return out
 
 
 def stage_outputs(results, out: Path) -> list[str]:
-    """For each model that is a run directory: links to the files its summary lists, its loss trend, the
-    data it trained on (rows per source, so synthetic rows can be seen reaching SFT and APO), APO's
-    held-out preference check and the merge sweep."""
+    """For each model that is a run directory: links to the files its summary lists, then each of its
+    sections as its stage shows it (the data it trained on, per source, so synthetic rows can be seen
+    reaching training; the loss trend; the stage's own checks)."""
     lines = []
     for r in results:
         run = Path(r["model"])
@@ -159,102 +185,13 @@ def stage_outputs(results, out: Path) -> list[str]:
                 lines += ["", f"### {label(r['model'])}", "", f"No summary.json in `{run}` (a run made before "
                           "summaries, or not finished): rerun its stage to see its outputs here."]
             continue
-        links = [f"[{name}]({os.path.relpath(run / name, out)})" for name in summary.get("outputs", [])
-                 if (run / name).is_file()]
+        view = RunView(r["model"], out)
+        links = [view.link(name, name) for name in summary.get("outputs", []) if (run / name).is_file()]
         lines += ["", f"### {label(r['model'])}", "", "Outputs: " + ", ".join(links)]
-        curve = summary.get("loss", {}).get("curve")
-        if curve and (run / curve).is_file():
-            lines += ["", f"![{label(r['model'])} loss]({os.path.relpath(run / curve, out)})"]
-        lines += (loss_line(summary) + data_lines(summary, out) + preference_lines(summary, run)
-                  + merged_lines(summary) + sweep_lines(summary))
+        for section in declared_sections():
+            if section.lines and summary.get(section.key):
+                lines += section.lines(summary[section.key], view)
     return ["", "## Each stage's outputs"] + lines if lines else []
-
-
-def loss_line(summary: dict) -> list[str]:
-    loss = summary.get("loss")
-    if not loss or "window" not in loss:  # a single logged step has a curve but no trend
-        return []
-    k, trend = loss["window"], "falls" if loss["last"] < loss["first"] else "does not fall"
-    return ["", f"Training loss {trend}: mean of the first {k} logged steps {loss['first']:.3f}, of the last {k} "
-            f"{loss['last']:.3f} ({loss['steps']} steps)."]
-
-
-def data_lines(summary: dict, out: Path) -> list[str]:
-    """Rows per source the run trained on; a source written by a synth run links that run's filter report
-    (how many generations each filter dropped)."""
-    data = summary.get("trained_on")
-    if not data:
-        return []
-    rows = ", ".join(f"`{s.get('label', s['source'])}` {s['rows']}{synth_report_link(s['source'], out)}"
-                     for s in data["sources"] if isinstance(s, dict) and "source" in s and "rows" in s)
-    return ["", f"Trained on ({data['kind']} rows per source): {rows}."]
-
-
-def synth_report_link(source: str, out: Path) -> str:
-    run = Path(source).parent
-    report = ((read_summary(run) or {}).get("filters") or {}).get("report")
-    if not (report and (run / report).is_file()):
-        return ""
-    return f" ([synth filters]({os.path.relpath(run / report, out)}))"
-
-
-def preference_lines(summary: dict, run: Path) -> list[str]:
-    p = summary.get("held_out")
-    if not p:
-        return []
-    start, end = p["start"], p["end"]
-    return ["", f"Held-out preference pairs (`{p['pairs_file']}`, {end['pairs']} pairs): how often the model "
-            "gives the chosen answer a higher log-probability than the rejected one.", "",
-            "| model | accuracy | mean log p(chosen) - log p(rejected) |", "|---|---|---|",
-            f"| before: `{start['model']}` | {start['accuracy']:.3f} | {start['mean_margin']:.3f} |",
-            f"| after: {label(str(run))} | {end['accuracy']:.3f} | {end['mean_margin']:.3f} |", "",
-            f"Mean implicit reward margin of the result against the start (beta {p['beta']}): "
-            f"{p['reward_margin']:.4f}."]
-
-
-def merged_lines(summary: dict) -> list[str]:
-    """What a merge run merged, with the weights."""
-    m = summary.get("merged")
-    if not m:
-        return []
-    soup = ", ".join(f"`{s['path']}` ({s['weight']:g})" for s in m["soup"] if isinstance(s, dict))
-    return ["", f"Merged: {m['soup_weight']:g} x the soup of {soup}; {round(1 - m['soup_weight'], 10):g} x "
-            f"`{m['long_context']}`."]
-
-
-def sweep_lines(summary: dict) -> list[str]:
-    sweep = summary.get("sweep")
-    if not sweep:
-        return []
-    rows = sweep["rows"]
-    lines = ["", "Merge-weight sweep (soup weight against the long-context checkpoint):", "",
-             str(sweep["table"]).strip(), ""]
-    if not (rows and all(isinstance(r, dict) and isinstance(r.get("scores"), dict) for r in rows)):
-        return lines
-    pair = trade_off(rows)
-    if pair:
-        (a, wa), (b, wb) = pair
-        return lines + [f"**Trade-off**: {a} is better at soup weight {wa:g}, {b} at {wb:g}; no weight is best "
-                        "at both."]
-    changed = [k for k in rows[0]["scores"] if len({r["scores"][k] for r in rows}) > 1]
-    plain = ("**No trade-off shows at this scale**: " + (
-        f"only {', '.join(changed)} changes with the weight, and no other score gets better where it gets worse"
-        if changed else "every sweep weight scores the same on these tasks") + ". In the real recipe the 0.1 of "
-        "mid-training restores long-context (RULER at 32k-128k) scores that a few demo examples at short "
-        "context cannot show.")
-    return lines + [plain]
-
-
-def trade_off(rows: list[dict]):
-    """Two scores that the weight moves in opposite directions: ((a, weight a is better at), (b, ...)), or None."""
-    keys = list(rows[0]["scores"])
-    for a in keys:
-        for b in keys:
-            for r1 in rows:
-                for r2 in rows:
-                    if r1["scores"][a] > r2["scores"][a] and r2["scores"][b] > r1["scores"][b]:
-                        return (a, r1["weight"]), (b, r2["weight"])
-    return None
 
 
 SUMMARY_KEYS = {"score", "n", "truncated", "examples"}

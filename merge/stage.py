@@ -9,7 +9,9 @@ that every input can be merged (architecture, tensor shapes, vocabulary, tied em
 run dir -> the APO model's tokenizer with our chat template (set explicitly, not MergeKit's copy)
 -> the MergeKit configs used, a model card and the manifest (every input's fingerprint) -> with
 `sweep:`, merges at each of its weights scored by its eval spec (the eval stage's own), a table, a plot
-and the best weight (merge/sweep.py).
+and the best weight (merge/sweep.py). Its summary.json holds `merged` (MERGED, below: {"soup": [{"path",
+"weight"}, ...], "soup_weight": 0.9, "long_context": "runs/x/midtrain"}, the soup's weights summing to 1)
+and, with a sweep, `sweep` (merge/sweep.py).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import yaml
 
 from eval.tasks import check_tasks
 from merge.checks import check_compatible
-from merge.sweep import sweep, table
+from merge.sweep import SWEEP, sweep, table
 from pipeline.core.chat import end_of_turn_as_eos, template_text
 from pipeline.core.errors import UserError
 from pipeline.core.inputs import expand_glob, is_glob
 from pipeline.core.runs import stage_run
+from pipeline.core.summary import Section
 
 
 def check(recipe) -> list[tuple[str, str]]:
@@ -175,3 +178,23 @@ Ships the smolalign dual-mode chat template.
 """
     (run.path / "README.md").write_text(card)
     (run.path / "lineage.json").write_text(json.dumps(run.manifest["inputs"], indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run writes in summary.json beside the shared keys, and how the eval report shows it
+# ----------------------------------------------------------------------------------------------
+def merged_cell(merged: dict, view) -> str:
+    rest = round(1 - merged["soup_weight"], 10)
+    return f"{merged['soup_weight']:g} x soup of {len(merged['soup'])} + {rest:g} x `{merged['long_context']}`"
+
+
+def merged_lines(merged: dict, view) -> list[str]:
+    """What the run merged, with the weights."""
+    soup = ", ".join(f"`{s['path']}` ({s['weight']:g})" for s in merged["soup"] if isinstance(s, dict))
+    return ["", f"Merged: {merged['soup_weight']:g} x the soup of {soup}; {round(1 - merged['soup_weight'], 10):g} x "
+            f"`{merged['long_context']}`."]
+
+
+MERGED = Section("merged", required={"soup": None, "soup_weight": None, "long_context": None}, glance="merged from",
+                 cell=merged_cell, lines=merged_lines)
+SUMMARY_SECTIONS = [MERGED, SWEEP]

@@ -30,6 +30,7 @@ from typing import Any
 from pipeline.core.chat import MISSING_ANSWER, strip_think, think_block_problem
 from pipeline.core.errors import UserError
 from pipeline.core.recipe import RecipeError, load_recipe, raise_problems
+from pipeline.core.summary import Section
 from synth.schema import FilterSpec
 
 WORD = re.compile(r"\w+")
@@ -228,3 +229,10 @@ def _verifier(name: str | None):
         return task.verify(reference, answer, "think" if thinking else "no_think")
 
     return verify
+
+
+# The `filters` section of a synth run's summary.json: {"report": "report.json", "prompts", "rows", "kept",
+# "filters": {filter: rows dropped}, ...}. A run that trains on the rows this run kept links its report
+# beside that source (the eval report's "trained on" line).
+FILTERS = Section("filters", required={"report": None},
+                  source_link=lambda filters: ("synth filters", filters["report"]))

@@ -40,9 +40,11 @@ from pipeline.core.runs import join_run, parse_shard, run_lock, stage_run, write
 from pipeline.data.rows import BadRow, prompt_of
 from pipeline.data.sources import iter_rows
 from pipeline.generation import Request, make_backend
-from synth.filters import apply_filters, check_filters, decontamination
+from synth.filters import FILTERS, apply_filters, check_filters, decontamination
+from synth.plan import plan, plan_text  # noqa: F401 (its part of `smolalign plan`, found here by the plan)
 from synth.store import ShardStore, key_shard, read_all, work_key
 
+SUMMARY_SECTIONS = [FILTERS]  # what a run writes in summary.json beside the shared keys (synth/filters.py)
 BATCH = 64  # prompts generated between two fsyncs of the shard file
 THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teacher that does not
 

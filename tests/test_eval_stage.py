@@ -10,9 +10,11 @@ from conftest import REPO
 
 from eval import report as eval_report
 from eval import stage
+from merge.sweep import sweep_lines
 from pipeline.core.recipe import load_recipe
-from pipeline.core.summary import loss_section, trained_on_section, write_summary
+from pipeline.core.summary import write_summary
 from pipeline.generation import OpenAIBackend, Request, SamplingSpec, TransformersBackend
+from pipeline.training.sections import loss_section, trained_on_section
 
 
 def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, ckpt_copy):
@@ -342,14 +344,15 @@ def test_progress_picture_places_apo_held_out_preference_at_its_start_and_its_en
         "start": {"model": "runs/sft", "accuracy": 0.8125, "mean_margin": 0.0},
         "end": {"pairs": 16, "accuracy": 0.9375, "mean_margin": 1.0}}})
     results = [{"model": m} for m in ("embedded:base", "runs/sft/", "runs/apo", "runs/merge")]
-    assert eval_report.held_out_points(results) == [(1, 0.8125), (2, 0.9375)]
-    assert eval_report.held_out_points([results[0], results[2]]) == [(1, 0.9375)]  # its start is not in the report
-    assert eval_report.held_out_points([results[0], results[1]]) == []
+    line = "held-out pairs preferred"
+    assert eval_report.progress_points(results) == {line: [(1, 0.8125), (2, 0.9375)]}
+    assert eval_report.progress_points([results[0], results[2]]) == {line: [(1, 0.9375)]}  # its start is not there
+    assert eval_report.progress_points([results[0], results[1]]) == {}
 
 
 def test_sweep_lines_name_a_trade_off_only_where_scores_move_in_opposite_directions(tmp_path):
     def write(rows):
-        return "\n".join(eval_report.sweep_lines({"sweep": {"rows": rows, "table": "table"}}))
+        return "\n".join(sweep_lines({"rows": rows, "table": "table"}))
 
     def row(weight, ruler, mode):
         return {"weight": weight, "scores": {"ruler (think)": ruler, "mode (no_think)": mode}}

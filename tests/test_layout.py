@@ -3,6 +3,7 @@ imports only the rooms below it (ROOMS), the stage packages stand on the foundat
 generation, and no module imports, directly or through others, a module that imports it back."""
 
 import ast
+import re
 import typing
 from pathlib import Path
 
@@ -248,3 +249,118 @@ def test_the_report_reads_each_run_through_its_summary_and_knows_no_task_by_name
              if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     named = {t for t in texts if t in others | set(STAGES) or any(t.endswith("/" + o) for o in others)}
     assert named == set(), f"eval/report.py names {sorted(named)}"
+
+
+# The modules every stage goes through, which must know none of them (issue 31): each with the stages it
+# belongs to itself (the report is the eval stage's own output).
+SHARED: dict[str, set[str]] = {"pipeline/planning/plan.py": set(), "pipeline/core/summary.py": set(),
+                               "eval/report.py": {"eval"}}
+
+
+def stage_knowledge(own: set[str]) -> dict[str, set[str]]:
+    """What naming a stage looks like in code, for a module that belongs to the stages `own`: a stage's name
+    (or its family, `synth` of `synth-traces`), a key of a summary section a stage declares, and a recipe
+    field that only some stages have (APO's `ref_model`, synth's `prompts`), all found through the registry."""
+    from pipeline.core import schema
+    from pipeline.core.stages import STAGES, recipe_class
+    from pipeline.core.summary import declared_sections
+
+    shared_fields = {f for cls in vars(schema).values() if isinstance(cls, type) and issubclass(cls, schema.Strict)
+                     for f in cls.model_fields}
+    own_fields = {f for stage in own for f in recipe_class(stage).model_fields}
+    return {
+        "a stage name": {w for stage in STAGES if stage not in own for w in (stage, stage.split("-")[0])},
+        "a stage's summary section": {s.key for s in declared_sections()},
+        "a stage's own recipe field": {f for stage in STAGES for f in recipe_class(stage).model_fields
+                                       if f not in shared_fields | own_fields},
+    }
+
+
+def names_in(path: Path) -> tuple[set[str], set[str]]:
+    """(the words of every identifier, string and docstring, lowercased; every key the module reads or
+    writes by name: `x.key`, `x["key"]`, `x.get("key")`, `hasattr(x, "key")`, `{"key": ...}`)."""
+    words, keys = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        texts = []
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            texts = [node.value]
+        elif isinstance(node, ast.Name):
+            texts = [node.id]
+        elif isinstance(node, ast.Attribute):
+            texts, keys = [node.attr], keys | {node.attr}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            texts = [node.name]
+        elif isinstance(node, ast.arg):
+            texts = [node.arg]
+        elif isinstance(node, ast.keyword) and node.arg:
+            texts = [node.arg]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            texts = [getattr(node, "module", None) or ""] + [a.name for a in node.names]
+        words |= {w.lower() for text in texts for w in re.split(r"[^A-Za-z0-9]+|_", text) if w}
+        keys |= {k.value for k in _keys_named(node) if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    return words, keys
+
+
+def _keys_named(node) -> list:
+    if isinstance(node, ast.Subscript):
+        return [node.slice]
+    if isinstance(node, ast.Dict):
+        return [k for k in node.keys if k is not None]
+    if isinstance(node, ast.Call) and node.args:
+        if getattr(node.func, "attr", None) in ("get", "pop", "setdefault"):
+            return node.args[:1]
+        if getattr(node.func, "id", None) in ("hasattr", "getattr"):
+            return node.args[1:2]
+    return []
+
+
+def stage_knowledge_in_shared_modules() -> list[str]:
+    found = []
+    for relative, own in SHARED.items():
+        words, keys = names_in(REPO / relative)
+        for what, names in stage_knowledge(own).items():
+            hits = (words if what == "a stage name" else keys) & names
+            found += [f"{relative} names {what}: {name}" for name in sorted(hits)]
+    return found
+
+
+def test_the_plan_the_summary_and_the_report_name_no_stage():
+    """plan.py, summary.py and eval/report.py go through every stage and know none: no stage's name (in
+    code, strings or docstrings), no key of a section a stage declares, no field of a stage's own recipe.
+    What a stage shows of itself, it declares in its module (`plan`, `plan_text`, `SUMMARY_SECTIONS`)."""
+    found = stage_knowledge_in_shared_modules()
+    assert found == [], found
+
+
+def test_the_stage_knowledge_check_sees_a_stage_named(tmp_path, monkeypatch):
+    """The test above finds each kind of naming it forbids (so its silence means something)."""
+    files = {
+        "pipeline/planning/plan.py": '"""Synth: prompts x modes."""\ndef mixture(recipe):\n'
+                                     '    if recipe.stage == "apo":\n        return recipe.ref_model\n'
+                                     '    return hasattr(recipe, "weak")\n',
+        "pipeline/core/summary.py": 'REQUIRED = {"held_out": {"beta": None}}\n',
+        "eval/report.py": 'def merge_cell(summary):\n    return summary.get("sweep"), summary["tasks"]\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setitem(globals(), "REPO", tmp_path)
+    found = stage_knowledge_in_shared_modules()
+    plan, summary, report = (f"{name} names" for name in files)
+    assert set(found) == {f"{plan} a stage name: synth", f"{plan} a stage name: apo",
+                          f"{plan} a stage's own recipe field: ref_model", f"{plan} a stage's own recipe field: weak",
+                          f"{summary} a stage's summary section: held_out", f"{report} a stage name: merge",
+                          f"{report} a stage's summary section: sweep", f"{report} a stage's own recipe field: sweep"}
+    # not `tasks`: a field of the eval's own recipe, which the report belongs to
+
+
+def test_each_summary_section_is_declared_once():
+    """Stages that share a section (the training stages' `loss`) declare the same one; two different
+    declarations of one key would leave the report showing one of them for both."""
+    from pipeline.core.stages import STAGES, stage_module
+
+    by_key: dict[str, set[int]] = {}
+    for stage in STAGES:
+        for section in getattr(stage_module(stage), "SUMMARY_SECTIONS", ()):
+            by_key.setdefault(section.key, set()).add(id(section))
+    assert by_key and {k for k, ids in by_key.items() if len(ids) > 1} == set()

@@ -1,6 +1,7 @@
 """Recipes: every shipped recipe loads, bad recipes fail before anything loads, with exact errors."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -223,10 +224,16 @@ def test_sft_loss_type_is_checked_against_sfts_own_losses(write_recipe):
     assert "'apo_zero' is not one of TRL's choices: nll, dft" in message
 
 
-def test_ref_model_only_for_apo(write_recipe):
-    recipe = sft_recipe(ref_model={"name_or_path": "embedded:tiny-smollm3"})
-    [(key, msg)] = problems_of(write_recipe(recipe))
-    assert key.startswith("ref_model") and "only the apo stage" in msg
+@pytest.mark.parametrize("key, value", [("ref_model", {"name_or_path": "embedded:tiny-smollm3"}),
+                                        ("eval_pairs", "data/demo/preferences_heldout.jsonl")])
+def test_an_apo_setting_in_another_stages_recipe_names_the_stage_it_belongs_to(write_recipe, key, value):
+    """APO's own keys live on its recipe class: in an SFT recipe they are unknown, and the message says whose
+    they are (found in the registry's recipe classes, so no shared module names the stage)."""
+    [(where, msg)] = problems_of(write_recipe(sft_recipe(**{key: value})))
+    assert where.startswith(key)
+    assert msg.startswith("unknown key (a key of the apo recipe, not of this one); allowed here:")
+    apo = load_recipe(REPO / "recipes/demo/apo.yaml", [f"{key}={json.dumps(value)}"])
+    assert apo.model_dump(exclude_defaults=True)[key] == value  # where it belongs, the same key is APO's own
 
 
 def test_stage_mismatch_says_which_command(write_recipe):
@@ -413,11 +420,12 @@ def test_sft_recipe_has_the_25_official_splits_with_their_weights():
 
 
 def test_a_stage_rule_is_listed_where_it_was_before_the_recipes_moved_beside_their_stages(write_recipe):
-    """Mid-training's own rule, then the reference-model rule, then the shared combinations: TRL checks,
-    the stage's rules and the shared ones keep the order users saw before (the review found it reversed)."""
-    body = {"name": "t", "stage": "midtrain", "model": {"name_or_path": "embedded:tiny-smollm3"},
+    """A stage's own rules (APO's padding_free, then its reference model), then the shared combinations: TRL
+    checks, the stage's rules and the shared ones keep the order users saw before (the review found it
+    reversed)."""
+    body = {"name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
             "ref_model": {"name_or_path": "embedded:tiny-smollm3"},
-            "data": {"sources": [{"path": "data/demo/reasoning.jsonl"}]},
-            "training": {"packing": True, "max_length": 512, "bf16": True, "fp16": True}}
+            "data": {"sources": [{"path": "data/demo/preferences.jsonl"}]},
+            "training": {"padding_free": True, "precompute_ref_log_probs": True, "bf16": True, "fp16": True}}
     keys = [key.split(" ")[0] for key, _ in problems_of(write_recipe(body))]
-    assert keys == ["training.packing_strategy", "ref_model", "training.bf16"]
+    assert keys == ["training.padding_free", "ref_model", "training.bf16"]

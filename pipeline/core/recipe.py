@@ -243,8 +243,12 @@ def _pydantic_problems(err: ValidationError, cls, lines: dict[str, int]) -> list
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(cls, loc[:-1])
+            owners = _stages_with_key(loc[-1]) if len(loc) == 1 else []  # another stage's own setting
             hint = difflib.get_close_matches(loc[-1], allowed, n=1)
-            msg = "unknown key" + (f" (did you mean `{hint[0]}`?)" if hint else "")
+            if owners:
+                msg = f"unknown key (a key of the {' and '.join(owners)} recipe, not of this one)"
+            else:
+                msg = "unknown key" + (f" (did you mean `{hint[0]}`?)" if hint else "")
             msg += f"; allowed here: {', '.join(allowed)}"
         elif e["type"] == "missing":
             msg = "required key is missing"
@@ -252,6 +256,11 @@ def _pydantic_problems(err: ValidationError, cls, lines: dict[str, int]) -> list
             msg += f" (got {e.get('input')!r})" if not isinstance(e.get("input"), (dict, list)) else ""
         out.append((_at(key, lines), msg))
     return out
+
+
+def _stages_with_key(key: str) -> list[str]:
+    """The stages whose recipe has this top-level key (a stage's own setting put in another's recipe)."""
+    return [stage for stage in STAGES if key in recipe_class(stage).model_fields]
 
 
 def _allowed_keys(cls, loc: list[str]) -> list[str]:

@@ -131,10 +131,18 @@ class PeftSpec(Strict):
 # ----------------------------------------------------------------------------------------------
 # Stage recipes
 # ----------------------------------------------------------------------------------------------
+# What a training stage's step trains on:
+#   rows     token rows, built, budgeted and packed ahead of the job (pipeline/data/mixture.py)
+#   pairs    preference pairs (a prompt, a chosen and a rejected answer), read by the stage (pipeline/data/rows.py)
+#   prompts  prompts alone: the stage generates the completions it trains on (online RL), so its plan costs the
+#            generated tokens as well as the training (pipeline/planning/plan.py), from what its own plan says
+TrainsOn = Literal["rows", "pairs", "prompts"]
+
+
 class RecipeBase(Strict):
     """What every stage's recipe has: a name, a seed, where it writes; what it reads and what it gets wrong."""
 
-    trains_on: ClassVar[Literal["rows", "pairs"] | None] = None  # a training stage's data (TrainRecipe); None: none
+    trains_on: ClassVar[TrainsOn | None] = None  # a training stage's data (TrainRecipe); None: it trains nothing
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: runs/<name>/<stage>.")
     description: str = ""
@@ -163,47 +171,26 @@ class TrainRecipe(RecipeBase):
     its stage and adding its own rules to `problems()`."""
 
     trl_config: ClassVar[str] = "SFTConfig"  # the TRL config class that receives `training:`
-    # What a step trains on: "rows" (token rows, packed; pipeline/data/mixture.py) or "pairs" (preference pairs
-    # read by the stage; pipeline/data/rows.py). It decides how rows are planned and costed (pipeline/planning/plan.py)
-    # and whether a reference model and held-out pairs mean anything.
-    trains_on: ClassVar[Literal["rows", "pairs"] | None] = "rows"
+    trains_on: ClassVar[TrainsOn | None] = "rows"  # what a step trains on (TrainsOn, above)
     stage: str
     model: ModelSpec
-    ref_model: ModelSpec | None = Field(
-        None, description="APO only. Default: a frozen copy of `model` (or precomputed log-probs)."
-    )
     chat: ChatSpec = ChatSpec()
     data: DataSpec
-    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's SFTConfig/DPOConfig, but for "
-                                     "`global_batch_size` (ours: rows per optimizer step; the stage derives "
-                                     "gradient_accumulation_steps from the GPU count, pipeline/core/batch.py).")
+    training: dict[str, Any] = Field(default_factory=dict, description="Passed to TRL's config of the stage "
+                                     "(`trl_config`: SFTConfig, DPOConfig, ...), but for `global_batch_size` (ours: "
+                                     "rows per optimizer step; the stage derives gradient_accumulation_steps from the "
+                                     "GPU count, pipeline/core/batch.py).")
     peft: PeftSpec | None = None
-    eval_pairs: str | None = Field(
-        None, description="APO only: held-out preference pairs (.jsonl, the training rows' layout), scored before "
-        "and after training: how often the model prefers chosen over rejected, and the reward margin.")
-
-    @model_validator(mode="after")
-    def _eval_pairs_for_apo(self):
-        if self.eval_pairs is not None and self.trains_on != "pairs":
-            raise ValueError("`eval_pairs` is an APO setting (held-out preference pairs); remove it here")
-        return self
 
     def inputs(self) -> list[tuple[str, str]]:
-        out = [("model.name_or_path", self.model.name_or_path)]
-        if self.ref_model:
-            out.append(("ref_model.name_or_path", self.ref_model.name_or_path))
-        out += [(f"data.sources.{i}.path", s.path) for i, s in enumerate(self.data.sources)]
-        if self.eval_pairs:
-            out.append(("eval_pairs", self.eval_pairs))
-        return out
+        return [("model.name_or_path", self.model.name_or_path)] + [
+            (f"data.sources.{i}.path", s.path) for i, s in enumerate(self.data.sources)]
 
     def problems(self, base_dir: Path) -> list[tuple[str, str]]:
         from pipeline.core.batch import batch_problems
         from pipeline.core.checks import check_combinations, check_training
 
         problems = check_training(self) + batch_problems(self.training) + self.stage_problems()
-        if self.ref_model is not None and self.trains_on != "pairs":
-            problems.append(("ref_model", "only the apo stage uses a reference model"))
         return problems + check_combinations(self, base_dir)
 
     def stage_problems(self) -> list[tuple[str, str]]:

@@ -9,15 +9,23 @@ imported when that stage is asked for, so pipeline/ imports nothing from synth/,
 
 A stage module has `run(recipe, overwrite=False) -> Path` (a stage that `shards` also takes `shard`), may
 have `check(recipe) -> [(key, problem)]` for what only it can judge (eval task names) and
-`prepare(recipe, shard)` when its data can be built ahead of the job (`smolalign prepare`). Its
-recipe class subclasses pipeline.core.schema.RecipeBase (a training stage: TrainRecipe, with `trl_config`
-and `trains_on`) and lives beside it. Adding a stage: its module, its recipe class, and one line here.
+`prepare(recipe, shard)` when its data can be built ahead of the job (`smolalign prepare`). What it shows
+of itself it says too, so that no shared module names it:
+- `plan(recipe, planner) -> PlanSection` and `plan_text(data) -> [lines]`: its part of `smolalign plan`
+  (pipeline/planning/plan.py lends the `planner`: resolved TRL settings, the recipe's tokenizer offline,
+  the published sources' sizes, the generation throughput given);
+- `SUMMARY_SECTIONS`: the `Section`s (pipeline/core/summary.py) it writes in summary.json, with how the
+  eval report shows each.
+Its recipe class subclasses pipeline.core.schema.RecipeBase (a training stage: TrainRecipe, with
+`trl_config` and `trains_on`) and lives beside it. Adding a stage: its module, its recipe class, and one
+line here.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,3 +56,26 @@ def recipe_class(stage: str) -> type:
 def stage_module(stage: str):
     """The module that runs a stage."""
     return importlib.import_module(STAGES[stage].module)
+
+
+@dataclass
+class PlanSection:
+    """A stage's own part of `smolalign plan`, from its module's `plan(recipe, planner)`.
+
+    `data` is plan.json's `data` (what the recipe trains on or generates), printed by the module's
+    `plan_text(data)`; `problems` stop the recipe from running as written. A training stage also says
+    what an epoch holds, which the shared cost model (pipeline/planning/plan.py, costs.py) turns into
+    steps, GPU-hours and memory without knowing the stage:
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    # rows_per_epoch, tokens_per_epoch (trained), span (mean tokens attention runs over), work_from (where the
+    # figures come from); shown in the plan's cost as they are. Without rows, no step count.
+    work: dict[str, Any] = field(default_factory=dict)
+    sequences_per_row: int = 1  # sequences one row puts through the model at once (a preference pair: 2)
+    reference_forward: float = 0.0  # extra compute a trained token costs for a frozen reference model (1/3)
+    reference_copy: bool = False  # a frozen copy of the weights sits beside them on each GPU
+    # A prompts-only stage (`trains_on: prompts`) generates what it trains on: tokens it generates an epoch.
+    generated_tokens_per_epoch: float | None = None
+    max_length: int | None = None  # tokens of its longest row, where `training.max_length` does not say it

@@ -1,65 +1,75 @@
-"""summary.json: what one stage run did, in the one file other stages and the eval report read.
+"""summary.json: what one stage run did, in the one file other stages and the evaluation report read.
 
 Every stage fills `run.summary` while it runs; pipeline/core/runs.py writes it to `<run>/summary.json`
 when the run completes, so every run this version finishes has one (a run made before has none: the
-report says so) and a reader (eval/report.py) never needs to know another stage's own files.
-Every key but `stage` is optional: a stage writes the sections that mean something for it.
+report says so) and a reader (the evaluation report) never needs to know another stage's own files.
 
-    stage       the stage that wrote it: "sft"
+    stage       the stage that wrote it
     format      this layout's version: 1
     outputs     files worth opening, relative to the run directory, in reading order:
                 ["loss.png", "mixture.txt", "README.md"]
-    loss        training stages (pipeline/training/train.py): {"steps": 24, "window": 10, "first": 2.55,
-                "last": 1.15, "curve": "loss.png"}: the mean logged loss over the first and the last
-                `window` of the `steps` logged steps (the trend from two logged steps on)
-    trained_on  training stages: {"kind": "mixture" | "pairs", "table": "mixture.txt" | "pairs.json",
-                "sources": [{"source": "runs/demo/synth-traces/rows.jsonl", "label": the same, with a
-                Hub source's config and split, "rows": 5}, ...]}
-    held_out    apo with eval_pairs (pipeline/training/preference.py): {"pairs_file", "beta", "reward_margin",
-                "start": {"model", "pairs", "accuracy", "mean_margin"}, "end": {the same, no model}}
-    sweep       merge with `sweep:` (merge/sweep.py): {"rows": [{"weight", "scores": {"task (mode)":
-                score}, "mean"}], "best_weight", "file": "sweep/sweep.md", "table": its markdown}
-    merged      merge (merge/stage.py): {"soup": [{"path", "weight"}, ...], "soup_weight": 0.9,
-                "long_context": "runs/x/midtrain"}: the inputs and their weights (the soup's sum to 1)
-    filters     synth (synth/stage.py): {"report": "report.json", "prompts", "rows", "kept",
-                "filters": {filter: rows dropped}}
-    scores      eval (eval/stage.py): {model: {task: {mode: score}}}, the report in "outputs"
+    <section>   the stage's own sections, each a JSON object
+
+Every key but `stage` is optional: a stage writes the sections that mean something for it. It declares
+them in its module, `SUMMARY_SECTIONS` (a list of `Section`, below, with the layout of each): what a
+reader indexes in the section, and how the evaluation report shows it. This module names no section and no
+stage: it checks a summary's sections against what the registered stages (pipeline/core/stages.py)
+declare, so a stage that adds a section edits nothing here.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.files import write_json_atomic
-from pipeline.core.schema import source_label
+from pipeline.core.stages import STAGES, Stage, stage_module
 
 SUMMARY = "summary.json"
 FORMAT = 1
-LOSS_WINDOW = 10  # logged steps averaged at each end of the loss curve
 
 
-def loss_section(history: list[dict[str, Any]], curve: str = "loss.png") -> dict[str, Any] | None:
-    """`loss` from a trainer's log history: the curve from one logged loss on, the trend from two; None
-    without any logged loss."""
-    losses = [h["loss"] for h in history if "loss" in h]
-    if not losses:
-        return None
-    if len(losses) < 2:
-        return {"steps": 1, "curve": curve}
-    k = min(LOSS_WINDOW, len(losses) // 2)
-    return {"steps": len(losses), "window": k, "first": sum(losses[:k]) / k, "last": sum(losses[-k:]) / k,
-            "curve": curve}
+@dataclass(frozen=True)
+class Section:
+    """A section of summary.json, declared by the stage that writes it, and how the evaluation report shows it.
+
+    Each function takes the section (a dict) and a `view` of the run, which the report gives (RunView):
+    `view.run` (its directory), `view.label` (its short name), `view.link(text, file)` and
+    `view.image(alt, file)` (markdown pointing at one of the run's files, "" when it is not there), and
+    `view.source_link(path)` (what the run that wrote a data file offers beside it, below).
+    """
+
+    key: str  # its key in summary.json
+    # What readers index in it, {key: None, or the keys inside}: a section without them (written by another
+    # version, edited by hand) is dropped with a warning rather than failing its reader.
+    required: dict[str, Any] = field(default_factory=dict)
+    glance: str = ""  # its row in the report's at-a-glance table (a cell per model), with `cell` filling it
+    cell: Callable[[dict, Any], str] | None = None
+    lines: Callable[[dict, Any], list[str]] | None = None  # its paragraph under the run's outputs
+    # A line on the report's progress picture: (its label, [(model, value)]): the model as the report names it
+    # (a run directory, a Hub ID), None for this run; a point whose model is not in the report is left out.
+    progress: Callable[[dict], tuple[str, list[tuple[str | None, float]]]] | None = None
+    # For a run that trains on a file this run wrote: (text, file of this run) linked beside that source.
+    source_link: Callable[[dict], tuple[str, str] | None] | None = None
 
 
-def trained_on_section(kind: str, table: str, report: dict[str, Any]) -> dict[str, Any]:
-    """`trained_on` from a mixture or pairs report (rows per source, as pipeline/data/rows.py counts them);
-    `label` names the source as every report does (with its Hub config and split), `source` is its path."""
-    return {"kind": kind, "table": table,
-            "sources": [{"source": s["source"], "label": source_label(s["source"], s.get("split", "train"),
-                                                                      s.get("name")), "rows": s["rows"]}
-                        for s in report.get("sources", [])]}
+def declared_sections() -> list[Section]:
+    """Every section the registered stages declare, in pipeline order, each key once (the training stages
+    share theirs). tests/test_layout.py checks that no two stages declare one key differently."""
+    return _declared(tuple(STAGES.items()))
+
+
+@lru_cache(maxsize=8)
+def _declared(stages: tuple[tuple[str, Stage], ...]) -> list[Section]:
+    out: dict[str, Section] = {}
+    for name, _ in stages:
+        for section in getattr(stage_module(name), "SUMMARY_SECTIONS", ()):
+            out.setdefault(section.key, section)
+    return list(out.values())
 
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
@@ -69,8 +79,8 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """A run directory's summary, or None where there is none (not a run of ours, a run made before
-    summaries) or it cannot be read. A section without the keys a reader needs (a summary written by
-    another version, edited by hand) is dropped, with a warning, rather than failing its reader."""
+    summaries) or it cannot be read. A declared section without the keys its readers index is dropped,
+    with a warning, rather than failing its reader."""
     path = Path(run_dir) / SUMMARY
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -78,28 +88,15 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     if not (isinstance(summary, dict) and isinstance(summary.get("stage"), str)):
         return None
-    for name, keys in REQUIRED.items():
-        section = summary.get(name)
-        if section is not None and not _has(section, keys):
-            print(f"warning: {path}: section `{name}` lacks some of {', '.join(keys)}; not shown")
-            del summary[name]
+    for section in declared_sections():
+        value = summary.get(section.key)
+        if value is not None and not _has(value, section.required):
+            print(f"warning: {path}: section `{section.key}` lacks some of {', '.join(section.required)}; not shown")
+            del summary[section.key]
     outputs = summary.get("outputs", [])
     if not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
         summary["outputs"] = []
     return summary
-
-
-# What readers index in each section (a nested dict: the keys inside it).
-REQUIRED: dict[str, dict[str, Any]] = {
-    "loss": {"steps": None, "curve": None},
-    "trained_on": {"kind": None, "table": None, "sources": None},
-    "held_out": {"pairs_file": None, "beta": None, "reward_margin": None,
-                 "start": {"model": None, "accuracy": None, "mean_margin": None},
-                 "end": {"pairs": None, "accuracy": None, "mean_margin": None}},
-    "sweep": {"rows": None, "file": None, "table": None},
-    "merged": {"soup": None, "soup_weight": None, "long_context": None},
-    "filters": {"report": None},
-}
 
 
 def _has(value: Any, keys: dict[str, Any]) -> bool:

@@ -2,18 +2,20 @@
 and from another variant, and what it will cost, before any GPU is booked. No model loads; offline.
 
     smolalign plan RECIPE [RECIPE ...] [--gpus N] [--gpu h100|h200|a100] [--against OTHER.yaml]
-    make plan RECIPE=recipes/smollm3/sft.yaml
+    make plan RECIPE=recipes/smollm3/<stage>.yaml
 
-For each recipe (any stage; the plan reads recipes generically: stage, `training:`, data sources):
+For each recipe (any stage; this module reads recipes generically and names no stage):
 1. differences: the resolved recipe (schema defaults, `--set`, TRL's own field defaults of the pinned
    version for `training:`) against the published configuration of its stage (pipeline/planning/published/
    smollm3.yaml: values, source and commit) and against `--against`: every key that differs, whether it
    changes the run's identity (pipeline/core/runs.py identity_data decides) and a note for the known traps;
-2. data: the mixture `prepare` built for this recipe and tokenizer (pipeline/data/mixture.py's cache entry):
-   tokens per source and mode, trained tokens, pack fill, rows over max_length, quarantined rows and their
-   top reasons. A source that trains nothing or next to nothing is a problem. APO: pairs per source and
-   mode, prompt and answer lengths against max_length. Synth: prompts x modes x models x tokens;
-3. cost: optimizer steps, tokens, GPU-hours and wall time on N GPUs, memory per GPU (pipeline/planning/costs.py).
+2. data: the stage's own section, from its module's `plan(recipe, planner)` (a `PlanSection`,
+   pipeline/core/stages.py), printed by its `plan_text(data)`: what it trains on or generates, its
+   problems, and for a training stage what an epoch holds; the `Planner` below lends it what the plan
+   knows (resolved TRL settings, the tokenizer if it is here, the published sources' sizes);
+3. cost: optimizer steps, tokens, GPU-hours and wall time on N GPUs, memory per GPU (pipeline/planning/costs.py),
+   from what the stage said an epoch holds; a stage that trains on prompts (`trains_on: prompts`) also
+   generates what it trains on: its generated tokens are costed at the generation throughput given.
 Problems (the recipe cannot run as written) are listed; the CLI prints them one a line and exits 2.
 """
 
@@ -22,9 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,11 @@ from pipeline.core.inputs import classify_input
 from pipeline.core.recipe import parse_yaml
 from pipeline.core.redaction import redact
 from pipeline.core.runs import identity_data, identity_hash
+from pipeline.core.stages import PlanSection, stage_module
+from pipeline.core.text import cell, table
 from pipeline.planning import costs
 
 PUBLISHED = Path(__file__).resolve().parent / "published" / "smollm3.yaml"
-# A source whose share of the mixture's trained tokens is under this trains next to nothing: an error.
-NEAR_ZERO_SHARE = 0.001
 MISSING = "<not set>"
 
 
@@ -274,8 +275,54 @@ def _global_batch_row(pub, gpus: int, batch: Batch | None, problem: str | None) 
 
 
 # ----------------------------------------------------------------------------------------------
-# What it trains on
+# The stage's own section, and what the plan lends it
 # ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Planner:
+    """What the plan lends a stage's `plan(recipe, planner)`: the job it plans for and what the plan knows
+    of a recipe (a stage module imports nothing of planning/, which stands above it)."""
+
+    gpus: int = 8
+    gpu: str = "h100"
+    vllm_tokens_per_s: float | None = None  # the generation throughput given (--vllm-tokens-per-s)
+
+    @staticmethod
+    def training(recipe) -> dict[str, Any]:
+        """The recipe's `training:` over the defaults of its TRL config: what the trainer will use."""
+        return {**trl_defaults(recipe.stage), **recipe.training}
+
+    @staticmethod
+    def tokenizer(recipe):
+        """(tokenizer, None) when the recipe's tokenizer is on this machine, else (None, why). Never downloads."""
+        return local_tokenizer(recipe)
+
+    @staticmethod
+    def sized_sources(recipe) -> tuple[list[tuple[Any, dict[str, Any]]], list[str]]:
+        """([(source, its whole split's size: rows, tokens or tokens_chosen)], labels of the sources whose size
+        is not known here): the sizes the published configuration records (the smoltalk2 dataset card)."""
+        sizes = source_sizes()
+        labels = [source_label(s.model_dump()) for s in recipe.data.sources]
+        return ([(s, sizes[label]) for s, label in zip(recipe.data.sources, labels) if label in sizes],
+                [label for label in labels if label not in sizes])
+
+
+def source_sizes() -> dict[str, dict[str, Any]]:
+    """Every published source with a known size (its whole split: rows, and tokens or tokens_chosen), by label."""
+    return {source_label(s): s for stage in published()["stages"].values() for s in stage["sources"] if "rows" in s}
+
+
+def stage_section(recipe, planner: Planner) -> PlanSection:
+    """The stage's own part of the plan (its module's `plan`); a stage without one has none."""
+    plan = getattr(stage_module(recipe.stage), "plan", None)
+    return plan(recipe, planner) if plan else PlanSection()
+
+
+def stage_text(plan: dict[str, Any]) -> list[str]:
+    """The stage's own part of the plan as text (its module's `plan_text`), from plan.json's `data`."""
+    text = getattr(stage_module(plan["stage"]), "plan_text", None)
+    return text(plan["data"]) if text and plan["data"] else []
+
+
 def local_tokenizer(recipe):
     """(tokenizer, None) when the recipe's tokenizer is on this machine, else (None, why). Never downloads."""
     from pipeline.core.models import cache_dir
@@ -292,178 +339,6 @@ def local_tokenizer(recipe):
         return load_tokenizer(recipe, local_files_only=kind == "hub"), None
     except (OSError, ValueError) as e:
         return None, f"the tokenizer of {ref} is not available offline ({type(e).__name__})"
-
-
-def mixture_section(recipe) -> tuple[dict[str, Any], list[str]]:
-    """The midtrain/SFT mixture `prepare` built for this recipe: its report, read from the cache."""
-    from pipeline.core.models import cache_dir
-    from pipeline.data.mixture import mixture_fingerprint
-
-    how = f"build it with `make prepare RECIPE={recipe._source}` (the same cache entry the training stage reads)"
-    missing = [s.path for s in recipe.data.sources
-               if classify_input(s.path) == "local" and not Path(s.path).expanduser().exists()]
-    if missing:  # the cache entry is keyed by the files' content
-        return {"status": "unknown", "why": f"not on this machine yet: {', '.join(missing)}", "how": how}, []
-    tokenizer, why = local_tokenizer(recipe)
-    if tokenizer is None:
-        return {"status": "unknown", "why": why, "how": how}, []
-    fingerprint = mixture_fingerprint(recipe, tokenizer, tokenizer.chat_template or "")
-    cache = cache_dir() / "mixtures" / fingerprint
-    if not (cache / "report.json").is_file():
-        return {"status": "not built", "fingerprint": fingerprint, "why": "the mixture cache has no entry for this "
-                "recipe and tokenizer", "how": how}, []
-    report = json.loads((cache / "report.json").read_text())
-    reasons = top_quarantine_reasons(cache / "quarantine.jsonl")
-    total_trained = sum(trained_tokens(s) for s in report["sources"])
-    for i, s in enumerate(report["sources"]):
-        s["label"] = source_label(recipe.data.sources[i].model_dump())
-        s["trained_share_of_own_tokens"] = trained_tokens(s) / s["tokens"] if s["tokens"] else 0.0
-        s["share_of_trained_tokens"] = trained_tokens(s) / total_trained if total_trained else 0.0
-        s["top_quarantine_reasons"] = reasons.get(i, [])
-    section = {"status": "built", "cache": str(cache), **report}
-    return section, trained_problems(report)
-
-
-def trained_tokens(source: dict[str, Any]) -> int:
-    """A source's trained tokens that training sees: those within max_length (reports of older caches
-    only have the count before the cut)."""
-    return source.get("trained_tokens_kept", source["trained_tokens"])
-
-
-def trained_problems(report: dict[str, Any]) -> list[str]:
-    """A source that trains no token, or under NEAR_ZERO_SHARE of the mixture's trained tokens."""
-    total = sum(trained_tokens(s) for s in report["sources"])
-    problems = []
-    for i, s in enumerate(report["sources"]):
-        label, kept = s.get("label") or s["source"], trained_tokens(s)
-        if kept == 0 and s["trained_tokens"]:
-            problems.append(f"data.sources.{i} ({label}) trains nothing within max_length {report['max_length']}: "
-                            f"its {s['trained_tokens']} trained tokens lie past the cut "
-                            f"({s.get('rows_over_max_length')} of its rows are longer); raise max_length, shorten "
-                            "its rows or remove the source")
-        elif kept == 0:
-            problems.append(f"data.sources.{i} ({label}) trains nothing: 0 trained tokens from {s['rows']} rows "
-                            f"({s['quarantined']} quarantined); fix its rows or remove the source")
-        elif total and kept / total < NEAR_ZERO_SHARE:
-            problems.append(f"data.sources.{i} ({label}) trains next to nothing: {kept} trained "
-                            f"tokens, {kept / total:.3%} of the mixture's "
-                            f"(under {NEAR_ZERO_SHARE:.1%}); "
-                            "raise its fraction or tokens, or remove it")
-    return problems
-
-
-def top_quarantine_reasons(path: Path, top: int = 3) -> dict[int, list[tuple[str, int]]]:
-    """Per source index, its most common quarantine reasons (numbers in a reason read as N, so that
-    'message 3 ...' and 'message 7 ...' count together). Read a line at a time."""
-    if not path.is_file():
-        return {}
-    counts: dict[int, Counter] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            entry = json.loads(line)
-            counts.setdefault(entry["source_index"], Counter())[re.sub(r"\d+", "N", entry["reason"])] += 1
-    return {i: c.most_common(top) for i, c in counts.items()}
-
-
-def pairs_section(recipe) -> tuple[dict[str, Any], list[str]]:
-    """APO: pairs per source and mode (the APO stage's own budgets and checks), and token lengths of
-    prompts and answers against max_length."""
-    from pipeline.core.errors import UserError
-    from pipeline.data.rows import preference_rows
-
-    how = "the pairs are read by the APO stage itself (no prepare step); they must be on this machine"
-    remote = [s.path for s in recipe.data.sources if classify_input(s.path) == "hub"]
-    if remote:
-        return {"status": "unknown", "why": f"Hub datasets are not read offline: {', '.join(remote)}", "how": how}, []
-    missing = [s.path for s in recipe.data.sources if not Path(s.path).expanduser().exists()]
-    if missing:
-        return {"status": "unknown", "why": f"not on this machine yet: {', '.join(missing)}", "how": how}, []
-    tokenizer, why = local_tokenizer(recipe)
-    if tokenizer is None:
-        return {"status": "unknown", "why": why, "how": how}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            rows, report = preference_rows(recipe, Path(tmp) / "quarantine.jsonl")
-        except UserError as e:
-            return {"status": "unusable"}, [str(e)]
-    by = Counter((r["source"], "think" if r["thinking"] else "no_think") for r in rows)
-    for i, s in enumerate(report["sources"]):
-        s["label"] = source_label(recipe.data.sources[i].model_dump())
-        s["modes"] = {mode: by[(i, mode)] for mode in ("think", "no_think") if by[(i, mode)]}
-    max_length = recipe.training.get("max_length") or trl_defaults(recipe.stage).get("max_length")
-    lengths = pair_lengths(rows, tokenizer)
-    report["lengths"] = {k: percentiles(v) for k, v in lengths.items()}
-    report["max_length"] = max_length
-    report["pairs_over_max_length"] = sum(max(c, r) > max_length for c, r in zip(lengths["prompt_chosen"],
-                                                                                  lengths["prompt_rejected"]))
-    report["tokens"] = sum(lengths["prompt_chosen"]) + sum(lengths["prompt_rejected"])
-    return {"status": "read", **report}, []
-
-
-def pair_lengths(rows: list[dict[str, Any]], tokenizer) -> dict[str, list[int]]:
-    """Tokens of each pair's prompt (with the generation prompt), chosen and rejected answers, as rendered."""
-    out: dict[str, list[int]] = {k: [] for k in ("prompt", "chosen", "rejected", "prompt_chosen", "prompt_rejected")}
-    for r in rows:
-        kwargs = r["chat_template_kwargs"]
-        prompt = len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, **kwargs)["input_ids"])
-        out["prompt"].append(prompt)
-        for key in ("chosen", "rejected"):
-            full = len(tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=True,
-                                                     **kwargs)["input_ids"])
-            out[key].append(full - prompt)
-            out[f"prompt_{key}"].append(full)
-    return out
-
-
-def percentiles(values: list[int]) -> dict[str, float]:
-    import numpy as np
-
-    if not values:
-        return {}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": int(max(values))}
-
-
-def synth_section(recipe, vllm_tokens_per_s: float | None) -> dict[str, Any]:
-    """Synth: prompts x modes x models x max_new_tokens (an upper bound on generated tokens), and GPU-hours
-    at a stated vLLM throughput. Read from the recipe generically (prompts, modes, weak, sampling)."""
-    data = recipe.model_dump(mode="json")
-    prompts, unknown = 0, []
-    for s in data["prompts"]["sources"]:
-        n = count_rows(s["path"])
-        if n is None:
-            unknown.append(s["path"])
-            continue
-        prompts += int(n * s["fraction"]) if s.get("fraction") else n
-    if unknown and not prompts:
-        prompts = None  # not one source could be counted here
-    elif data.get("max_prompts"):
-        prompts = min(prompts, data["max_prompts"])
-    models = 2 if data.get("weak") else 1
-    generations = prompts * len(data["modes"]) * models if prompts is not None else None
-    tokens = generations * data["sampling"]["max_new_tokens"] if generations is not None else None
-    out = {"prompts": prompts, "modes": data["modes"], "models": models, "generations": generations,
-           "max_new_tokens": data["sampling"]["max_new_tokens"], "generated_tokens_at_most": tokens,
-           "prompt_sources_not_counted": unknown}
-    if vllm_tokens_per_s and tokens is not None:
-        out["vllm_tokens_per_s"] = vllm_tokens_per_s
-        out["gpu_hours_at_most"] = tokens / vllm_tokens_per_s / 3600
-    return out
-
-
-def count_rows(path: str) -> int | None:
-    """Rows of a local .jsonl (non-blank lines, read a line at a time) or .json list; None otherwise."""
-    p = Path(path).expanduser()
-    if classify_input(path) != "local" or not p.is_file():
-        return None
-    if p.suffix == ".jsonl":
-        with open(p, encoding="utf-8", errors="replace") as fh:
-            return sum(1 for line in fh if line.strip())
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-        return len(data) if isinstance(data, list) else 1
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,13 +367,15 @@ def shape_for(recipe) -> tuple[dict[str, Any], str]:
     return costs.SMOLLM3_3B, f"assumed SmolLM3-3B: {ref} is not on this machine"
 
 
-def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding: tuple[str, int],
-                 measured: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding: tuple[str, int],
+                 measured: dict[str, Any] | None, vllm_tokens_per_s: float | None = None
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """Steps, tokens, GPU-hours and memory per GPU, from what the stage said an epoch holds (`section`)."""
     t = {**trl_defaults(recipe.stage), **recipe.training}
     shape, shape_from = shape_for(recipe)
-    max_length = int(t.get("max_length") or 1024)
+    max_length = int(section.max_length or t.get("max_length") or 1024)
     batch, batch_problem = plan_batch(recipe, gpus)
-    work = _work(recipe, data, max_length)
+    work = section.work or {"work_from": "unknown: the stage's module has no `plan` saying what an epoch holds"}
     checkpointing = bool(t.get("activation_checkpointing"))
     out: dict[str, Any] = {"gpus": gpus, "gpu": gpu, "model": shape_from, "parameters": costs.parameters(shape),
                            "global_batch": batch.global_batch if batch else None,
@@ -521,8 +398,6 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
         out["steps"] = math.ceil(float(t["num_train_epochs"]) * per_epoch)
         out["epochs"] = float(t["num_train_epochs"])
     if "epochs" in out and work.get("tokens_per_epoch"):
-        # the APO reference model: one more forward per token (a third of a training step's FLOPs)
-        reference = 1 / 3 if recipe.trains_on == "pairs" else 0
         out["tokens"] = work["tokens_per_epoch"] * out["epochs"]
         speed = costs.tokens_per_second(shape, gpu, work["span"], measured=measured, checkpointing=checkpointing,
                                         liger=bool(t.get("use_liger_kernel")),
@@ -533,18 +408,20 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
             speed = {**speed, "tokens_per_s": speed["tokens_per_s"] * factor, "estimate": True,
                      "source": f"{speed['source']}; x{factor:.2f} for LoRA (no gradients of the frozen weights)"}
         out["throughput"] = speed
-        out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + reference), speed["tokens_per_s"])
+        out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + section.reference_forward), speed["tokens_per_s"])
         out["wall_hours"] = out["gpu_hours"] / gpus
+    if recipe.trains_on == "prompts":  # it generates what it trains on: those tokens take GPU time too
+        out["generation"] = generation_cost(section, out.get("epochs"), vllm_tokens_per_s)
+        if out["generation"]["gpu_hours"] is not None and "gpu_hours" in out:
+            out["gpu_hours"] += out["generation"]["gpu_hours"]
+            out["wall_hours"] = out["gpu_hours"] / gpus
     per_device = int(t["per_device_train_batch_size"])
-    rows_at_once = per_device * (2 if recipe.trains_on == "pairs" else 1)  # DPO runs chosen and rejected together
     memory = costs.memory_per_gpu(
-        shape, dtype=recipe.model.dtype, sharding=sharding, gpus=gpus, seq_length=max_length, batch=rows_at_once,
-        checkpointing=checkpointing, liger=bool(t.get("use_liger_kernel")),
-        attn_implementation=recipe.model.attn_implementation, capacity_gib=costs.GPUS[gpu]["memory_gib"],
-        trainable=trainable)
-    # With LoRA the reference is the policy with its adapters switched off: no copy.
-    if (recipe.trains_on == "pairs" and recipe.ref_model is None and recipe.peft is None
-            and not t.get("precompute_ref_log_probs")):
+        shape, dtype=recipe.model.dtype, sharding=sharding, gpus=gpus, seq_length=max_length,
+        batch=per_device * section.sequences_per_row, checkpointing=checkpointing,
+        liger=bool(t.get("use_liger_kernel")), attn_implementation=recipe.model.attn_implementation,
+        capacity_gib=costs.GPUS[gpu]["memory_gib"], trainable=trainable)
+    if section.reference_copy:
         reference = memory["weights_gib"]  # a frozen copy of the weights, sharded like them
         memory["reference_model_gib"] = reference
         for key in ("total_gib", "total_checkpointed_gib", "total_full_gib"):
@@ -560,65 +437,19 @@ def cost_section(recipe, data: dict[str, Any], *, gpus: int, gpu: str, sharding:
     return out, problems
 
 
+def generation_cost(section: PlanSection, epochs: float | None, tokens_per_s: float | None) -> dict[str, Any]:
+    """What a stage that generates its own completions generates over the run (the tokens it said an epoch
+    generates, times the epochs), and the GPU-hours that takes at the throughput given."""
+    per_epoch = section.generated_tokens_per_epoch
+    tokens = per_epoch * epochs if per_epoch is not None and epochs is not None else None
+    hours = costs.gpu_hours(tokens, tokens_per_s) if tokens is not None and tokens_per_s else None
+    return {"tokens": tokens, "tokens_per_s": tokens_per_s, "gpu_hours": hours}
+
+
 def _memory_hint(t: dict[str, Any], memory: dict[str, Any]) -> str:
     if not t.get("activation_checkpointing") and memory["total_checkpointed_gib"] <= 0.9 * memory["capacity_gib"]:
         return f"; with activation_checkpointing: true it would be {memory['total_checkpointed_gib']:.1f} GiB"
     return "; shard more (zero3 / fsdp2, more GPUs), lower max_length, or turn on Liger"
-
-
-def _work(recipe, data: dict[str, Any], max_length: int) -> dict[str, Any]:
-    """Rows and tokens an epoch holds: from the built mixture or the pairs read here, else estimated from the
-    sources' sizes (pipeline/planning/published/smollm3.yaml: the smoltalk2 dataset card) and the recipe's weights."""
-    if data.get("status") == "built":
-        packing = data.get("packing")
-        if packing:
-            return {"rows_per_epoch": packing["packed_rows"], "tokens_per_epoch": packing["tokens"],
-                    "span": packing["tokens"] / max(packing["documents"], 1), "work_from": "the built mixture"}
-        tokens = sum(min(s["tokens"], max_length * s["rows"]) for s in data["sources"])
-        return {"rows_per_epoch": data["rows"], "tokens_per_epoch": tokens,
-                "span": tokens / max(data["rows"], 1), "work_from": "the built mixture"}
-    if data.get("status") == "read":  # APO pairs
-        return {"rows_per_epoch": data["rows"], "tokens_per_epoch": data["tokens"],
-                "span": data["tokens"] / max(2 * data["rows"], 1), "work_from": "the pairs"}
-    return estimated_work(recipe, max_length)
-
-
-def source_sizes() -> dict[str, dict[str, Any]]:
-    """Every published source with a known size (its whole split: rows, and tokens or tokens_chosen), by label."""
-    return {source_label(s): s for stage in published()["stages"].values() for s in stage["sources"] if "rows" in s}
-
-
-def estimated_work(recipe, max_length: int) -> dict[str, Any]:
-    """An epoch's rows and tokens from each source's known size and the recipe's weight (`fraction`, or a
-    `tokens` budget): documents are cut to max_length (unless wrapped packing splits them), packed rows are
-    assumed full, and attention runs over each source's mean document length, weighted by its tokens.
-    APO: a pair is prompt + chosen and prompt + rejected, the rejected side assumed as long as the chosen."""
-    sizes, pairs = source_sizes(), recipe.trains_on == "pairs"
-    labels = [source_label(s.model_dump()) for s in recipe.data.sources]
-    unknown = [label for label in labels if label not in sizes]
-    if unknown:
-        return {"work_from": f"unknown: the size of {', '.join(unknown)} is not known here and the data is not "
-                             "built or read"}
-    wrapped = recipe.training.get("packing_strategy") == "wrapped"
-    documents = tokens = spans = 0.0
-    for source, label in zip(recipe.data.sources, labels):
-        size = sizes[label]
-        per_document = size["tokens_chosen" if pairs else "tokens"] / size["rows"]  # a pair: one side
-        kept = per_document if wrapped and not pairs else min(per_document, max_length)
-        n = source.tokens / per_document if source.tokens else size["rows"] * (source.fraction or 1.0)
-        documents += n
-        tokens += n * kept * (2 if pairs else 1)
-        spans += n * kept * kept
-    how = "rejected answers as long as chosen ones" if pairs else "packed rows full"
-    if pairs or not recipe.training.get("packing"):
-        rows = documents
-    else:
-        rows = tokens / max_length
-    return {"rows_per_epoch": math.ceil(rows), "tokens_per_epoch": tokens,
-            "span": spans / (tokens / (2 if pairs else 1)),
-            "work_from": "estimate: each source's size in the smoltalk2 dataset card x the recipe's weights ("
-                         f"{how}; attention over each source's mean document length); the built data gives exact "
-                         "figures"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,17 +464,13 @@ def plan_recipe(recipe, *, gpus: int = 8, gpu: str = "h100", against=None, shard
     plan["published"] = published_differences(recipe, gpus)
     if against is not None:
         plan["against"] = against_differences(recipe, against)
-    data, problems = {}, []
-    if recipe.trains_on == "rows":  # token rows, built and packed by pipeline/data/mixture.py
-        data, problems = mixture_section(recipe)
-    elif recipe.trains_on == "pairs":  # preference pairs, read by the stage itself
-        data, problems = pairs_section(recipe)
-    elif hasattr(recipe, "prompts") and hasattr(recipe, "sampling"):  # a generation recipe (synth)
-        data = synth_section(recipe, vllm_tokens_per_s)
-    plan["data"] = data
-    plan["problems"] += problems
+    planner = Planner(gpus=gpus, gpu=gpu, vllm_tokens_per_s=vllm_tokens_per_s)
+    section = stage_section(recipe, planner)
+    plan["data"] = section.data
+    plan["problems"] += section.problems
     if "training" in plan["resolved"]:
-        plan["cost"], problems = cost_section(recipe, data, gpus=gpus, gpu=gpu, sharding=sharding, measured=measured)
+        plan["cost"], problems = cost_section(recipe, section, gpus=gpus, gpu=gpu, sharding=sharding,
+                                              measured=measured, vllm_tokens_per_s=vllm_tokens_per_s)
         plan["problems"] += problems
     return plan
 
@@ -657,23 +484,23 @@ def format_plan(plan: dict[str, Any]) -> str:
         pub = plan["published"]
         lines.append(f"\n-- differences from the published SmolLM3 config: {pub['repository']} {pub['file']} "
                      f"@ {pub['commit'][:10]} ({pub['date']})")
-        lines += _table(["key", "published", "ours", "identity"],
-                        [[r["key"], r["published"], r["ours"], _yes(r["changes_identity"])] for r in pub["rows"]],
-                        notes=[r["note"] for r in pub["rows"]])
+        lines += table(["key", "published", "ours", "identity"],
+                       [[r["key"], r["published"], r["ours"], _yes(r["changes_identity"])] for r in pub["rows"]],
+                       notes=[r["note"] for r in pub["rows"]])
         lines.append(f"  global batch: published {pub['batch']['published']}; here {pub['batch']['ours']}")
         if pub["renamed"]:
             lines.append("  renamed, same value (not a difference): " + ", ".join(
-                f"{r['published_as']} -> {r['key']} ({_cell(r['value'])})" for r in pub["renamed"]))
+                f"{r['published_as']} -> {r['key']} ({cell(r['value'])})" for r in pub["renamed"]))
     if plan.get("against"):
         against = plan["against"]
         lines.append(f"\n-- differences from {against['other']} "
                      f"({'a different run' if against['identity_differs'] else 'the same run identity'})")
-        lines += _table(["key", "this", "other", "identity"],
-                        [[r["key"], r["this"], r["other"], _yes(r["changes_identity"])] for r in against["rows"]],
-                        notes=[r["note"] for r in against["rows"]]) if against["rows"] else ["  (no difference)"]
+        lines += table(["key", "this", "other", "identity"],
+                       [[r["key"], r["this"], r["other"], _yes(r["changes_identity"])] for r in against["rows"]],
+                       notes=[r["note"] for r in against["rows"]]) if against["rows"] else ["  (no difference)"]
     if not plan.get("published") and not plan.get("against"):
         lines.append("  (no published configuration of this stage to compare with; --against compares two recipes)")
-    lines += _format_data(plan["data"])
+    lines += stage_text(plan)
     if plan.get("cost"):
         lines += _format_cost(plan["cost"])
     return "\n".join(lines)
@@ -683,78 +510,6 @@ def _yes(flag: bool) -> str:
     return "changes" if flag else "no"
 
 
-def _cell(value: Any, width: int = 44, keep_end: bool = False) -> str:
-    """A value cut to `width` characters; keys keep their end, where sources differ (their split)."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    if len(text) <= width:
-        return text
-    return "..." + text[3 - width:] if keep_end else text[: width - 3] + "..."
-
-
-def _table(header: list[str], rows: list[list[Any]], notes: list[str] | None = None) -> list[str]:
-    cells = [[_cell(c, 64, keep_end=True) if i == 0 else _cell(c) for i, c in enumerate(row)] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-    out = ["  " + "  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    for i, row in enumerate(cells):
-        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if notes and notes[i]:
-            out.append(f"      why: {notes[i]}")
-    return out
-
-
-def _format_data(data: dict[str, Any]) -> list[str]:
-    if not data:
-        return []
-    status = data.get("status")
-    if status in ("unknown", "not built", "unusable"):
-        return [f"\n-- what it trains on: not known yet: {data.get('why', status)}; {data.get('how', '')}"]
-    if status == "built":
-        lines = [f"\n-- what it trains on (mixture cache {data['cache']})"]
-        rows = [[s["label"], s["mode"], s["rows"], f"{s['tokens']:,}", f"{trained_tokens(s):,}",
-                 f"{s['trained_share_of_own_tokens']:.1%}", f"{s['share_of_trained_tokens']:.1%}",
-                 s.get("rows_over_max_length", "?"), s["quarantined"]] for s in data["sources"]]
-        lines += _table(["source", "mode", "rows", "tokens", "trained", "trained/own", "share of trained",
-                         "over max_length", "quarantined"], rows)
-        for s in data["sources"]:
-            for reason, n in s["top_quarantine_reasons"]:
-                lines.append(f"  quarantined {s['label']}: {n} x {reason}")
-        for mode, m in sorted(data["modes"].items()):
-            lines.append(f"  mode {mode}: {m['rows']} rows, {m['tokens']:,} tokens")
-        lines.append(f"  rows longer than max_length {data['max_length']}: {data['rows_over_max_length']} "
-                     f"({data['over_length_rows_are']})")
-        if data.get("packing"):
-            p = data["packing"]
-            lines.append(f"  packing {p['strategy']} @ {p['seq_length']}: {p['documents']} documents -> "
-                         f"{p['packed_rows']} rows, fill {p['efficiency']:.1%}, "
-                         f"trained tokens {p['trained_token_share']:.1%}")
-        return lines
-    if status == "read":
-        lines = ["\n-- preference pairs (read as the APO stage reads them)"]
-        lines += _table(["source", "pairs", "think", "no_think", "quarantined"],
-                        [[s["label"], s["rows"], s["modes"].get("think", 0), s["modes"].get("no_think", 0),
-                          s["quarantined"]] for s in data["sources"]])
-        lines += _table(["tokens", "p50", "p90", "p99", "max"],
-                        [[k, *(f"{v[q]:,.0f}" for q in ("p50", "p90", "p99", "max"))]
-                         for k, v in data["lengths"].items() if v])
-        lines.append(f"  pairs longer than max_length {data['max_length']}: {data['pairs_over_max_length']}")
-        return lines
-    if data["prompts"] is None:
-        return ["\n-- generation (synth): not known yet: no prompt source is on this machine "
-                f"({', '.join(data['prompt_sources_not_counted'])})"]
-    lines = ["\n-- generation (synth)",
-             f"  {data['prompts']:,} prompts x {len(data['modes'])} modes x {data['models']} model(s) = "
-             f"{data['generations']:,} generations, at most {data['generated_tokens_at_most']:,} tokens "
-             f"({data['max_new_tokens']} each)"]
-    if data.get("prompt_sources_not_counted"):
-        lines.append(f"  not counted (not on this machine): {', '.join(data['prompt_sources_not_counted'])}")
-    if data.get("gpu_hours_at_most") is not None:
-        lines.append(f"  at most {data['gpu_hours_at_most']:,.1f} GPU-hours at "
-                     f"{data['vllm_tokens_per_s']:,.0f} tokens/s")
-    else:
-        lines.append("  GPU-hours: give the vLLM throughput you measured (--vllm-tokens-per-s)")
-    return lines
-
-
 def _format_cost(cost: dict[str, Any]) -> list[str]:
     lines = [f"\n-- what it costs on {cost['gpus']} x {costs.GPUS[cost['gpu']]['name']} "
              f"(model {cost['model']}, {cost['parameters'] / 1e9:.2f}B parameters)"]
@@ -762,11 +517,16 @@ def _format_cost(cost: dict[str, Any]) -> list[str]:
     if "steps" in cost:
         epochs = f" ({cost['epochs']:g} epochs)" if "epochs" in cost else ""
         lines.append(f"  optimizer steps {cost['steps']:,}{epochs}")
-    if "gpu_hours" in cost:
+    if "throughput" in cost:
         speed = cost["throughput"]
         lines.append(f"  tokens {cost['tokens']:,.0f}; {speed['tokens_per_s']:,.0f} tokens/s per GPU "
                      f"({'estimate' if speed['estimate'] else 'measured'}: {speed['source']})")
-        lines.append(f"  {cost['gpu_hours']:,.1f} GPU-hours, {cost['wall_hours']:,.1f} h wall on {cost['gpus']} GPUs")
+    if "generation" in cost:
+        lines.append(_generation_line(cost["generation"]))
+    if "gpu_hours" in cost:
+        both = " (training and generation)" if (cost.get("generation") or {}).get("gpu_hours") is not None else ""
+        lines.append(f"  {cost['gpu_hours']:,.1f} GPU-hours{both}, {cost['wall_hours']:,.1f} h wall on "
+                     f"{cost['gpus']} GPUs")
     if cost.get("lora"):
         lora = cost["lora"]
         lines.append(f"  LoRA: {lora['trainable_parameters']:,} trainable parameters ({lora['share']:.2%}); gradients "
@@ -785,3 +545,13 @@ def _format_cost(cost: dict[str, Any]) -> list[str]:
                  f"({'with' if m['checkpointing'] else 'without'} checkpointing, as the recipe says): {verdict}; "
                  f"{m['total_checkpointed_gib']:.1f} with / {m['total_full_gib']:.1f} without checkpointing")
     return lines
+
+
+def _generation_line(generation: dict[str, Any]) -> str:
+    if generation["tokens"] is None:
+        return ("  generation: not known (the stage's plan says no generated tokens an epoch, or the epochs are "
+                "not known)")
+    line = f"  generates {generation['tokens']:,.0f} tokens"
+    if generation["gpu_hours"] is None:
+        return line + "; GPU-hours: give the generation throughput you measured (--vllm-tokens-per-s)"
+    return line + f" at {generation['tokens_per_s']:,.0f} tokens/s: {generation['gpu_hours']:,.1f} GPU-hours"

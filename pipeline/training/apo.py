@@ -23,14 +23,17 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from pipeline.core.errors import UserError
 from pipeline.core.preemption import deferred
 from pipeline.core.runs import is_main_process, stage_run
-from pipeline.core.schema import Source, TrainRecipe
-from pipeline.core.summary import trained_on_section
+from pipeline.core.schema import ModelSpec, Source, TrainRecipe, TrainsOn
 from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
 from pipeline.data.sources import iter_rows
-from pipeline.training.preference import pair_logprobs, preference_stats, reward_margin
+from pipeline.training.apo_plan import plan, plan_text
+from pipeline.training.preference import HELD_OUT, pair_logprobs, preference_stats, reward_margin
+from pipeline.training.sections import TRAINING_SECTIONS, trained_on_section
 from pipeline.training.train import (
     announce_attention,
     announce_batch,
@@ -46,14 +49,34 @@ from pipeline.training.train import (
     trl_args,
 )
 
+__all__ = ["APORecipe", "SUMMARY_SECTIONS", "held_out_pairs", "plan", "plan_text", "preference_report", "run"]
+
 
 class APORecipe(TrainRecipe):
     """apo: preference pairs, TRL's DPO trainer (`loss_type: apo_zero`), an optional reference model and
     held-out pairs."""
 
     trl_config: ClassVar[str] = "DPOConfig"
-    trains_on: ClassVar[Literal["rows", "pairs"] | None] = "pairs"
+    trains_on: ClassVar[TrainsOn | None] = "pairs"
     stage: Literal["apo"]
+    ref_model: ModelSpec | None = Field(
+        None, description="The reference model. Default: a frozen copy of `model` (or precomputed log-probs).")
+    eval_pairs: str | None = Field(
+        None, description="Held-out preference pairs (.jsonl, the training rows' layout), scored before and after "
+        "training: how often the model prefers chosen over rejected, and the reward margin.")
+
+    def inputs(self) -> list[tuple[str, str]]:
+        out = super().inputs()
+        if self.ref_model:
+            out.insert(1, ("ref_model.name_or_path", self.ref_model.name_or_path))
+        if self.eval_pairs:
+            out.append(("eval_pairs", self.eval_pairs))
+        return out
+
+    def keeps_reference_copy(self) -> bool:
+        """Whether TRL keeps a frozen copy of the policy as the reference, on each GPU beside it: not with a
+        `ref_model` (a model of its own), LoRA (the policy with its adapters off) or precomputed log-probs."""
+        return self.ref_model is None and self.peft is None and not self.training.get("precompute_ref_log_probs")
 
     def stage_problems(self) -> list[tuple[str, str]]:
         t, problems = self.training, []
@@ -64,6 +87,10 @@ class APORecipe(TrainRecipe):
             problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
                                           "weights; drop `ref_model` or the precompute flag"))
         return problems
+
+
+# What a run writes in summary.json beside the shared keys, and how the eval report shows it.
+SUMMARY_SECTIONS = [*TRAINING_SECTIONS, HELD_OUT]
 
 
 def run(recipe, overwrite: bool = False) -> Path:

@@ -2,9 +2,9 @@
 
     smolalign midtrain --recipe recipes/smollm3/midtrain.yaml     # make midtrain RECIPE=...
 
-The training loop is the SFT stage's (pipeline/training/sft.py); what makes it mid-training is the recipe,
-and its class below enforces it: no assistant-only loss (every token is trained) and
-`packing_strategy: wrapped`. Our wrapped packer keeps document boundaries (`seq_lengths`), so each
+The training loop, its plan and its summary sections are the SFT stage's (pipeline/training/sft.py); what
+makes it mid-training is the recipe, and its class below enforces it: no assistant-only loss (every token is
+trained) and `packing_strategy: wrapped`. Our wrapped packer keeps document boundaries (`seq_lengths`), so each
 packed row is trained padding-free with attention inside each document.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pipeline.core.schema import TrainRecipe
-from pipeline.training.sft import prepare, run
+from pipeline.training.sft import SUMMARY_SECTIONS, plan, plan_text, prepare, run
 
-__all__ = ["MidtrainRecipe", "prepare", "run"]
+__all__ = ["MidtrainRecipe", "SUMMARY_SECTIONS", "plan", "plan_text", "prepare", "run"]
 
 
 class MidtrainRecipe(TrainRecipe):

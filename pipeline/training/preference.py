@@ -9,7 +9,9 @@ template's `{% generation %}` block, minus the empty think block no-think prompt
 `accuracy` is the share of pairs where the chosen answer is the more likely one, `mean_margin` the
 mean of log p(chosen) - log p(rejected). The APO stage reports both for its starting point (the SFT model)
 and its result on held-out pairs, and the implicit reward margin
-beta * [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))] between the two.
+beta * [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))] between the two, as the `held_out` section of
+its summary.json (HELD_OUT, below: {"pairs_file", "beta", "reward_margin", "start": {"model", "pairs",
+"accuracy", "mean_margin"}, "end": {the same, no model}}), which the eval report shows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.chat import EMPTY_THINK, END_OF_TURN
+from pipeline.core.summary import Section
 
 
 def answer_logprob(model, tokenizer, prompt: list[dict], answer: list[dict], template_kwargs: dict[str, Any]) -> float:
@@ -75,3 +78,36 @@ def reward_margin(policy: list[tuple[float, float]], reference: list[tuple[float
         return None
     margins = [beta * ((pc - rc) - (pr - rr)) for (pc, pr), (rc, rr) in zip(policy, reference)]
     return round(sum(margins) / len(margins), 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# The held-out check in summary.json, and in the eval report
+# ----------------------------------------------------------------------------------------------
+HELD_OUT_LABEL = "held-out pairs preferred"
+
+
+def held_out_cell(p: dict[str, Any], view) -> str:
+    return f"{p['start']['accuracy']:.2f} → {p['end']['accuracy']:.2f}"
+
+
+def held_out_lines(p: dict[str, Any], view) -> list[str]:
+    start, end = p["start"], p["end"]
+    return ["", f"Held-out preference pairs (`{p['pairs_file']}`, {end['pairs']} pairs): how often the model "
+            "gives the chosen answer a higher log-probability than the rejected one.", "",
+            "| model | accuracy | mean log p(chosen) - log p(rejected) |", "|---|---|---|",
+            f"| before: `{start['model']}` | {start['accuracy']:.3f} | {start['mean_margin']:.3f} |",
+            f"| after: {view.label} | {end['accuracy']:.3f} | {end['mean_margin']:.3f} |", "",
+            f"Mean implicit reward margin of the result against the start (beta {p['beta']}): "
+            f"{p['reward_margin']:.4f}."]
+
+
+def held_out_progress(p: dict[str, Any]) -> tuple[str, list[tuple[str | None, float]]]:
+    """Where the check started (the starting model, when the report has it too) and where it ended (this
+    run): what preference training moves does not show in generation scores on a few prompts."""
+    return HELD_OUT_LABEL, [(p["start"]["model"], p["start"]["accuracy"]), (None, p["end"]["accuracy"])]
+
+
+HELD_OUT = Section("held_out", required={"pairs_file": None, "beta": None, "reward_margin": None,
+                                         "start": {"model": None, "accuracy": None, "mean_margin": None},
+                                         "end": {"pairs": None, "accuracy": None, "mean_margin": None}},
+                   glance=HELD_OUT_LABEL, cell=held_out_cell, lines=held_out_lines, progress=held_out_progress)

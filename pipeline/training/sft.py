@@ -22,9 +22,10 @@ from pipeline.core.models import cache_dir
 from pipeline.core.preemption import deferred
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import TrainRecipe
-from pipeline.core.summary import trained_on_section
 from pipeline.data.mixture import build_sft_mixture
 from pipeline.data.rows import format_report
+from pipeline.training.sections import TRAINING_SECTIONS, trained_on_section
+from pipeline.training.sft_plan import plan, plan_text
 from pipeline.training.train import (
     announce_attention,
     announce_batch,
@@ -39,6 +40,11 @@ from pipeline.training.train import (
     training_batch,
     trl_args,
 )
+
+__all__ = ["SFTRecipe", "SUMMARY_SECTIONS", "plan", "plan_text", "prepare", "run"]
+# What a run writes in summary.json beside the shared keys (its loss trend, the rows it trained on), and how the
+# eval report shows it; `plan` / `plan_text` (sft_plan.py): its part of `smolalign plan`.
+SUMMARY_SECTIONS = TRAINING_SECTIONS
 
 
 class SFTRecipe(TrainRecipe):

@@ -25,7 +25,7 @@ from pipeline.core.preemption import Preempted, deferred, requested
 from pipeline.core.redaction import redact
 from pipeline.core.runs import checkpoint_problem, is_main_process, set_aside_dir
 from pipeline.core.schema import ModelSpec, TrainRecipe
-from pipeline.core.summary import loss_section
+from pipeline.training.sections import loss_section
 
 
 # ----------------------------------------------------------------------------------------------
