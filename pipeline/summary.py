@@ -21,6 +21,11 @@ Every key but `stage` is optional: a stage writes the sections that mean somethi
                 score}, "mean"}], "best_weight", "file": "sweep/sweep.md", "table": its markdown}
     filters     synth (synth/stage.py): {"report": "report.json", "prompts", "rows", "kept",
                 "filters": {filter: rows dropped}}
+    generation  synth (synth/stage.py, synth/progress.py): {"this_run": {role: {"model", "prompts",
+                "seconds", "prompts_per_s", "tokens_per_s", "completion_tokens", "cut", "cut_share",
+                "max_new_tokens"}}, "stored": {"generations", "cut", "cut_share"}}: what this run
+                generated per model ("teacher", "weak"), and over every stored generation (earlier
+                attempts and shards too); "cut" counts completions that hit max_new_tokens
     scores      eval (eval/stage.py): {model: {task: {mode: score}}}, the report in "outputs"
 """
 
