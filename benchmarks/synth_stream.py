@@ -19,7 +19,7 @@ its time, engine start excluded for both. Ours is also given for its generation 
 first request to its last completion stored, as its summary.json records it): what is left is the
 stage's fixed cost (reading prompts, the manifest, filters, rows), seconds per run, not per token.
 
-    .venv-vllm/bin/python benchmarks/synth_stream.py [--max-new-tokens 96] [--repeats 2]
+    .venv-vllm/bin/python benchmarks/synth_stream.py [--max-new-tokens 128] [--repeats 2]
 
 Writes runs/bench/synth_stream.json (and a log per pair beside it); prints the table.
 """
@@ -233,7 +233,7 @@ def totals(runs: list[dict], config: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration per pair")
     parser.add_argument("--pair", choices=["offline", "http"], help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
