@@ -92,13 +92,15 @@ def test_a_failed_request_keeps_every_finished_generation(write_recipe, tmp_path
 
 
 def test_a_sigkill_with_hundreds_in_flight_loses_only_those(write_recipe, tmp_path, tiny_model):
-    """The stage (a real process) sends 400 prompts, 256 in flight, to a server that answers each after
-    0.2-1.2 s; a real SIGKILL lands once the server holds 200 or more unanswered. The rerun sends only
-    what is not on disk, at most what was in flight is asked twice, and the rows equal those of an
-    uninterrupted run: the same keys, none twice, none missing."""
+    """The stage (a real process) sends 400 prompts, 256 in flight, to a server that answers each 0.5-2.5 s
+    after the first 250 are all in (so that a loaded machine, slow to accept them, cannot answer the first
+    before the last arrive); a real SIGKILL lands once the server holds 200 or more unanswered. The rerun
+    sends only what is not on disk, at most what was in flight is asked twice, and the rows equal those
+    of an uninterrupted run: the same keys, none twice, none missing."""
     prompts = questions(tmp_path, 400)
-    delay = lambda prompt: 0.2 + (sum(map(ord, prompt)) % 100) / 100  # noqa: E731
+    delay = lambda prompt: 0.5 + (sum(map(ord, prompt)) % 100) / 50  # noqa: E731
     with TeacherServer(delay=delay) as server:
+        server.hold = ("", lambda: server.most_in_flight >= 250, 60)  # every prompt
         recipe = write_recipe(recipe_body(tmp_path, prompts, server.url, concurrency=256, retry_budget_s=30))
         proc = subprocess.Popen(SMOLALIGN + ["synth-traces", "--recipe", str(recipe)], cwd=REPO,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
