@@ -2,6 +2,7 @@
 #   make demo                      whole pipeline on the embedded default (CPU)
 #   make test                      the test suite
 #   make test-vllm                 the real-vLLM tests (vLLM's CPU build, in its own venv .venv-vllm)
+#   make bench-synth               synth against raw vLLM (offline and HTTP), on vLLM's CPU build (~10 min)
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
@@ -20,7 +21,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-vllm test-fast lint demo bench gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
+.PHONY: setup test test-vllm test-fast lint demo bench bench-synth gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
 
 setup: $(STAMP)
 
@@ -91,6 +92,12 @@ bench: setup
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/synth_dedup.py
+
+# Our synth stage against the vLLM engine it drives (benchmarks/synth_stream.py): raw LLM.generate vs the
+# `vllm` backend, a raw asyncio client vs the `openai` backend on one `vllm serve`; runs/bench/synth_stream.json.
+bench-synth:
+	bash scripts/setup_vllm_venv.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python benchmarks/synth_stream.py
 
 # GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
 # packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at

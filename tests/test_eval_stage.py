@@ -153,16 +153,31 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
 
     calls = {}
 
+    class Engine:
+        """vLLM's engine loop as the backend drives it: add_request, then step until each is finished."""
+
+        vllm_config = types.SimpleNamespace(scheduler_config=types.SimpleNamespace(max_num_seqs=4))
+
+        def __init__(self):
+            self.waiting = []
+            self.engine_core = types.SimpleNamespace(
+                shutdown=lambda: calls.__setitem__("shutdown", calls.get("shutdown", 0) + 1))
+
+        def add_request(self, request_id, prompt, params):
+            calls.setdefault("params", []).append(params)
+            self.waiting.append((request_id, prompt))
+
+        def step(self):
+            out = types.SimpleNamespace(text="<think>\nx\n</think>\n\nok", finish_reason="abort", token_ids=[1, 2])
+            finished = [types.SimpleNamespace(request_id=i, finished=True, outputs=[out],
+                                              prompt_token_ids=p["prompt_token_ids"]) for i, p in self.waiting]
+            self.waiting = []
+            return finished
+
     class LLM:
         def __init__(self, **kwargs):
             calls["llm"] = kwargs
-            shutdown = lambda: calls.__setitem__("shutdown", calls.get("shutdown", 0) + 1)  # noqa: E731
-            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=shutdown))
-
-        def generate(self, prompts, params, use_tqdm=True):
-            calls["params"] = params
-            out = types.SimpleNamespace(text="<think>\nx\n</think>\n\nok", finish_reason="abort", token_ids=[1, 2])
-            return [types.SimpleNamespace(outputs=[out], prompt_token_ids=p["prompt_token_ids"]) for p in prompts]
+            self.llm_engine = Engine()
 
     def destroy():
         calls["destroyed"] = calls.get("destroyed", 0) + 1
@@ -180,10 +195,14 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
 
     with VLLMBackend(tiny_model, dtype="float32", enforce_eager=True) as backend:
         [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], SamplingSpec(max_new_tokens=5))
+        greedy = SamplingSpec(temperature=0.0, max_new_tokens=5)
+        backend.generate([Request([{"role": "user", "content": "hi"}], seed=3)], greedy)
         end_id = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    params = calls["params"]
+    params, greedy_params = calls["params"]
     assert params["stop_token_ids"] == [end_id] and "stop" not in params
     assert params["skip_special_tokens"] is False
+    assert params["seed"] == 0  # sampled: the recipe's seed
+    assert greedy_params["seed"] is None  # greedy: no per-request generator (the CPU build's split-prefill crash)
     assert c.text.startswith("<think>") and c.finish_reason == "abort"  # not collapsed into "length"
     assert calls["shutdown"] == 1  # the engine's process stopped on close, not left to the garbage collector
     assert calls["destroyed"] == 2  # the engine's distributed state torn down on close

@@ -204,8 +204,6 @@ def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recip
     from pipeline.core.recipe import load_recipe
     from pipeline.core.runs import read_manifest
 
-    monkeypatch.setattr(synth_stage, "BATCH", 4)
-
     def recipe(backend):
         return load_recipe(write_recipe({
             "name": "t", "stage": "synth-traces", "output_dir": str(tmp_path / "synth"),

@@ -246,7 +246,7 @@ def test_other_shards_are_read_only_and_bad_lines_are_skipped_and_counted(tmp_pa
     own.write_text('{"key": "a1"}\n' + "garbage\n" + "".join(f'{{"key": "a{i}"}}\n' for i in range(2, 300))
                    + '{"key": "torn')
     store = ShardStore(own)
-    assert len(store.rows) == 299 and store.bad_lines == 1
+    assert len(store.keys) == 299 and store.bad_lines == 1
     assert own.read_text().endswith('{"key": "a299"}\n')  # only our own torn tail is cut
 
 

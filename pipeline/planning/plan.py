@@ -411,9 +411,9 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
         out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + section.reference_forward), speed["tokens_per_s"])
         out["wall_hours"] = out["gpu_hours"] / gpus
     if recipe.trains_on == "prompts":  # it generates what it trains on: those tokens take GPU time too
-        out["generation"] = generation_cost(section, out.get("epochs"), vllm_tokens_per_s)
-        if out["generation"]["gpu_hours"] is not None and "gpu_hours" in out:
-            out["gpu_hours"] += out["generation"]["gpu_hours"]
+        out["generating"] = generation_cost(section, out.get("epochs"), vllm_tokens_per_s)
+        if out["generating"]["gpu_hours"] is not None and "gpu_hours" in out:
+            out["gpu_hours"] += out["generating"]["gpu_hours"]
             out["wall_hours"] = out["gpu_hours"] / gpus
     per_device = int(t["per_device_train_batch_size"])
     memory = costs.memory_per_gpu(
@@ -521,10 +521,10 @@ def _format_cost(cost: dict[str, Any]) -> list[str]:
         speed = cost["throughput"]
         lines.append(f"  tokens {cost['tokens']:,.0f}; {speed['tokens_per_s']:,.0f} tokens/s per GPU "
                      f"({'estimate' if speed['estimate'] else 'measured'}: {speed['source']})")
-    if "generation" in cost:
-        lines.append(_generation_line(cost["generation"]))
+    if "generating" in cost:
+        lines.append(_generation_line(cost["generating"]))
     if "gpu_hours" in cost:
-        both = " (training and generation)" if (cost.get("generation") or {}).get("gpu_hours") is not None else ""
+        both = " (training and generation)" if (cost.get("generating") or {}).get("gpu_hours") is not None else ""
         lines.append(f"  {cost['gpu_hours']:,.1f} GPU-hours{both}, {cost['wall_hours']:,.1f} h wall on "
                      f"{cost['gpus']} GPUs")
     if cost.get("lora"):
