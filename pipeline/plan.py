@@ -19,7 +19,6 @@ Problems (the recipe cannot run as written) are listed; the CLI prints them one 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -29,12 +28,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline import costs, sources
-from pipeline.checks import RENAMED_TRAINING_KEYS, trl_config_class
+from pipeline import costs, sources, trl_fields
+from pipeline.checks import RENAMED_TRAINING_KEYS
 from pipeline.inputs import classify_input
 from pipeline.recipe import parse_yaml
 from pipeline.redaction import redact
 from pipeline.runs import identity_data, identity_hash
+from pipeline.stages import recipe_class
 
 PUBLISHED = Path(__file__).resolve().parent / "published" / "smollm3.yaml"
 # A source whose share of the mixture's trained tokens is under this trains next to nothing: an error.
@@ -50,19 +50,10 @@ def published() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # The resolved recipe and its differences
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=4)
 def trl_defaults(stage: str) -> dict[str, Any]:
-    """Field defaults of the TRL config that receives `training:` (SFTConfig / DPOConfig), as JSON values."""
-    out = {}
-    for f in dataclasses.fields(trl_config_class(stage)):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            continue
-        out[f.name] = json.loads(json.dumps(value, default=lambda o: getattr(o, "value", str(o))))
-    return out
+    """Field defaults of the TRL config that receives `training:` (SFTConfig / DPOConfig), as JSON values, from the
+    table of TRL's fields (pipeline/trl_fields.py)."""
+    return trl_fields.defaults(recipe_class(stage).trl_config)
 
 
 def resolved(recipe) -> dict[str, Any]:

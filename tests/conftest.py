@@ -1,5 +1,8 @@
-"""Shared fixtures: the embedded models (built once into the user cache) and recipe writing."""
+"""Shared fixtures: the embedded models (built once into the user cache), recipe writing, and the CLI called
+in this process."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,16 @@ def sft_recipe(**changes) -> dict:
     }
     recipe.update(changes)
     return recipe
+
+
+def run_cli(monkeypatch, capfd, *args):
+    """The CLI's main() in this process (faster than a subprocess when TRL is imported already), as
+    (returncode, stdout, stderr) like subprocess.run. A test starts a real process only when the process
+    boundary is what it tests (exit on a signal, a kill, what a fresh interpreter imports)."""
+    from pipeline.cli import main
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() installs its own: put pytest's back after
+    capfd.readouterr()
+    code = main([str(a) for a in args])
+    captured = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, sft_recipe
+from conftest import REPO, run_cli, sft_recipe
 from scripted_server import ScriptedServer, ok_reply
 
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
@@ -31,18 +31,6 @@ def write_jsonl(path, rows):
         for r in rows:
             fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
     return path
-
-
-def run_cli(monkeypatch, capfd, *args):
-    """The CLI's main() in this process (faster than a subprocess when TRL is imported already), as
-    (returncode, stdout, stderr) like subprocess.run."""
-    from pipeline.cli import main
-
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() installs its own: put pytest's back after
-    capfd.readouterr()
-    code = main(list(args))
-    captured = capfd.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 def one_error_line(out):

@@ -179,7 +179,7 @@ def test_apo_refuses_padding_free_and_unknown_loss(write_recipe):
     path = write_recipe(recipe)
     problems = dict(problems_of(path))
     loss, free = line(path, "loss_type:"), line(path, "padding_free:")
-    assert "'apo_one' is not a TRL DPO loss" in problems[f"training.loss_type (line {loss})"]
+    assert "'apo_one' is not one of TRL's choices: sigmoid, hinge" in problems[f"training.loss_type (line {loss})"]
     assert "ignores padding_free" in problems[f"training.padding_free (line {free})"]
 
 
