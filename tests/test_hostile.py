@@ -15,12 +15,6 @@ from scripted_server import ScriptedServer, ok_reply
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
 
 
-def cli(*args, timeout=120):
-    """The real CLI in a subprocess."""
-    return subprocess.run(SMOLALIGN + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
 def chat_rows(n):
     return [{"messages": [{"role": "user", "content": f"Question {i}?"},
                           {"role": "assistant", "content": f"Answer {i}."}]} for i in range(n)]
@@ -157,7 +151,7 @@ def alias_bomb(levels: int, key: str = "lol") -> str:
 
 
 @pytest.mark.parametrize("where", ["top", "lr_scheduler_kwargs"])
-def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, where):
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, monkeypatch, capfd, where):
     import time
 
     import yaml
@@ -169,7 +163,7 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, where):
         text = alias_bomb(6, "anchors").replace("anchors: *a5", "") + body.replace(
             "training:\n", "training:\n  lr_scheduler_kwargs: {min_lr_rate: 0.1, spam: *a5}\n")
     t0 = time.monotonic()
-    out = cli("validate", str(write_recipe(text)), timeout=60)
+    out = run_cli(monkeypatch, capfd, "validate", write_recipe(text))
     assert out.returncode == 2, out.stdout + out.stderr
     assert "aliases" in out.stdout and "expand" in out.stdout and "Traceback" not in out.stderr
     assert time.monotonic() - t0 < 20
