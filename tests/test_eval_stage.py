@@ -234,6 +234,7 @@ def test_ruler_prompts_as_the_model_sees_them_plus_the_answer_fit_the_length(tin
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_path, monkeypatch):
     """recipes/smollm3/eval.yaml as shipped (tasks, categories, modes, 131072-token RULER), with a
     stand-in for vLLM that answers every prompt, on fewer examples, on a machine that cannot reach

@@ -355,6 +355,7 @@ def test_throughput_measured_on_a_gpu_plan_cannot_scale_is_not_passed_off_as_ano
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_memory_estimate_is_within_20_percent_of_the_demo_sft_runs_peak_rss(tmp_path, smollm2):
     """The demo SFT recipe (SmolLM2-135M, float32, 384-token packed rows, no checkpointing) run for real for
     2 steps in a subprocess (measured: training 2,960 MiB, estimate 2,694 MiB, -9%); its peak RSS less
