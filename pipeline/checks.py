@@ -110,7 +110,7 @@ def _value_problem(key: str, value: Any, field: dict[str, Any]) -> str | None:
         items = value if isinstance(value, list) and "list[" in field["type"] else [value]
         bad = [item for item in items if item not in choices]
         if bad:
-            named = shown if bad[0] is value else repr(bad[0])
+            named = shown if bad[0] is value or is_secret_key(key) else repr(bad[0])
             hint = _REMOVED_HINTS.get((key, bad[0]), "") if isinstance(bad[0], str) else ""
             return f"{named} is not one of TRL's choices: {', '.join(map(str, choices))}{hint}"
     hint = annotation(field["type"])
