@@ -117,11 +117,15 @@ with stage_run(load_recipe({recipe._source!r})):
             with stage_run(recipe):
                 pass
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL
         holder.wait()
     # the holder died without cleaning up: its lock goes with it, and the run resumes
     with stage_run(recipe) as run:
         assert run.manifest["resumed"] is True
+    # ... and records the holder's attempt as killed, with how long it lived (tests/test_kills.py: a training run)
+    killed, finished = read_manifest(recipe.output_path())["attempts"]
+    assert (killed["status"], finished["status"]) == ("killed", "complete")
+    assert killed["duration_s"] > 0 and killed["last_checkpoint"] is None and "last_seen_at" in killed
 
 
 # ---- 5. a failed partial of another recipe is cleared by --overwrite ---------------------------
