@@ -34,4 +34,5 @@ for target in "${targets[@]}"; do
         "$(cut -d' ' -f1 /proc/loadavg)" "$summary"
     [ "$rc" -eq 0 ] || failed=1
 done
+echo "the clone, its venvs and the logs stay in $work (rm -rf it when done)"
 exit $failed
