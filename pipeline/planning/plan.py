@@ -21,8 +21,6 @@ Problems (the recipe cannot run as written) are listed; the CLI prints them one 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -30,14 +28,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import schema
+from pipeline.core import schema, trl_fields
 from pipeline.core.batch import GLOBAL_BATCH, Batch, BatchError, batch_for
-from pipeline.core.checks import RENAMED_TRAINING_KEYS, trl_config_class
+from pipeline.core.checks import RENAMED_TRAINING_KEYS
 from pipeline.core.inputs import classify_input
 from pipeline.core.recipe import parse_yaml
 from pipeline.core.redaction import redact
 from pipeline.core.runs import identity_data, identity_hash
-from pipeline.core.stages import PlanSection, stage_module
+from pipeline.core.stages import PlanSection, recipe_class, stage_module
 from pipeline.core.text import cell, table
 from pipeline.planning import costs
 
@@ -53,19 +51,10 @@ def published() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # The resolved recipe and its differences
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=4)
 def trl_defaults(stage: str) -> dict[str, Any]:
-    """Field defaults of the TRL config that receives `training:` (SFTConfig / DPOConfig), as JSON values."""
-    out = {}
-    for f in dataclasses.fields(trl_config_class(stage)):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            continue
-        out[f.name] = json.loads(json.dumps(value, default=lambda o: getattr(o, "value", str(o))))
-    return out
+    """Field defaults of the TRL config that receives `training:` (SFTConfig / DPOConfig), as JSON values, from the
+    table of TRL's fields (pipeline/core/trl_fields.py): planning imports no TRL."""
+    return trl_fields.defaults(recipe_class(stage).trl_config)
 
 
 DERIVED_ACCUMULATION = f"derived at launch from {GLOBAL_BATCH} and the GPU count"
