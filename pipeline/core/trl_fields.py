@@ -4,7 +4,7 @@
 
 Importing TRL takes seconds (it imports transformers and torch), and `smolalign validate` and `plan` only need
 facts about its config classes. This module is the one place those facts come from: for each config class a
-training stage names (its recipe's `trl_config`: SFTConfig, DPOConfig), every field with
+training stage names (its recipe's `trl_config`: SFTConfig, DPOConfig, GRPOConfig), every field with
 
 - `type`: the annotation in Python's typing syntax over builtins, `Literal` and `Any`. An enum inside a
   container is written as the `Literal` of its values; a field typed `SomeEnum | str` is written `str`, and its
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 TABLE = Path(__file__).resolve().parent / "trl_fields.json"
-CONFIGS = ("SFTConfig", "DPOConfig")  # every `trl_config` a training stage names (tests/test_trl_fields.py checks)
+# every `trl_config` a stage may name (tests/test_trl_fields.py checks); GRPOConfig for prompts-only (RL) stages
+CONFIGS = ("SFTConfig", "DPOConfig", "GRPOConfig")
 _PLAIN = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict", list: "list", type(None): "None"}
 
 
