@@ -107,6 +107,10 @@ def hold_in_map_workers(marker_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGQUIT, all_threads=True)  # a test that waited too long asks where it hangs
     moment, marker_dir, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     if moment.startswith("optimizer:"):
         hold_after_optimizer_save(moment.removeprefix("optimizer:"), marker_dir)

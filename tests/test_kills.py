@@ -22,7 +22,9 @@ from safetensors.torch import load_file, save_file
 
 HARNESS = [sys.executable, str(REPO / "tests" / "kill_harness.py")]
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# The killed and resumed runs use the threads this process trained the uninterrupted run with (conftest,
+# in-process): a different thread count sums in another order, and the weights then differ by ~5e-6.
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
 
 
 def wait_for_markers(marker_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> list[int]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,20 +97,49 @@ def stopped_by(exc: BaseException) -> BaseException | None:
     return None
 
 
+# The stop signals, and Ctrl-C, are blocked in a thread that forks while the CLI's handling is on, until the
+# child has its own handlers. Without that, a signal reaching the child between fork() and _default_handlers_in_child
+# ran the parent's handler there (Preempted raised inside another library's at-fork hook, then swallowed) or was
+# dropped by CPython's after-fork reset, and the child lived on: a `datasets.map` pool that replaces a worker
+# the job's SIGTERM killed forks just as Pool.terminate() signals its workers, and the stage waited forever on
+# the one that missed it (tests/test_preemption.py, about 1 run in 3 at num_proc 2). A blocked signal stays
+# pending in the child and arrives once its handlers are set.
+_FORK_BLOCKED = (*STOP_SIGNALS, signal.SIGINT)
+_mask_before_fork = threading.local()
+
+
+def _handling() -> bool:
+    return signal.getsignal(signal.SIGTERM) is _on_stop_signal
+
+
+def _block_before_fork() -> None:
+    _mask_before_fork.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED) if _handling() else None
+
+
+def _unblock_in_parent() -> None:
+    if getattr(_mask_before_fork, "mask", None) is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _mask_before_fork.mask)
+
+
 def _default_handlers_in_child() -> None:
     """A forked helper (a `datasets.map` worker) is stopped by its parent, which handles the signals: it
     must not raise Preempted inside a library's worker loop, nor print a KeyboardInterrupt traceback of its
     own when Ctrl-C reaches the whole process group. SIGTERM and SIGUSR1 end it; SIGINT is left to the parent."""
     global _received, _deferring
     _received, _deferring = None, 0
+    mask = getattr(_mask_before_fork, "mask", None)
     try:
-        if signal.getsignal(signal.SIGTERM) is not _on_stop_signal:  # the CLI's handling is not on: leave all be
+        if not _handling():  # the CLI's handling is not on: leave all be
             return
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread of the child: nothing was installed there
         pass
+    finally:
+        if mask is not None:  # a stop signal held back since the fork ends the child now
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-os.register_at_fork(after_in_child=_default_handlers_in_child)
+os.register_at_fork(before=_block_before_fork, after_in_parent=_unblock_in_parent,
+                    after_in_child=_default_handlers_in_child)
