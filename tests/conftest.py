@@ -41,12 +41,13 @@ MIDTRAIN_TRAINING = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, 
                      "max_length": 128, "packing": True, "packing_strategy": "wrapped"}
 
 
-def midtrain_recipe(root: Path) -> Path:
-    """That run's recipe, writing to root/runs/midtrain."""
+def midtrain_recipe(root: Path, max_steps: int = 4) -> Path:
+    """That run's recipe, writing to root/runs/midtrain (tests/test_preemption.py runs it for 6 steps)."""
     body = {"name": "t", "stage": "midtrain", "output_dir": str(root / "runs" / "midtrain"),
             "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
             "data": {"sources": [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]},
-            "training": MIDTRAIN_TRAINING}
+            "training": {**MIDTRAIN_TRAINING, "max_steps": max_steps}}
+    root.mkdir(parents=True, exist_ok=True)
     (root / "recipe.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
     return root / "recipe.yaml"
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 import yaml
@@ -24,19 +25,10 @@ from pipeline.core.runs import is_complete_checkpoint, read_manifest
 PREEMPTED_EXIT = 75  # what scripts/slurm/ and the README promise (EX_TEMPFAIL): not taken from the code under test
 INTERRUPTED_EXIT = 130
 
-TRAINING = {"max_steps": 6, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 2,
-            "learning_rate": 1.0e-3, "per_device_train_batch_size": 2, "bf16": False, "logging_steps": 1,
-            "max_length": 128, "packing": True, "packing_strategy": "wrapped"}
-
 
 def midtrain_recipe(root: Path) -> Path:
-    body = {"name": "t", "stage": "midtrain", "output_dir": str(root / "runs" / "midtrain"),
-            "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
-            "data": {"sources": [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]},
-            "training": TRAINING}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "recipe.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
-    return root / "recipe.yaml"
+    """conftest's mid-training run for 6 steps, saving every 2: a stop at step 3 or 5 falls between two saves."""
+    return conftest.midtrain_recipe(root, max_steps=6)
 
 
 def signalled(root: Path, moment: str, sig: signal.Signals, argv: list[str], hold_s: float = 0.0,
