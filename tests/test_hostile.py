@@ -72,10 +72,10 @@ def test_a_fraction_that_selects_no_rows_is_one_clear_error(write_recipe, tmp_pa
     assert "\n" not in str(e.value)  # the CLI prints a UserError as one line and exits 2
 
 
-def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path):
+def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path, tok):
     from pipeline.core.errors import UserError
     from pipeline.core.recipe import load_recipe
-    from pipeline.data.rows import build_preference_mixture
+    from pipeline.data.pairs import build_preference_mixture
 
     pairs = str(REPO / "data/demo/preferences.jsonl")
     recipe = load_recipe(write_recipe({
@@ -85,7 +85,7 @@ def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_sile
         "training": {"loss_type": "apo_zero"}}))
     with pytest.raises(UserError, match=r"data.sources.1 \(.*preferences.jsonl\): fraction 0.001 of its 64 usable "
                                         r"pairs selects none"):
-        build_preference_mixture(recipe, tmp_path / "q.jsonl")
+        build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
 
 
 def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
@@ -98,9 +98,9 @@ def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
         "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": "embedded:tiny-smollm3"},
         "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")},
                                 {"path": str(more), "fraction": 0.001}]}}))
-    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 prompts "
+    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 usable prompts "
                                         r"selects none"):
-        synth_stage.load_prompts(recipe)
+        synth_stage.load_prompts(recipe, tmp_path / "q.jsonl")
 
 
 # ---- 9. a row nested 100,000 deep ----------------------------------------------------------------

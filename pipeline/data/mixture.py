@@ -37,7 +37,8 @@ from pipeline.core.inputs import classify_input
 from pipeline.core.schema import Source, TrainRecipe, source_label
 from pipeline.data.mapped import release_mapped_pages
 from pipeline.data.packing import map_procs, pack, packing_stats
-from pipeline.data.rows import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
+from pipeline.data.reader import budget, write_quarantine
+from pipeline.data.rows import BadRow, Rendering, encode_row
 from pipeline.data.sources import RAW_JSON, is_raw_json, open_source, parse_row
 
 # `trained_kept`: the trained tokens a row keeps once cut to max_length (all of them when wrapped packing
@@ -108,14 +109,6 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
-    from pipeline.core.runs import content_hash
-
-    h = hashlib.sha256()
-    for source in recipe.data.sources:
-        h.update(json.dumps(source.model_dump(), sort_keys=True).encode())
-        if classify_input(source.path) == "local":
-            h.update(content_hash(Path(source.path).expanduser()).encode())
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
     settings = {
         "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
         "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
@@ -123,6 +116,20 @@ def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
         "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
         "max_row_bytes": row_byte_limit(recipe), "format": 6,  # 6: BFD breaks ties as TRL does
     }
+    return content_fingerprint(recipe.data.sources, tokenizer, settings)
+
+
+def content_fingerprint(sources: list[Source], tokenizer, settings: dict[str, Any]) -> str:
+    """The cache key of data built from `sources`: each source's settings and (for a local file) its
+    content, the tokenizer's vocabulary, and every other setting that changes what is built."""
+    from pipeline.core.runs import content_hash
+
+    h = hashlib.sha256()
+    for source in sources:
+        h.update(json.dumps(source.model_dump(), sort_keys=True).encode())
+        if classify_input(source.path) == "local":
+            h.update(content_hash(Path(source.path).expanduser()).encode())
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -184,22 +191,14 @@ def _build_into(tmp: Path, recipe: TrainRecipe, tokenizer, cache: Path, fingerpr
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
             good, bad, columns = _split_quarantine(tokenized)
             quarantined.append(write_quarantine(quarantine, source, si, _reasons(bad)))
-            label = source_label(source.path, source.split, source.name)
-            if len(good) == 0 and source.allow_empty:
-                print(f"data.sources.{si} ({label}): no usable rows; allowed by `allow_empty`")
-                continue
-            if len(good) == 0:
+            try:  # the one budget rule (pipeline/data/reader.py), over the length column
+                chosen = budget(source, si, columns["length"].tolist(), rng, quarantined=len(bad),
+                                reasons_in=quarantine_path)
+            except UserError:
                 quarantine.close()
                 copy_atomic(tmp / "quarantine.jsonl", quarantine_path)
-                raise UserError(f"data.sources.{si} ({label}): no usable rows ({len(bad)} of "
-                                f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
-            chosen = _budget(source, columns["length"], rng)
-            if not chosen:  # a fraction too small for the source: as empty as a source with no usable row
-                problem = (f"data.sources.{si} ({label}): fraction {source.fraction:g} of its {len(good)} "
-                           f"usable rows selects none")
-                if not source.allow_empty:
-                    raise UserError(f"{problem}; raise it to at least {1 / len(good):.2g}, or remove the source")
-                print(f"{problem}; allowed by `allow_empty`")
+                raise
+            if not chosen:  # an empty source that `allow_empty` accepts
                 continue
             stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
             parts.append(good.select(chosen))
@@ -404,12 +403,6 @@ def _reasons(bad):
     """(source row, reason) of every quarantined row, read a batch at a time."""
     for batch in bad.select_columns(["row", "reason"]).iter(batch_size=10_000):
         yield from zip(batch["row"], batch["reason"])
-
-
-def _budget(source: Source, lengths: np.ndarray, rng: random.Random) -> list[int]:
-    if source.tokens is not None:
-        return take_tokens(lengths.tolist(), source.tokens, rng)
-    return take_fraction(len(lengths), source.fraction, rng)
 
 
 def _truncate(dataset, max_length: int, procs: int):

@@ -26,10 +26,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from pipeline.core.errors import UserError
+from pipeline.core.models import cache_dir
 from pipeline.core.preemption import deferred
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import ModelSpec, Source, TrainRecipe, TrainsOn
-from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
+from pipeline.data.pairs import build_preference_mixture
+from pipeline.data.rows import BadRow, preference_row
 from pipeline.data.sources import iter_rows
 from pipeline.training.apo_plan import plan, plan_text
 from pipeline.training.preference import HELD_OUT, pair_logprobs, preference_stats, reward_margin
@@ -107,7 +109,8 @@ def run(recipe, overwrite: bool = False) -> Path:
     with stage_run(recipe, overwrite) as run:
         record_attention(run, **attention)
         announce_batch(run, batch)
-        dataset, report = build_preference_mixture(recipe, run.path / "quarantine.jsonl")
+        dataset, report = build_preference_mixture(recipe, tokenizer, cache_dir() / "pairs",
+                                                   run.path / "quarantine.jsonl")
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
