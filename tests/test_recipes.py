@@ -257,6 +257,51 @@ def test_enforce_eager_only_for_the_vllm_backend(write_recipe):
     assert key.startswith("backend.enforce_eager")
 
 
+def test_each_backend_engine_takes_only_its_own_settings(write_recipe):
+    """`backend` is one spec per engine, told apart by `kind` (default transformers). A setting of another
+    engine was accepted and ignored before (`batch_size` under vllm, `tensor_parallel_size` under openai)."""
+    from pipeline.core.runs import NON_IDENTITY_BACKEND_KEYS, identity_hash
+    from pipeline.generation import OpenAIBackendSpec, TransformersBackendSpec, VLLMBackendSpec
+
+    body = {"name": "t", "stage": "eval", "models": ["m"], "tasks": {"mode": {}}}
+
+    def backend(block):
+        return load_recipe(write_recipe({**body, "backend": block})).backend
+
+    assert backend({"batch_size": 3}) == TransformersBackendSpec(batch_size=3)
+    assert backend({"kind": "vllm", "tensor_parallel_size": 2}) == VLLMBackendSpec(kind="vllm", tensor_parallel_size=2)
+    assert backend({"kind": "openai", "base_url": "http://h:8000/v1"}).model_dump() == {
+        "kind": "openai", "base_url": "http://h:8000/v1", "served_model_name": None, "api_key_env": None,
+        "concurrency": None, "timeout_s": 3600, "retry_budget_s": 600}
+    assert load_recipe(write_recipe(body)).backend.model_dump() == {"kind": "transformers", "batch_size": 8}
+
+    def problem(block):
+        [(key, msg)] = problems_of(write_recipe({**body, "backend": block}))
+        return key.split(" (line")[0], msg
+
+    assert problem({"kind": "vllm", "batch_size": 4}) == (
+        "backend", "`batch_size` is a setting of backend `transformers`, not `vllm`")
+    assert problem({"kind": "openai", "base_url": "http://h/v1", "tensor_parallel_size": 2}) == (
+        "backend", "`tensor_parallel_size` is a setting of backend `vllm`, not `openai` (for `openai`, start the "
+        "server with `--tensor-parallel-size`)")
+    assert problem({"kind": "tgi"}) == ("backend.kind", "unknown kind 'tgi'; one of: 'transformers', 'vllm', 'openai'")
+    key, msg = problem({"kind": "vllm", "tensor_paralel_size": 2})
+    assert key == "backend.tensor_paralel_size" and "did you mean `tensor_parallel_size`" in msg
+    assert "batch_size" not in msg  # the keys allowed are vllm's own
+    assert problem({"kind": "openai"}) == ("backend.base_url", "required key is missing")
+
+    # how a server is reached is not part of a run's identity; which engine runs, and how, is
+    def identity(block):
+        return identity_hash(load_recipe(write_recipe({**body, "backend": block})))
+
+    served = {"kind": "openai", "base_url": "http://a/v1"}
+    assert identity(served) == identity({**served, "base_url": "http://b/v1", "concurrency": 8, "timeout_s": 5})
+    assert identity({"kind": "vllm"}) != identity({"kind": "vllm", "tensor_parallel_size": 2})
+    assert identity({"kind": "vllm"}) != identity(served) != identity({})
+    # what leaves the identity is exactly how the `openai` client reaches its server, no engine's setting
+    assert NON_IDENTITY_BACKEND_KEYS == set(OpenAIBackendSpec.model_fields) - {"kind"}
+
+
 @pytest.mark.parametrize("written, stored", [("2025-08-15", "15 August 2025"), ("'2025-08-15'", "15 August 2025"),
                                              ("15 August 2025", "15 August 2025"), ("'1 July 2025'", "01 July 2025")])
 def test_a_date_is_stored_as_the_system_turn_writes_it(write_recipe, written, stored):
