@@ -361,15 +361,16 @@ def test_the_default_bound_follows_max_length():
     from pipeline.core.schema import TrainRecipe
     from pipeline.data.mixture import row_byte_limit
 
-    def recipe(max_length=None, limit=None):
+    def recipe(max_length="unset", limit=None):
         body = sft_recipe()
-        body["training"] = {"max_length": max_length} if max_length else {}
+        body["training"] = {"max_length": max_length} if max_length != "unset" else {}
         body["data"]["max_row_bytes"] = limit
         return TrainRecipe.model_validate(body)
 
     assert row_byte_limit(recipe(65536)) == 64 * 65536  # SFT at 64k: 4 MiB, room for any 64k-token row
     assert row_byte_limit(recipe(512)) == 1 << 20  # never below 1 MiB
-    assert row_byte_limit(recipe()) == 16 << 20 and row_byte_limit(recipe(512, 1000)) == 1000
+    assert row_byte_limit(recipe()) == 1 << 20  # unset: TRL's max_length (1024, from the table) cuts the rows
+    assert row_byte_limit(recipe(None)) == 16 << 20 and row_byte_limit(recipe(512, 1000)) == 1000  # null: no cut
 
 
 @pytest.mark.slow  # ~20 s: writes a 50 MB line and runs `prepare` in a fresh process

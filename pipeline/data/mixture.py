@@ -63,7 +63,7 @@ def row_byte_limit(recipe: TrainRecipe) -> int:
     of multi-character tokens, markup, tool schemas."""
     if recipe.data.max_row_bytes:
         return recipe.data.max_row_bytes
-    max_length = recipe.training.get("max_length")
+    max_length = recipe.settings.max_length
     return max(1 << 20, 64 * max_length) if max_length else 16 << 20
 
 
@@ -109,11 +109,11 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
+    t = recipe.settings
     settings = {
         "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
-        "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
-        "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
+        "max_length": t.max_length, "packing": t.packing, "packing_strategy": t.packing_strategy,
+        "assistant_only_loss": t.assistant_only_loss,
         "max_row_bytes": row_byte_limit(recipe), "format": 6,  # 6: BFD breaks ties as TRL does
     }
     return content_fingerprint(recipe.data.sources, tokenizer, settings)
@@ -183,8 +183,8 @@ def _build_into(tmp: Path, recipe: TrainRecipe, tokenizer, cache: Path, fingerpr
     from datasets import concatenate_datasets
 
     rng = random.Random(recipe.data.seed)
-    max_length = recipe.training.get("max_length")
-    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    max_length = recipe.settings.max_length
+    strategy = recipe.settings.packing_strategy if recipe.settings.packing else None
     parts, quarantined, stats = [], [], []
     with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
         for si, source in enumerate(recipe.data.sources):
@@ -258,7 +258,7 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
 
         return Dataset.from_dict({k: [] for k in TOKENIZED}, features=_features())
     rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
-                          assistant_only=bool(recipe.training.get("assistant_only_loss")))
+                          assistant_only=bool(recipe.settings.assistant_only_loss))
     parts_dir.mkdir(parents=True, exist_ok=True)
     out_dir = parts_dir
     if shard is not None:  # a share is written straight into its staging directory, renamed when whole
@@ -323,9 +323,9 @@ def _shard_offset(total: int, i: int, n: int) -> int:
 def kept_length(recipe: TrainRecipe) -> int | None:
     """Tokens of a document that training sees: max_length, unless wrapped packing splits longer
     documents across rows (then all of them, None)."""
-    t = recipe.training
-    wrapped = t.get("packing") and t.get("packing_strategy", "bfd") == "wrapped"
-    return None if wrapped else t.get("max_length")
+    t = recipe.settings
+    wrapped = t.packing and t.packing_strategy == "wrapped"
+    return None if wrapped else t.max_length
 
 
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
@@ -422,8 +422,8 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
     """Rows and tokens per source and mode, from the chosen documents' lengths before truncation."""
     source, thinking = columns["source"], np.asarray(columns["thinking"], dtype=bool)
     length, trained = np.asarray(columns["length"], dtype=np.int64), np.asarray(columns["trained"], dtype=np.int64)
-    max_length = recipe.training.get("max_length")
-    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    max_length = recipe.settings.max_length
+    strategy = recipe.settings.packing_strategy if recipe.settings.packing else None
     n = len(recipe.data.sources)
     rows, tokens = np.bincount(source, minlength=n), np.bincount(source, weights=length, minlength=n)
     trained_by = np.bincount(source, weights=trained, minlength=n)

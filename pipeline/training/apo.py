@@ -46,6 +46,7 @@ from pipeline.training.train import (
     peft_config,
     rank_checksums,
     record_attention,
+    record_settings,
     train_or_restore,
     training_batch,
     trl_args,
@@ -78,14 +79,14 @@ class APORecipe(TrainRecipe):
     def keeps_reference_copy(self) -> bool:
         """Whether TRL keeps a frozen copy of the policy as the reference, on each GPU beside it: not with a
         `ref_model` (a model of its own), LoRA (the policy with its adapters off) or precomputed log-probs."""
-        return self.ref_model is None and self.peft is None and not self.training.get("precompute_ref_log_probs")
+        return self.ref_model is None and self.peft is None and not self.settings.precompute_ref_log_probs
 
     def stage_problems(self) -> list[tuple[str, str]]:
-        t, problems = self.training, []
-        if t.get("padding_free"):
+        t, problems = self.settings, []
+        if t.padding_free:
             problems.append(("training.padding_free",
                              "TRL's DPO trainer ignores padding_free (it warns and pads); remove it"))
-        if self.ref_model is not None and t.get("precompute_ref_log_probs"):
+        if self.ref_model is not None and t.precompute_ref_log_probs:
             problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
                                           "weights; drop `ref_model` or the precompute flag"))
         return problems
@@ -109,6 +110,7 @@ def run(recipe, overwrite: bool = False) -> Path:
     with stage_run(recipe, overwrite) as run:
         record_attention(run, **attention)
         announce_batch(run, batch)
+        record_settings(run, recipe)
         dataset, report = build_preference_mixture(recipe, tokenizer, cache_dir() / "pairs",
                                                    run.path / "quarantine.jsonl")
         if is_main_process():
@@ -160,6 +162,6 @@ def held_out_pairs(recipe) -> list[dict]:
 
 def preference_report(recipe, before, after) -> dict:
     """Held-out preference before (the starting point, also the reference) and after training."""
-    beta = recipe.training.get("beta", 0.1)  # TRL's DPOConfig default
+    beta = recipe.settings.beta
     return {"pairs_file": recipe.eval_pairs, "start": {"model": recipe.model.name_or_path, **preference_stats(before)},
             "end": preference_stats(after), "beta": beta, "reward_margin": reward_margin(after, before, beta)}

@@ -25,8 +25,8 @@ REFERENCE_FORWARD = 1 / 3
 
 def plan(recipe, planner) -> PlanSection:
     training = planner.training(recipe)
-    data, problems = pairs_section(recipe, planner, training.get("max_length"))
-    max_length = int(training.get("max_length") or 1024)
+    data, problems = pairs_section(recipe, planner, training.max_length)
+    max_length = training.max_length
     return PlanSection(data=data, problems=problems, work=work(recipe, planner, data, max_length),
                        sequences_per_row=2,  # DPO puts chosen and rejected through the model together
                        reference_forward=REFERENCE_FORWARD,
