@@ -164,6 +164,7 @@ def test_preference_pairs_are_cached_by_content_and_a_bad_line_is_quarantined(wr
     assert report["rows"] == 128 and report["quarantined"] == 1  # a fraction above 1 upsamples pairs too
     assert [json.loads(line)["row"] for line in (tmp_path / "run1" / "q.jsonl").read_text().splitlines()] == [64]
     assert "not valid JSON" in (tmp_path / "run1" / "q.jsonl").read_text()
+    assert [p.name for p in (tmp_path / "run1").iterdir()] == ["q.jsonl"]  # no spool or temp file beside it
     monkeypatch.setattr(pairs, "preference_rows", lambda *a: pytest.fail("the sources were read again"))
     again, report_again = build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "run2" / "q.jsonl")
     assert again.to_list() == first.to_list() and report_again == report

@@ -125,19 +125,31 @@ def read_sources(sources: Sequence[Source], parse: Parse, rng: random.Random, qu
             raise UserError(f"{key}.{si} ({label}): a `tokens` budget counts each {what[:-1]}'s tokens, and this "
                             "stage has no tokenizer to count them with; use `fraction` instead")
     quarantine.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=quarantine.parent, prefix=".spool-") as tmp:
-        bad = Path(tmp) / "quarantine.jsonl"
+    # the spool in the temporary directory (TMPDIR), not beside the quarantine: a run killed while reading
+    # leaves nothing in its run directory
+    with tempfile.TemporaryDirectory(prefix="smolalign-spool-") as tmp:
+        spools = _read_all(sources, parse, measure, Path(tmp), quarantine)
+        for si, (source, spool) in enumerate(zip(sources, spools)):
+            picked = budget(source, si, spool.lengths, rng, key=key, what=what, quarantined=spool.rejected,
+                            reasons_in=quarantine)
+            yield from ((si, item) for item in spool.items(picked))
+
+
+def _read_all(sources: Sequence[Source], parse: Parse, measure, spool_dir: Path, quarantine: Path) -> list[_Spool]:
+    """Every source spooled into `spool_dir`; the rejected rows written to `quarantine` whole (a temp file beside
+    it, renamed), or no quarantine file when every row is usable."""
+    bad = quarantine.with_name(f".{quarantine.name}.{os.getpid()}.tmp")
+    try:
         with open(bad, "w", encoding="utf-8") as fh:
-            spools = [_spool(source, si, parse, measure, Path(tmp) / f"source-{si}.jsonl", fh)
+            spools = [_spool(source, si, parse, measure, spool_dir / f"source-{si}.jsonl", fh)
                       for si, source in enumerate(sources)]
         if any(spool.rejected for spool in spools):
             os.replace(bad, quarantine)
         else:
             quarantine.unlink(missing_ok=True)
-        for si, (source, spool) in enumerate(zip(sources, spools)):
-            picked = budget(source, si, spool.lengths, rng, key=key, what=what, quarantined=spool.rejected,
-                            reasons_in=quarantine)
-            yield from ((si, item) for item in spool.items(picked))
+    finally:
+        bad.unlink(missing_ok=True)
+    return spools
 
 
 class _Spool:
