@@ -91,7 +91,8 @@ def rendered(prompts: Path, tokenizer_path: str, max_new_tokens: int) -> list[st
     from pipeline.generation import Renderer
 
     r = recipe(prompts, Path(tempfile.mkdtemp()) / "render", max_new_tokens, {"kind": "vllm", "enforce_eager": True})
-    items = synth_stage.work_items(r, synth_stage.load_prompts(r), "teacher", MODEL)
+    prompts = synth_stage.load_prompts(r, Path(tempfile.mkdtemp()) / "quarantine.jsonl")
+    items = synth_stage.work_items(r, prompts, "teacher", MODEL)
     render = Renderer(AutoTokenizer.from_pretrained(tokenizer_path))
     return [render(synth_stage.request(it)) for it in items]
 

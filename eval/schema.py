@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.core.schema import ChatSpec, RecipeBase, Strict
-from pipeline.generation import BackendSpec, SamplingSpec
+from pipeline.generation import BackendSpec, SamplingSpec, TransformersBackendSpec
 
 
 class EvalSpec(Strict):
@@ -20,7 +20,7 @@ class EvalSpec(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
     tasks: dict[str, dict[str, Any]] = Field(min_length=1, description="task name -> options (n, lengths, ...)")
     modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)
-    backend: BackendSpec = BackendSpec()
+    backend: BackendSpec = TransformersBackendSpec()
     sampling: SamplingSpec = SamplingSpec()
     chat: ChatSpec = ChatSpec()
 

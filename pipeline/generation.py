@@ -36,9 +36,9 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 from tqdm.auto import tqdm
 
 from pipeline.core.chat import DEFAULT_CUTOFF, DEFAULT_DATE, END_OF_TURN, template_kwargs
@@ -56,40 +56,87 @@ class SamplingSpec(Strict):
     seed: int = 0
 
 
-class BackendSpec(Strict):
-    kind: Literal["transformers", "vllm", "openai"] = "transformers"
+class _EngineSpec(Strict):
+    """What every engine's spec shares: its `kind`, and a clear error for a setting of another engine."""
+
+    ENGINE: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_setting_of_another_engine(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                owner = next((kind for kind, spec in ENGINES.items() if key in spec.model_fields), cls.ENGINE)
+                if key not in cls.model_fields and owner != cls.ENGINE:
+                    served = (f" (for `openai`, start the server with `--{key.replace('_', '-')}`)"
+                              if cls.ENGINE == "openai" and owner == "vllm" else "")
+                    raise ValueError(f"`{key}` is a setting of backend `{owner}`, not `{cls.ENGINE}`{served}")
+        return data
+
+
+class TransformersBackendSpec(_EngineSpec):
+    """transformers' `generate` on this machine (CPU or one GPU): the demo, tests, small models."""
+
+    ENGINE: ClassVar[str] = "transformers"
+    kind: Literal["transformers"] = "transformers"
+    batch_size: int = Field(8, ge=1, description="Prompts per batch.")
+
+
+class VLLMBackendSpec(_EngineSpec):
+    """vLLM's offline engine on this machine's GPUs."""
+
+    ENGINE: ClassVar[str] = "vllm"
+    kind: Literal["vllm"]
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int | None = Field(None, gt=0, description="vLLM context; above the checkpoint's native "
                                       "length, YaRN rope scaling is applied (SmolLM3: x2 for 128k).")
-    hf_overrides: dict[str, Any] | None = Field(None, description="vLLM: config overrides, instead of the "
-                                                "automatic YaRN scaling.")
-    enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs or torch.compile. Starts faster, decodes "
+    hf_overrides: dict[str, Any] | None = Field(None, description="Config overrides, instead of the automatic YaRN "
+                                                "scaling.")
+    enforce_eager: bool = Field(False, description="No CUDA graphs or torch.compile. Starts faster, decodes "
                                 "slower; for short runs and vLLM's CPU build (engine start ~30 s instead of ~100 s).")
-    base_url: str | None = Field(None, description="For `openai`: the `vllm serve` endpoint; `user:password@` in it "
-                                  "is sent as HTTP basic auth and never shown.")
-    served_model_name: str | None = Field(None, description="For `openai`: the model name the server serves "
+
+
+class OpenAIBackendSpec(_EngineSpec):
+    """An OpenAI-compatible server (`vllm serve` on other machines), over HTTP. How it is reached (all but
+    `kind`) is not part of a run's identity: a moved server or a longer retry budget resumes the run."""
+
+    ENGINE: ClassVar[str] = "openai"
+    kind: Literal["openai"]
+    base_url: str = Field(description="The `vllm serve` endpoint, e.g. http://host:8000/v1; `user:password@` in it "
+                          "is sent as HTTP basic auth and never shown.")
+    served_model_name: str | None = Field(None, description="The model name the server serves "
                                           "(`vllm serve --served-model-name`); default the model path.")
-    api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
+    api_key_env: str | None = Field(None, description="The environment variable holding the API key "
                                     "(`vllm serve --api-key`); the key itself never goes in a recipe.")
-    concurrency: int | None = Field(None, ge=1, description="For `openai`: requests in flight at once. Default: "
+    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once. Default: "
                                     "what the server can take (its engines, read from its /metrics, x 1024 "
                                     "sequences each, vLLM's default max_num_seqs on H100/H200), else 256.")
-    timeout_s: float = Field(3600, gt=0, description="For `openai`: seconds without a byte from the server before a "
+    timeout_s: float = Field(3600, gt=0, description="Seconds without a byte from the server before a "
                              "request is retried (a reply comes whole when its generation ends: a long trace "
                              "queued behind others takes long).")
-    retry_budget_s: float = Field(600, ge=0, description="For `openai`: how long to keep retrying 429/5xx/"
+    retry_budget_s: float = Field(600, ge=0, description="How long to keep retrying 429/5xx/"
                                   "connection errors (with backoff and Retry-After) before giving up.")
-    batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
 
-    @model_validator(mode="after")
-    def _url(self):
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("backend `openai` needs `base_url` (e.g. http://host:8000/v1)")
-        if self.enforce_eager and self.kind != "vllm":
-            raise ValueError(f"`enforce_eager` is a setting of backend `vllm`, not `{self.kind}` (for `openai`, "
-                             "start the server with `--enforce-eager`)")
-        return self
+
+ENGINES: dict[str, type[_EngineSpec]] = {spec.ENGINE: spec for spec in (TransformersBackendSpec, VLLMBackendSpec,
+                                                                        OpenAIBackendSpec)}
+
+
+def _engine(value: Any) -> str | None:
+    """The engine a `backend:` block names: its `kind`, `transformers` when it names none."""
+    if isinstance(value, dict):
+        return value.get("kind", "transformers")
+    return getattr(value, "kind", None)
+
+
+# A recipe's `backend:` block: one spec per engine, told apart by `kind` (default `transformers`), each with
+# only its own engine's settings.
+BackendSpec = Annotated[
+    Annotated[TransformersBackendSpec, Tag("transformers")] | Annotated[VLLMBackendSpec, Tag("vllm")]
+    | Annotated[OpenAIBackendSpec, Tag("openai")],
+    Discriminator(_engine),
+]
 
 
 @dataclass

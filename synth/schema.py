@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.core.schema import DataSpec, ModelSpec, RecipeBase, Strict
-from pipeline.generation import BackendSpec, SamplingSpec
+from pipeline.generation import BackendSpec, SamplingSpec, TransformersBackendSpec
 
 
 class FilterSpec(Strict):
@@ -45,7 +45,7 @@ class SynthRecipe(RecipeBase):
     stage: Literal["synth-traces", "synth-pairs"]
     teacher: ModelSpec
     weak: ModelSpec | None = Field(None, description="synth-pairs: the model whose answers are rejected.")
-    backend: BackendSpec = BackendSpec()
+    backend: BackendSpec = TransformersBackendSpec()
     sampling: SamplingSpec = SamplingSpec()
     prompts: DataSpec
     modes: list[Literal["think", "no_think"]] = Field(["think", "no_think"], min_length=1)

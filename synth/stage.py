@@ -5,8 +5,8 @@
 
 synth-traces: prompts of non-reasoning datasets -> the teacher in thinking mode -> dual-mode SFT
 rows (`rows.jsonl`: messages with the <think> trace, chat_template_kwargs) that the SFT stage reads.
-A prompt row keeps its tool calls, tool results, tools and custom instructions (the one row path,
-pipeline/data/sources.py and pipeline/data/rows.py): the teacher sees them, and the rows carry them on.
+A prompt row keeps its tool calls, tool results, tools and custom instructions (synth/prompts.py: the one
+source reader and the one row normaliser): the teacher sees them, and the rows carry them on.
 synth-pairs: the same kind of prompts -> strong model (chosen) and weak model (rejected), in each
 mode -> preference rows (`pairs.jsonl`: prompt, chosen, rejected, chat_template_kwargs) that the
 APO stage reads.
@@ -27,10 +27,7 @@ parameters and the finish reason.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import random
-from collections import Counter
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
@@ -38,12 +35,11 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import write_jsonl
 from pipeline.core.models import resolve_model
 from pipeline.core.runs import join_run, parse_shard, run_lock, stage_run, write_json_atomic
-from pipeline.data.rows import BadRow, prompt_of
-from pipeline.data.sources import iter_rows
 from pipeline.generation import Request, make_backend
 from synth.filters import FILTERS, apply_filters, check_filters, decontamination
 from synth.plan import plan, plan_text  # noqa: F401 (its part of `smolalign plan`, found here by the plan)
 from synth.progress import GENERATION, Progress
+from synth.prompts import load_prompts
 from synth.store import ShardStore, key_shard, keys_of_all, read_all, work_key
 
 # what a run writes in summary.json beside the shared keys: the filter counts, and how generation went
@@ -59,49 +55,14 @@ def check(recipe) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------------------
 # Prompts and work
 # ----------------------------------------------------------------------------------------------
-def load_prompts(recipe) -> list[dict]:
-    """[{"id", "messages", "template", "reference"}]: each row read by the one loader and normalised as
-    training rows are (pipeline.data.rows.prompt_of): the conversation up to the turn the model writes,
-    with its tool calls and tool results, and in `template` the row's tools and custom instructions;
-    `reference`, what `verify:` checks against: the row's `reference` (an eval task's training rows carry
-    one) or its `answer`. A row that is not a conversation is skipped and counted, with the first reason
-    printed."""
-    rng = random.Random(recipe.prompts.seed)
-    prompts, seen, skipped = [], set(), Counter()
-    for si, source in enumerate(recipe.prompts.sources):
-        rows = []
-        for index, row in enumerate(iter_rows(source)):
-            try:
-                messages, template = prompt_of(row)
-            except BadRow as e:
-                if not skipped:
-                    print(f"warning: {source.path} row {index}: not a prompt ({e}); skipped")
-                skipped[source.path] += 1
-                continue
-            identity = messages if not template else {"messages": messages, "template": template}
-            pid = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-            if pid not in seen:  # the same prompt twice would only be generated twice
-                seen.add(pid)
-                reference = row.get("reference") if row.get("reference") is not None else row.get("answer")
-                rows.append({"id": pid, "messages": messages, "template": template, "reference": reference})
-        if source.fraction is not None:
-            count = len(rows)
-            rows = rng.sample(rows, min(len(rows), round(source.fraction * len(rows))))
-            if count and not rows and not source.allow_empty:  # the source would vanish unsaid
-                raise UserError(f"prompts.sources.{si} ({source.path}): fraction {source.fraction:g} of its {count} "
-                                f"prompts selects none; raise it to at least {1 / count:.2g}, or remove the source")
-        prompts += rows
-    for path, count in skipped.items():
-        print(f"warning: {path}: {count} row(s) skipped (not a conversation with a user turn)")
-    return prompts[:recipe.max_prompts] if recipe.max_prompts else prompts
-
-
 def work_items(recipe, prompts, role: str, model: str) -> list[dict]:
     sampling = recipe.sampling.model_dump()
     items = []
     for p in prompts:
         for mode in recipe.modes:
             kwargs = {"enable_thinking": mode == "think", **p["template"]}  # tools change what is generated
+            if p.get("copy"):  # a prompt drawn again: another sample (the first keeps the key it always had)
+                kwargs["copy"] = p["copy"]
             prefill = THINK_PREFILL if mode == "think" and recipe.prefill_think else ""
             if prefill:  # part of the key: it changes what is generated
                 kwargs["prefill"] = prefill
@@ -247,7 +208,10 @@ def _answers(row) -> list[tuple[str, bool, str]]:
 # ----------------------------------------------------------------------------------------------
 def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
     i, n = parse_shard(shard)
-    prompts = load_prompts(recipe)
+    with tempfile.TemporaryDirectory(prefix="smolalign-prompts-") as tmp:  # the run directory is not open yet
+        quarantine = Path(tmp) / "quarantine.jsonl"
+        prompts = load_prompts(recipe, quarantine)
+        rejected = quarantine.read_bytes() if quarantine.is_file() else None
     if not prompts:
         raise UserError(f"{recipe._source}: no prompts found in prompts.sources (rows need `messages` or `prompt`)")
     # the eval's prompts now: a source this machine cannot read stops the run before anything is generated
@@ -270,13 +234,15 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
                                               contamination=contamination)
         write_jsonl(run.path / out_name, kept)
         write_jsonl(run.path / "filtered.jsonl", dropped)
+        if rejected is not None:  # the prompt rows that could not be used, with their reasons
+            (run.path / "quarantine.jsonl").write_bytes(rejected)
         report = {"prompts": len(prompts), "generations": len(generated), "rows": len(rows), "kept": len(kept),
                   "filters": counts, "modes": {m: sum(r["chat_template_kwargs"]["enable_thinking"] == (m == "think")
                                                       for r in kept) for m in recipe.modes}}
         generation = generation_section(generated, took)
         write_json_atomic(run.path / "report.json", report)
         run.metrics.update(report)
-        run.summary.update(outputs=[out_name, "report.json", "filtered.jsonl"],
+        run.summary.update(outputs=[out_name, "report.json", "filtered.jsonl"] + ["quarantine.jsonl"] * bool(rejected),
                            filters={"report": "report.json", **report}, generation=generation)
         print(f"{recipe.stage}: {len(prompts)} prompts -> {len(rows)} rows -> kept {len(kept)}; filters {counts}")
     return recipe.output_path()

@@ -9,7 +9,8 @@ import torch
 from conftest import REPO
 
 from pipeline.data.packing import pack, packing_stats
-from pipeline.data.rows import BadRow, normalise_messages, take_fraction, take_tokens, validate_conversation
+from pipeline.data.reader import take_fraction, take_tokens
+from pipeline.data.rows import BadRow, normalise_messages, validate_conversation
 
 USER = {"role": "user", "content": "Hi"}
 

@@ -133,7 +133,7 @@ def test_stage_runs_change_only_data_steps_saving_and_tracker_of_the_real_recipe
         # everything that sets the speed is the recipe's own; a step is 2 micro-steps on the one GPU
         for key in ("activation_checkpointing", "use_liger_kernel", "bf16", "per_device_train_batch_size"):
             assert run.training[key] == real.training[key]
-        assert batch_for(run.training, 1, {}).accumulation == 2
+        assert batch_for(run.settings, 1).accumulation == 2
         # the rehearsal on CPU changes two more, and says so; the model keeps the recipe's dtype and `auto`
         rehearsed = load_recipe(REPO / f"recipes/smollm3/{stage}.yaml", sets + list(g.REHEARSAL.stage_sets))
         assert {k for k in real.training.keys() | rehearsed.training.keys()

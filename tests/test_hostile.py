@@ -72,10 +72,10 @@ def test_a_fraction_that_selects_no_rows_is_one_clear_error(write_recipe, tmp_pa
     assert "\n" not in str(e.value)  # the CLI prints a UserError as one line and exits 2
 
 
-def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path):
+def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_silently(write_recipe, tmp_path, tok):
     from pipeline.core.errors import UserError
     from pipeline.core.recipe import load_recipe
-    from pipeline.data.rows import build_preference_mixture
+    from pipeline.data.pairs import build_preference_mixture
 
     pairs = str(REPO / "data/demo/preferences.jsonl")
     recipe = load_recipe(write_recipe({
@@ -85,7 +85,7 @@ def test_a_fraction_that_selects_no_preference_pairs_is_refused_not_dropped_sile
         "training": {"loss_type": "apo_zero"}}))
     with pytest.raises(UserError, match=r"data.sources.1 \(.*preferences.jsonl\): fraction 0.001 of its 64 usable "
                                         r"pairs selects none"):
-        build_preference_mixture(recipe, tmp_path / "q.jsonl")
+        build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
 
 
 def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
@@ -98,9 +98,9 @@ def test_a_fraction_that_selects_no_prompts_is_refused(write_recipe, tmp_path):
         "name": "t", "stage": "synth-traces", "teacher": {"name_or_path": "embedded:tiny-smollm3"},
         "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")},
                                 {"path": str(more), "fraction": 0.001}]}}))
-    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 prompts "
+    with pytest.raises(UserError, match=r"prompts.sources.1 \(.*more.jsonl\): fraction 0.001 of its 10 usable prompts "
                                         r"selects none"):
-        synth_stage.load_prompts(recipe)
+        synth_stage.load_prompts(recipe, tmp_path / "q.jsonl")
 
 
 # ---- 9. a row nested 100,000 deep ----------------------------------------------------------------
@@ -361,15 +361,16 @@ def test_the_default_bound_follows_max_length():
     from pipeline.core.schema import TrainRecipe
     from pipeline.data.mixture import row_byte_limit
 
-    def recipe(max_length=None, limit=None):
+    def recipe(max_length="unset", limit=None):
         body = sft_recipe()
-        body["training"] = {"max_length": max_length} if max_length else {}
+        body["training"] = {"max_length": max_length} if max_length != "unset" else {}
         body["data"]["max_row_bytes"] = limit
         return TrainRecipe.model_validate(body)
 
     assert row_byte_limit(recipe(65536)) == 64 * 65536  # SFT at 64k: 4 MiB, room for any 64k-token row
     assert row_byte_limit(recipe(512)) == 1 << 20  # never below 1 MiB
-    assert row_byte_limit(recipe()) == 16 << 20 and row_byte_limit(recipe(512, 1000)) == 1000
+    assert row_byte_limit(recipe()) == 1 << 20  # unset: TRL's max_length (1024, from the table) cuts the rows
+    assert row_byte_limit(recipe(None)) == 16 << 20 and row_byte_limit(recipe(512, 1000)) == 1000  # null: no cut
 
 
 @pytest.mark.slow  # ~20 s: writes a 50 MB line and runs `prepare` in a fresh process

@@ -364,3 +364,27 @@ def test_each_summary_section_is_declared_once():
         for section in getattr(stage_module(stage), "SUMMARY_SECTIONS", ()):
             by_key.setdefault(section.key, set()).add(id(section))
     assert by_key and {k for k, ids in by_key.items() if len(ids) > 1} == set()
+
+
+# What only the one source reader (pipeline/data/reader.py) does: draw a source's budget. A stage that samples
+# or cuts its sources' rows itself has budgets of its own again (synth read `fraction` only, APO guessed tokens).
+BUDGET_CALLS = {"take_fraction", "take_tokens"}
+READER = "pipeline.data.reader"
+
+
+def budget_calls(path: Path) -> list[str]:
+    """`name:line` of every call of a budget function in a module."""
+    calls = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)]
+    named = [(getattr(call.func, "attr", getattr(call.func, "id", None)), call.lineno) for call in calls]
+    return [f"{name}:{line}" for name, line in named if name in BUDGET_CALLS]
+
+
+def test_one_source_reader_draws_every_budget():
+    found = {name: calls for name, path in modules().items() if name != READER and (calls := budget_calls(path))}
+    assert found == {}, f"budgets drawn outside {READER}: {found}; read the sources with read_sources or budget"
+
+
+def test_the_budget_check_sees_a_budget_drawn(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from pipeline.data import reader\ndef f(rng):\n    return reader.take_fraction(3, 2.0, rng)\n")
+    assert budget_calls(module) == ["take_fraction:3"]

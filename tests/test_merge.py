@@ -303,6 +303,7 @@ def test_how_the_sweeps_server_is_reached_is_not_part_of_the_runs_identity(write
 
     base = identity_hash(recipe())
     assert identity_hash(recipe(base_url="http://127.0.0.1:10/v1", timeout_s=30, retry_budget_s=5)) == base
-    assert identity_hash(recipe(batch_size=3)) != base
+    with pytest.raises(RecipeError, match="`batch_size` is a setting of backend `transformers`, not `openai`"):
+        recipe(batch_size=3)  # the HTTP client never read it, yet it changed the run's identity before
     assert not changes_identity("sweep.eval.backend.base_url") and changes_identity("sweep.eval.backend.kind")
     assert not changes_identity("backend.retry_budget_s") and changes_identity("sweep.eval.tasks")

@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 from pipeline.core.chat import install_template
 from pipeline.core.recipe import load_recipe
 from pipeline.data.mixture import build_sft_mixture
-from pipeline.data.rows import build_preference_mixture, format_report
+from pipeline.data.pairs import build_preference_mixture
+from pipeline.data.rows import format_report
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_midtrain_trains_every_token(write_recipe, tok, tmp_path):
     assert sum(sum(s) for s in dataset["seq_lengths"]) == report["packing"]["tokens"]
 
 
-def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
+def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path, tok):
     bad = tmp_path / "bad_pairs.jsonl"
     bad.write_text(json.dumps({"prompt": "Hi", "chosen": "", "rejected": "x",
                                "chat_template_kwargs": {"enable_thinking": False}}) + "\n"
@@ -111,9 +112,10 @@ def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
     recipe = load_recipe(write_recipe({
         "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
         "data": {"sources": [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"},
-                             {"path": str(bad), "mode": "from_row"}]},
+                             # a source with no usable pair stops the run, as a source of rows does
+                             {"path": str(bad), "mode": "from_row", "allow_empty": True}]},
         "training": {"loss_type": "apo_zero"}}))
-    dataset, report = build_preference_mixture(recipe, tmp_path / "q.jsonl")
+    dataset, report = build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "q.jsonl")
     assert report["rows"] == 64 and report["modes"] == {"think": 32, "no_think": 32} and report["quarantined"] == 3
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert reasons == ["message 1: empty assistant turn",
@@ -122,6 +124,54 @@ def test_preference_mixture_modes_and_quarantine(write_recipe, tmp_path):
     row = dataset[0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert row["chat_template_kwargs"]["today_date"] == "01 July 2025"
+
+
+def apo(write_recipe, sources):
+    return load_recipe(write_recipe({"name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
+                                     "data": {"sources": sources}, "training": {"loss_type": "apo_zero"}}))
+
+
+def test_a_pair_token_budget_counts_the_tokens_training_sees(write_recipe, tmp_path, tok):
+    """`tokens` counts each pair as the trainer sees it (prompt + chosen, prompt + rejected, rendered by the
+    stage's tokenizer and template), not 4 characters a token: the pairs' own total draws each pair once, one
+    token more draws one pair twice."""
+    from pipeline.core.chat import template_kwargs
+
+    demo = REPO / "data/demo/preferences.jsonl"
+    total = 0
+    for row in map(json.loads, demo.read_text().splitlines()):
+        kwargs = template_kwargs(row["chat_template_kwargs"]["enable_thinking"], today_date="01 July 2025",
+                                 knowledge_cutoff="June 2025")
+        for answer in ("chosen", "rejected"):  # the demo's pairs are message lists already
+            ids = tok.apply_chat_template(row["prompt"] + row[answer], tokenize=True, return_dict=True, **kwargs)
+            total += len(ids["input_ids"])
+    whole = apo(write_recipe, [{"path": str(demo), "mode": "from_row", "tokens": total}])
+    assert build_preference_mixture(whole, tok, tmp_path / "cache", tmp_path / "q.jsonl")[1]["rows"] == 64
+    more = apo(write_recipe, [{"path": str(demo), "mode": "from_row", "tokens": total + 1}])
+    assert build_preference_mixture(more, tok, tmp_path / "cache", tmp_path / "q.jsonl")[1]["rows"] == 65
+
+
+def test_preference_pairs_are_cached_by_content_and_a_bad_line_is_quarantined(write_recipe, tmp_path, tok,
+                                                                             monkeypatch):
+    """A line that is not JSON is quarantined with its reason, as the mixture of rows does (it stopped the APO
+    stage before); the pairs are built once per content, as the mixture is: a second build reads the cache."""
+    import pipeline.data.pairs as pairs
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text((REPO / "data/demo/preferences.jsonl").read_text() + "{not json\n")
+    recipe = apo(write_recipe, [{"path": str(data), "mode": "from_row", "fraction": 2.0}])
+    first, report = build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "run1" / "q.jsonl")
+    assert report["rows"] == 128 and report["quarantined"] == 1  # a fraction above 1 upsamples pairs too
+    assert [json.loads(line)["row"] for line in (tmp_path / "run1" / "q.jsonl").read_text().splitlines()] == [64]
+    assert "not valid JSON" in (tmp_path / "run1" / "q.jsonl").read_text()
+    assert [p.name for p in (tmp_path / "run1").iterdir()] == ["q.jsonl"]  # no spool or temp file beside it
+    monkeypatch.setattr(pairs, "preference_rows", lambda *a: pytest.fail("the sources were read again"))
+    again, report_again = build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "run2" / "q.jsonl")
+    assert again.to_list() == first.to_list() and report_again == report
+    assert (tmp_path / "run2" / "q.jsonl").read_text() == (tmp_path / "run1" / "q.jsonl").read_text()
+    data.write_text(data.read_text() + "{still not json\n")  # changed content: a new entry, read again
+    with pytest.raises(pytest.fail.Exception, match="read again"):
+        build_preference_mixture(recipe, tok, tmp_path / "cache", tmp_path / "run3" / "q.jsonl")
 
 
 def test_leading_newlines_in_answers_do_not_train_the_header(write_recipe, tok, tmp_path):
@@ -140,7 +190,8 @@ def test_a_source_is_named_the_same_by_the_mixture_report_the_quarantine_and_the
     import io
 
     from pipeline.core.schema import Source
-    from pipeline.data.rows import format_report, write_quarantine
+    from pipeline.data.reader import write_quarantine
+    from pipeline.data.rows import format_report
     from pipeline.planning import plan
 
     split = "smoltalk_smollm3_everyday_conversations_no_think"

@@ -568,3 +568,18 @@ def test_synth_generations_and_gpu_hours(tmp_path):
     assert data["generated_tokens_at_most"] == 32 * 96
     assert data["gpu_hours_at_most"] == pytest.approx(32 * 96 / 100 / 3600)
     assert "cost" not in plan["plans"][0]  # no training
+
+
+def test_synth_prompts_are_counted_by_the_stages_own_budgets(tmp_path):
+    """The plan draws the prompts as the stage does (the one source reader): `fraction: 2.0` doubles them, and
+    a fraction that selects none is the stage's problem (the plan counted int(n x fraction) on its own: 0
+    prompts and no problem; a `tokens` budget counted every row)."""
+    body = yaml.safe_load((REPO / "recipes/demo/synth-traces.yaml").read_text())
+    prompts = str(REPO / body["prompts"]["sources"][0]["path"])
+    n = sum(1 for line in Path(prompts).read_text().splitlines() if line.strip())
+    for budget, expected in (({"fraction": 2.0}, 2 * n), ({"fraction": 1e-6}, None)):
+        body.update(max_prompts=None, prompts={"sources": [{"path": prompts, **budget}]})
+        (tmp_path / "synth.yaml").write_text(yaml.safe_dump(body))
+        rc, plan = run_plan(tmp_path, tmp_path / "synth.yaml")
+        assert plan["plans"][0]["data"]["prompts"] == expected
+        assert (rc == 0) == (expected is not None)

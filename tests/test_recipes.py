@@ -47,7 +47,7 @@ def test_shipped_training_block_builds_the_trl_config(path, tmp_path):
     batch) reaches TRL as the accumulation it means on 8 GPUs."""
     recipe = load_recipe(path)
     cls = trl_config_class(recipe.stage)
-    batch = batch_for(recipe.training, 8, {})
+    batch = batch_for(recipe.settings, 8)
     training = trl_training(recipe.training, batch)
     args = dict(training, output_dir=str(tmp_path), bf16=False, use_liger_kernel=False, report_to="none")
     config = cls(**args)
@@ -257,6 +257,51 @@ def test_enforce_eager_only_for_the_vllm_backend(write_recipe):
     assert key.startswith("backend.enforce_eager")
 
 
+def test_each_backend_engine_takes_only_its_own_settings(write_recipe):
+    """`backend` is one spec per engine, told apart by `kind` (default transformers). A setting of another
+    engine was accepted and ignored before (`batch_size` under vllm, `tensor_parallel_size` under openai)."""
+    from pipeline.core.runs import NON_IDENTITY_BACKEND_KEYS, identity_hash
+    from pipeline.generation import OpenAIBackendSpec, TransformersBackendSpec, VLLMBackendSpec
+
+    body = {"name": "t", "stage": "eval", "models": ["m"], "tasks": {"mode": {}}}
+
+    def backend(block):
+        return load_recipe(write_recipe({**body, "backend": block})).backend
+
+    assert backend({"batch_size": 3}) == TransformersBackendSpec(batch_size=3)
+    assert backend({"kind": "vllm", "tensor_parallel_size": 2}) == VLLMBackendSpec(kind="vllm", tensor_parallel_size=2)
+    assert backend({"kind": "openai", "base_url": "http://h:8000/v1"}).model_dump() == {
+        "kind": "openai", "base_url": "http://h:8000/v1", "served_model_name": None, "api_key_env": None,
+        "concurrency": None, "timeout_s": 3600, "retry_budget_s": 600}
+    assert load_recipe(write_recipe(body)).backend.model_dump() == {"kind": "transformers", "batch_size": 8}
+
+    def problem(block):
+        [(key, msg)] = problems_of(write_recipe({**body, "backend": block}))
+        return key.split(" (line")[0], msg
+
+    assert problem({"kind": "vllm", "batch_size": 4}) == (
+        "backend", "`batch_size` is a setting of backend `transformers`, not `vllm`")
+    assert problem({"kind": "openai", "base_url": "http://h/v1", "tensor_parallel_size": 2}) == (
+        "backend", "`tensor_parallel_size` is a setting of backend `vllm`, not `openai` (for `openai`, start the "
+        "server with `--tensor-parallel-size`)")
+    assert problem({"kind": "tgi"}) == ("backend.kind", "unknown kind 'tgi'; one of: 'transformers', 'vllm', 'openai'")
+    key, msg = problem({"kind": "vllm", "tensor_paralel_size": 2})
+    assert key == "backend.tensor_paralel_size" and "did you mean `tensor_parallel_size`" in msg
+    assert "batch_size" not in msg  # the keys allowed are vllm's own
+    assert problem({"kind": "openai"}) == ("backend.base_url", "required key is missing")
+
+    # how a server is reached is not part of a run's identity; which engine runs, and how, is
+    def identity(block):
+        return identity_hash(load_recipe(write_recipe({**body, "backend": block})))
+
+    served = {"kind": "openai", "base_url": "http://a/v1"}
+    assert identity(served) == identity({**served, "base_url": "http://b/v1", "concurrency": 8, "timeout_s": 5})
+    assert identity({"kind": "vllm"}) != identity({"kind": "vllm", "tensor_parallel_size": 2})
+    assert identity({"kind": "vllm"}) != identity(served) != identity({})
+    # what leaves the identity is exactly how the `openai` client reaches its server, no engine's setting
+    assert NON_IDENTITY_BACKEND_KEYS == set(OpenAIBackendSpec.model_fields) - {"kind"}
+
+
 @pytest.mark.parametrize("written, stored", [("2025-08-15", "15 August 2025"), ("'2025-08-15'", "15 August 2025"),
                                              ("15 August 2025", "15 August 2025"), ("'1 July 2025'", "01 July 2025")])
 def test_a_date_is_stored_as_the_system_turn_writes_it(write_recipe, written, stored):
@@ -427,3 +472,57 @@ def test_a_stage_rule_is_listed_where_it_was_before_the_recipes_moved_beside_the
             "training": {"padding_free": True, "precompute_ref_log_probs": True, "bf16": True, "fp16": True}}
     keys = [key.split(" ")[0] for key, _ in problems_of(write_recipe(body))]
     assert keys == ["training.padding_free", "ref_model", "training.bf16"]
+
+
+# --------------------------------------------------------------------------------------------
+# `training:` resolved against the stage's TRL config
+# --------------------------------------------------------------------------------------------
+def test_training_settings_resolve_trls_defaults_from_the_table(write_recipe):
+    """What the recipe leaves out reads as TRL's default (from the generated table, the one place TRL's facts
+    come from), what it states as stated; a name that is no field of the stage's config is an error, not None."""
+    from pipeline.core.trl_fields import defaults
+
+    apo = load_recipe(REPO / "recipes/demo/apo.yaml")
+    table = defaults("DPOConfig")
+    assert "beta" in apo.training and apo.settings.beta == apo.training["beta"]
+    unset = load_recipe(write_recipe({"name": "t", "stage": "apo", "model": {"name_or_path": "m"},
+                                      "data": {"sources": [{"path": "p.jsonl"}]}, "training": {}}))
+    assert unset.settings.beta == table["beta"] and not unset.settings.given("beta")
+    assert unset.settings.per_device_train_batch_size == table["per_device_train_batch_size"]
+    sft = load_recipe(REPO / "recipes/demo/sft.yaml")
+    with pytest.raises(AttributeError, match="'packing_strateg' is not a field of TRL's SFTConfig"):
+        _ = sft.settings.packing_strateg
+    with pytest.raises(AttributeError, match="read-only"):
+        sft.settings.beta = 1
+    assert sft.settings is sft.settings  # built once per recipe
+
+
+@pytest.mark.parametrize("stage", ["sft", "midtrain", "apo"])
+def test_the_check_before_a_run_builds_trls_config_as_the_run_does(stage, tmp_path, monkeypatch):
+    """`validate --trl` and the run build TRL's config from the same arguments (pipeline/core/checks.py
+    trl_kwargs), so TRL's own checks judge what will run. Before, the check built SFT's config from the raw
+    block (packing, assistant_only_loss, max_length as written) while the run passed TRL packing: false,
+    max_length: null and the rest of the pre-packed settings, and the global batch's accumulation."""
+    import pipeline.core.checks as checks
+    import pipeline.training.train as train
+
+    built = []
+
+    class Recording:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+            self.train_batch_size, self.n_gpu = kwargs.get("per_device_train_batch_size", 8), 1
+
+    monkeypatch.setattr(checks, "trl_config_class", lambda stage: Recording)
+    monkeypatch.setattr(train, "trl_config_class", lambda stage: Recording)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    recipe = load_recipe(REPO / f"recipes/smollm3/{stage}.yaml")
+    assert recipe.library_problems() == []
+    train.trl_args(recipe, tmp_path)
+    check, run = built
+    machine = set(checks._HARDWARE_KEYS) | {"output_dir", "include_num_input_tokens_seen", "dataloader_pin_memory"}
+    assert {k: v for k, v in check.items() if k not in machine} == {k: v for k, v in run.items() if k not in machine}
+    if stage != "apo":
+        assert check["packing"] is False and check["max_length"] is None and check["padding_free"] is True
+    assert GLOBAL_BATCH not in check and check["gradient_accumulation_steps"] * check.get(
+        "per_device_train_batch_size", 8) == recipe.training[GLOBAL_BATCH]

@@ -12,6 +12,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from pipeline.core import trl_fields
 from pipeline.core.errors import UserError
 from pipeline.core.recipe import load_recipe
 from pipeline.core.summary import read_summary
@@ -115,6 +116,10 @@ def test_sft_stage(write_recipe, tmp_path, tiny_model, capsys):
     assert manifest["attention"]["model"]["requested"] == "auto" and manifest["attention"]["model"]["used"] == "sdpa"
     assert manifest["attention"]["model"]["why"].startswith("no GPU")
     assert manifest["metrics"]["quarantined_rows"] == 6 and manifest["metrics"]["mixture_rows"] == 54
+    # what TRL trained with besides the recipe's own keys: its defaults, from the table of the pinned TRL
+    defaults = manifest["training_defaults"]
+    assert defaults["trl_config"] == "SFTConfig" and "packing_strategy" not in defaults["values"]
+    assert defaults["values"]["adam_beta1"] == trl_fields.defaults("SFTConfig")["adam_beta1"]
     assert len((out / "quarantine.jsonl").read_text().splitlines()) == 6
     assert "trained tokens" in (out / "mixture.txt").read_text()
 
@@ -132,6 +137,7 @@ def test_apo_stage_first_loss_is_one(write_recipe, tmp_path, tiny_model, recwarn
             or "pin_memory" in str(w.message)] == []
     manifest = assert_checkpoint(out, tiny_model, "apo")
     assert manifest["attention"]["model"]["used"] == "sdpa" and "ref_model" not in manifest["attention"]
+    assert "beta" not in manifest["training_defaults"]["values"]  # stated: 0.05
     history = json.loads((out / "log_history.json").read_text())
     # apo_zero = sigmoid(-b*chosen_logratio) + sigmoid(b*rejected_logratio) = 0.5 + 0.5 when policy == reference
     assert history[0]["loss"] == pytest.approx(1.0, abs=1e-6)

@@ -5,6 +5,7 @@ the tiny random model's output is noise, and these tests are about what happens 
 The real backends are tested in test_eval_stage.py."""
 
 import json
+from collections import Counter
 
 import pytest
 from conftest import REPO
@@ -15,9 +16,10 @@ from pipeline.core.recipe import RecipeError, load_recipe
 from pipeline.core.runs import parse_shard
 from pipeline.core.summary import read_summary
 from pipeline.data.mixture import build_sft_mixture
-from pipeline.data.rows import build_preference_mixture
+from pipeline.data.pairs import build_preference_mixture
 from pipeline.generation import Backend, Completion
 from synth.filters import Contamination, NearDuplicates, apply_filters
+from synth.prompts import prompt_tokens
 from synth.store import ShardStore
 
 
@@ -129,7 +131,7 @@ def test_traces_feed_sft_and_pairs_feed_apo(write_recipe, tmp_path, scripted, ti
         "name": "t", "stage": "apo", "model": {"name_or_path": "embedded:tiny-smollm3"},
         "data": {"sources": [{"path": str(pairs / "pairs.jsonl"), "mode": "from_row"}]},
         "training": {"loss_type": "apo_zero"}}, "apo.yaml"))
-    dataset, preport = build_preference_mixture(apo, tmp_path / "qp.jsonl")
+    dataset, preport = build_preference_mixture(apo, tok, tmp_path / "cache", tmp_path / "qp.jsonl")
     assert preport["rows"] == 32 and preport["quarantined"] == 0
     row = dataset[0]
     assert row["rejected"][0]["content"] == "I don't know."
@@ -385,3 +387,34 @@ def test_an_eval_prompt_from_a_tool_row_is_sent_as_the_teacher_is_sent_it(tiny_m
         assert '"name": "get_weather"' in system and "You are WeatherBot." in system
     with pytest.raises(UserError, match=r"^tools-1: the benchmark row is not a prompt \(no user turn"):
         Example.from_row("tools-1", {"messages": [{"role": "system", "content": "x"}]}, target=None)
+
+
+def test_a_prompt_source_keeps_its_budget_as_a_training_source_does(write_recipe, tmp_path):
+    """The Source schema's budgets hold for synth prompts: a fraction above 1 upsamples (each copy its own work,
+    another sample) and `tokens` counts the prompts' real tokens. Before the one reader, synth read `fraction`
+    only: `tokens: 5` loaded all 16 demo prompts and `fraction: 2.0` loaded 16 instead of 32."""
+    demo = str(REPO / "data/demo/prompts.jsonl")
+
+    def drawn(**budget):
+        recipe = synth_recipe(write_recipe, tmp_path, prompts={"sources": [{"path": demo, **budget}]})
+        return recipe, synth_stage.load_prompts(recipe, tmp_path / "q.jsonl")
+
+    recipe, everything = drawn()
+    assert len(everything) == 16
+    recipe, twice = drawn(fraction=2.0)
+    assert len(twice) == 32 and len({p["id"] for p in twice}) == 32
+    assert Counter(json.dumps(p["messages"]) for p in twice) == Counter({json.dumps(p["messages"]): 2
+                                                                         for p in everything})
+    keys = [it["key"] for it in synth_stage.work_items(recipe, twice, "teacher", "m")]
+    assert len(set(keys)) == 32  # a copy is generated again, not read back as the first one's answer
+    originals = {p["id"] for p in everything}
+    assert {it["key"] for it in synth_stage.work_items(recipe, [p for p in twice if p["id"] in originals],
+                                                       "teacher", "m")} \
+        == {it["key"] for it in synth_stage.work_items(recipe, everything, "teacher", "m")}  # first draws keep keys
+    assert len(drawn(fraction=0.5)[1]) == 8
+    assert len(drawn(tokens=5)[1]) == 1  # the first prompt drawn already holds 5 tokens
+
+    total = sum(map(prompt_tokens(recipe), everything))  # the teacher's tokenizer, as sent
+    assert total > 16 * 5
+    assert sorted(p["id"] for p in drawn(tokens=total)[1]) == sorted(originals)
+    assert len(drawn(tokens=total + 1)[1]) == 17  # one more token: one prompt drawn a second time

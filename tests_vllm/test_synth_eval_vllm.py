@@ -137,7 +137,7 @@ def test_synth_pairs_two_engines_one_after_the_other_killed_and_resumed(write_re
     out = tmp_path / "synth-pairs"
     keys = [r["key"] for r in jsonl(out / "shards" / "shard-all.jsonl")]
     loaded = load_recipe(recipe)
-    prompts = load_prompts(loaded)
+    prompts = load_prompts(loaded, tmp_path / "quarantine.jsonl")
     expected = {it["key"] for role, model in (("teacher", loaded.teacher), ("weak", loaded.weak))
                 for it in work_items(loaded, prompts, role, model.name_or_path)}
     assert len(keys) == len(set(keys)) == 480 and set(keys) == expected

@@ -5,7 +5,7 @@ job runs on.
       global_batch_size: 128            # ours: rows per optimizer step, whatever the GPU count
       per_device_train_batch_size: 1    # TRL's: rows per GPU per micro-step
 
-    batch = batch_for(recipe.training, gpus=8, defaults={...})   # 128 = 8 GPUs x 1 x 16 accumulation steps
+    batch = batch_for(recipe.settings, gpus=8)   # 128 = 8 GPUs x 1 x 16 accumulation steps
 
 Global batch = GPUs x per_device_train_batch_size x gradient_accumulation_steps. The published SmolLM3 configs
 give the accumulation, which holds their batch only on the GPU count they were written for (2 steps on 64
@@ -22,6 +22,7 @@ follows the GPU count.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +60,15 @@ def world_size(environ: dict[str, str] | None = None) -> int:
     return int(value)
 
 
-def batch_for(training: dict[str, Any], gpus: int, defaults: dict[str, Any]) -> Batch:
-    """The batch of `training` on `gpus` processes; `defaults`: TRL's field defaults for what it leaves out.
-    Raises BatchError when `global_batch_size` cannot be made exactly on this many GPUs."""
-    per_device = int(training.get("per_device_train_batch_size", defaults.get("per_device_train_batch_size", 8)))
-    if GLOBAL_BATCH not in training:
-        accumulation = int(training.get("gradient_accumulation_steps",
-                                        defaults.get("gradient_accumulation_steps", 1)))
+def batch_for(settings: Mapping[str, Any], gpus: int) -> Batch:
+    """The batch of a recipe's resolved training settings (TrainRecipe.settings: TRL's defaults under what the
+    recipe leaves out) on `gpus` processes. Raises BatchError when `global_batch_size` cannot be made exactly
+    on this many GPUs."""
+    per_device = int(settings["per_device_train_batch_size"])
+    if GLOBAL_BATCH not in settings:
+        accumulation = int(settings["gradient_accumulation_steps"])
         return Batch(gpus * per_device * accumulation, gpus, per_device, accumulation, derived=False)
-    wanted, per_step = int(training[GLOBAL_BATCH]), gpus * per_device
+    wanted, per_step = int(settings[GLOBAL_BATCH]), gpus * per_device
     if wanted % per_step:
         raise BatchError(f"training.{GLOBAL_BATCH} {wanted} cannot be made on {gpus} GPU(s) with "
                          f"per_device_train_batch_size {per_device}: a step takes a multiple of {per_step} rows; "

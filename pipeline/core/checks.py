@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.batch import OWN_TRAINING_KEYS
+from pipeline.core.batch import OWN_TRAINING_KEYS, Batch, BatchError, batch_for, trl_training
 from pipeline.core.chat import TemplateError, generation_markers_problem, template_text
 from pipeline.core.redaction import REDACTED, is_secret_key
 from pipeline.core.stages import recipe_class
@@ -138,12 +138,24 @@ def _type_name(type_text: str) -> str:
     return " or ".join(names) + (" (or null)" if "None" in members else "")
 
 
+def trl_kwargs(recipe, batch: Batch) -> dict[str, Any]:
+    """What TRL's config is built from, by the run (pipeline/training/train.py trl_args) and by the check before
+    it alike: the keys the recipe states (our own replaced by what they mean: the accumulation that makes the
+    global batch on `batch`'s GPUs), the stage's own settings (TrainRecipe.trl_settings), the recipe's seed."""
+    return {**trl_training(recipe.training, batch), **recipe.trl_settings(), "seed": recipe.seed}
+
+
 def trl_build_problems(recipe) -> Problems:
-    """Build TRL's config for real (machine-bound keys neutral), so its own checks run now. Imports TRL."""
+    """Build TRL's config for real, as the run builds it on one process (machine-bound keys neutral), so its
+    own checks run now. Imports TRL."""
     import warnings
 
     cls = trl_config_class(recipe.stage)
-    kwargs = {k: v for k, v in recipe.training.items() if k not in _HARDWARE_KEYS and k not in OWN_TRAINING_KEYS}
+    try:  # the global batch made on one GPU: TRL's own rules on the batch see the batch the recipe states
+        batch = batch_for(recipe.settings, 1)
+    except BatchError:  # a global batch no GPU count makes: batch_problems says so, and TRL is not asked
+        return []
+    kwargs = {k: v for k, v in trl_kwargs(recipe, batch).items() if k not in _HARDWARE_KEYS}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -160,7 +172,7 @@ def trl_build_problems(recipe) -> Problems:
 def check_combinations(recipe, base_dir: Path) -> Problems:
     """Combinations every training stage gets wrong the same way; a stage's own rules are in its recipe
     class's `problems()` (mid-training's in pipeline/training/midtrain.py, APO's in pipeline/training/apo.py)."""
-    t, problems = recipe.training, []
+    t, problems = recipe.settings, []  # `.get`: a stage's TRL config may lack a field (GRPOConfig has no packing)
     if t.get("assistant_only_loss"):
         try:
             template = template_text(recipe.chat.template, base_dir)
@@ -169,13 +181,14 @@ def check_combinations(recipe, base_dir: Path) -> Problems:
         problem = generation_markers_problem(template, recipe.chat.template)
         if problem:
             problems.append(("chat.template", problem))
-    if t.get("packing") and not t.get("max_length") and "max_seq_length" not in t:  # that one is named as renamed
+    # TRL would pack at its default length (1024): a recipe that packs states the length of its rows
+    if t.get("packing") and not (t.given("max_length") and t.max_length) and not t.given("max_seq_length"):
         problems.append(("training.max_length", "packing needs a max_length: the length of a packed row"))
-    if t.get("packing") and t.get("padding_free") is False:
+    if t.get("packing") and t.given("padding_free") and t.padding_free is False:
         # Measured: TRL's collator then sends an all-ones attention_mask, and eager/sdpa attend across
         # the packed documents (logits differ from per-document ones by ~1.1 on the tiny model).
         problems.append(("training.padding_free", "packed rows without padding-free attention attend across "
                                                   "documents; remove `padding_free: false`"))
-    if t.get("bf16") and t.get("fp16"):
+    if t.bf16 and t.fp16:
         problems.append(("training.bf16", "bf16 and fp16 are both set; choose one"))
     return problems

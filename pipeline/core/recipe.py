@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -236,13 +237,14 @@ def _set_child(node, part, value, key, source):
 def _pydantic_problems(err: ValidationError, cls, lines: dict[str, int]) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
-        # Drop pydantic's union tag (e.g. "list[str]") from the path; keep real keys and indexes.
-        loc = [p for p in loc if "[" not in p]
+        loc, parent = _keys(cls, [str(p) for p in e["loc"] if not str(p).startswith("function-after")])
         key = ".".join(loc)
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(cls, loc[:-1])
+        if e["type"] == "union_tag_invalid":  # a `kind` that names none of the union's members
+            key = f"{key}.kind" if key else "kind"
+            msg = f"unknown kind {e['ctx']['tag']!r}; one of: {e['ctx']['expected_tags']}"
+        elif e["type"] == "extra_forbidden":
+            allowed = list(parent.model_fields) if parent else []
             owners = _stages_with_key(loc[-1]) if len(loc) == 1 else []  # another stage's own setting
             hint = difflib.get_close_matches(loc[-1], allowed, n=1)
             if owners:
@@ -263,27 +265,39 @@ def _stages_with_key(key: str) -> list[str]:
     return [stage for stage in STAGES if key in recipe_class(stage).model_fields]
 
 
-def _allowed_keys(cls, loc: list[str]) -> list[str]:
-    model = cls
+def _keys(cls, loc: list[str]) -> tuple[list[str], type[BaseModel] | None]:
+    """(`loc` as recipe keys, the model holding its last key). Pydantic's names of union members are not
+    keys: "list[str]", or the tag of a tagged union's member (`backend`'s "vllm"), which says the model."""
+    keys, model, holder, members_by_tag = [], cls, None, {}
     for part in loc:
-        if part.isdigit():
+        if part in members_by_tag:
+            model, members_by_tag = members_by_tag[part], {}
             continue
+        if "[" in part:
+            continue
+        keys.append(part)
+        holder = model
+        if part.isdigit() or model is None:
+            continue  # a list index: its items are of the model the list holds
         field = model.model_fields.get(part)
-        model = _model_in(field.annotation) if field else None
-        if model is None:
-            return []
-    return list(model.model_fields)
+        members = _models_in(field.annotation) if field else []
+        members_by_tag = {_tag(m): m for m in members if _tag(m)} if len(members) > 1 else {}
+        model = members[0] if members else None
+    return keys, holder
 
 
-def _model_in(annotation):
-    """The pydantic model inside `X | None` or `list[X]`, if any."""
+def _tag(model: type[BaseModel]) -> str | None:
+    """The one value of a model's `kind: Literal[...]` field (its tag in a union), if it has one."""
+    field = model.model_fields.get("kind")
+    values = typing.get_args(field.annotation) if field else ()
+    return values[0] if len(values) == 1 else None
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models inside `X | None`, `list[X]`, a union of models (all of them), in order."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found:
-            return found
-    return None
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.core.chat import DEFAULT_CUTOFF, DEFAULT_DATE
+from pipeline.core.trl_fields import Settings
 
 
 class Strict(BaseModel):
@@ -187,6 +188,15 @@ class TrainRecipe(RecipeBase):
                                      "rows per optimizer step; the stage derives gradient_accumulation_steps from the "
                                      "GPU count, pipeline/core/batch.py).")
     peft: PeftSpec | None = None
+    _settings: Settings | None = PrivateAttr(None)
+
+    @property
+    def settings(self) -> Settings:
+        """`training:` resolved once against `trl_config` (the recipe's values over TRL's defaults, from the
+        table in pipeline/core/trl_fields.py): what every reader of a training setting reads."""
+        if self._settings is None:
+            self._settings = Settings(self.trl_config, self.training)
+        return self._settings
 
     def inputs(self) -> list[tuple[str, str]]:
         return [("model.name_or_path", self.model.name_or_path)] + [
@@ -203,6 +213,11 @@ class TrainRecipe(RecipeBase):
         from pipeline.core.checks import trl_build_problems
 
         return trl_build_problems(self)
+
+    def trl_settings(self) -> dict[str, Any]:
+        """What the stage decides itself in TRL's config, over the recipe's `training:` (SFT: its rows come
+        packed and masked); the check before a run (`smolalign validate --trl`) builds the same config."""
+        return {}
 
     def stage_problems(self) -> list[tuple[str, str]]:
         """The rules of this training stage alone (mid-training's loss and packing, APO's reference model);

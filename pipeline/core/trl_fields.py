@@ -25,8 +25,10 @@ import enum
 import json
 import re
 import typing
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 TABLE = Path(__file__).resolve().parent / "trl_fields.json"
@@ -51,6 +53,52 @@ def config_fields(name: str) -> dict[str, dict[str, Any]]:
 def defaults(name: str) -> dict[str, Any]:
     """{field name: default} of the fields of `name` that have one, as JSON values."""
     return {key: field["default"] for key, field in config_fields(name).items() if "default" in field}
+
+
+class Settings(Mapping):
+    """A training stage's `training:` resolved against its TRL config: each field of the config with the
+    recipe's value, else TRL's default (from the table, never typed again in our code), and our own keys
+    (`global_batch_size`) as the recipe gives them. Read-only; a recipe builds it once (TrainRecipe.settings)
+    and validate, plan, the data path, the manifest and the trainer read it.
+
+        settings.packing_strategy            # "bfd": SFTConfig's default unless the recipe sets another
+        settings.given("padding_free")       # whether the recipe itself sets it (an explicit `false` matters)
+        settings.oops                        # AttributeError: not a field of TRL's SFTConfig (a typo is no None)
+    """
+
+    def __init__(self, config: str, training: dict[str, Any]):
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_given", frozenset(training))
+        object.__setattr__(self, "_values", MappingProxyType({**defaults(config), **training}))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._values:
+            return self._values[name]
+        if name in config_fields(self._config):  # a field TRL gives no default: unset
+            return None
+        raise AttributeError(f"{name!r} is not a field of TRL's {self._config}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("training settings are read-only: change the recipe (or --set training.KEY=VALUE)")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def given(self, key: str) -> bool:
+        """Whether the recipe sets `key` itself (TRL's default otherwise)."""
+        return key in self._given
+
+    def stated(self) -> dict[str, Any]:
+        """The keys the recipe sets, with their values: what TRL's config is built from."""
+        return {key: self._values[key] for key in self._values if key in self._given}
 
 
 @lru_cache(maxsize=256)

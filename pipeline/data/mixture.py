@@ -37,7 +37,8 @@ from pipeline.core.inputs import classify_input
 from pipeline.core.schema import Source, TrainRecipe, source_label
 from pipeline.data.mapped import release_mapped_pages
 from pipeline.data.packing import map_procs, pack, packing_stats
-from pipeline.data.rows import BadRow, Rendering, encode_row, take_fraction, take_tokens, write_quarantine
+from pipeline.data.reader import budget, write_quarantine
+from pipeline.data.rows import BadRow, Rendering, encode_row
 from pipeline.data.sources import RAW_JSON, is_raw_json, open_source, parse_row
 
 # `trained_kept`: the trained tokens a row keeps once cut to max_length (all of them when wrapped packing
@@ -62,7 +63,7 @@ def row_byte_limit(recipe: TrainRecipe) -> int:
     of multi-character tokens, markup, tool schemas."""
     if recipe.data.max_row_bytes:
         return recipe.data.max_row_bytes
-    max_length = recipe.training.get("max_length")
+    max_length = recipe.settings.max_length
     return max(1 << 20, 64 * max_length) if max_length else 16 << 20
 
 
@@ -108,21 +109,27 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def mixture_fingerprint(recipe: TrainRecipe, tokenizer, template: str) -> str:
+    t = recipe.settings
+    settings = {
+        "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
+        "max_length": t.max_length, "packing": t.packing, "packing_strategy": t.packing_strategy,
+        "assistant_only_loss": t.assistant_only_loss,
+        "max_row_bytes": row_byte_limit(recipe), "format": 6,  # 6: BFD breaks ties as TRL does
+    }
+    return content_fingerprint(recipe.data.sources, tokenizer, settings)
+
+
+def content_fingerprint(sources: list[Source], tokenizer, settings: dict[str, Any]) -> str:
+    """The cache key of data built from `sources`: each source's settings and (for a local file) its
+    content, the tokenizer's vocabulary, and every other setting that changes what is built."""
     from pipeline.core.runs import content_hash
 
     h = hashlib.sha256()
-    for source in recipe.data.sources:
+    for source in sources:
         h.update(json.dumps(source.model_dump(), sort_keys=True).encode())
         if classify_input(source.path) == "local":
             h.update(content_hash(Path(source.path).expanduser()).encode())
     vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-    settings = {
-        "seed": recipe.data.seed, "stage": recipe.stage, "template": template, "chat": recipe.chat.model_dump(),
-        "max_length": recipe.training.get("max_length"), "packing": recipe.training.get("packing", False),
-        "packing_strategy": recipe.training.get("packing_strategy", "bfd"),
-        "assistant_only_loss": recipe.training.get("assistant_only_loss", False),
-        "max_row_bytes": row_byte_limit(recipe), "format": 6,  # 6: BFD breaks ties as TRL does
-    }
     h.update(hashlib.sha256(vocab).digest() + json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -176,30 +183,22 @@ def _build_into(tmp: Path, recipe: TrainRecipe, tokenizer, cache: Path, fingerpr
     from datasets import concatenate_datasets
 
     rng = random.Random(recipe.data.seed)
-    max_length = recipe.training.get("max_length")
-    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    max_length = recipe.settings.max_length
+    strategy = recipe.settings.packing_strategy if recipe.settings.packing else None
     parts, quarantined, stats = [], [], []
     with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
         for si, source in enumerate(recipe.data.sources):
             tokenized = _tokenized(recipe, si, source, tokenizer, cache, None)
             good, bad, columns = _split_quarantine(tokenized)
             quarantined.append(write_quarantine(quarantine, source, si, _reasons(bad)))
-            label = source_label(source.path, source.split, source.name)
-            if len(good) == 0 and source.allow_empty:
-                print(f"data.sources.{si} ({label}): no usable rows; allowed by `allow_empty`")
-                continue
-            if len(good) == 0:
+            try:  # the one budget rule (pipeline/data/reader.py), over the length column
+                chosen = budget(source, si, columns["length"].tolist(), rng, quarantined=len(bad),
+                                reasons_in=quarantine_path)
+            except UserError:
                 quarantine.close()
                 copy_atomic(tmp / "quarantine.jsonl", quarantine_path)
-                raise UserError(f"data.sources.{si} ({label}): no usable rows ({len(bad)} of "
-                                f"{len(tokenized)} quarantined; reasons in {quarantine_path})")
-            chosen = _budget(source, columns["length"], rng)
-            if not chosen:  # a fraction too small for the source: as empty as a source with no usable row
-                problem = (f"data.sources.{si} ({label}): fraction {source.fraction:g} of its {len(good)} "
-                           f"usable rows selects none")
-                if not source.allow_empty:
-                    raise UserError(f"{problem}; raise it to at least {1 / len(good):.2g}, or remove the source")
-                print(f"{problem}; allowed by `allow_empty`")
+                raise
+            if not chosen:  # an empty source that `allow_empty` accepts
                 continue
             stats.append({"source": np.full(len(chosen), si), **{k: v[chosen] for k, v in columns.items()}})
             parts.append(good.select(chosen))
@@ -259,7 +258,7 @@ def _tokenized(recipe: TrainRecipe, si: int, source: Source, tokenizer, cache: P
 
         return Dataset.from_dict({k: [] for k in TOKENIZED}, features=_features())
     rendering = Rendering(recipe.chat.today_date, recipe.chat.knowledge_cutoff,
-                          assistant_only=bool(recipe.training.get("assistant_only_loss")))
+                          assistant_only=bool(recipe.settings.assistant_only_loss))
     parts_dir.mkdir(parents=True, exist_ok=True)
     out_dir = parts_dir
     if shard is not None:  # a share is written straight into its staging directory, renamed when whole
@@ -324,9 +323,9 @@ def _shard_offset(total: int, i: int, n: int) -> int:
 def kept_length(recipe: TrainRecipe) -> int | None:
     """Tokens of a document that training sees: max_length, unless wrapped packing splits longer
     documents across rows (then all of them, None)."""
-    t = recipe.training
-    wrapped = t.get("packing") and t.get("packing_strategy", "bfd") == "wrapped"
-    return None if wrapped else t.get("max_length")
+    t = recipe.settings
+    wrapped = t.packing and t.packing_strategy == "wrapped"
+    return None if wrapped else t.max_length
 
 
 def _tokenize_batch(batch: dict[str, list], indices: list[int], *, tokenizer, source: Source, si: int,
@@ -406,12 +405,6 @@ def _reasons(bad):
         yield from zip(batch["row"], batch["reason"])
 
 
-def _budget(source: Source, lengths: np.ndarray, rng: random.Random) -> list[int]:
-    if source.tokens is not None:
-        return take_tokens(lengths.tolist(), source.tokens, rng)
-    return take_fraction(len(lengths), source.fraction, rng)
-
-
 def _truncate(dataset, max_length: int, procs: int):
     """Documents cut to `max_length` tokens (only the longer ones change)."""
     def cut(batch):
@@ -429,8 +422,8 @@ def _report(recipe: TrainRecipe, columns: dict[str, np.ndarray], quarantined: li
     """Rows and tokens per source and mode, from the chosen documents' lengths before truncation."""
     source, thinking = columns["source"], np.asarray(columns["thinking"], dtype=bool)
     length, trained = np.asarray(columns["length"], dtype=np.int64), np.asarray(columns["trained"], dtype=np.int64)
-    max_length = recipe.training.get("max_length")
-    strategy = recipe.training.get("packing_strategy", "bfd") if recipe.training.get("packing") else None
+    max_length = recipe.settings.max_length
+    strategy = recipe.settings.packing_strategy if recipe.settings.packing else None
     n = len(recipe.data.sources)
     rows, tokens = np.bincount(source, minlength=n), np.bincount(source, weights=length, minlength=n)
     trained_by = np.bincount(source, weights=trained, minlength=n)

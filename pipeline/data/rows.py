@@ -7,10 +7,9 @@ them here: SFT and mid-training rows, APO pairs and held-out pairs, synth prompt
     messages, extra = prompt_of(row)                         # what a model continues (synth prompts)
     enc, thinking = encode_row(row, source, tokenizer, rendering)   # ids + labels in the row's one mode
 
-Each source (read by pipeline/data/sources.py) has a mode (`think`, `no_think`,
-or `from_row`: the row's `chat_template_kwargs.enable_thinking`) and a budget: a row `fraction`
-(>1 upsamples) or a `tokens` budget, drawn with the mixture seed. Rows are normalised to chat
-`messages` (messages, ShareGPT `conversations`, prompt/completion; tool calls and tool results
+Each source (read by pipeline/data/sources.py) has a mode (`think`, `no_think`, or `from_row`: the
+row's `chat_template_kwargs.enable_thinking`) and a budget (pipeline/data/reader.py). Rows are normalised
+to chat `messages` (messages, ShareGPT `conversations`, prompt/completion; tool calls and tool results
 kept), given their one mode (`row_mode`), validated for it; a bad row of any shape is a
 `BadRow` whose message is its quarantine reason: nothing is dropped silently and nothing crashes.
 
@@ -19,26 +18,20 @@ strings, `python_tools`, `custom_instructions`; or a `tools` column) reach the t
 keeps the template's assistant mask as the labels (assistant content + `<|im_end|>`; never headers,
 system, user or tool text); mid-training trains on every token.
 
-Preference pairs (APO) are built here too (`build_preference_mixture`). A new row layout is one
-branch in `normalise_messages` (and `normalise_pair` for pairs).
+A preference pair (APO) is normalised here too (`normalise_pair`, `preference_row`); the stages draw
+rows, pairs and prompts from their sources through the one source reader (pipeline/data/reader.py).
+A new row layout is one branch in `normalise_messages` (and `normalise_pair` for pairs).
 """
 
 from __future__ import annotations
 
 import json
-import random
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from pipeline.core.chat import THINK_OPEN, resolve_thinking, template_kwargs, think_block_problem
-from pipeline.core.errors import UserError
 from pipeline.core.schema import Source, TrainRecipe, source_label
-from pipeline.data.sources import BadRow, iter_rows
+from pipeline.data.sources import BadRow
 
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -279,36 +272,6 @@ def encode_row(row: Any, source: Source, tokenizer, rendering: Rendering) -> tup
 
 
 # ----------------------------------------------------------------------------------------------
-# Budgets
-# ----------------------------------------------------------------------------------------------
-def take_fraction(n_rows: int, fraction: float | None, rng: random.Random) -> list[int]:
-    """Row indices: whole copies for the integer part of `fraction`, a seeded sample for the rest."""
-    if fraction is None:
-        return list(range(n_rows))
-    whole, part = divmod(fraction, 1.0)
-    picked = list(range(n_rows)) * int(whole)
-    picked += rng.sample(range(n_rows), round(part * n_rows))
-    return picked
-
-
-def take_tokens(lengths: list[int], budget: int, rng: random.Random) -> list[int]:
-    """Row indices whose lengths add up to `budget` (the last row may overshoot): a seeded shuffle,
-    repeated as often as needed to upsample."""
-    if not lengths:
-        return []
-    picked, total = [], 0
-    while total < budget:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        for i in order:
-            if total >= budget:
-                break
-            picked.append(i)
-            total += lengths[i]
-    return picked
-
-
-# ----------------------------------------------------------------------------------------------
 # Preference pairs (APO / DPO)
 # ----------------------------------------------------------------------------------------------
 def normalise_pair(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -347,69 +310,6 @@ def preference_row(recipe: TrainRecipe, source: Source, row: dict[str, Any]) -> 
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "thinking": thinking,
             "chat_template_kwargs": template_kwargs(thinking, today_date=recipe.chat.today_date,
                                                     knowledge_cutoff=recipe.chat.knowledge_cutoff, **extra)}
-
-
-def build_preference_mixture(recipe: TrainRecipe, quarantine_path: Path):
-    """(conversational preference `datasets.Dataset` for TRL's DPO trainer, report dict).
-
-    Each row carries its own chat_template_kwargs (mode and the recipe's fixed date), which TRL
-    passes to the template per example. `chosen` must be a valid turn for the row's mode; `rejected`
-    only needs to be a non-empty assistant turn (a malformed answer is a fine thing to push down)."""
-    from datasets import Dataset
-
-    rows, report = preference_rows(recipe, quarantine_path)
-    columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
-    return Dataset.from_list([{k: r[k] for k in columns} for r in rows]), report
-
-
-def preference_rows(recipe: TrainRecipe, quarantine_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(the budgeted, shuffled pairs, each with its `source` index and `thinking`, report dict): what
-    build_preference_mixture trains on, and what `smolalign plan` counts and measures."""
-    rng = random.Random(recipe.data.seed)
-    rows, quarantined = [], []
-    for si, source in enumerate(recipe.data.sources):
-        kept = []
-        label = source_label(source.path, source.split, source.name)
-        for index, row in enumerate(tqdm(iter_rows(source), desc=f"reading {label}", leave=False)):
-            try:
-                kept.append({**preference_row(recipe, source, row), "source": si})
-            except BadRow as e:
-                quarantined.append((si, index, str(e)))
-        if source.tokens is not None:
-            lengths = [sum(len(m["content"]) for m in r["prompt"] + r["chosen"] + r["rejected"]) // 4 for r in kept]
-            picked = take_tokens(lengths, source.tokens, rng)  # ~4 characters a token: budgets are approximate here
-        else:
-            picked = take_fraction(len(kept), source.fraction, rng)
-            if kept and not picked and not source.allow_empty:  # the source would vanish from the mixture unsaid
-                raise UserError(f"data.sources.{si} ({label}): fraction {source.fraction:g} of its {len(kept)} "
-                                f"usable pairs selects none; raise it to at least {1 / len(kept):.2g}, or remove "
-                                "the source")
-        rows += [kept[i] for i in picked]
-    rng.shuffle(rows)
-    if quarantined:
-        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(quarantine_path, "w", encoding="utf-8") as fh:
-            for si, source in enumerate(recipe.data.sources):
-                write_quarantine(fh, source, si, ((row, reason) for s, row, reason in quarantined if s == si))
-    count, modes = Counter(r["source"] for r in rows), Counter("think" if r["thinking"] else "no_think" for r in rows)
-    bad = Counter(si for si, _, _ in quarantined)
-    report = {"rows": len(rows), "quarantined": len(quarantined), "modes": dict(modes),
-              "sources": [{"source": s.path, "name": s.name, "split": s.split, "mode": s.mode, "rows": count[i],
-                           "quarantined": bad[i]} for i, s in enumerate(recipe.data.sources)]}
-    if not rows:
-        raise UserError(f"{recipe._source}: no usable preference pairs; see {quarantine_path}")
-    return rows, report
-
-
-def write_quarantine(fh, source: Source, si: int, entries: Iterable[tuple[int, str]]) -> int:
-    """Write (row number, reason) entries of source `si` to an open quarantine.jsonl; returns how many.
-    One line per rejected row: its source (as reports name it), the source's index, the row, why."""
-    count = 0
-    for row, reason in entries:
-        label = source_label(source.path, source.split, source.name)
-        fh.write(json.dumps({"source": label, "source_index": si, "row": row, "reason": reason}) + "\n")
-        count += 1
-    return count
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 rows or pairs an earlier run wrote) read the same way for every stage.
 
     rows = open_source(source, cache)        # a datasets.Dataset (Arrow, memory-mapped): the mixture build
-    for row in iter_rows(source): ...        # the same rows one by one: APO pairs, held-out pairs, synth prompts
+    for row in iter_rows(source): ...        # the same rows one by one: what the one source reader reads
 
 A Hub dataset or a parquet file keeps its own columns. A local JSONL (or JSON list) file becomes one
 `text` column of raw JSON lines, each parsed where it is used (`parse_row`): Arrow would otherwise
@@ -88,10 +88,11 @@ def open_source(source: Source, cache: Path, limit: int = DEFAULT_ROW_LIMIT):
                                   writer_batch_size=1000)
 
 
-def iter_rows(source: Source) -> Iterator[Any]:
+def iter_rows(source: Source, bad_rows: bool = False) -> Iterator[Any]:
     """Every row of a source in order, as Python objects, through `open_source` (a local file's Arrow
     copy lives in a temporary directory while the rows are read). A JSON line that does not parse is
-    an error naming the file and the line: these readers have no quarantine for a row with no shape."""
+    an error naming the file and the line, or, with `bad_rows`, yielded as the BadRow it is (the one
+    source reader, pipeline/data/reader.py, quarantines it as the mixture does)."""
     with tempfile.TemporaryDirectory(prefix="smolalign-source-") as tmp:
         rows = open_source(source, Path(tmp) / "rows")
         raw = is_raw_json(source) and RAW_JSON in rows.column_names
@@ -104,6 +105,9 @@ def iter_rows(source: Source) -> Iterator[Any]:
                     raise BadRow(f"row of {record['bytes']:,} bytes, over the {DEFAULT_ROW_LIMIT:,}-byte limit")
                 yield parse_row(record[RAW_JSON])
             except BadRow as e:
+                if bad_rows:
+                    yield e
+                    continue
                 raise UserError(f"{source.path}:{_line_of(Path(source.path).expanduser(), index)}: {e}; "
                                 "fix or remove that line") from None
 

@@ -65,7 +65,7 @@ def resolved(recipe) -> dict[str, Any]:
     (the accumulation of a recipe that states its global batch is derived at launch: said so)."""
     data = recipe.model_dump(mode="json")
     if isinstance(data.get("training"), dict):
-        data["training"] = {**trl_defaults(recipe.stage), **data["training"]}
+        data["training"] = dict(recipe.settings)
         if GLOBAL_BATCH in data["training"]:
             data["training"]["gradient_accumulation_steps"] = DERIVED_ACCUMULATION
     return data
@@ -235,7 +235,7 @@ def plan_batch(recipe, gpus: int) -> tuple[Batch | None, str | None]:
     """(the recipe's global batch on `gpus` GPUs, None) or (None, why that count cannot make it): what the
     training stage derives at launch (pipeline/core/batch.py)."""
     try:
-        return batch_for(recipe.training, gpus, trl_defaults(recipe.stage)), None
+        return batch_for(recipe.settings, gpus), None
     except BatchError as e:
         return None, str(e)
 
@@ -276,9 +276,9 @@ class Planner:
     vllm_tokens_per_s: float | None = None  # the generation throughput given (--vllm-tokens-per-s)
 
     @staticmethod
-    def training(recipe) -> dict[str, Any]:
+    def training(recipe):
         """The recipe's `training:` over the defaults of its TRL config: what the trainer will use."""
-        return {**trl_defaults(recipe.stage), **recipe.training}
+        return recipe.settings
 
     @staticmethod
     def tokenizer(recipe):
@@ -360,12 +360,15 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
                  measured: dict[str, Any] | None, vllm_tokens_per_s: float | None = None
                  ) -> tuple[dict[str, Any], list[str]]:
     """Steps, tokens, GPU-hours and memory per GPU, from what the stage said an epoch holds (`section`)."""
-    t = {**trl_defaults(recipe.stage), **recipe.training}
+    t = recipe.settings
     shape, shape_from = shape_for(recipe)
-    max_length = int(section.max_length or t.get("max_length") or 1024)
+    max_length = section.max_length or t.get("max_length")  # a stage with no max_length field says it in its section
+    if not max_length:
+        return {"gpus": gpus, "gpu": gpu}, ["training.max_length: null leaves the length of a row open; the plan "
+                                            "costs steps and memory at a length: set one"]
     batch, batch_problem = plan_batch(recipe, gpus)
     work = section.work or {"work_from": "unknown: the stage's module has no `plan` saying what an epoch holds"}
-    checkpointing = bool(t.get("activation_checkpointing"))
+    checkpointing = bool(t.activation_checkpointing)
     out: dict[str, Any] = {"gpus": gpus, "gpu": gpu, "model": shape_from, "parameters": costs.parameters(shape),
                            "global_batch": batch.global_batch if batch else None,
                            "batch": batch.describe() if batch else batch_problem, "max_length": max_length, **work}
@@ -375,7 +378,7 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
         out["lora"] = {"trainable_parameters": trainable, "share": trainable / out["parameters"],
                        "targets_not_counted": not_counted}
     rows = work.get("rows_per_epoch")
-    max_steps = int(t.get("max_steps") or -1)
+    max_steps = int(t.max_steps)
     if batch is None:
         pass  # no step count: this GPU count cannot run the recipe (a problem, below)
     elif max_steps > 0:
@@ -389,7 +392,7 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
     if "epochs" in out and work.get("tokens_per_epoch"):
         out["tokens"] = work["tokens_per_epoch"] * out["epochs"]
         speed = costs.tokens_per_second(shape, gpu, work["span"], measured=measured, checkpointing=checkpointing,
-                                        liger=bool(t.get("use_liger_kernel")),
+                                        liger=bool(t.use_liger_kernel),
                                         attn_implementation=recipe.model.attn_implementation)
         if trainable is not None:  # measured throughput is full training's; LoRA skips the weight gradients
             factor = costs.lora_speedup(shape, work["span"], trainable, checkpointing)
@@ -408,7 +411,7 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
     memory = costs.memory_per_gpu(
         shape, dtype=recipe.model.dtype, sharding=sharding, gpus=gpus, seq_length=max_length,
         batch=per_device * section.sequences_per_row, checkpointing=checkpointing,
-        liger=bool(t.get("use_liger_kernel")), attn_implementation=recipe.model.attn_implementation,
+        liger=bool(t.use_liger_kernel), attn_implementation=recipe.model.attn_implementation,
         capacity_gib=costs.GPUS[gpu]["memory_gib"], trainable=trainable)
     if section.reference_copy:
         reference = memory["weights_gib"]  # a frozen copy of the weights, sharded like them
@@ -435,8 +438,8 @@ def generation_cost(section: PlanSection, epochs: float | None, tokens_per_s: fl
     return {"tokens": tokens, "tokens_per_s": tokens_per_s, "gpu_hours": hours}
 
 
-def _memory_hint(t: dict[str, Any], memory: dict[str, Any]) -> str:
-    if not t.get("activation_checkpointing") and memory["total_checkpointed_gib"] <= 0.9 * memory["capacity_gib"]:
+def _memory_hint(t, memory: dict[str, Any]) -> str:
+    if not t.activation_checkpointing and memory["total_checkpointed_gib"] <= 0.9 * memory["capacity_gib"]:
         return f"; with activation_checkpointing: true it would be {memory['total_checkpointed_gib']:.1f} GiB"
     return "; shard more (zero3 / fsdp2, more GPUs), lower max_length, or turn on Liger"
 

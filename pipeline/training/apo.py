@@ -26,10 +26,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from pipeline.core.errors import UserError
+from pipeline.core.models import cache_dir
 from pipeline.core.preemption import deferred
 from pipeline.core.runs import is_main_process, stage_run
 from pipeline.core.schema import ModelSpec, Source, TrainRecipe, TrainsOn
-from pipeline.data.rows import BadRow, build_preference_mixture, preference_row
+from pipeline.data.pairs import build_preference_mixture
+from pipeline.data.rows import BadRow, preference_row
 from pipeline.data.sources import iter_rows
 from pipeline.training.apo_plan import plan, plan_text
 from pipeline.training.preference import HELD_OUT, pair_logprobs, preference_stats, reward_margin
@@ -44,6 +46,7 @@ from pipeline.training.train import (
     peft_config,
     rank_checksums,
     record_attention,
+    record_settings,
     train_or_restore,
     training_batch,
     trl_args,
@@ -76,14 +79,14 @@ class APORecipe(TrainRecipe):
     def keeps_reference_copy(self) -> bool:
         """Whether TRL keeps a frozen copy of the policy as the reference, on each GPU beside it: not with a
         `ref_model` (a model of its own), LoRA (the policy with its adapters off) or precomputed log-probs."""
-        return self.ref_model is None and self.peft is None and not self.training.get("precompute_ref_log_probs")
+        return self.ref_model is None and self.peft is None and not self.settings.precompute_ref_log_probs
 
     def stage_problems(self) -> list[tuple[str, str]]:
-        t, problems = self.training, []
-        if t.get("padding_free"):
+        t, problems = self.settings, []
+        if t.padding_free:
             problems.append(("training.padding_free",
                              "TRL's DPO trainer ignores padding_free (it warns and pads); remove it"))
-        if self.ref_model is not None and t.get("precompute_ref_log_probs"):
+        if self.ref_model is not None and t.precompute_ref_log_probs:
             problems.append(("ref_model", "precompute_ref_log_probs computes them with the policy's start "
                                           "weights; drop `ref_model` or the precompute flag"))
         return problems
@@ -107,7 +110,9 @@ def run(recipe, overwrite: bool = False) -> Path:
     with stage_run(recipe, overwrite) as run:
         record_attention(run, **attention)
         announce_batch(run, batch)
-        dataset, report = build_preference_mixture(recipe, run.path / "quarantine.jsonl")
+        record_settings(run, recipe)
+        dataset, report = build_preference_mixture(recipe, tokenizer, cache_dir() / "pairs",
+                                                   run.path / "quarantine.jsonl")
         if is_main_process():
             (run.path / "pairs.json").write_text(json.dumps(report, indent=2))
             print(f"preference pairs: {report['rows']} ({report['modes']}), quarantined {report['quarantined']}")
@@ -157,6 +162,6 @@ def held_out_pairs(recipe) -> list[dict]:
 
 def preference_report(recipe, before, after) -> dict:
     """Held-out preference before (the starting point, also the reference) and after training."""
-    beta = recipe.training.get("beta", 0.1)  # TRL's DPOConfig default
+    beta = recipe.settings.beta
     return {"pairs_file": recipe.eval_pairs, "start": {"model": recipe.model.name_or_path, **preference_stats(before)},
             "end": preference_stats(after), "beta": beta, "reward_margin": reward_margin(after, before, beta)}

@@ -25,8 +25,8 @@ REFERENCE_FORWARD = 1 / 3
 
 def plan(recipe, planner) -> PlanSection:
     training = planner.training(recipe)
-    data, problems = pairs_section(recipe, planner, training.get("max_length"))
-    max_length = int(training.get("max_length") or 1024)
+    data, problems = pairs_section(recipe, planner, training.max_length)
+    max_length = training.max_length
     return PlanSection(data=data, problems=problems, work=work(recipe, planner, data, max_length),
                        sequences_per_row=2,  # DPO puts chosen and rejected through the model together
                        reference_forward=REFERENCE_FORWARD,
@@ -37,7 +37,7 @@ def pairs_section(recipe, planner, max_length: int | None) -> tuple[dict[str, An
     """Pairs per source and mode (the stage's own budgets and checks), and token lengths of prompts and
     answers against max_length."""
     from pipeline.core.errors import UserError
-    from pipeline.data.rows import preference_rows
+    from pipeline.data.pairs import preference_rows
 
     how = "the pairs are read by the APO stage itself (no prepare step); they must be on this machine"
     remote = [s.path for s in recipe.data.sources if classify_input(s.path) == "hub"]
@@ -51,7 +51,7 @@ def pairs_section(recipe, planner, max_length: int | None) -> tuple[dict[str, An
         return {"status": "unknown", "why": why, "how": how}, []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            rows, report = preference_rows(recipe, Path(tmp) / "quarantine.jsonl")
+            rows, report = preference_rows(recipe, tokenizer, Path(tmp) / "quarantine.jsonl")
         except UserError as e:
             return {"status": "unusable"}, [str(e)]
     by = Counter((r["source"], "think" if r["thinking"] else "no_think") for r in rows)

@@ -10,10 +10,10 @@ packed row is trained padding-free with attention inside each document.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.core.schema import TrainRecipe
-from pipeline.training.sft import SUMMARY_SECTIONS, plan, plan_text, prepare, run
+from pipeline.training.sft import SUMMARY_SECTIONS, plan, plan_text, pre_packed, prepare, run
 
 __all__ = ["MidtrainRecipe", "SUMMARY_SECTIONS", "plan", "plan_text", "prepare", "run"]
 
@@ -23,11 +23,14 @@ class MidtrainRecipe(TrainRecipe):
 
     stage: Literal["midtrain"]
 
+    def trl_settings(self) -> dict[str, Any]:
+        return pre_packed(self)
+
     def stage_problems(self) -> list[tuple[str, str]]:
-        t, problems = self.training, []
-        if t.get("assistant_only_loss") or t.get("completion_only_loss"):
+        t, problems = self.settings, []
+        if t.assistant_only_loss or t.completion_only_loss:
             problems.append(("training.assistant_only_loss",
                              "mid-training trains on every token; remove assistant_only_loss/completion_only_loss"))
-        if t.get("packing") and t.get("packing_strategy", "bfd") != "wrapped":
+        if t.packing and t.packing_strategy != "wrapped":
             problems.append(("training.packing_strategy", "mid-training uses wrapped packing: set `wrapped`"))
         return problems

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.core.models import cache_dir
 from pipeline.core.preemption import deferred
@@ -36,6 +36,7 @@ from pipeline.training.train import (
     peft_config,
     rank_checksums,
     record_attention,
+    record_settings,
     train_or_restore,
     training_batch,
     trl_args,
@@ -51,6 +52,17 @@ class SFTRecipe(TrainRecipe):
     """sft: a dual-mode mixture (assistant-only loss, packed) and TRL's SFTConfig."""
 
     stage: Literal["sft"]
+
+    def trl_settings(self) -> dict[str, Any]:
+        return pre_packed(self)
+
+
+def pre_packed(recipe: TrainRecipe) -> dict[str, Any]:
+    """TRL's settings for the rows our mixture builds (SFT and mid-training): tokenized, masked (labels),
+    packed and cut to max_length already, so TRL redoes none of it and trains packed rows padding-free."""
+    return {"packing": False, "assistant_only_loss": False, "completion_only_loss": False,
+            "padding_free": bool(recipe.settings.packing), "dataset_kwargs": {"skip_prepare_dataset": True},
+            "max_length": None}
 
 
 class _PrePackedWarningFilter(logging.Filter):
@@ -73,6 +85,7 @@ def run(recipe, overwrite: bool = False) -> Path:
     with stage_run(recipe, overwrite) as run:
         record_attention(run, model=attention)
         announce_batch(run, batch)
+        record_settings(run, recipe)
         quarantine = run.path / "quarantine.jsonl"
         dataset, report = build_sft_mixture(recipe, tokenizer, cache_dir() / "mixtures", quarantine)
         if is_main_process():
@@ -80,17 +93,10 @@ def run(recipe, overwrite: bool = False) -> Path:
             (run.path / "mixture.txt").write_text(format_report(report) + "\n")
             print(format_report(report))
         run.summary.update(outputs=["mixture.txt"], trained_on=trained_on_section("mixture", "mixture.txt", report))
-        packed = bool(recipe.training.get("packing"))
+        packed = bool(recipe.settings.packing)
         if packed:
             logging.getLogger("trl.trainer.sft_trainer").addFilter(_PrePackedWarningFilter())
-        args = trl_args(
-            recipe, run.path,
-            # Our mixture is tokenized, masked (labels) and packed already: TRL must not redo any of it.
-            packing=False, assistant_only_loss=False, completion_only_loss=False,
-            padding_free=packed, dataset_kwargs={"skip_prepare_dataset": True},
-            # rows are already cut to the recipe's max_length by the mixture; TRL must not re-check it
-            max_length=None,
-        )
+        args = trl_args(recipe, run.path)  # with the recipe's trl_settings: pre_packed
         trainer = SFTTrainer(model=load_model(recipe.model, attention), args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config(recipe))
         with deferred():  # a stop signal ends the current step and saves it; a finished training is saved whole

@@ -27,7 +27,7 @@ def plan(recipe, planner) -> PlanSection:
     """The mixture's report (tokens per source and mode, trained tokens, pack fill, rows over max_length,
     quarantined rows and their top reasons), a source that trains nothing as a problem, and the epoch."""
     data, problems = mixture_section(recipe, planner)
-    max_length = int(planner.training(recipe).get("max_length") or 1024)
+    max_length = planner.training(recipe).max_length
     return PlanSection(data=data, problems=problems, work=work(recipe, planner, data, max_length))
 
 
@@ -125,7 +125,7 @@ def estimated_work(recipe, planner, max_length: int) -> dict[str, Any]:
     if unknown:
         return {"work_from": f"unknown: the size of {', '.join(unknown)} is not known here and the data is not "
                              "built or read"}
-    wrapped = recipe.training.get("packing_strategy") == "wrapped"
+    wrapped = recipe.settings.packing and recipe.settings.packing_strategy == "wrapped"
     documents = tokens = spans = 0.0
     for source, size in sized:
         per_document = size["tokens"] / size["rows"]
@@ -134,7 +134,7 @@ def estimated_work(recipe, planner, max_length: int) -> dict[str, Any]:
         documents += n
         tokens += n * kept
         spans += n * kept * kept
-    rows = tokens / max_length if recipe.training.get("packing") else documents
+    rows = tokens / max_length if recipe.settings.packing else documents
     return {"rows_per_epoch": math.ceil(rows), "tokens_per_epoch": tokens, "span": spans / tokens,
             "work_from": "estimate: each source's size in the smoltalk2 dataset card x the recipe's weights (packed "
                          "rows full; attention over each source's mean document length); the built data gives exact "

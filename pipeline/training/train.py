@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.batch import Batch, BatchError, batch_for, trl_training, world_size
+from pipeline.core.batch import Batch, BatchError, batch_for, world_size
 from pipeline.core.chat import end_of_turn_as_eos, generation_markers_problem, template_text
-from pipeline.core.checks import trl_config_class
+from pipeline.core.checks import trl_config_class, trl_kwargs
 from pipeline.core.errors import UserError
 from pipeline.core.files import pyplot, save_figure, write_json_atomic
 from pipeline.core.inputs import hub_errors
@@ -46,7 +46,7 @@ def load_tokenizer(recipe: TrainRecipe, local_files_only: bool = False):
         tokenizer.pad_token = tokenizer.eos_token
     end_of_turn_as_eos(tokenizer)  # what every checkpoint we write ships
     problem = generation_markers_problem(tokenizer.chat_template or "", recipe.chat.template)
-    if recipe.training.get("assistant_only_loss") and problem:  # `chat.template: model` is known only now
+    if recipe.settings.get("assistant_only_loss") and problem:  # `chat.template: model` is known only now
         raise UserError(f"{recipe.model.name_or_path}: {problem}")
     return tokenizer
 
@@ -97,7 +97,7 @@ def choose_attention(spec: ModelSpec, packed_length: int | None = None) -> Atten
 
 def packed_length(recipe: TrainRecipe) -> int | None:
     """Tokens per packed row, or None when the stage does not pack."""
-    return recipe.training.get("max_length") if recipe.training.get("packing") else None
+    return recipe.settings.get("max_length") if recipe.settings.get("packing") else None
 
 
 def load_model(spec: ModelSpec, attention: Attention | None = None, key: str = "model.name_or_path"):
@@ -118,9 +118,9 @@ def check_environment(recipe: TrainRecipe) -> None:
     """Fail before loading anything when the recipe needs hardware or packages this machine lacks."""
     import torch
 
-    t = recipe.training
+    t = recipe.settings
     if not torch.cuda.is_available():
-        if t.get("bf16") or t.get("fp16"):
+        if t.bf16 or t.fp16:
             raise UserError(f"{recipe._source}: training.bf16/fp16 need a GPU and none is visible; "
                              "use --set training.bf16=false on CPU")
         if recipe.model.attn_implementation.startswith("flash_attention"):
@@ -142,7 +142,7 @@ def check_environment(recipe: TrainRecipe) -> None:
                              "installed: `pip install -e '.[gpu]'`, or --set model.attn_implementation=auto "
                              "(flex_attention: per-document masking of packed rows from torch itself), or "
                              "--set model.attn_implementation=sdpa (an L x L mask per row: fine for short rows)")
-    trackers = t.get("report_to", "none")
+    trackers = t.report_to
     for tracker in [trackers] if isinstance(trackers, str) else trackers:
         if tracker in ("wandb", "trackio"):
             import importlib.util
@@ -150,7 +150,7 @@ def check_environment(recipe: TrainRecipe) -> None:
             if importlib.util.find_spec(tracker) is None:
                 raise UserError(f"{recipe._source}: training.report_to asks for {tracker}, which is not installed: "
                                  "`pip install -e '.[tracking]'`, or --set training.report_to=none")
-    if t.get("use_liger_kernel"):
+    if t.use_liger_kernel:
         try:
             import liger_kernel  # noqa: F401
         except ImportError:
@@ -192,13 +192,20 @@ def training_batch(recipe: TrainRecipe) -> Batch:
     """The recipe's global batch on this launch's processes (WORLD_SIZE): with `training.global_batch_size`,
     the accumulation that makes it. A GPU count that cannot make it is refused in one line; stages call this
     before anything loads."""
-    cls = trl_config_class(recipe.stage)
-    defaults = {f.name: f.default for f in fields(cls)
-                if f.name in ("per_device_train_batch_size", "gradient_accumulation_steps")}
     try:
-        return batch_for(recipe.training, world_size(), defaults)
+        return batch_for(recipe.settings, world_size())
     except BatchError as e:
         raise UserError(f"{recipe._source}: {e}") from None
+
+
+def record_settings(run, recipe: TrainRecipe) -> None:
+    """TRL's defaults the run trains with besides what its recipe states (the recipe itself is in the manifest):
+    `training_defaults` in the manifest, from the table of the pinned TRL's fields (TrainRecipe.settings)."""
+    settings = recipe.settings
+    run.manifest["training_defaults"] = {"trl_config": recipe.trl_config,
+                                         "values": {k: v for k, v in settings.items() if not settings.given(k)}}
+    if is_main_process():
+        run.save_manifest()
 
 
 def announce_batch(run, batch: Batch) -> None:
@@ -209,9 +216,10 @@ def announce_batch(run, batch: Batch) -> None:
         run.save_manifest()
 
 
-def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
-    """TRL config from the recipe's `training:` block (our own keys replaced by what they mean: the derived
-    gradient accumulation) plus what the stage decides itself."""
+def trl_args(recipe: TrainRecipe, output_dir: Path):
+    """TRL's config for this launch, from what the check before the run builds too (pipeline/core/checks.py
+    trl_kwargs: the recipe's `training:` with the derived accumulation, and the stage's trl_settings), with
+    the machine's own settings and the run's directory."""
     import torch
 
     cls = trl_config_class(recipe.stage)
@@ -222,8 +230,7 @@ def trl_args(recipe: TrainRecipe, output_dir: Path, **stage_settings):
     # memory only where there is a GPU to copy to (torch warns on every run otherwise).
     kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding",
                               "dataloader_pin_memory": torch.cuda.is_available()}
-    kwargs.update(_without_secrets(trl_training(recipe.training, batch)))
-    kwargs.update(stage_settings, output_dir=str(output_dir), seed=recipe.seed)
+    kwargs.update(_without_secrets(trl_kwargs(recipe, batch)), output_dir=str(output_dir))
     args = cls(**kwargs)
     if batch.derived and args.train_batch_size != batch.per_device:
         # one process driving several GPUs (torch DataParallel) multiplies the per-device batch by their count
