@@ -121,8 +121,9 @@ def test_a_source_this_machine_cannot_read_stops_the_run_in_one_line_before_gene
     write_recipe(eval_body(ifeval={"source": "google/IFEval"}, mode={"n": 2}), "eval.yaml")
     path = write_recipe(synth_body(tmp_path, [LEAKED, CLEAN], decontaminate_against=["eval.yaml"]))
     assert main(["synth-traces", "--recipe", str(path)]) == 2
-    err = capsys.readouterr().err  # above the error: the progress of reading the prompts
-    [error] = [line for line in err.split("\n") if line.startswith("error:")]
+    # above the error: the progress of reading the prompts, its bar cleared with a carriage return
+    err = capsys.readouterr().err
+    [error] = [line for line in err.replace("\r", "\n").split("\n") if line.startswith("error:")]
     assert err.endswith(error + "\n") and error.startswith(
         f"error: filters.decontaminate_against: {tmp_path / 'eval.yaml'}: tasks.ifeval.source: google/IFEval cannot "
         "be loaded from the Hugging Face Hub or its local cache")

@@ -54,7 +54,8 @@ def test_a_slow_generation_holds_up_no_other_prompt(write_recipe, tmp_path, tiny
     """80 prompts, 8 in flight. The server holds the first prompt until it has received all 80: with
     lockstep batches (64 prompts, waiting for the longest) the last 16 are never sent while it waits, and
     it gives up after 20 s. Streaming sends each next prompt as a reply comes back, and stores each reply
-    as it arrives, so the held one is the last row of the shard file."""
+    as it arrives, so the held one is among the last rows of the shard file (the last, unless one of the
+    replies sent just before it is stored after it: seen once under load)."""
     prompts = questions(tmp_path, 80)
     with TeacherServer() as server:
         received_all = []
@@ -71,7 +72,8 @@ def test_a_slow_generation_holds_up_no_other_prompt(write_recipe, tmp_path, tiny
     assert received_all == [True], "the held prompt was answered before the others were all sent"
     assert server.most_in_flight <= 8
     rows = shard_lines(out)
-    assert len(rows) == 80 and "Question 0:" in rows[-1]["messages"][-1]["content"]
+    [held] = [i for i, row in enumerate(rows) if "Question 0:" in row["messages"][-1]["content"]]
+    assert len(rows) == 80 and held >= 80 - 8  # lockstep would store it with the first batch of 64
 
 
 def test_a_failed_request_keeps_every_finished_generation(write_recipe, tmp_path, tiny_model):
