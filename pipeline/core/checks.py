@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.batch import OWN_TRAINING_KEYS
+from pipeline.core.batch import GLOBAL_BATCH, OWN_TRAINING_KEYS
 from pipeline.core.chat import TemplateError, generation_markers_problem, template_text
 from pipeline.core.redaction import REDACTED, is_secret_key
 from pipeline.core.stages import recipe_class
@@ -104,7 +104,19 @@ def check_training(recipe) -> Problems:
                 problems.append((where, problem))
     if problems:
         return problems
-    return _build_problems(cls, {k: v for k, v in recipe.training.items() if k not in OWN_TRAINING_KEYS})
+    return _build_problems(cls, _one_process(recipe.training, fields))
+
+
+def _one_process(training: dict[str, Any], fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
+    """`training` as TRL's config takes it on one process: a stated global batch made by accumulation, so that
+    TRL's own rules on the batch (GRPO: whole groups of num_generations completions) see the batch the recipe
+    states, not one micro-batch. (A GPU count that cannot make it is pipeline/core/batch.py's to say.)"""
+    out = {k: v for k, v in training.items() if k not in OWN_TRAINING_KEYS}
+    per_device = training.get("per_device_train_batch_size", fields["per_device_train_batch_size"].default)
+    wanted = training.get(GLOBAL_BATCH)
+    if isinstance(wanted, int) and isinstance(per_device, int) and per_device > 0 and wanted % per_device == 0:
+        out["gradient_accumulation_steps"] = wanted // per_device
+    return out
 
 
 def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str | None:
@@ -130,7 +142,8 @@ def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str |
             return f"{shown} is not a valid {_type_name(hint)}"
         except Exception:  # a type pydantic cannot check (a class of TRL's): leave it to TRL
             pass
-    if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+    # a config's own default is in range for it (GRPO's beta 0.0: no KL term; DPO's beta must be > 0)
+    if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool) and value != field.default:
         low, high, inclusive = _RANGES[key]
         if value < low or (value == low and not inclusive) or value > high:
             bound = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high != float("inf") else "")
