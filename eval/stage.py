@@ -9,6 +9,7 @@ JSON (every completion, score and finish reason) -> report.md and charts (eval/r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -26,10 +27,12 @@ def check(recipe) -> list[tuple[str, str]]:
     return check_tasks(recipe.tasks)
 
 
-def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | None = None, save=None) -> dict:
+def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | None = None, save=None,
+                   built: dict | None = None) -> dict:
     """Every task in every mode for one model. `result`: what an earlier attempt finished (those
     (task, mode) entries are skipped); `save(result)` is called after each (task, mode), so a crash
-    loses at most the one in progress."""
+    loses at most the one in progress. `built`: the tasks and examples built for the models evaluated
+    before this one (see task_examples); pass the same dict for every model of a run."""
     path = resolve_model(model_ref)
     result = result or {"model": model_ref, "path": path, "tasks": {}}
     todo = [(name, mode) for name in recipe.tasks for mode in recipe.modes
@@ -44,15 +47,39 @@ def evaluate_model(recipe, model_ref: str, progress: str = "", result: dict | No
             modes = [mode for mode in recipe.modes if (name, mode) in todo]
             if not modes:
                 continue
-            task = build_task(name, options)
-            examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed,
-                                     ctx=task_context(recipe, backend, s.max_new_tokens))
+            task, examples = task_examples(recipe, name, options, backend, s.max_new_tokens, built)
             for mode in modes:
                 completions = generate(backend, examples, mode, s, desc=f"{progress}{name}/{mode}")
                 result["tasks"].setdefault(name, {})[mode] = summarise(task, examples, completions, mode)
                 if save is not None:
                     save(result)
     return result
+
+
+def task_examples(recipe, name: str, options, backend, max_new_tokens: int, built: dict | None):
+    """(task, its examples) as this model sees them. Examples are fitted to the model's tokenizer and chat
+    template (RULER's lengths count the prompt as the model sees it), and nothing else of the model: models
+    that share both (a run's checkpoints, a merge sweep's weights) share one build, kept in `built` (RULER at
+    131072 tokens takes a minute to build). The task object travels with its examples: it holds what the
+    build found (RULER's unavailable QA sources) for scoring."""
+    key = (name, json.dumps(options, sort_keys=True), tokenizer_fingerprint(backend.tokenizer))
+    if built is not None and key[2] is not None and key in built:
+        return built[key]
+    task = build_task(name, options)
+    examples = task.examples(n=(options or {}).get("n"), seed=recipe.seed,
+                             ctx=task_context(recipe, backend, max_new_tokens))
+    if built is not None and key[2] is not None:
+        built[key] = task, examples
+    return task, examples
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A hash of what a model's examples depend on: its tokenizer (vocabulary, merges, special tokens) and its
+    chat template; None where the tokenizer cannot be serialised (a slow tokenizer): then nothing is shared."""
+    rules = getattr(tokenizer, "backend_tokenizer", None)
+    if rules is None:
+        return None
+    return hashlib.sha256((rules.to_str() + "\0" + str(tokenizer.chat_template)).encode()).hexdigest()
 
 
 def generate(backend, examples: list[Example], mode: str, s, desc: str) -> list:
@@ -107,12 +134,12 @@ def slug(model_ref: str) -> str:
 
 def run(recipe, overwrite: bool = False) -> Path:
     with stage_run(recipe, overwrite) as run:
-        results = []
+        results, built = [], {}
         for i, model in enumerate(recipe.models):
             out = run.path / f"{slug(model)}.json"
             earlier = json.loads(out.read_text()) if out.is_file() else None  # what a killed attempt finished
             result = evaluate_model(recipe, model, progress=f"[{i + 1}/{len(recipe.models)}] ", result=earlier,
-                                    save=lambda r, out=out: write_json_atomic(out, r))
+                                    save=lambda r, out=out: write_json_atomic(out, r), built=built)
             write_json_atomic(out, result)
             results.append(result)
         report = write_report(results, run.path, recipe.modes)

@@ -28,11 +28,11 @@ def sweep(recipe, soup: Path, out: Path, merge_at) -> dict:
     from eval.stage import evaluate_model
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, built = [], {}  # every weight's merge has the same tokenizer and template: its examples are built once
     for weight in sorted(set(recipe.sweep.weights)):
         path = out / f"w{weight:g}"
         merge_at(weight, path)
-        result = evaluate_model(eval_recipe(recipe, path), str(path), progress=f"[w={weight:g}] ")
+        result = evaluate_model(eval_recipe(recipe, path), str(path), progress=f"[w={weight:g}] ", built=built)
         scores = {f"{task} ({mode})": s["score"]
                   for task, modes in result["tasks"].items() for mode, s in modes.items()}
         rows.append({"weight": weight, "scores": scores, "mean": round(sum(scores.values()) / len(scores), 4)})

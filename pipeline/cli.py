@@ -2,7 +2,7 @@
 
     smolalign STAGE --recipe FILE [--set key=value ...] [--overwrite]
     smolalign synth --recipe FILE [--recipe FILE]  # synth-traces / synth-pairs, by the recipe's stage
-    smolalign validate FILE [FILE ...]        # schema + TRL args + combinations, no model loads
+    smolalign validate FILE [FILE ...] [--trl]  # schema + TRL args + combinations, no model loads
     smolalign prepare --recipe FILE [--shard I/N]   # build a training stage's mixture ahead of the GPU job
     smolalign prepare-model [NAME ...]        # build the embedded default checkpoints
     smolalign plan RECIPE [RECIPE ...] [--gpus N --gpu h100] [--against OTHER.yaml]   # before booking GPUs
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="check recipes without running them")
     v.add_argument("files", nargs="+")
     v.add_argument("--inputs", action="store_true", help="also check that local inputs exist")
+    v.add_argument("--trl", action="store_true", help="also build TRL's config, so that its own cross-field checks "
+                                                      "run (imports TRL: seconds; every run does it before loading)")
     d = sub.add_parser("prepare", help="tokenize, mask, budget and pack a midtrain/sft recipe's mixture into the "
                                        "cache (CPU), so the training job only memory-maps it")
     d.add_argument("--recipe", required=True)
@@ -102,7 +104,7 @@ def _end_progress_bars() -> None:
 
 def dispatch(args) -> int:
     if args.command == "validate":
-        return validate(args.files, args.inputs)
+        return validate(args.files, args.inputs, args.trl)
     if args.command == "prepare":
         return prepare(args.recipe, args.overrides, args.shard)
     if args.command == "plan":
@@ -155,12 +157,15 @@ def _redacted_traceback(kind, error, tb) -> None:
     sys.stderr.write(redact_text("".join(traceback.format_exception(kind, error, tb))))
 
 
-def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None = None):
-    """The recipe, checked by the foundation and by its stage. Raises RecipeError."""
+def load(recipe_file: str | Path, overrides: list[str] = (), stage: str | None = None, libraries: bool = False):
+    """The recipe, checked by the foundation and by its stage, and with `libraries` by the libraries it will
+    run (TRL's own config checks: they import TRL). Raises RecipeError."""
     recipe = load_recipe(recipe_file, overrides, stage=stage)
     check = getattr(stage_module(recipe.stage), "check", None)
     if check is not None:
         raise_problems(recipe, check(recipe))
+    if libraries:
+        raise_problems(recipe, recipe.library_problems())
     return recipe
 
 
@@ -168,7 +173,7 @@ def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite
               shard: str | None = None) -> int:
     from pipeline.core.runs import check_output_dir
 
-    recipe = load(recipe_file, overrides, stage=stage)
+    recipe = load(recipe_file, overrides, stage=stage, libraries=True)
     check_inputs(recipe)
     if not shard:  # a share checks its own (pipeline.core.runs.join_run)
         check_output_dir(recipe, overwrite)  # before any model or data loads
@@ -178,7 +183,7 @@ def run_stage(stage: str, recipe_file: str, overrides: list[str] = (), overwrite
     return 0
 
 
-def validate(files: list[str], inputs: bool = False) -> int:
+def validate(files: list[str], inputs: bool = False, libraries: bool = False) -> int:
     failed = 0
     for f in files:
         launcher = _launcher_in(f)
@@ -191,7 +196,7 @@ def validate(files: list[str], inputs: bool = False) -> int:
                       "zero_stage of 0 to 3 (see recipes/accelerate/zero3.yaml)")
             continue
         try:
-            recipe = load(f)
+            recipe = load(f, libraries=libraries)
             if inputs:
                 check_inputs(recipe)
             print(f"ok    {f} ({recipe.stage})")
@@ -218,7 +223,7 @@ def prepare(recipe_file: str, overrides: list[str], shard: str | None) -> int:
     cache entry its `run` reads)."""
     from pipeline.core.runs import parse_shard
 
-    recipe = load(recipe_file, overrides)
+    recipe = load(recipe_file, overrides, libraries=True)
     build = getattr(stage_module(recipe.stage), "prepare", None)
     if build is None:
         have = [s for s in STAGES if hasattr(stage_module(s), "prepare")]

@@ -3,7 +3,12 @@ vLLM offline (GPU machines), and an OpenAI-compatible HTTP client (e.g. `vllm se
 
     with make_backend(recipe.backend, model_path, dtype, seed=recipe.sampling.seed) as backend:
         completions = backend.generate([Request(messages, enable_thinking=True)], recipe.sampling)
+        # or, as each finishes (synth): tags are the caller's, e.g. work items
+        with closing(backend.stream(((item, request) for ...), recipe.sampling)) as finished:
+            for item, completion in finished: ...
 
+`stream` keeps the engine fed: the vLLM and HTTP backends send requests as the engine frees room for
+them and hand back each completion as soon as it finishes, never waiting for a batch's longest one.
 vLLM is imported only when its backend starts (it lives in its own environment on GPU machines).
 
 Every backend gets the prompt as *text rendered by the checkpoint's own chat template* (ours,
@@ -14,18 +19,22 @@ packs sequences (a KV cache would let packed documents see each other).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import email.utils
 import http.client
+import itertools
 import json
 import os
 import random
+import re
+import resource
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,8 +72,12 @@ class BackendSpec(Strict):
                                           "(`vllm serve --served-model-name`); default the model path.")
     api_key_env: str | None = Field(None, description="For `openai`: the environment variable holding the API key "
                                     "(`vllm serve --api-key`); the key itself never goes in a recipe.")
-    concurrency: int = Field(32, ge=1, description="For `openai`: requests in flight at once.")
-    timeout_s: float = Field(600, gt=0, description="For `openai`: seconds to wait for one reply.")
+    concurrency: int | None = Field(None, ge=1, description="For `openai`: requests in flight at once. Default: "
+                                    "what the server can take (its engines, read from its /metrics, x 1024 "
+                                    "sequences each, vLLM's default max_num_seqs on H100/H200), else 256.")
+    timeout_s: float = Field(3600, gt=0, description="For `openai`: seconds without a byte from the server before a "
+                             "request is retried (a reply comes whole when its generation ends: a long trace "
+                             "queued behind others takes long).")
     retry_budget_s: float = Field(600, ge=0, description="For `openai`: how long to keep retrying 429/5xx/"
                                   "connection errors (with backoff and Retry-After) before giving up.")
     batch_size: int = Field(8, ge=1, description="Prompts per batch for the transformers backend.")
@@ -90,6 +103,7 @@ class Request:
     prefill: str = ""  # the assistant turn starts with this (e.g. RULER's answer prefix)
     python_tools: list | None = None
     custom_instructions: str | None = None
+    seed: int | None = None  # this request's sampling seed; None: the sampling spec's
 
     @classmethod
     def of(cls, messages: list[dict[str, Any]], template: dict[str, Any], enable_thinking: bool,
@@ -154,6 +168,31 @@ class Backend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
+        """One completion per request, in the requests' order."""
+        out: list[Completion | None] = [None] * len(requests)
+        with closing(self.stream(enumerate(requests), sampling)) as finished, \
+                tqdm(total=len(requests), desc=desc, unit="prompt", leave=False) as bar:
+            for i, completion in finished:
+                out[i] = completion
+                bar.update(1)
+        return out
+
+    def stream(self, requests: Iterable[tuple[Any, Request]], sampling: SamplingSpec
+               ) -> Iterator[tuple[Any, Completion]]:
+        """(tag, completion) for each (tag, request), in the order they finish. `requests` is read as the
+        backend has room, so it can be a generator over millions. Close the iterator (`closing(...)`) when
+        stopping early: requests still in the engine are dropped then.
+
+        This default (the transformers backend, which has no continuous batching) runs chunks of
+        `stream_chunk` requests through `generate`."""
+        source = iter(requests)
+        while chunk := list(itertools.islice(source, self.stream_chunk)):
+            tags = [tag for tag, _ in chunk]
+            yield from zip(tags, self.generate([request for _, request in chunk], sampling))
+
+    stream_chunk = 64
 
 
 class TransformersBackend(Backend):
@@ -227,20 +266,57 @@ class VLLMBackend(Backend):
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
                        enforce_eager=enforce_eager, **({"hf_overrides": overrides} if overrides else {}))
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
+        self.stop_id = self.tokenizer.convert_tokens_to_ids(end_of_turn(self.tokenizer))
+        self._ids = itertools.count()
 
-    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
-        from vllm import SamplingParams
+    def stream(self, requests: Iterable[tuple[Any, Request]], sampling: SamplingSpec
+               ) -> Iterator[tuple[Any, Completion]]:
+        """vLLM's own `LLM.generate` adds every prompt to the engine, then calls `llm_engine.step()` until
+        none is left, keeping each finished output. This is that loop, with requests added while it runs:
+        the engine always holds more unfinished requests than it can schedule (`max_num_seqs`), so a slot
+        freed by a finished sequence is refilled at the next step (continuous batching), and each output
+        is handed back the step it finishes. The engine core runs in its own process, so it keeps
+        computing while we render the next prompts and store the last outputs. The step loop of the
+        synchronous engine rather than vLLM's AsyncLLM: the same engine and scheduler, without an event
+        loop in our code; and rather than `llm.generate` per chunk, which waits for each chunk's longest
+        sequence. Adding only up to `in_flight` ahead means a list of millions is never rendered, nor
+        held, up front."""
+        engine = self.llm.llm_engine
+        source, pending = iter(requests), {}
+        in_flight = 2 * engine.vllm_config.scheduler_config.max_num_seqs
+        try:
+            while True:
+                for tag, request in itertools.islice(source, in_flight - len(pending)):
+                    request_id = f"smolalign-{next(self._ids)}"
+                    engine.add_request(request_id, self._prompt(request), self._params(request, sampling))
+                    pending[request_id] = tag
+                if not pending:
+                    return
+                for output in engine.step():
+                    if output.finished:
+                        yield pending.pop(output.request_id), Completion(
+                            output.outputs[0].text, finish_reason(output.outputs[0].finish_reason),
+                            len(output.prompt_token_ids), len(output.outputs[0].token_ids))
+        except GeneratorExit:  # the caller stopped early: the engine must not go on with our requests
+            if pending:
+                engine.abort_request(list(pending))
+            raise
+
+    def _prompt(self, request: Request):
         from vllm.inputs import TokensPrompt
 
-        stop_id = self.tokenizer.convert_tokens_to_ids(end_of_turn(self.tokenizer))
-        params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                                max_tokens=sampling.max_new_tokens, stop_token_ids=[stop_id],
-                                skip_special_tokens=False, spaces_between_special_tokens=False)
-        prompts = [TokensPrompt(prompt_token_ids=self.tokenizer(self.render(r), add_special_tokens=False).input_ids)
-                   for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=True)
-        return [Completion(o.outputs[0].text, finish_reason(o.outputs[0].finish_reason),
-                           len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs]
+        return TokensPrompt(prompt_token_ids=self.tokenizer(self.render(request), add_special_tokens=False).input_ids)
+
+    def _params(self, request: Request, sampling: SamplingSpec):
+        from vllm import SamplingParams
+
+        # Greedy decoding needs no seed; a seeded request gets a generator of its own, which vLLM's CPU
+        # build cannot carry across a prefill split over steps (RuntimeError: CPU Generator does not use
+        # offset): a greedy run is safe there at any size.
+        seed = None if sampling.temperature == 0 else request.seed if request.seed is not None else sampling.seed
+        return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=seed,
+                              max_tokens=sampling.max_new_tokens, stop_token_ids=[self.stop_id],
+                              skip_special_tokens=False, spaces_between_special_tokens=False)
 
     def close(self) -> None:
         """Stops the engine, then vLLM's distributed state, then drops the references.
@@ -283,6 +359,24 @@ class BackendError(UserError):
     """A generation server that refused a request or could not be reached in time."""
 
 
+class RequestRefused(BackendError):
+    """The server refused one request for what it holds (HTTP 400, 413, 422: a prompt over its context);
+    the other requests can go on."""
+
+
+# HTTP statuses that judge the request, not the server or our settings (401, 403, 404 stop the run at once)
+REFUSED = (400, 413, 422)
+
+
+# Requests in flight when the recipe does not say: a full batch for every engine behind the server, as vLLM 0.32
+# sizes one on H100/H200/B200 (`max_num_seqs` 1024; 256 on smaller GPUs, 128 on CPU). More than an engine runs
+# wait in its queue at the cost of a socket, and refill a finished sequence's slot at its next step.
+SEQUENCES_PER_ENGINE = 1024
+# ...and where the server does not say how many engines it has (not vLLM, or metrics off)
+DEFAULT_CONCURRENCY = 256
+FILES_KEPT_FOR_THE_REST = 256  # open files the process needs besides its sockets (shards, model files, logs)
+
+
 class OpenAIBackend(Backend):
     """Text completions from an OpenAI-compatible server (`vllm serve MODEL`), prompts rendered here.
 
@@ -292,44 +386,139 @@ class OpenAIBackend(Backend):
     server's own message. vLLM's extra parameters stop on the end-of-turn *token* and keep special
     tokens in the text, as the offline backends do."""
 
-    def __init__(self, model_path: str, base_url: str, served_name: str | None = None, concurrency: int = 32,
-                 timeout_s: float = 600, retry_budget_s: float = 600, api_key: str | None = None,
+    def __init__(self, model_path: str, base_url: str, served_name: str | None = None, concurrency: int | None = None,
+                 timeout_s: float = 3600, retry_budget_s: float = 600, api_key: str | None = None,
                  renderer_kwargs=None):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        url, user_password = split_credentials(base_url.rstrip("/") + "/completions")
-        self.url = url  # what messages show: without the password
+        root, user_password = split_credentials(base_url.rstrip("/"))
+        self.url = root + "/completions"  # what messages show: without the password
         self.model = served_name or model_path
-        self.concurrency, self.timeout_s, self.retry_budget_s = concurrency, timeout_s, retry_budget_s
+        self.timeout_s, self.retry_budget_s = timeout_s, retry_budget_s
         self.headers = {"Content-Type": "application/json"}
         if user_password and api_key:
-            raise UserError(f"backend.base_url {url} carries user:password@ and backend.api_key_env an API key: both "
-                            "go in the one Authorization header; keep one")
+            raise UserError(f"backend.base_url {self.url} carries user:password@ and backend.api_key_env an API key: "
+                            "both go in the one Authorization header; keep one")
         if user_password:  # what a user:password@host URL means over HTTP (a proxy with basic auth)
             self.headers["Authorization"] = "Basic " + base64.b64encode(user_password.encode()).decode()
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.render = Renderer(self.tokenizer, **(renderer_kwargs or {}))
+        self.stop = end_of_turn(self.tokenizer)
+        self.stop_id = self.tokenizer.convert_tokens_to_ids(self.stop)
+        self.concurrency = fit_open_files(concurrency or self._server_capacity(root))
 
-    def _post(self, body: dict) -> dict:
+    def _server_capacity(self, root: str) -> int:
+        """DEFAULT_CONCURRENCY, or SEQUENCES_PER_ENGINE for each engine a vLLM server reports in its
+        Prometheus metrics (`vllm:cache_config_info` has one line per engine: data parallel ranks)."""
+        metrics = re.sub(r"/v1$", "", root) + "/metrics"
+        try:
+            request = urllib.request.Request(metrics, headers=self.headers)
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                text = resp.read(16 << 20).decode("utf-8", "replace")
+            engines = set(re.findall(r'^vllm:cache_config_info\{[^}\n]*\bengine="(\d+)"', text, re.M))
+            why = "no vllm:cache_config_info in it"
+        except (OSError, http.client.HTTPException) as e:
+            engines, why = set(), _problem(e)
+        if engines:
+            n = len(engines) * SEQUENCES_PER_ENGINE
+            print(f"backend.concurrency: {n} requests in flight ({len(engines)} engine(s) serve {root}, "
+                  f"{SEQUENCES_PER_ENGINE} each)")
+            return n
+        print(f"backend.concurrency: {metrics} does not say how many engines serve it ({why}); sending "
+              f"{DEFAULT_CONCURRENCY} requests at once. Set backend.concurrency to the server's max_num_seqs x its "
+              "data-parallel size to keep it full")
+        return DEFAULT_CONCURRENCY
+
+    def stream(self, requests: Iterable[tuple[Any, Request]], sampling: SamplingSpec
+               ) -> Iterator[tuple[Any, Completion]]:
+        """Up to `concurrency` requests in flight over the whole list: the next is sent as soon as any
+        reply arrives, and each reply is handed back as it arrives. Asynchronous (asyncio and aiohttp),
+        so that the thousands in flight a data-parallel server takes cost sockets, not threads. The
+        event loop runs inside this generator between its yields: what the caller does with a reply
+        (store it) happens while the server goes on generating the requests in flight.
+
+        A request the server refuses for what it holds (HTTP 400: over its context) is left out, the
+        others go on, and the refusals are raised at the end. Any other failure (the retry budget spent on
+        a server that is gone, a 401 or 404) stops new requests; the replies to those in flight are still
+        received and handed back, then it is raised. No finished generation is thrown away."""
+        import aiohttp
+
+        async def open_session():
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency),
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s,
+                                                                       sock_read=self.timeout_s))
+
+        loop = asyncio.new_event_loop()
+        session = loop.run_until_complete(open_session())
+        source, pending, failure, refused, index = iter(requests), {}, None, [], itertools.count()
+        try:
+            while True:
+                if failure is None:
+                    for tag, request in itertools.islice(source, self.concurrency - len(pending)):
+                        task = loop.create_task(self._complete(session, self._body(request, sampling, next(index))))
+                        pending[task] = tag
+                if not pending:
+                    break
+                done, _ = loop.run_until_complete(asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED))
+                for task in done:
+                    tag, error = pending.pop(task), task.exception()
+                    if error is None:
+                        yield tag, task.result()
+                    elif isinstance(error, RequestRefused):
+                        refused.append(error)
+                    elif failure is None:
+                        failure = error
+                        if pending:
+                            print(f"{failure}\nwaiting for the {len(pending)} requests in flight before stopping")
+            if failure is not None:
+                raise failure
+            if refused:
+                raise RequestRefused(f"{len(refused)} of {next(index)} requests were refused and left out, every "
+                                     f"other reply came back; the first: {refused[0]}")
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending))
+            loop.run_until_complete(session.close())
+            loop.close()
+
+    def _body(self, request: Request, sampling: SamplingSpec, index: int) -> dict:
+        seed = request.seed if request.seed is not None else sampling.seed + index
+        return {"model": self.model, "prompt": self.render(request), "max_tokens": sampling.max_new_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1, "seed": seed,
+                "stop": [self.stop], "stop_token_ids": [self.stop_id], "skip_special_tokens": False}
+
+    async def _complete(self, session, body: dict) -> Completion:
+        reply = await self._post(session, body)
+        choice, usage = reply["choices"][0], reply.get("usage", {})
+        return Completion(choice["text"], finish_reason(choice.get("finish_reason")),
+                          usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    async def _post(self, session, body: dict) -> dict:
+        import aiohttp
+
         data = json.dumps(body).encode()
         deadline, attempt = time.monotonic() + self.retry_budget_s, 0
         while True:
             attempt += 1
             try:
-                req = urllib.request.Request(self.url, data=data, headers=self.headers)
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return self._parse(resp.read())
-            except urllib.error.HTTPError as e:
-                detail = _error_detail(e)
-                if e.code not in (408, 429) and e.code < 500:
-                    raise BackendError(f"{self.url}: HTTP {e.code} ({detail}); not retried: fix the request "
-                                       "(e.g. prompt + max_new_tokens over the server's max_model_len)") from None
-                problem, wait = f"HTTP {e.code} ({detail})", _retry_after(e.headers.get("Retry-After"))
-            # refused, reset, timed out, or a reply cut short mid-body (http.client.IncompleteRead)
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                problem, wait = f"{type(e).__name__}: {getattr(e, 'reason', e)}", None
+                async with session.post(self.url, data=data, headers=self.headers) as resp:
+                    if resp.status < 400:
+                        return self._parse(await resp.read())
+                    detail = await _error_detail(resp)
+                    if resp.status in REFUSED:
+                        raise RequestRefused(f"{self.url}: HTTP {resp.status} ({detail}); not retried: fix the "
+                                             "request (e.g. prompt + max_new_tokens over the server's max_model_len)")
+                    if resp.status not in (408, 429) and resp.status < 500:
+                        raise BackendError(f"{self.url}: HTTP {resp.status} ({detail}); not retried: check "
+                                           "backend.base_url, served_model_name and api_key_env")
+                    problem, wait = f"HTTP {resp.status} ({detail})", _retry_after(resp.headers.get("Retry-After"))
+            # refused, reset, timed out, or a reply cut short mid-body (aiohttp.ClientPayloadError)
+            except (aiohttp.ClientError, OSError) as e:
+                problem, wait = _problem(e), None
             left = deadline - time.monotonic()
             if wait is not None and wait > left:  # waiting as asked would outlast the budget: no point trying
                 raise BackendError(f"{self.url}: the server's Retry-After asks to wait {wait:.0f} s, more than the "
@@ -340,7 +529,10 @@ class OpenAIBackend(Backend):
             if time.monotonic() + wait > deadline:
                 raise BackendError(f"{self.url}: gave up after {attempt} tries in {self.retry_budget_s:g} s "
                                    f"(backend.retry_budget_s); last: {problem}")
-            time.sleep(wait)
+            await asyncio.sleep(wait)
+
+    def close(self) -> None:
+        """Nothing to free: the model is the server's (Backend.close's garbage collection costs ~0.4 s)."""
 
     def _parse(self, raw: bytes) -> dict:
         try:
@@ -351,26 +543,30 @@ class OpenAIBackend(Backend):
                                f"{raw[:200]!r}") from None
         return reply
 
-    def generate(self, requests: list[Request], sampling: SamplingSpec, desc: str = "generating") -> list[Completion]:
-        stop = end_of_turn(self.tokenizer)
-        stop_id = self.tokenizer.convert_tokens_to_ids(stop)
 
-        def one(i_request):
-            i, request = i_request
-            body = {"model": self.model, "prompt": self.render(request), "max_tokens": sampling.max_new_tokens,
-                    "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1,
-                    "seed": sampling.seed + i, "stop": [stop], "stop_token_ids": [stop_id],
-                    "skip_special_tokens": False}
-            reply = self._post(body)
-            choice, usage = reply["choices"][0], reply.get("usage", {})
-            return Completion(choice["text"], finish_reason(choice.get("finish_reason")),
-                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+def fit_open_files(concurrency: int) -> int:
+    """Each request in flight holds a socket: raise this process's open-file limit to fit them (up to its
+    hard limit), or send fewer, saying so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = concurrency + FILES_KEPT_FOR_THE_REST
+    if soft != resource.RLIM_INFINITY and soft < need:
+        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < need:
+        fitted = max(1, soft - FILES_KEPT_FOR_THE_REST)
+        print(f"warning: backend.concurrency: this process may open {soft} files (ulimit -n), room for {fitted} "
+              f"requests in flight, not {concurrency}; sending {fitted}. Raise the hard limit to send more")
+        return fitted
+    return concurrency
 
-        pool = ThreadPoolExecutor(self.concurrency)
-        try:
-            return list(tqdm(pool.map(one, enumerate(requests)), total=len(requests), desc=desc, leave=False))
-        finally:  # on an error, requests not yet sent are dropped rather than waited for
-            pool.shutdown(wait=True, cancel_futures=True)
+
+def _problem(error: BaseException) -> str:
+    """A connection problem in words: the OS's reason where there is one ("Connection refused"), which
+    aiohttp's own messages leave out."""
+    cause = getattr(error, "os_error", None) or getattr(error, "reason", None) or error
+    code = getattr(cause, "errno", None)
+    reason = os.strerror(code) if isinstance(code, int) else str(error) or "no reply"
+    return f"{type(error).__name__}: {reason}"
 
 
 def split_credentials(url: str) -> tuple[str, str | None]:
@@ -404,11 +600,13 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
-def _error_detail(error: urllib.error.HTTPError) -> str:
+async def _error_detail(resp) -> str:
     """The start of an error reply's body (the server's own message), even when it is cut short."""
+    import aiohttp
+
     try:
-        raw = error.read(500)
-    except (OSError, http.client.HTTPException):
+        raw = await resp.content.read(500)
+    except (aiohttp.ClientError, OSError):
         return "reply cut short"
     return raw.decode("utf-8", "replace").strip()
 

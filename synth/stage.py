@@ -12,9 +12,11 @@ mode -> preference rows (`pairs.jsonl`: prompt, chosen, rejected, chat_template_
 APO stage reads.
 
 Reads top to bottom: prompts -> work items keyed by (prompt, model, sampling, mode) -> generate
-what is not on disk yet, batch by batch, appending to an fsynced shard file (a killed run loses at
-most the batch in flight and never duplicates) -> collect all shards -> filters (counted) -> rows,
-`filtered.jsonl` (every dropped row with its reason) and `report.json`.
+what is not on disk yet, streamed through the backend (requests go in as the engine has room, every
+completion is appended to the shard file as soon as it finishes, fsynced in groups: a killed run loses
+at most what was in flight and never duplicates) -> collect all shards -> filters (counted) -> rows,
+`filtered.jsonl` (every dropped row with its reason) and `report.json`. Progress (prompts/s, generated
+tokens/s, ETA, the share cut at max_new_tokens) is in the bar and in summary.json's `generation`.
 
 Many machines split one job with `--shard i/n` (each writes its own shard file under
 `<out>.partial/shards/`); a final run without `--shard` generates whatever is still missing,
@@ -24,14 +26,13 @@ parameters and the finish reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
-import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_jsonl
@@ -42,10 +43,11 @@ from pipeline.data.sources import iter_rows
 from pipeline.generation import Request, make_backend
 from synth.filters import FILTERS, apply_filters, check_filters, decontamination
 from synth.plan import plan, plan_text  # noqa: F401 (its part of `smolalign plan`, found here by the plan)
-from synth.store import ShardStore, key_shard, read_all, work_key
+from synth.progress import GENERATION, Progress
+from synth.store import ShardStore, key_shard, keys_of_all, read_all, work_key
 
-SUMMARY_SECTIONS = [FILTERS]  # what a run writes in summary.json beside the shared keys (synth/filters.py)
-BATCH = 64  # prompts generated between two fsyncs of the shard file
+# what a run writes in summary.json beside the shared keys: the filter counts, and how generation went
+SUMMARY_SECTIONS = [FILTERS, GENERATION]
 THINK_PREFILL = "<think>\n"  # `prefill_think`: opens the think block for a teacher that does not
 
 
@@ -113,32 +115,39 @@ def work_items(recipe, prompts, role: str, model: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------
-def generate_missing(recipe, items: list[dict], spec, store: ShardStore, done: set[str], desc: str) -> None:
+def generate_missing(recipe, items: list[dict], spec, store: ShardStore, done: set[str], desc: str) -> dict | None:
+    """Generates the items not on disk yet; returns what this took (Progress.summary), None if nothing."""
     todo = [it for it in items if it["key"] not in done and it["key"] not in store]
     if not todo:
-        return
+        return None
     with make_backend(recipe.backend, resolve_model(spec.name_or_path), spec.dtype,
                       seed=recipe.sampling.seed) as backend:  # released before the next model loads
-        _generate(recipe, todo, backend, store, desc)
+        return _generate(recipe, todo, backend, store, desc)
 
 
-def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -> None:
+def _generate(recipe, todo: list[dict], backend, store: ShardStore, desc: str) -> dict:
+    """Streams `todo` through the backend and stores each completion as it finishes: no batch waits for
+    its longest generation, and a failure or a kill loses only what was still in flight."""
     s = recipe.sampling
-    bar = tqdm(total=len(todo), desc=desc, unit="prompt")
-    t0, tokens = time.perf_counter(), 0
-    for start in range(0, len(todo), BATCH):
-        batch = todo[start:start + BATCH]
-        requests = [request(it) for it in batch]
-        completions = backend.generate(requests, s, desc=desc)
-        store.append({**it, "text": it["prefill"] + c.text, "finish_reason": c.finish_reason,
-                      "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                      "sampling": s.model_dump()}
-                     for it, c in zip(batch, completions))
-        tokens += sum(c.completion_tokens for c in completions)
-        elapsed = time.perf_counter() - t0
-        bar.update(len(batch))
-        bar.set_postfix(prompts_per_s=f"{bar.n / elapsed:.2f}", tokens_per_s=f"{tokens / elapsed:.1f}")
-    bar.close()
+    progress = Progress(len(todo), desc, s.max_new_tokens)
+    tagged = ((it, dataclasses.replace(request(it), seed=item_seed(it))) for it in todo)
+    try:
+        with closing(backend.stream(tagged, s)) as finished:
+            for it, c in finished:
+                store.add({**it, "text": it["prefill"] + c.text, "finish_reason": c.finish_reason,
+                           "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                           "sampling": s.model_dump()})
+                progress.update(c)
+    finally:
+        progress.close()
+        print(progress.line(desc))
+    return progress.summary()
+
+
+def item_seed(item: dict) -> int:
+    """The sampling seed of one work item, from its key (which holds the recipe's seed): a rerun that
+    generates it again, in whatever company, asks for the same sample."""
+    return int(item["key"][8:16], 16)
 
 
 def request(item: dict) -> Request:
@@ -146,19 +155,27 @@ def request(item: dict) -> Request:
     return Request.of(item["messages"], item.get("template", {}), item["mode"] == "think", item["prefill"])
 
 
-def _generate_all(recipe, prompts, shard_dir: Path, shard: tuple[int, int]) -> list[list[dict]]:
-    """Generate this shard's missing work for every model; return the work lists per model."""
+def _generate_all(recipe, prompts, shard_dir: Path, shard: tuple[int, int]) -> tuple[list[list[dict]], dict]:
+    """Generate this shard's missing work for every model; return the work lists per model and what
+    generating took per role (Progress.summary)."""
     i, n = shard
-    store = ShardStore(shard_dir / f"shard-{i}-of-{n}.jsonl" if n > 1 else shard_dir / "shard-all.jsonl")
-    done = set(read_all(shard_dir, skip=store.path))  # what other shards wrote; our own rows are in `store`
+    done = keys_of_all(shard_dir, skip=_shard_path(shard_dir, shard))  # what other shards wrote
     roles = [("teacher", recipe.teacher)] + ([("weak", recipe.weak)] if recipe.weak else [])
-    lists = []
-    for role, spec in roles:
-        items = work_items(recipe, prompts, role, spec.name_or_path)
-        mine = [it for it in items if n == 1 or key_shard(it["key"], n) == i]
-        generate_missing(recipe, mine, spec, store, done, desc=f"{recipe.stage} {role}")
-        lists.append(items)
-    return lists
+    lists, took = [], {}
+    with ShardStore(_shard_path(shard_dir, shard)) as store:  # our own keys are in `store`
+        for role, spec in roles:
+            items = work_items(recipe, prompts, role, spec.name_or_path)
+            mine = [it for it in items if n == 1 or key_shard(it["key"], n) == i]
+            summary = generate_missing(recipe, mine, spec, store, done, desc=f"{recipe.stage} {role}")
+            if summary:
+                took[role] = {"model": spec.name_or_path, **summary}
+            lists.append(items)
+    return lists, took
+
+
+def _shard_path(shard_dir: Path, shard: tuple[int, int]) -> Path:
+    i, n = shard
+    return shard_dir / f"shard-{i}-of-{n}.jsonl" if n > 1 else shard_dir / "shard-all.jsonl"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,6 +216,14 @@ def row_kwargs(item: dict) -> dict:
     return {"enable_thinking": item["mode"] == "think", **item.get("template", {})}
 
 
+def generation_section(generated: dict[str, dict], took: dict) -> dict:
+    """summary.json's `generation`: what this run generated per role (prompts/s, tokens/s, cut share) and
+    the share cut at max_new_tokens over every stored generation (earlier attempts and shards included)."""
+    cut = sum(g["finish_reason"] == "length" for g in generated.values())
+    return {"this_run": took, "stored": {"generations": len(generated), "cut": cut,
+                                         "cut_share": round(cut / len(generated), 4) if generated else None}}
+
+
 def _meta(g: dict) -> dict:
     return {"key": g["key"], "model": g["model"], "mode": g["mode"], "sampling": g["sampling"],
             "finish_reason": g["finish_reason"], "completion_tokens": g["completion_tokens"]}
@@ -235,7 +260,7 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
               f"run once more without --shard to collect, filter and finish")
         return partial
     with stage_run(recipe, overwrite) as run:
-        lists = _generate_all(recipe, prompts, run.path / "shards", (0, 1))
+        lists, took = _generate_all(recipe, prompts, run.path / "shards", (0, 1))
         generated = read_all(run.path / "shards")
         if recipe.stage == "synth-traces":
             rows, out_name = trace_rows(prompts, lists[0], generated), "rows.jsonl"
@@ -248,10 +273,11 @@ def run(recipe, overwrite: bool = False, shard: str | None = None) -> Path:
         report = {"prompts": len(prompts), "generations": len(generated), "rows": len(rows), "kept": len(kept),
                   "filters": counts, "modes": {m: sum(r["chat_template_kwargs"]["enable_thinking"] == (m == "think")
                                                       for r in kept) for m in recipe.modes}}
+        generation = generation_section(generated, took)
         write_json_atomic(run.path / "report.json", report)
         run.metrics.update(report)
         run.summary.update(outputs=[out_name, "report.json", "filtered.jsonl"],
-                           filters={"report": "report.json", **report})
+                           filters={"report": "report.json", **report}, generation=generation)
         print(f"{recipe.stage}: {len(prompts)} prompts -> {len(rows)} rows -> kept {len(kept)}; filters {counts}")
     return recipe.output_path()
 

@@ -146,7 +146,7 @@ def test_a_prompts_only_stage_plans_its_own_section_and_its_generated_tokens(toy
     generated = prompts * 4 * 32 * 2  # completions x max_completion_length x epochs
     assert cost["steps"] == 2 * math.ceil(prompts * 4 / 4)  # a step is per_device_train_batch_size completions
     assert cost["max_length"] == plan["data"]["longest_prompt"] + 32  # a prompt and its completion
-    assert cost["generation"] == {"tokens": generated, "tokens_per_s": 1000, "gpu_hours": generated / 1000 / 3600}
+    assert cost["generating"] == {"tokens": generated, "tokens_per_s": 1000, "gpu_hours": generated / 1000 / 3600}
     training = costs.gpu_hours(cost["tokens"], cost["throughput"]["tokens_per_s"])
     assert cost["gpu_hours"] == pytest.approx(training + generated / 1000 / 3600)
     assert f"  generates {generated:,} tokens at 1,000 tokens/s" in text and "(training and generation)" in text
@@ -154,7 +154,7 @@ def test_a_prompts_only_stage_plans_its_own_section_and_its_generated_tokens(toy
     assert main(["plan", str(recipe), "--gpus", "1", "--out", str(out)]) == 0  # no throughput given: said so
     assert "GPU-hours: give the generation throughput you measured (--vllm-tokens-per-s)" in capsys.readouterr().out
     cost = json.loads(out.read_text())["plans"][0]["cost"]
-    assert cost["generation"]["gpu_hours"] is None and cost["gpu_hours"] == pytest.approx(training)
+    assert cost["generating"]["gpu_hours"] is None and cost["gpu_hours"] == pytest.approx(training)
 
 
 def test_a_prompts_only_stage_runs_and_the_report_shows_its_own_section(toy_stage, recipe, tmp_path, capsys):

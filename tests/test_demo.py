@@ -32,6 +32,7 @@ def short_sft_recipe(write_recipe, out):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_sft_teaches_think_mode(write_recipe, tmp_path, smollm2):
     sft_out = sft.run(short_sft_recipe(write_recipe, tmp_path / "sft"))
     losses = [h["loss"] for h in json.loads((sft_out / "log_history.json").read_text()) if "loss" in h]

@@ -57,10 +57,15 @@ def test_gpu_without_flash_attn_is_refused_with_the_fix(write_recipe, monkeypatc
 
 
 def test_gpu_with_flash_attn_passes(write_recipe, monkeypatch):
+    """The same bf16 flash-attn recipe on a GPU passes exactly when flash-attn is there (the check asks)."""
     flash = recipe(write_recipe, attn="flash_attention_2", bf16=True)
     pretend_gpu(monkeypatch)
-    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
-    check_environment(flash)
+    installed, asked = [False], []
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: asked.append(1) or installed[0])
+    with pytest.raises(UserError, match="flash-attn is not installed"):
+        check_environment(flash)
+    installed[0] = True
+    assert check_environment(flash) is None and len(asked) == 2
 
 
 def test_auto_attention_follows_the_machine(write_recipe, monkeypatch):

@@ -17,7 +17,10 @@ from pipeline.generation import OpenAIBackend, Request, SamplingSpec, Transforme
 from pipeline.training.sections import loss_section, trained_on_section
 
 
-def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, ckpt_copy):
+def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, ckpt_copy, monkeypatch):
+    built = []  # the two models share their tokenizer and template: each task's examples are built once
+    monkeypatch.setattr(stage, "build_task", lambda name, options, real=stage.build_task: built.append(name)
+                        or real(name, options))
     recipe = load_recipe(write_recipe({
         "name": "t", "stage": "eval", "output_dir": str(tmp_path / "eval"), "dtype": "float32",
         "models": ["embedded:tiny-smollm3", str(ckpt_copy)],
@@ -44,6 +47,23 @@ def test_eval_two_models_both_modes_report(write_recipe, tmp_path, tiny_model, c
     assert "| niah_single_1 | string_match_all |" in ruler_table and "| 512 | 1024 | mean |" in ruler_table
     scores = json.loads((out / "manifest.json").read_text())["metrics"]["scores"]
     assert set(scores) == {"embedded:tiny-smollm3", str(ckpt_copy)}
+    assert sorted(built) == sorted(recipe.tasks)
+    copy = json.loads((out / f"{stage.slug(str(ckpt_copy))}.json").read_text())
+    for task, modes in result["tasks"].items():
+        ids = [e["id"] for e in modes["think"]["examples"]]
+        assert ids == [e["id"] for e in copy["tasks"][task]["think"]["examples"]], task
+
+
+def test_only_a_model_with_the_same_tokenizer_and_template_shares_examples(tiny_model, ckpt_copy):
+    from transformers import AutoTokenizer
+
+    first, copy = AutoTokenizer.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(ckpt_copy)
+    assert stage.tokenizer_fingerprint(first) == stage.tokenizer_fingerprint(copy) is not None
+    copy.chat_template = copy.chat_template.replace("Reasoning Mode", "Mode")
+    assert stage.tokenizer_fingerprint(copy) != stage.tokenizer_fingerprint(first)
+    other = AutoTokenizer.from_pretrained(tiny_model)
+    other.add_tokens(["<extra>"])
+    assert stage.tokenizer_fingerprint(other) != stage.tokenizer_fingerprint(first)
 
 
 def test_greedy_generation_is_deterministic_and_batched_like_single(tiny_model):
@@ -153,16 +173,31 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
 
     calls = {}
 
+    class Engine:
+        """vLLM's engine loop as the backend drives it: add_request, then step until each is finished."""
+
+        vllm_config = types.SimpleNamespace(scheduler_config=types.SimpleNamespace(max_num_seqs=4))
+
+        def __init__(self):
+            self.waiting = []
+            self.engine_core = types.SimpleNamespace(
+                shutdown=lambda: calls.__setitem__("shutdown", calls.get("shutdown", 0) + 1))
+
+        def add_request(self, request_id, prompt, params):
+            calls.setdefault("params", []).append(params)
+            self.waiting.append((request_id, prompt))
+
+        def step(self):
+            out = types.SimpleNamespace(text="<think>\nx\n</think>\n\nok", finish_reason="abort", token_ids=[1, 2])
+            finished = [types.SimpleNamespace(request_id=i, finished=True, outputs=[out],
+                                              prompt_token_ids=p["prompt_token_ids"]) for i, p in self.waiting]
+            self.waiting = []
+            return finished
+
     class LLM:
         def __init__(self, **kwargs):
             calls["llm"] = kwargs
-            shutdown = lambda: calls.__setitem__("shutdown", calls.get("shutdown", 0) + 1)  # noqa: E731
-            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=shutdown))
-
-        def generate(self, prompts, params, use_tqdm=True):
-            calls["params"] = params
-            out = types.SimpleNamespace(text="<think>\nx\n</think>\n\nok", finish_reason="abort", token_ids=[1, 2])
-            return [types.SimpleNamespace(outputs=[out], prompt_token_ids=p["prompt_token_ids"]) for p in prompts]
+            self.llm_engine = Engine()
 
     def destroy():
         calls["destroyed"] = calls.get("destroyed", 0) + 1
@@ -180,10 +215,14 @@ def test_vllm_backend_stops_on_the_end_of_turn_token_and_keeps_special_tokens(ti
 
     with VLLMBackend(tiny_model, dtype="float32", enforce_eager=True) as backend:
         [c] = backend.generate([Request([{"role": "user", "content": "hi"}])], SamplingSpec(max_new_tokens=5))
+        greedy = SamplingSpec(temperature=0.0, max_new_tokens=5)
+        backend.generate([Request([{"role": "user", "content": "hi"}], seed=3)], greedy)
         end_id = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    params = calls["params"]
+    params, greedy_params = calls["params"]
     assert params["stop_token_ids"] == [end_id] and "stop" not in params
     assert params["skip_special_tokens"] is False
+    assert params["seed"] == 0  # sampled: the recipe's seed
+    assert greedy_params["seed"] is None  # greedy: no per-request generator (the CPU build's split-prefill crash)
     assert c.text.startswith("<think>") and c.finish_reason == "abort"  # not collapsed into "length"
     assert calls["shutdown"] == 1  # the engine's process stopped on close, not left to the garbage collector
     assert calls["destroyed"] == 2  # the engine's distributed state torn down on close
@@ -216,6 +255,7 @@ def test_ruler_prompts_as_the_model_sees_them_plus_the_answer_fit_the_length(tin
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_production_eval_recipe_runs_every_task_to_the_end(tiny_model, tmp_path, monkeypatch):
     """recipes/smollm3/eval.yaml as shipped (tasks, categories, modes, 131072-token RULER), with a
     stand-in for vLLM that answers every prompt, on fewer examples, on a machine that cannot reach

@@ -9,16 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, sft_recipe
+from conftest import REPO, run_cli, sft_recipe
 from scripted_server import ScriptedServer, ok_reply
 
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
-
-
-def cli(*args, timeout=120):
-    """The real CLI in a subprocess."""
-    return subprocess.run(SMOLALIGN + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def chat_rows(n):
@@ -31,18 +25,6 @@ def write_jsonl(path, rows):
         for r in rows:
             fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
     return path
-
-
-def run_cli(monkeypatch, capfd, *args):
-    """The CLI's main() in this process (faster than a subprocess when TRL is imported already), as
-    (returncode, stdout, stderr) like subprocess.run."""
-    from pipeline.cli import main
-
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() installs its own: put pytest's back after
-    capfd.readouterr()
-    code = main(list(args))
-    captured = capfd.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 def one_error_line(out):
@@ -169,7 +151,7 @@ def alias_bomb(levels: int, key: str = "lol") -> str:
 
 
 @pytest.mark.parametrize("where", ["top", "lr_scheduler_kwargs"])
-def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, where):
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, monkeypatch, capfd, where):
     import time
 
     import yaml
@@ -181,7 +163,7 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(write_recipe, where):
         text = alias_bomb(6, "anchors").replace("anchors: *a5", "") + body.replace(
             "training:\n", "training:\n  lr_scheduler_kwargs: {min_lr_rate: 0.1, spam: *a5}\n")
     t0 = time.monotonic()
-    out = cli("validate", str(write_recipe(text)), timeout=60)
+    out = run_cli(monkeypatch, capfd, "validate", write_recipe(text))
     assert out.returncode == 2, out.stdout + out.stderr
     assert "aliases" in out.stdout and "expand" in out.stdout and "Traceback" not in out.stderr
     assert time.monotonic() - t0 < 20
@@ -203,8 +185,6 @@ def test_a_synth_run_resumes_after_its_connection_settings_are_fixed(write_recip
     from pipeline.core.errors import UserError
     from pipeline.core.recipe import load_recipe
     from pipeline.core.runs import read_manifest
-
-    monkeypatch.setattr(synth_stage, "BATCH", 4)
 
     def recipe(backend):
         return load_recipe(write_recipe({

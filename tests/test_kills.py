@@ -17,11 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, midtrain_recipe, once_per_session
 from safetensors.torch import load_file, save_file
-
-from pipeline.core.recipe import load_recipe
-from pipeline.training import sft
 
 HARNESS = [sys.executable, str(REPO / "tests" / "kill_harness.py")]
 SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
@@ -62,45 +59,37 @@ def weights(path):
 
 
 # ---- item 1 and item 12: killed while writing the last checkpoint -------------------------------
-TRAINING = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 2,
-            "learning_rate": 1.0e-3, "per_device_train_batch_size": 2, "bf16": False, "logging_steps": 1,
-            "max_length": 128, "packing": True, "packing_strategy": "wrapped"}
-
-
-def midtrain_recipe(root: Path) -> Path:
-    body = {"name": "t", "stage": "midtrain", "output_dir": str(root / "runs" / "midtrain"),
-            "model": {"name_or_path": "embedded:tiny-smollm3", "dtype": "float32"},
-            "data": {"sources": [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]},
-            "training": TRAINING}
-    (root / "recipe.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
-    return root / "recipe.yaml"
-
-
 @pytest.fixture(scope="module")
-def killed_while_saving(tmp_path_factory, tiny_model):
-    """An uninterrupted run, and the same recipe SIGKILLed once checkpoint-4/optimizer.pt is on disk
-    (its trainer_state.json not yet), then rerun to the end."""
-    straight = sft.run(load_recipe(midtrain_recipe(tmp_path_factory.mktemp("straight"))))
-    root = tmp_path_factory.mktemp("killed")
-    recipe, markers = midtrain_recipe(root), root / "markers"
-    markers.mkdir()
-    proc = subprocess.Popen(HARNESS + ["optimizer:checkpoint-4", str(markers), "midtrain", "--recipe", str(recipe)],
-                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_markers(markers, 1, proc)
-    finally:
-        sigkill(proc)
-    partial = root / "runs" / "midtrain.partial"
-    half = partial / "checkpoint-4"
-    assert (half / "optimizer.pt").is_file() and not (half / "trainer_state.json").exists()
-    killed_at = (half / "optimizer.pt").stat().st_mtime
-    rerun = subprocess.run(SMOLALIGN + ["midtrain", "--recipe", str(recipe)], cwd=REPO, env=ENV,
-                           capture_output=True, text=True, timeout=600)
-    return {"straight": straight, "root": root, "out": root / "runs" / "midtrain", "rerun": rerun,
-            "killed_at": killed_at}
+def killed_while_saving(tmp_path_factory, uninterrupted_midtrain):
+    """The uninterrupted run (conftest), and the same recipe SIGKILLed once checkpoint-4/optimizer.pt is on
+    disk (its trainer_state.json not yet), then rerun to the end (once per session: two tests read it)."""
+
+    def kill_and_rerun(root):
+        recipe, markers = midtrain_recipe(root), root / "markers"
+        markers.mkdir()
+        proc = subprocess.Popen(HARNESS + ["optimizer:checkpoint-4", str(markers), "midtrain", "--recipe",
+                                           str(recipe)],
+                                cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for_markers(markers, 1, proc)
+        finally:
+            sigkill(proc)
+        half = root / "runs" / "midtrain.partial" / "checkpoint-4"
+        assert (half / "optimizer.pt").is_file() and not (half / "trainer_state.json").exists()
+        killed_at = (half / "optimizer.pt").stat().st_mtime
+        rerun = subprocess.run(SMOLALIGN + ["midtrain", "--recipe", str(recipe)], cwd=REPO, env=ENV,
+                               capture_output=True, text=True, timeout=600)
+        return {"root": str(root), "killed_at": killed_at,
+                "rerun": {"returncode": rerun.returncode, "stdout": rerun.stdout, "stderr": rerun.stderr}}
+
+    k = once_per_session(tmp_path_factory, "killed-while-saving", kill_and_rerun)
+    root = Path(k["root"])
+    return {"straight": uninterrupted_midtrain, "root": root, "out": root / "runs" / "midtrain",
+            "rerun": subprocess.CompletedProcess(["smolalign"], **k["rerun"]), "killed_at": k["killed_at"]}
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_checkpoint_cut_short_is_set_aside_outside_the_run_and_outside_rotation(killed_while_saving):
     k = killed_while_saving
     assert k["rerun"].returncode == 0, k["rerun"].stderr[-3000:]
@@ -151,6 +140,7 @@ def test_a_checkpoint_of_sharded_weights_is_resumed_from_not_set_aside(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_attempt_is_recorded_as_killed_with_its_last_sign_of_life(killed_while_saving):
     k = killed_while_saving
     assert k["rerun"].returncode == 0, k["rerun"].stderr[-3000:]
@@ -166,6 +156,7 @@ def test_a_killed_attempt_is_recorded_as_killed_with_its_last_sign_of_life(kille
 
 # ---- item 2: the main process killed while its data workers run ---------------------------------
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killing_a_stage_while_it_builds_its_data_leaves_no_worker_holding_a_lock(tmp_path, tiny_model):
     rows = [{"messages": [{"role": "user", "content": f"question {i}"},
                           {"role": "assistant", "content": f"answer {i}"}]} for i in range(1200)]
@@ -271,6 +262,7 @@ def one_error_line(stderr: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_disk_is_one_line_the_failure_is_recorded_and_the_rerun_finishes_clean(tmp_path, tiny_model):
     """A 20 MB tmpfs: the first checkpoint's optimizer.pt does not fit (torch says only "unexpected pos",
     no errno). Before: a traceback (exit 1), the failure not recorded, a 0-byte .manifest.json.<pid>.tmp

@@ -356,19 +356,22 @@ def test_a_source_whose_rows_train_nothing_makes_plan_fail_naming_it(tmp_path, t
 
 
 def test_apo_pairs_per_source_and_mode_with_lengths(tmp_path, tiny_model):
+    # the demo's pairs and one that is quarantined (an empty rejected answer), so both counts are known
+    demo = (REPO / "data/demo/preferences.jsonl").read_text()
+    pairs = [json.loads(line) for line in demo.splitlines() if line]
+    bad = {"prompt": "Hi", "chosen": "Hello.", "rejected": " ", "chat_template_kwargs": {"enable_thinking": True}}
+    (tmp_path / "pairs.jsonl").write_text(demo + json.dumps(bad) + "\n")
     recipe = tmp_path / "apo.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "plan-test", "stage": "apo", "model": {"name_or_path": tiny_model, "dtype": "float32"},
-        "data": {"sources": [{"path": str(REPO / "data/demo/preferences.jsonl"), "mode": "from_row"}]},
+        "data": {"sources": [{"path": str(tmp_path / "pairs.jsonl"), "mode": "from_row"}]},
         "training": {"loss_type": "apo_zero", "max_length": 256, "bf16": False}}))
     rc, plan = run_plan(tmp_path, recipe, "--gpus", "1")
     data = plan["plans"][0]["data"]
     [source] = data["sources"]
-    pairs = [json.loads(line) for line in (REPO / "data/demo/preferences.jsonl").read_text().splitlines() if line]
     think = sum(bool((p.get("chat_template_kwargs") or {}).get("enable_thinking", True)) for p in pairs)
-    assert rc == 0 and source["rows"] == len(pairs) - source["quarantined"]
-    assert source["modes"].get("think", 0) + source["modes"].get("no_think", 0) == source["rows"]
-    assert source["quarantined"] or source["modes"].get("think", 0) == think
+    assert rc == 0 and source["quarantined"] == 1 and source["rows"] == len(pairs)
+    assert source["modes"] == {"think": think, "no_think": len(pairs) - think}
     lengths = data["lengths"]
     assert 0 < lengths["prompt"]["p50"] <= lengths["prompt"]["max"] < lengths["prompt_chosen"]["max"]
     over = data["pairs_over_max_length"]
@@ -463,6 +466,7 @@ def test_throughput_measured_on_a_gpu_plan_cannot_scale_is_not_passed_off_as_ano
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_memory_estimate_is_within_20_percent_of_the_demo_sft_runs_peak_rss(tmp_path, smollm2):
     """The demo SFT recipe (SmolLM2-135M, float32, 384-token packed rows, no checkpointing) run for real for
     2 steps in a subprocess (measured: training 2,960 MiB, estimate 2,694 MiB, -9%); its peak RSS less

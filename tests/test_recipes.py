@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, sft_recipe
+from conftest import REPO, run_cli, sft_recipe
 
 from pipeline.core.batch import GLOBAL_BATCH, batch_for, trl_training
 from pipeline.core.checks import trl_config_class
@@ -209,7 +209,7 @@ def test_apo_refuses_padding_free_and_unknown_loss(write_recipe):
     path = write_recipe(recipe)
     problems = dict(problems_of(path))
     loss, free = line(path, "loss_type:"), line(path, "padding_free:")
-    assert "'apo_one' is not a TRL DPO loss" in problems[f"training.loss_type (line {loss})"]
+    assert "'apo_one' is not one of TRL's choices: sigmoid, hinge" in problems[f"training.loss_type (line {loss})"]
     assert "ignores padding_free" in problems[f"training.padding_free (line {free})"]
 
 
@@ -347,11 +347,10 @@ def test_cli_rejects_bad_recipe_before_loading(write_recipe, tmp_path):
     assert f"training.packing_strategy (line {at}): 'ffd' is not one of TRL's choices" in proc.stderr
 
 
-def test_cli_validate_reports_each_file(write_recipe):
+def test_cli_validate_reports_each_file(write_recipe, monkeypatch, capfd):
     good = write_recipe(sft_recipe(), "good.yaml")
     bad = write_recipe(sft_recipe(stage="eval"), "bad.yaml")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(good), str(bad)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = run_cli(monkeypatch, capfd, "validate", good, bad)
     assert proc.returncode == 2
     assert f"ok    {good} (sft)" in proc.stdout
     assert f"FAIL  {bad}: invalid recipe" in proc.stdout and "models: required key is missing" in proc.stdout
@@ -387,10 +386,9 @@ def test_packing_without_padding_free_is_refused(write_recipe):
     assert key.startswith("training.padding_free") and "attend across documents" in msg
 
 
-def test_cli_synth_refuses_a_non_synth_recipe(write_recipe):
+def test_cli_synth_refuses_a_non_synth_recipe(write_recipe, monkeypatch, capfd):
     path = write_recipe(sft_recipe())
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "synth", "--recipe", str(path)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = run_cli(monkeypatch, capfd, "synth", "--recipe", path)
     assert proc.returncode == 2 and "runs synth-traces or synth-pairs recipes; this one is `sft`" in proc.stderr
 
 

@@ -2,7 +2,6 @@
 secrets, attempts, exit codes (issue 12). Each test failed on the code before its fix."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -10,15 +9,13 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, sft_recipe
+from conftest import REPO, run_cli, sft_recipe
 from safetensors.torch import save_file
 from scripted_server import ScriptedServer
 from test_synth import scripted  # noqa: F401  (a fixture: the scripted teacher)
 
 from pipeline.core.recipe import RecipeError, load_recipe
 from pipeline.core.runs import RunError, read_manifest, stage_run
-
-SMOLALIGN = [sys.executable, "-m", "pipeline.cli"]
 
 
 @pytest.fixture
@@ -122,11 +119,15 @@ with stage_run(load_recipe({recipe._source!r})):
             with stage_run(recipe):
                 pass
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL
         holder.wait()
     # the holder died without cleaning up: its lock goes with it, and the run resumes
     with stage_run(recipe) as run:
         assert run.manifest["resumed"] is True
+    # ... and records the holder's attempt as killed, with how long it lived (tests/test_kills.py: a training run)
+    killed, finished = read_manifest(recipe.output_path())["attempts"]
+    assert (killed["status"], finished["status"]) == ("killed", "complete")
+    assert killed["duration_s"] > 0 and killed["last_checkpoint"] is None and "last_seen_at" in killed
 
 
 # ---- 5. a failed partial of another recipe is cleared by --overwrite ---------------------------
@@ -159,10 +160,12 @@ def test_tokens_and_keys_are_redacted_in_the_manifest(make_recipe):
 # ---- 11. attempts are recorded; changes outside a run's identity do not block a resume ---------
 def test_attempts_are_recorded_and_description_changes_resume(make_recipe):
     first = make_recipe()
+    started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         with stage_run(first):
             time.sleep(0.05)
             raise KeyboardInterrupt
+    elapsed = [time.monotonic() - started]
     # a change that defines the run (the learning rate) is refused ...
     with pytest.raises(RunError, match="different recipe"):
         with stage_run(make_recipe(training={**sft_recipe()["training"], "learning_rate": 1e-3})):
@@ -170,44 +173,46 @@ def test_attempts_are_recorded_and_description_changes_resume(make_recipe):
     # ... one that does not (description, logging, trackers) resumes
     edited = make_recipe(description="now with a description",
                          training={**sft_recipe()["training"], "logging_steps": 5, "report_to": "none"})
+    started = time.monotonic()
     with stage_run(edited) as run:
         assert run.manifest["resumed"] is True
+        time.sleep(0.1)
+    elapsed.append(time.monotonic() - started)
     m = read_manifest(edited.output_path())
     assert [a["status"] for a in m["attempts"]] == ["interrupted", "complete"]  # Ctrl-C
-    assert m["attempts"][0]["duration_s"] >= 0.05 and m["attempts"][1]["duration_s"] >= 0
+    # each attempt's own time in seconds: at least what it slept, at most what the test saw it take
+    assert 0.05 <= m["attempts"][0]["duration_s"] <= elapsed[0] + 0.001
+    assert 0.1 <= m["attempts"][1]["duration_s"] <= elapsed[1] + 0.001
     assert m["duration_s"] == pytest.approx(sum(a["duration_s"] for a in m["attempts"]), abs=0.2)
     assert m["recipe"]["description"] == "now with a description"  # the manifest shows the latest recipe
 
 
 # ---- 6. user errors: one line, exit 2; bugs: traceback, exit 1 ---------------------------------
-def cli(*args, cwd=REPO):
-    return subprocess.run(SMOLALIGN + list(args), cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
+# main() in this process (tests/conftest.py run_cli): what it returns is the exit code; the real process's
+# exit 2 is tested in test_recipes.py (test_cli_rejects_bad_recipe_before_loading)
 @pytest.mark.parametrize("body, override, expected", [
     ({"name": "t"}, None, "stage: required key is missing"),
     (sft_recipe(), "k=[1", "not valid YAML"),
     (sft_recipe(), "training.learning_rate=1e-5x", "training.learning_rate"),
 ])
-def test_expected_user_errors_are_one_line_with_exit_2(write_recipe, body, override, expected):
+def test_expected_user_errors_are_one_line_with_exit_2(write_recipe, monkeypatch, capfd, body, override, expected):
     path = write_recipe(body)
     args = ["sft", "--recipe", str(path)] + (["--set", override] if override else [])
-    out = cli(*args)
+    out = run_cli(monkeypatch, capfd, *args)
     assert out.returncode == 2, out.stderr
     assert expected in out.stderr and "Traceback" not in out.stderr
     assert "smolalign None" not in out.stderr
 
 
-def test_a_missing_input_is_a_user_error(write_recipe, tmp_path):
+def test_a_missing_input_is_a_user_error(write_recipe, tmp_path, monkeypatch, capfd):
     body = sft_recipe()
     body["data"]["sources"][0]["path"] = str(tmp_path / "absent.jsonl")
-    out = cli("sft", "--recipe", str(write_recipe(body)))
+    out = run_cli(monkeypatch, capfd, "sft", "--recipe", str(write_recipe(body)))
     assert out.returncode == 2 and "absent.jsonl" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_training_values_are_checked_by_validate(write_recipe):
-    """One `validate` of five recipes (a process each took 11 s, mostly imports): each one's own line fails."""
+def test_training_values_are_checked_by_validate(write_recipe, monkeypatch, capfd):
+    """One `validate` of five recipes: each one's own line fails."""
     cases = {"learning_rate": -1e-5, "max_steps": "ten", "lr_scheduler_type": "cosine_wiht_min_lr",
              "max_length": 0}
     files = {}
@@ -218,7 +223,7 @@ def test_training_values_are_checked_by_validate(write_recipe):
     body = sft_recipe()
     del body["training"]["max_length"]
     files["packing needs a max_length"] = str(write_recipe(body, "no_max_length.yaml"))
-    out = cli("validate", *files.values())
+    out = run_cli(monkeypatch, capfd, "validate", *files.values())
     assert out.returncode == 2, out.stdout
     reports = re.split(r"\n(?=FAIL|ok)", out.stdout.strip())  # a file's report: its line and its problems
     assert len(reports) == len(files), out.stdout
@@ -246,7 +251,7 @@ def test_other_shards_are_read_only_and_bad_lines_are_skipped_and_counted(tmp_pa
     own.write_text('{"key": "a1"}\n' + "garbage\n" + "".join(f'{{"key": "a{i}"}}\n' for i in range(2, 300))
                    + '{"key": "torn')
     store = ShardStore(own)
-    assert len(store.rows) == 299 and store.bad_lines == 1
+    assert len(store.keys) == 299 and store.bad_lines == 1
     assert own.read_text().endswith('{"key": "a299"}\n')  # only our own torn tail is cut
 
 

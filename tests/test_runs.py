@@ -1,6 +1,7 @@
 """Run directories: manifests record what ran; a failed run never looks finished."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -21,10 +22,13 @@ def recipe(write_recipe, tmp_path):
 
 
 def test_success_promotes_partial_with_complete_manifest(recipe):
+    started = time.monotonic()
     with stage_run(recipe) as run:
         assert run.path.name == "sft.partial"
         (run.path / "weights.bin").write_bytes(b"x" * 10)
         run.metrics["loss"] = 1.5
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
     final = recipe.output_path()
     assert not run.path.exists() and (final / "weights.bin").exists()
     m = read_manifest(final)
@@ -32,7 +36,7 @@ def test_success_promotes_partial_with_complete_manifest(recipe):
     assert m["recipe_sha256"] == recipe_hash(recipe) and m["recipe"]["training"]["max_steps"] == 1
     assert m["recipe_file"].endswith("recipe.yaml")
     assert {"torch", "transformers", "trl"} <= set(m["versions"])
-    assert "commit" in m["git"] and m["duration_s"] >= 0
+    assert "commit" in m["git"] and 0.2 <= m["duration_s"] <= elapsed + 0.001  # the run's own time, in seconds
     assert m["inputs"]["model.name_or_path"] == {"kind": "embedded", "ref": "embedded:tiny-smollm3"}
     data_fp = m["inputs"]["data.sources.0.path"]
     assert data_fp["kind"] == "file" and len(data_fp["content_sha256"]) == 64

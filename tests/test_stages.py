@@ -177,10 +177,10 @@ def test_bad_held_out_pairs_fail_before_any_model_loads(write_recipe, tmp_path, 
     assert not recipe.output_path().exists()
 
 
-def test_resume_after_crash_matches_uninterrupted_run(write_recipe, tmp_path, monkeypatch):
+def test_resume_after_crash_matches_uninterrupted_run(write_recipe, tmp_path, monkeypatch, uninterrupted_midtrain):
     sources = [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]
     common = dict(max_steps=4, save_strategy="steps", save_steps=2, packing=True, packing_strategy="wrapped")
-    straight = sft.run(recipe_for(write_recipe, tmp_path / "a", "midtrain", sources, **common))
+    straight = uninterrupted_midtrain  # the same training as `common` (tests/conftest.py MIDTRAIN_TRAINING)
     resumed_recipe = recipe_for(write_recipe, tmp_path / "b", "midtrain", sources, **common)
 
     import trl
@@ -277,11 +277,11 @@ def test_missing_tracker_fails_before_loading(write_recipe, tmp_path, monkeypatc
 
 # ---- kills at the wrong moment (issue 12, items 3 and 4) ----------------------------------------
 @pytest.fixture
-def straight_midtrain(write_recipe, tmp_path):
+def straight_midtrain(write_recipe, tmp_path, uninterrupted_midtrain):
+    """The uninterrupted run (tests/conftest.py, trained once per session) and a fresh recipe of the same training."""
     sources = [{"path": str(REPO / "data/demo/reasoning.jsonl"), "mode": "think"}]
     common = dict(max_steps=4, save_strategy="steps", save_steps=2, packing=True, packing_strategy="wrapped")
-    straight = sft.run(recipe_for(write_recipe, tmp_path / "a", "midtrain", sources, **common))
-    return straight, recipe_for(write_recipe, tmp_path / "b", "midtrain", sources, **common)
+    return uninterrupted_midtrain, recipe_for(write_recipe, tmp_path / "b", "midtrain", sources, **common)
 
 
 def test_kill_during_checkpoint_save_resumes_from_the_last_complete_one(straight_midtrain, monkeypatch, capsys):

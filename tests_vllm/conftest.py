@@ -66,6 +66,15 @@ def scripted_smollm3(smollm2, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def scripted_smollm3_copy(smollm2, tmp_path_factory) -> str:
+    """The same model at another path: another model's name, for a teacher and a weak model that are both
+    fast on hundreds of prompts."""
+    out = tmp_path_factory.mktemp("scripted-smollm3-copy")
+    build_scripted_smollm3(smollm2, out)
+    return str(out)
+
+
 def build_scripted_smollm3(tokenizer_from: str, out: Path) -> None:
     """SmolLM3 (NoPE layer 3, GQA 2:1, head_dim 64) whose attention and MLP write nothing into the
     residual stream, so the last position's logits depend on its own token only; the embeddings of the

@@ -104,25 +104,25 @@ def test_request_over_the_length_limit_is_a_clear_error_not_retried(server, smol
 
 
 def test_server_stopped_mid_run_then_resumed_without_duplicates(server, write_recipe, tmp_path):
-    """synth-traces through the server: the server dies as the 2nd batch is written; the 3rd batch's
-    requests are retried until backend.retry_budget_s runs out, then the run fails naming the connection
-    error (exit 2, a user-facing error); the server comes back; the rerun sends only the missing batch and
-    every key lands once."""
+    """synth-traces through the server, one request at a time: the server dies as the 9th generation is
+    stored; the 10th request is retried until backend.retry_budget_s runs out, then the run fails naming
+    the connection error (exit 2, a user-facing error); the server comes back; the rerun sends only the 3
+    missing requests and every key lands once."""
     body = synth_body(tmp_path, "synth-traces", server.model)
-    body["backend"] = {"kind": "openai", "base_url": server.base_url, "retry_budget_s": 20}
+    body["backend"] = {"kind": "openai", "base_url": server.base_url, "retry_budget_s": 20, "concurrency": 1}
     recipe = write_recipe(body, "traces.yaml")
-    failed = run_stage("synth-traces", recipe, batch=4, kill_at=2, kill_group=server.proc.pid, expect_rc=2)
+    failed = run_stage("synth-traces", recipe, kill_at=9, kill_group=server.proc.pid, expect_rc=2)
     tries = re.search(r"gave up after (\d+) tries in 20 s \(backend.retry_budget_s\); last: (.*)", failed["output"])
     assert tries, failed["output"][-3000:]
     assert int(tries.group(1)) >= 3, "connection errors are retried"
     assert "refused" in tries.group(2).lower(), tries.group(2)
     shard = tmp_path / "synth-traces.partial" / "shards" / "shard-all.jsonl"
-    assert len(jsonl_tolerant(shard)) == 8
+    assert len(jsonl_tolerant(shard)) == 9
 
     served_before = server.status_lines(200)
     server.start()
-    run_stage("synth-traces", recipe, batch=4)
-    assert server.status_lines(200) - served_before == 4, "the rerun asks only for the 4 missing generations"
+    run_stage("synth-traces", recipe)
+    assert server.status_lines(200) - served_before == 3, "the rerun asks only for the 3 missing generations"
     out = tmp_path / "synth-traces"
     keys = [r["key"] for r in jsonl(out / "shards" / "shard-all.jsonl")]
     assert len(keys) == len(set(keys)) == 12

@@ -36,15 +36,26 @@ class Recorded:
 
     @staticmethod
     def vllm(backend: VLLMBackend) -> list:
+        """In the order the requests were added to the engine the backend drives (its step loop hands
+        outputs back as they finish)."""
         seen: list = []
-        generate = backend.llm.generate
+        engine = backend.llm.llm_engine
+        add_request, step = engine.add_request, engine.step
+        slots: dict[str, int] = {}
 
-        def wrapped(*args, **kwargs):
-            outputs = generate(*args, **kwargs)
-            seen.extend((list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outputs)
+        def add(request_id, *args, **kwargs):
+            slots[request_id] = len(seen)
+            seen.append(None)
+            return add_request(request_id, *args, **kwargs)
+
+        def stepped():
+            outputs = step()
+            for o in outputs:
+                if o.finished:
+                    seen[slots[o.request_id]] = (list(o.prompt_token_ids), list(o.outputs[0].token_ids))
             return outputs
 
-        backend.llm.generate = wrapped
+        engine.add_request, engine.step = add, stepped
         return seen
 
     @staticmethod

@@ -24,24 +24,25 @@ VLLM_BACKEND = {"kind": "vllm", "enforce_eager": True}
 SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 24, "seed": 1}
 
 
-def synth_body(tmp_path: Path, stage: str, teacher: str, weak: str | None = None, prompts: int = 6) -> dict:
+def synth_body(tmp_path: Path, stage: str, teacher: str, weak: str | None = None, prompts: int = 6,
+               source: Path = REPO / "data/demo/prompts.jsonl") -> dict:
     body = {"name": "vllm", "stage": stage, "output_dir": str(tmp_path / stage),
             "teacher": {"name_or_path": teacher, "dtype": "float32"}, "backend": VLLM_BACKEND,
-            "sampling": SAMPLING, "prompts": {"sources": [{"path": str(REPO / "data/demo/prompts.jsonl")}]},
+            "sampling": SAMPLING, "prompts": {"sources": [{"path": str(source)}]},
             "modes": ["think", "no_think"], "max_prompts": prompts, "filters": {"decontaminate": False}}
     if weak:
         body["weak"] = {"name_or_path": weak, "dtype": "float32"}
     return body
 
 
-def run_stage(stage: str, recipe: Path, batch: int | None = None, kill_at: int | None = None,
-              kill_group: int | None = None, expect_rc: int = 0, timeout: float = 600) -> dict:
+def run_stage(stage: str, recipe: Path, kill_at: int | None = None, kill_group: int | None = None,
+              expect_rc: int = 0, timeout: float = 600) -> dict:
     """Runs `smolalign STAGE` (tests_vllm/run_cli.py) in its own process group and watches its process
     tree twice a second. Returns the return code, the output, the distinct vLLM engine processes seen
     and how many were alive at once."""
     # os.environ's PYTHONPATH starts with this checkout (conftest.py): its code, whichever copy the venv installed
-    env = {**os.environ, "SMOLALIGN_TEST_BATCH": str(batch or ""),
-           "SMOLALIGN_TEST_KILL_AT": str(kill_at or ""), "SMOLALIGN_TEST_KILL_GROUP": str(kill_group or "")}
+    env = {**os.environ, "SMOLALIGN_TEST_KILL_AT": str(kill_at or ""),
+           "SMOLALIGN_TEST_KILL_GROUP": str(kill_group or "")}
     proc = subprocess.Popen(RUN_CLI + [stage, "--recipe", str(recipe)], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     engines: set[int] = set()
@@ -98,33 +99,54 @@ def test_synth_traces(write_recipe, tmp_path, smollm2):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
-def test_synth_pairs_two_engines_one_after_the_other_killed_and_resumed(write_recipe, tmp_path, scripted_smollm3):
-    """Teacher then weak model in one run: one engine alive at a time. A SIGKILL while the weak model
-    generates loses at most the batch in flight; the rerun generates only what is missing (the
-    teacher's engine is not even started again) and every work key lands exactly once."""
-    body = synth_body(tmp_path, "synth-pairs", "embedded:smollm2-135m-instruct", weak=scripted_smollm3)
+def many_prompts(tmp_path: Path, n: int) -> Path:
+    """`n` distinct prompts: the demo's questions, each asked with a number."""
+    questions = jsonl(REPO / "data/demo/prompts.jsonl")
+    path = tmp_path / f"prompts-{n}.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}. " + questions[i % len(
+        questions)]["messages"][-1]["content"]}]}) + "\n" for i in range(n)))
+    return path
+
+
+def test_synth_pairs_two_engines_one_after_the_other_killed_and_resumed(write_recipe, tmp_path, scripted_smollm3,
+                                                                        scripted_smollm3_copy):
+    """Teacher then weak model in one run: one engine alive at a time. A SIGKILL while the weak model's
+    engine holds about 200 requests loses only those; the rerun generates only what is missing (the
+    teacher's engine is not even started again) and the run holds every work key exactly once.
+    Both models are the scripted tiny SmolLM3 (at two paths), fast on hundreds of prompts. Greedy: seeded
+    sampling on vLLM's CPU build crashes once prefills are split across steps, as they are with this many
+    prompts at once (pipeline/generation.py, VLLMBackend._params)."""
+    from pipeline.core.recipe import load_recipe
+    from synth.stage import load_prompts, work_items
+
+    body = synth_body(tmp_path, "synth-pairs", scripted_smollm3_copy, weak=scripted_smollm3, prompts=120,
+                      source=many_prompts(tmp_path, 120))
+    body["sampling"] = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16}
     recipe = write_recipe(body, "pairs.yaml")
     shard = tmp_path / "synth-pairs.partial" / "shards" / "shard-all.jsonl"
-    # 12 teacher items, then 12 weak ones, in batches of 4: killed with the weak model's 2nd batch in flight
-    first = run_stage("synth-pairs", recipe, batch=4, kill_at=5)
+    # 240 teacher items, then 240 weak ones, all in the engine at once: killed as the weak model's 31st is stored
+    first = run_stage("synth-pairs", recipe, kill_at=240 + 31)
     assert len(first["engines"]) == 2, "teacher and weak model each get their own engine"
     assert first["most_at_once"] == 1, "the teacher's engine was still alive when the weak model's started"
     before = jsonl_tolerant(shard)
-    assert [r["role"] for r in before] == ["teacher"] * 12 + ["weak"] * 4
+    assert [r["role"] for r in before] == ["teacher"] * 240 + ["weak"] * 30
 
-    second = run_stage("synth-pairs", recipe, batch=4)
+    second = run_stage("synth-pairs", recipe)
     assert len(second["engines"]) == 1, "the resumed run restarted the teacher, whose work was all on disk"
+    assert "synth-pairs weak: 210 prompts in" in second["output"], "the rerun generates only what is missing"
     out = tmp_path / "synth-pairs"
     keys = [r["key"] for r in jsonl(out / "shards" / "shard-all.jsonl")]
-    assert len(keys) == len(set(keys)) == 24
-    # the filters judge SmolLM2's chosen answers (24 tokens, no think block: most are dropped); every
-    # pair is in pairs.jsonl or filtered.jsonl
+    loaded = load_recipe(recipe)
+    prompts = load_prompts(loaded)
+    expected = {it["key"] for role, model in (("teacher", loaded.teacher), ("weak", loaded.weak))
+                for it in work_items(loaded, prompts, role, model.name_or_path)}
+    assert len(keys) == len(set(keys)) == 480 and set(keys) == expected
+    # every pair is in pairs.jsonl or filtered.jsonl (the same answer twice is a duplicate)
     pairs = jsonl(out / "pairs.jsonl") + jsonl(out / "filtered.jsonl")
-    assert len(pairs) == 12
+    assert len(pairs) == 240
     for pair in pairs:
-        # the scripted weak model's greedy chain; sampling at 0.6 keeps it (its margin is ~11 logits)
-        assert pair["rejected"][0]["content"] == CHAIN_TEXT.strip()
-        assert pair["meta"]["rejected"]["finish_reason"] == "stop"
+        for side in ("chosen", "rejected"):  # the scripted model's greedy chain, stopped at <|im_end|>
+            assert pair[side][0]["content"] == CHAIN_TEXT.strip() and pair["meta"][side]["finish_reason"] == "stop"
 
 
 def jsonl_tolerant(path: Path) -> list[dict]:

@@ -2,12 +2,17 @@
 
 1. TRL's arguments: the `training:` block is passed to TRL's `SFTConfig` / `DPOConfig`. Each key
    must be one of its fields, each value must have the field's type (TRL itself accepts a learning
-   rate of "abc" and fails hours later), lie in a sane range, and be one of the field's `choices`;
-   then the config is built for real, so TRL's own `__post_init__` checks run at validate time too.
-   Hardware-bound settings (bf16, Liger, trackers) are left out of that build: they are checked
-   against the machine by the training stage (pipeline/training/train.py) when it starts. Our own keys
-   (`global_batch_size`) are not TRL's: pipeline/core/batch.py checks them.
-2. Known-bad combinations every training stage shares: assistant-only loss on a template without
+   rate of "abc" and fails hours later), lie in a sane range, and be one of the field's choices.
+   These facts come from the table generated from the pinned TRL (pipeline/core/trl_fields.py), so
+   `smolalign validate` answers without importing TRL (seconds of torch and transformers).
+2. TRL's own checks: `trl_build_problems` builds the config for real, so its `__post_init__` runs
+   (cross-field rules such as `load_best_model_at_end` with mismatched strategies, a scheduler that
+   needs an eval strategy). It imports TRL: every stage run and `prepare` do it before anything
+   loads (TRL is imported for the run anyway), `smolalign validate --trl` on request. Hardware-bound
+   settings (bf16, Liger, trackers) are left out of that build: the training stage checks them
+   against the machine when it starts (pipeline/training/train.py). Our own keys (`global_batch_size`) are
+   not TRL's: pipeline/core/batch.py checks them, and neither check passes them to TRL.
+3. Known-bad combinations every training stage shares: assistant-only loss on a template without
    `{% generation %}` markers, packing without a max_length, packed rows without padding-free
    attention, bf16 with fp16. A stage's own rules (mid-training's loss and packing, APO's
    `padding_free` and reference model) are in its recipe class's `stage_problems()`, beside it.
@@ -18,11 +23,8 @@ names the file and the line.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import tempfile
-import typing
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,10 @@ from pipeline.core.batch import GLOBAL_BATCH, OWN_TRAINING_KEYS
 from pipeline.core.chat import TemplateError, generation_markers_problem, template_text
 from pipeline.core.redaction import REDACTED, is_secret_key
 from pipeline.core.stages import recipe_class
+from pipeline.core.trl_fields import annotation, config_fields
 
 Problems = list[tuple[str, str]]
 
-# DPO losses of TRL 1.16 (`DPOConfig.loss_type` has no `choices` metadata, only prose).
-DPO_LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)
 # Keys of TRL's configs that the stage sets itself; a recipe setting them would be ignored.
 STAGE_OWNED_TRAINING_KEYS = {
     "output_dir": "set `output_dir` at the top level of the recipe (default runs/<name>/<stage>)",
@@ -66,7 +64,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "save_steps": (0, float("inf"), False), "save_total_limit": (1, float("inf"), True),
     "adam_epsilon": (0, float("inf"), False), "adam_beta1": (0, 1, True), "adam_beta2": (0, 1, True),
 }
-# Settings that depend on the machine; left out when TRL's config is built at validate time.
+# Settings that depend on the machine; left out when TRL's config is built ahead of the run.
 _HARDWARE_KEYS = {"bf16": False, "fp16": False, "tf32": None, "use_liger_kernel": False, "report_to": "none",
                   "deepspeed": None, "fsdp": None, "fsdp_config": None, "torch_compile": False}
 
@@ -83,8 +81,9 @@ def trl_config_class(stage: str):
 # TRL's arguments
 # ----------------------------------------------------------------------------------------------
 def check_training(recipe) -> Problems:
-    cls = trl_config_class(recipe.stage)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """Keys, types, choices and ranges of `training:`, from the table of TRL's fields (no TRL import)."""
+    config = recipe.trl_config
+    fields = config_fields(config)
     problems: Problems = []
     for key, value in recipe.training.items():
         where = f"training.{key}"
@@ -96,54 +95,37 @@ def check_training(recipe) -> Problems:
             problems.append((where, RENAMED_TRAINING_KEYS[key]))
         elif key not in fields:
             hint = difflib.get_close_matches(key, list(fields), n=1)
-            problems.append((where, f"not an argument of TRL's {cls.__name__}"
+            problems.append((where, f"not an argument of TRL's {config}"
                                     + (f" (did you mean `{hint[0]}`?)" if hint else "")))
         else:
-            problem = _value_problem(cls, key, value, fields[key])
+            problem = _value_problem(key, value, fields[key])
             if problem:
                 problems.append((where, problem))
-    if problems:
-        return problems
-    return _build_problems(cls, _one_process(recipe.training, fields))
+    return problems
 
 
-def _one_process(training: dict[str, Any], fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
-    """`training` as TRL's config takes it on one process: a stated global batch made by accumulation, so that
-    TRL's own rules on the batch (GRPO: whole groups of num_generations completions) see the batch the recipe
-    states, not one micro-batch. (A GPU count that cannot make it is pipeline/core/batch.py's to say.)"""
-    out = {k: v for k, v in training.items() if k not in OWN_TRAINING_KEYS}
-    per_device = training.get("per_device_train_batch_size", fields["per_device_train_batch_size"].default)
-    wanted = training.get(GLOBAL_BATCH)
-    if isinstance(wanted, int) and isinstance(per_device, int) and per_device > 0 and wanted % per_device == 0:
-        out["gradient_accumulation_steps"] = wanted // per_device
-    return out
-
-
-def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str | None:
+def _value_problem(key: str, value: Any, field: dict[str, Any]) -> str | None:
     from pydantic import TypeAdapter, ValidationError
 
-    if key == "loss_type" and cls.__name__ == "DPOConfig":
-        # a name or a list of names; DPO documents them only in prose (SFTConfig's own loss_type,
-        # nll or dft, has `choices` and is checked below like every other choice field)
-        names = [value] if isinstance(value, str) else value if isinstance(value, list) else [value]
-        bad = [n for n in names if n not in DPO_LOSS_TYPES]
-        return f"{bad[0]!r} is not a TRL DPO loss; allowed: {', '.join(DPO_LOSS_TYPES)}" if bad else None
     # a value under a secret key (hub_token) is named by its key only: a short one is not remembered as a secret
     shown = REDACTED if is_secret_key(key) else repr(value)
-    choices = field.metadata.get("choices")
-    if choices and value not in choices:
-        return (f"{shown} is not one of TRL's choices: {', '.join(map(str, choices))}"
-                + _REMOVED_HINTS.get((key, value), ""))
-    hint = _type_hints(cls).get(key)
-    if hint is not None:
-        try:  # strict: "1e-5x" or "ten" is not a number (our YAML loader already reads 1e-5 as a float)
-            TypeAdapter(hint).validate_python(value, strict=True)
-        except ValidationError:
-            return f"{shown} is not a valid {_type_name(hint)}"
-        except Exception:  # a type pydantic cannot check (a class of TRL's): leave it to TRL
-            pass
+    choices = field.get("choices")
+    if choices:
+        # a list field with choices (DPO's loss_type) holds choices; a name alone stands for a list of one
+        items = value if isinstance(value, list) and "list[" in field["type"] else [value]
+        bad = [item for item in items if item not in choices]
+        if bad:
+            named = shown if bad[0] is value or is_secret_key(key) else repr(bad[0])
+            hint = _REMOVED_HINTS.get((key, bad[0]), "") if isinstance(bad[0], str) else ""
+            return f"{named} is not one of TRL's choices: {', '.join(map(str, choices))}{hint}"
+    hint = annotation(field["type"])
+    try:  # strict: "1e-5x" or "ten" is not a number (our YAML loader already reads 1e-5 as a float)
+        TypeAdapter(hint).validate_python(value, strict=True)
+    except ValidationError:
+        return f"{shown} is not a valid {_type_name(field['type'])}"
     # a config's own default is in range for it (GRPO's beta 0.0: no KL term; DPO's beta must be > 0)
-    if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool) and value != field.default:
+    if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and value != field.get("default"):
         low, high, inclusive = _RANGES[key]
         if value < low or (value == low and not inclusive) or value > high:
             bound = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high != float("inf") else "")
@@ -151,25 +133,19 @@ def _value_problem(cls, key: str, value: Any, field: dataclasses.Field) -> str |
     return None
 
 
-@lru_cache(maxsize=2)
-def _type_hints(cls) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # an annotation that does not resolve: no type check rather than a crash
-        return {}
+def _type_name(type_text: str) -> str:
+    """"int | None" -> "int (or null)": the table's type as a recipe author reads it."""
+    members = type_text.split(" | ")
+    names = [m for m in members if m != "None"]
+    return " or ".join(names) + (" (or null)" if "None" in members else "")
 
 
-def _type_name(hint) -> str:
-    args = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
-    names = [getattr(a, "__name__", str(a)) for a in args]
-    return " or ".join(names) + (" (or null)" if type(None) in typing.get_args(hint) else "")
-
-
-def _build_problems(cls, training: dict[str, Any]) -> Problems:
-    """Build TRL's config for real (machine-bound keys neutral), so its own checks run now."""
+def trl_build_problems(recipe) -> Problems:
+    """Build TRL's config for real (machine-bound keys neutral), so its own checks run now. Imports TRL."""
     import warnings
 
-    kwargs = {k: v for k, v in training.items() if k not in _HARDWARE_KEYS}
+    cls = trl_config_class(recipe.stage)
+    kwargs = {k: v for k, v in _one_process(recipe.training).items() if k not in _HARDWARE_KEYS}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -178,6 +154,18 @@ def _build_problems(cls, training: dict[str, Any]) -> Problems:
             key = next((k for k in kwargs if k in str(e) or str(kwargs[k]) in str(e)), "")
             return [(f"training.{key}" if key else "training", f"TRL refuses it: {str(e).splitlines()[0]}")]
     return []
+
+
+def _one_process(training: dict[str, Any]) -> dict[str, Any]:
+    """`training` as TRL's config takes it on one process: a stated global batch made by accumulation, so that
+    TRL's own rules on the batch (GRPO: whole groups of num_generations completions) see the batch the recipe
+    states, not one micro-batch. (A GPU count that cannot make it is pipeline/core/batch.py's to say.)"""
+    out = {k: v for k, v in training.items() if k not in OWN_TRAINING_KEYS}
+    per_device = training.get("per_device_train_batch_size", 8)
+    wanted = training.get(GLOBAL_BATCH)
+    if isinstance(wanted, int) and isinstance(per_device, int) and per_device > 0 and wanted % per_device == 0:
+        out["gradient_accumulation_steps"] = wanted // per_device
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -164,6 +164,12 @@ class RecipeBase(Strict):
         loads. `base_dir`: the recipe file's directory (relative paths in it)."""
         return []
 
+    def library_problems(self) -> list[tuple[str, str]]:
+        """What only the stage's own libraries can judge, asked of them before anything loads (a training
+        stage: TRL builds its config). Slower than `problems()` (it imports them): every run and `prepare`
+        check it, `smolalign validate` only with `--trl`."""
+        return []
+
 
 class TrainRecipe(RecipeBase):
     """What every training stage's recipe has: a model, a data mixture and TRL arguments for `trl_config`.
@@ -192,6 +198,11 @@ class TrainRecipe(RecipeBase):
 
         problems = check_training(self) + batch_problems(self.training) + self.stage_problems()
         return problems + check_combinations(self, base_dir)
+
+    def library_problems(self) -> list[tuple[str, str]]:
+        from pipeline.core.checks import trl_build_problems
+
+        return trl_build_problems(self)
 
     def stage_problems(self) -> list[tuple[str, str]]:
         """The rules of this training stage alone (mid-training's loss and packing, APO's reference model);

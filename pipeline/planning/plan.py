@@ -21,8 +21,6 @@ Problems (the recipe cannot run as written) are listed; the CLI prints them one 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -30,14 +28,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import schema
+from pipeline.core import schema, trl_fields
 from pipeline.core.batch import GLOBAL_BATCH, Batch, BatchError, batch_for
-from pipeline.core.checks import RENAMED_TRAINING_KEYS, trl_config_class
+from pipeline.core.checks import RENAMED_TRAINING_KEYS
 from pipeline.core.inputs import classify_input
 from pipeline.core.recipe import parse_yaml
 from pipeline.core.redaction import redact
 from pipeline.core.runs import identity_data, identity_hash
-from pipeline.core.stages import PlanSection, stage_module
+from pipeline.core.stages import PlanSection, recipe_class, stage_module
 from pipeline.core.text import cell, table
 from pipeline.planning import costs
 
@@ -53,19 +51,10 @@ def published() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # The resolved recipe and its differences
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=4)
 def trl_defaults(stage: str) -> dict[str, Any]:
-    """Field defaults of the TRL config that receives `training:` (SFTConfig / DPOConfig), as JSON values."""
-    out = {}
-    for f in dataclasses.fields(trl_config_class(stage)):
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            continue
-        out[f.name] = json.loads(json.dumps(value, default=lambda o: getattr(o, "value", str(o))))
-    return out
+    """Field defaults of the TRL config that receives `training:` (SFTConfig / DPOConfig), as JSON values, from the
+    table of TRL's fields (pipeline/core/trl_fields.py): planning imports no TRL."""
+    return trl_fields.defaults(recipe_class(stage).trl_config)
 
 
 DERIVED_ACCUMULATION = f"derived at launch from {GLOBAL_BATCH} and the GPU count"
@@ -411,9 +400,9 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
         out["gpu_hours"] = costs.gpu_hours(out["tokens"] * (1 + section.reference_forward), speed["tokens_per_s"])
         out["wall_hours"] = out["gpu_hours"] / gpus
     if recipe.trains_on == "prompts":  # it generates what it trains on: those tokens take GPU time too
-        out["generation"] = generation_cost(section, out.get("epochs"), vllm_tokens_per_s)
-        if out["generation"]["gpu_hours"] is not None and "gpu_hours" in out:
-            out["gpu_hours"] += out["generation"]["gpu_hours"]
+        out["generating"] = generation_cost(section, out.get("epochs"), vllm_tokens_per_s)
+        if out["generating"]["gpu_hours"] is not None and "gpu_hours" in out:
+            out["gpu_hours"] += out["generating"]["gpu_hours"]
             out["wall_hours"] = out["gpu_hours"] / gpus
     per_device = int(t["per_device_train_batch_size"])
     memory = costs.memory_per_gpu(
@@ -527,10 +516,10 @@ def _format_cost(cost: dict[str, Any]) -> list[str]:
         speed = cost["throughput"]
         lines.append(f"  tokens {cost['tokens']:,.0f}; {speed['tokens_per_s']:,.0f} tokens/s per GPU "
                      f"({'estimate' if speed['estimate'] else 'measured'}: {speed['source']})")
-    if "generation" in cost:
-        lines.append(_generation_line(cost["generation"]))
+    if "generating" in cost:
+        lines.append(_generation_line(cost["generating"]))
     if "gpu_hours" in cost:
-        both = " (training and generation)" if (cost.get("generation") or {}).get("gpu_hours") is not None else ""
+        both = " (training and generation)" if (cost.get("generating") or {}).get("gpu_hours") is not None else ""
         lines.append(f"  {cost['gpu_hours']:,.1f} GPU-hours{both}, {cost['wall_hours']:,.1f} h wall on "
                      f"{cost['gpus']} GPUs")
     if cost.get("lora"):
