@@ -32,7 +32,7 @@ from pipeline.core.batch import GLOBAL_BATCH, OWN_TRAINING_KEYS
 from pipeline.core.chat import TemplateError, generation_markers_problem, template_text
 from pipeline.core.redaction import REDACTED, is_secret_key
 from pipeline.core.stages import recipe_class
-from pipeline.core.trl_fields import annotation, config_fields
+from pipeline.core.trl_fields import annotation, config_fields, defaults
 
 Problems = list[tuple[str, str]]
 
@@ -145,7 +145,7 @@ def trl_build_problems(recipe) -> Problems:
     import warnings
 
     cls = trl_config_class(recipe.stage)
-    kwargs = {k: v for k, v in _one_process(recipe.training).items() if k not in _HARDWARE_KEYS}
+    kwargs = {k: v for k, v in _one_process(recipe.training, cls.__name__).items() if k not in _HARDWARE_KEYS}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -156,12 +156,12 @@ def trl_build_problems(recipe) -> Problems:
     return []
 
 
-def _one_process(training: dict[str, Any]) -> dict[str, Any]:
+def _one_process(training: dict[str, Any], config: str) -> dict[str, Any]:
     """`training` as TRL's config takes it on one process: a stated global batch made by accumulation, so that
     TRL's own rules on the batch (GRPO: whole groups of num_generations completions) see the batch the recipe
     states, not one micro-batch. (A GPU count that cannot make it is pipeline/core/batch.py's to say.)"""
     out = {k: v for k, v in training.items() if k not in OWN_TRAINING_KEYS}
-    per_device = training.get("per_device_train_batch_size", 8)
+    per_device = training.get("per_device_train_batch_size", defaults(config)["per_device_train_batch_size"])
     wanted = training.get(GLOBAL_BATCH)
     if isinstance(wanted, int) and isinstance(per_device, int) and per_device > 0 and wanted % per_device == 0:
         out["gradient_accumulation_steps"] = wanted // per_device
