@@ -297,7 +297,7 @@ def test_the_plan_costs_the_generated_tokens_and_the_training_from_the_prompts_r
     data, cost = plan["data"], plan["cost"]
     assert data["status"] == "read" and data["prompts"] == 12 and data["completions_per_prompt"] == 2
     assert cost["steps"] == 2 and cost["epochs"] == pytest.approx(2 * 4 / 24)  # 2 steps of 4 of 24 completions
-    assert cost["generation"]["tokens"] == pytest.approx(24 * 8 * cost["epochs"])
+    assert cost["generating"]["tokens"] == pytest.approx(24 * 8 * cost["epochs"])
     assert cost["max_length"] == data["longest_prompt"] + 8
     assert "-- prompts (the stage completes them itself)" in capsys.readouterr().out
 
@@ -313,7 +313,7 @@ def test_the_real_recipe_plans_gpu_hours_and_memory_with_vllm_colocated(capsys, 
     assert memory["reserved_gib"] == pytest.approx(t["vllm_gpu_memory_utilization"] * memory["capacity_gib"])
     assert memory["fits"] and memory["total_gib"] > memory["reserved_gib"]
     completions = t["max_steps"] * t["global_batch_size"]
-    assert cost["generation"]["tokens"] == pytest.approx(completions * t["max_completion_length"])
-    assert cost["gpu_hours"] > cost["generation"]["gpu_hours"] > 0
+    assert cost["generating"]["tokens"] == pytest.approx(completions * t["max_completion_length"])
+    assert cost["gpu_hours"] > cost["generating"]["gpu_hours"] > 0
     text = capsys.readouterr().out
     assert "+ colocated vLLM" in text and "GPU-hours (training and generation)" in text
