@@ -22,8 +22,8 @@ from eval.tasks import Example
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_json_atomic
 from pipeline.core.schema import Source
-from pipeline.generation import SamplingSpec, make_backend
 from pipeline.data.rows import BadRow
+from pipeline.generation import SamplingSpec, make_backend
 from rl.prompts import MODES, example_of, prompt_item, read_prompts, task_named
 
 
@@ -116,5 +116,5 @@ def report(recipe, items, start: dict[str, Any], end: dict[str, Any]) -> dict[st
     def lean(r):
         return {k: v for k, v in r.items() if k != "completions"}
 
-    return {"file": recipe.eval_prompts.path, "prompts": len(items), "max_new_tokens": sampling_of(recipe).max_new_tokens,
-            "start": lean(start), "end": lean(end)}
+    return {"file": recipe.eval_prompts.path, "prompts": len(items),
+            "max_new_tokens": sampling_of(recipe).max_new_tokens, "start": lean(start), "end": lean(end)}

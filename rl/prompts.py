@@ -13,8 +13,9 @@ transformers or vLLM alike, from the same token ids), so what the policy is sent
 
 A row is rewarded by the eval task it names (`task`, with its `reference`: Task.training_rows writes both),
 else by the recipe's `task` (against the row's `reference_column`: `solution` of a math dataset, by default
-`reference`, else `answer`), else by the format of its mode alone. A row that is not a prompt, names an unknown task or lacks the reference its task needs is
-quarantined with the reason (quarantine.jsonl), as every stage quarantines a bad row.
+`reference`, else `answer`), else by the format of its mode alone. A row that is not a prompt, names an unknown
+task or lacks the reference its task needs is quarantined with the reason (quarantine.jsonl), as every stage
+quarantines a bad row.
 """
 
 from __future__ import annotations

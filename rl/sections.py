@@ -34,7 +34,8 @@ def rewards_section(history: list[dict[str, Any]], curve: str = "rewards.png") -
     series = {name: [_number(h.get(name)) for h in logged] for name in names}
     k = min(WINDOW, max(1, len(logged) // 2))
     return {"steps": [h["step"] for h in logged], "series": series, "window": k,
-            "first": {n: _mean(v[:k]) for n, v in series.items()}, "last": {n: _mean(v[-k:]) for n, v in series.items()},
+            "first": {n: _mean(v[:k]) for n, v in series.items()},
+            "last": {n: _mean(v[-k:]) for n, v in series.items()},
             "curve": curve}
 
 

@@ -146,8 +146,8 @@ def check_resumable(recipe, batch) -> None:
     every = t.get("save_steps", 500)
     if isinstance(every, int) and every % block:
         raise UserError(f"{recipe._source}: training.save_steps {every}: one generation feeds {block:g} optimizer "
-                        f"steps here (steps_per_generation x num_iterations / accumulation), and a checkpoint inside it "
-                        f"could not be resumed exactly; use a multiple of {block:g}")
+                        f"steps here (steps_per_generation x num_iterations / accumulation), and a checkpoint inside "
+                        f"it could not be resumed exactly; use a multiple of {block:g}")
 
 
 def stage_settings(recipe, tokenizer) -> dict:

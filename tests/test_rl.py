@@ -106,8 +106,8 @@ def test_prompts_of_every_task_render_as_eval_renders_them_and_as_trl_tokenizes_
     TRL's own GRPOTrainer code, gives eval's token ids."""
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.stage import build_prompts
     from pipeline.training.train import load_model, load_tokenizer
+    from rl.stage import build_prompts
 
     rows = task_rows()
     recipe = load_recipe(write_recipe(tmp_path, recipe_body(tmp_path, tiny_model, write_rows(tmp_path / "p.jsonl",
@@ -116,7 +116,8 @@ def test_prompts_of_every_task_render_as_eval_renders_them_and_as_trl_tokenizes_
     tokenizer.padding_side = "left"
     dataset, report = build_prompts(recipe, tokenizer, tmp_path)
     assert report["rows"] == len(rows) and report["modes"] == {"think": len(rows) // 2, "no_think": len(rows) // 2}
-    trainer = GRPOTrainer(model=load_model(recipe.model), reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+    trainer = GRPOTrainer(model=load_model(recipe.model),
+                          reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
                           args=GRPOConfig(output_dir=str(tmp_path / "out"), num_generations=2, bf16=False,
                                           per_device_train_batch_size=2, report_to="none"),
                           train_dataset=dataset, processing_class=tokenizer)
