@@ -224,6 +224,28 @@ def test_the_shipped_recipes_validate(capsys):
     assert capsys.readouterr().out.count("(rl)") == 2
 
 
+def test_the_demo_checks_itself_on_requests_it_never_trains_on():
+    """The demo's held-out requests are in none of its training prompts, nor in any other demo file; every row of
+    both is an IFEval row whose reward IFEval's checker gives (a short answer earns 1, a long one 0)."""
+    from rl.prompts import example_of
+
+    def read(name):
+        return [json.loads(line) for line in (REPO / "data/demo" / name).read_text().splitlines()]
+
+    train, held = read("rl_prompts.jsonl"), read("rl_heldout.jsonl")
+    asked = {r["messages"][0]["content"].split(" Answer in")[0] for r in held}
+    assert len(asked) == len(held) == 12
+    for path in (REPO / "data/demo").glob("*.jsonl"):
+        if path.name != "rl_heldout.jsonl":
+            assert not [q for q in asked if q in path.read_text()], path.name
+    task = IFEvalTask()
+    for row in train + held:
+        limit = row["reference"]["target"]["kwargs"][0]["num_words"]
+        example = example_of(row)
+        assert task.reward(example, "Short.", "no_think") == 1.0
+        assert task.reward(example, " ".join(["word"] * limit), "no_think") == 0.0
+
+
 @pytest.mark.parametrize("change, key, says", [
     ({"training": {"reward_weights": [1, 1]}}, "training.reward_weights", "set by `rewards:`"),
     ({"training": {"chat_template_kwargs": {"enable_thinking": False}}}, "training.chat_template_kwargs",

@@ -413,5 +413,5 @@ if __name__ == "__main__":
     write("preferences_heldout.jsonl", preference_rows(heldout_items))
     write("bad_rows.jsonl", bad_rows())
     rl_rng = random.Random(3)
-    write("rl_prompts.jsonl", rl_rows(RL_REQUESTS[:32], rl_rng, first_key=0))
-    write("rl_heldout.jsonl", rl_rows(RL_REQUESTS[32:], rl_rng, first_key=32))
+    write("rl_prompts.jsonl", rl_rows(RL_REQUESTS[:36], rl_rng, first_key=0))
+    write("rl_heldout.jsonl", rl_rows(RL_REQUESTS[36:], rl_rng, first_key=36))
