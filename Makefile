@@ -5,7 +5,7 @@
 #   make test-vllm                 the real-vLLM tests (vLLM's CPU build, in its own venv .venv-vllm)
 #   make bench-synth               synth against raw vLLM (offline and HTTP), on vLLM's CPU build (~10 min)
 #   make sft RECIPE=recipes/smollm3/sft.yaml SET="training.learning_rate=1e-5"
-#   make midtrain|synth|sft|apo|merge|eval [RECIPE=...]   (default: the demo recipe)
+#   make midtrain|synth|sft|apo|rl|merge|eval [RECIPE=...]   (default: the demo recipe)
 #   make prepare RECIPE=recipes/smollm3/sft.yaml   tokenize + pack a training mixture ahead of the GPU job
 #   make plan RECIPE=recipes/smollm3/sft.yaml [PLAN="--gpus 16 --gpu h200 --against other.yaml"]   before booking GPUs
 #   make eval RECIPE=recipes/smollm3/eval.yaml MODELS=runs/smollm3/sft,runs/smollm3/merge
@@ -20,7 +20,7 @@ STAMP  := $(VENV)/.installed
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-STAGES := midtrain synth-traces synth-pairs sft apo merge eval
+STAGES := midtrain synth-traces synth-pairs sft apo rl merge eval
 
 .PHONY: setup test test-e2e test-vllm test-fast lint demo bench bench-synth gpu-check gpu-wheels validate clean synth prepare plan $(STAGES)
 

@@ -31,7 +31,7 @@ def load_prompts(recipe, quarantine: Path) -> list[dict]:
     source) is a `copy` of it with an id and a work key of its own: another sample, not the same one twice."""
     seen: set[str] = set()
 
-    def parse(source, row) -> dict:
+    def parse(source, index, row) -> dict:
         messages, template = prompt_of(row)
         identity = messages if not template else {"messages": messages, "template": template}
         pid = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,6 +11,8 @@ MOMENT is one of
                            before the optimizer updates the weights
   map-worker               in each `datasets.map` worker (a forked child of the stage) at its first row
   generate:N               at the start of the N-th call to a generation backend (synth, eval, the sweep)
+  rollout:N                at the start of the N-th rollout generation of the rl stage (TRL's GRPOTrainer
+                           generating the completions of a step, its prompts drawn), before any token
   merge                    just before MergeKit writes a merge
 On reaching it, the process writes MARKER_DIR/<its pid> (holding its torchrun RANK, if any) and waits,
 until a stop signal has been received (SIGTERM, SIGUSR1; the stage's own handler decides what that
@@ -65,6 +67,21 @@ def hold_at_generation(call: int, marker_dir: Path) -> None:
             return _generate(self, *args, **kwargs)
 
         backend.generate = generate_after_hold
+
+
+def hold_at_rollout(call: int, marker_dir: Path) -> None:
+    import trl
+
+    calls, generate = 0, trl.GRPOTrainer._generate_single_turn
+
+    def hold_then_generate(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            hold(marker_dir)
+        return generate(self, *args, **kwargs)
+
+    trl.GRPOTrainer._generate_single_turn = hold_then_generate
 
 
 def hold_before_merge(marker_dir: Path) -> None:
@@ -124,6 +141,8 @@ if __name__ == "__main__":
         hold_in_map_workers(marker_dir)
     elif moment.startswith("generate:"):
         hold_at_generation(int(moment.removeprefix("generate:")), marker_dir)
+    elif moment.startswith("rollout:"):
+        hold_at_rollout(int(moment.removeprefix("rollout:")), marker_dir)
     elif moment == "merge":
         hold_before_merge(marker_dir)
     else:

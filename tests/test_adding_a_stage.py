@@ -185,4 +185,4 @@ def test_a_stage_is_one_word_in_the_makefile():
     name added to STAGES."""
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^\$\(STAGES\): setup\n\t\$\(SMOL\) \$@ --recipe", makefile, re.M)
-    assert re.search(r"^STAGES := midtrain synth-traces synth-pairs sft apo merge eval$", makefile, re.M)
+    assert re.search(r"^STAGES := midtrain synth-traces synth-pairs sft apo rl merge eval$", makefile, re.M)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-PACKAGES = ("pipeline", "synth", "merge", "eval")
+PACKAGES = ("pipeline", "synth", "merge", "eval", "rl")
 
 # The rooms of pipeline/, bottom up, each with the rooms it may import besides itself (the docstrings
 # of pipeline/__init__.py and of each room's package say the same). A room is a package
@@ -24,6 +24,9 @@ ROOMS: dict[str, set[str]] = {
     "cli": {"core", "data", "generation", "training", "planning"},  # the top: `smolalign`
 }
 STAGES_STAND_ON = {"core", "data", "generation"}  # what synth/, merge/ and eval/ may import of pipeline/
+# rl/ trains on the rewards of eval's tasks: it also stands on pipeline/training/ (the trainer's arguments, resume
+# and finish it shares with sft and apo), and is the one package that imports both; nothing imports it.
+STANDS_ON = {"rl": STAGES_STAND_ON | {"training"}}
 
 
 def modules() -> dict[str, Path]:
@@ -114,11 +117,21 @@ def test_each_room_imports_only_the_rooms_below_it():
 
 def test_stage_packages_stand_on_the_foundation_data_and_generation():
     """synth/, merge/ and eval/ use the foundation, the data path and generation, never a training
-    stage, the planner or the CLI: what they share with those lives in a room below."""
+    stage, the planner or the CLI: what they share with those lives in a room below. rl/ also uses what
+    the training stages share (STANDS_ON)."""
     wrong = sorted(f"{module} imports {imported}" for module, targets in graph().items()
-                   if not module.startswith("pipeline") for imported in targets
-                   if imported.startswith("pipeline.") and room(imported) not in STAGES_STAND_ON)
+                   if not module.startswith("pipeline") for imported in targets if imported.startswith("pipeline.")
+                   and room(imported) not in STANDS_ON.get(module.split(".")[0], STAGES_STAND_ON))
     assert wrong == [], wrong
+
+
+def test_nothing_imports_the_rl_stage():
+    """rl/ sits on top of training and eval; the registry reaches it by its module path, nothing else imports it
+    (eval importing it back would tie the evaluation to a training stage)."""
+    wrong = sorted(f"{module} imports {imported}" for module, targets in graph().items()
+                   if not module.startswith("rl") for imported in targets if imported.startswith("rl"))
+    assert wrong == [], wrong
+    assert "pipeline.training.train" in graph()["rl.stage"] and "eval.tasks" in graph()["rl.prompts"]
 
 
 def test_each_room_says_what_it_owns_and_may_import():

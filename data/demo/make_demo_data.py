@@ -14,6 +14,9 @@ Small but real: every answer is correct, every think trace is a real derivation.
 - preferences.jsonl    chosen vs rejected (wrong mode's format, or a wrong answer), both modes, for APO
 - preferences_heldout.jsonl  pairs of the same kind on questions APO never sees: the demo's preference check
 - bad_rows.jsonl       rows that must be quarantined, one per reason (used by tests)
+- rl_prompts.jsonl     the demo RL stage's prompts: open-ended requests with a word limit (IFEval's
+                       length_constraints:number_words), as Task.training_rows writes them (task, reference)
+- rl_heldout.jsonl     the same instruction on requests RL never trains on: its held-out check
 """
 
 import json
@@ -337,6 +340,49 @@ def preference_rows(items):
     return [preference_pair(item, think=i % 2 == 0, kind=i // 2 % 2) for i, item in enumerate(items)]
 
 
+# Open-ended requests, none in the other demo files or the eval's mode prompts: a 135M model answers them at
+# any length, so a word limit is a verifiable reward that some of its sampled answers earn and others miss.
+RL_REQUESTS = [
+    "Describe your favourite season.", "Explain why people keep pets.", "Give advice to a new runner.",
+    "Describe a busy train station.", "Explain how to make a cup of tea.", "Say why reading is useful.",
+    "Describe a quiet library.", "Give a tip for saving money.", "Explain why exercise matters.",
+    "Describe the smell of rain.", "Suggest a weekend activity for a family.", "Explain what a map is for.",
+    "Describe a sunny beach.", "Give advice for a first job interview.", "Explain why sleep is important.",
+    "Describe a snowy morning.", "Suggest a gift for a teacher.", "Explain what a calendar is for.",
+    "Describe a farmers' market.", "Give a tip for learning a language.", "Explain why we recycle.",
+    "Describe a thunderstorm.", "Suggest a name for a goldfish.", "Explain how a bicycle moves.",
+    "Describe a city park in spring.", "Give advice for studying for an exam.", "Explain what a recipe is.",
+    "Describe a mountain view.", "Suggest a hobby for someone who likes music.", "Explain why plants need water.",
+    "Describe a birthday party.", "Give a tip for staying focused.", "Explain what a library card does.",
+    "Describe an old bookshop.", "Suggest a breakfast for a busy morning.", "Explain why the sky gets dark.",
+    "Describe a forest at night.", "Give advice for a long car trip.", "Explain what a museum is.",
+    "Describe a crowded market.", "Suggest a way to relax after work.", "Explain why we brush our teeth.",
+    "Describe a walk by a river.", "Give a tip for writing a letter.", "Explain what a garden needs.",
+    "Describe a rainy afternoon.", "Suggest a game to play with friends.", "Explain why maps use symbols.",
+]
+RL_LIMITS = (8, 10, 12, 15)
+
+
+def rl_rows(requests, rng, first_key):
+    """IFEval training rows (eval/tasks/ifeval.py IFEvalTask.training_rows, think mode: the stage renders each
+    prompt in both modes) of `requests`, each with a word limit drawn from RL_LIMITS."""
+    import sys
+    import tempfile
+    sys.path.insert(0, str(OUT.parent.parent))
+    from eval.tasks import IFEvalTask
+    columns = []
+    for key, request in enumerate(requests, start=first_key):
+        limit = rng.choice(RL_LIMITS)
+        columns.append({"key": key, "prompt": f"{request} Answer in fewer than {limit} words.",
+                        "instruction_id_list": ["length_constraints:number_words"],
+                        "kwargs": [{"num_words": limit, "relation": "less than"}]})
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "ifeval.jsonl"
+        source.write_text("".join(json.dumps(c) + "\n" for c in columns))
+        rows = IFEvalTask(source=str(source)).training_rows(mode="think")
+    return sorted(rows, key=lambda r: int(r["id"].rsplit("-", 1)[1]))
+
+
 def bad_rows():
     ok_user = {"role": "user", "content": "Hi"}
     return [
@@ -366,3 +412,6 @@ if __name__ == "__main__":
     write("preferences.jsonl", preference_rows(pair_items))
     write("preferences_heldout.jsonl", preference_rows(heldout_items))
     write("bad_rows.jsonl", bad_rows())
+    rl_rng = random.Random(3)
+    write("rl_prompts.jsonl", rl_rows(RL_REQUESTS[:36], rl_rng, first_key=0))
+    write("rl_heldout.jsonl", rl_rows(RL_REQUESTS[36:], rl_rng, first_key=36))

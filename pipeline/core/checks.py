@@ -123,7 +123,9 @@ def _value_problem(key: str, value: Any, field: dict[str, Any]) -> str | None:
         TypeAdapter(hint).validate_python(value, strict=True)
     except ValidationError:
         return f"{shown} is not a valid {_type_name(field['type'])}"
-    if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+    # a config's own default is in range for it (GRPO's beta 0.0: no KL term; DPO's beta must be > 0)
+    if key in _RANGES and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and value != field.get("default"):
         low, high, inclusive = _RANGES[key]
         if value < low or (value == low and not inclusive) or value > high:
             bound = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high != float("inf") else "")

@@ -42,6 +42,7 @@ STAGES: dict[str, Stage] = {
     "synth-pairs": Stage("synth.stage", "synth.schema:SynthRecipe", shards=True),
     "sft": Stage("pipeline.training.sft", "pipeline.training.sft:SFTRecipe"),
     "apo": Stage("pipeline.training.apo", "pipeline.training.apo:APORecipe"),
+    "rl": Stage("rl.stage", "rl.schema:RLRecipe"),
     "merge": Stage("merge.stage", "merge.schema:MergeRecipe"),
     "eval": Stage("eval.stage", "eval.schema:EvalRecipe"),
 }
@@ -79,3 +80,6 @@ class PlanSection:
     # A prompts-only stage (`trains_on: prompts`) generates what it trains on: tokens it generates an epoch.
     generated_tokens_per_epoch: float | None = None
     max_length: int | None = None  # tokens of its longest row, where `training.max_length` does not say it
+    # Share of each GPU's memory held beside training by an engine the stage runs on the same GPUs (a generation
+    # engine colocated with the trainer), with what it is, for the memory line: (share, label).
+    reserved: tuple[float, str] | None = None

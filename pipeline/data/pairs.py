@@ -83,7 +83,7 @@ def preference_rows(recipe: TrainRecipe, tokenizer, quarantine_path: Path) -> tu
     build_preference_mixture trains on, and what `smolalign plan` counts and measures."""
     rng = random.Random(recipe.data.seed)
 
-    def parse(source: Source, row: Any) -> dict[str, Any]:
+    def parse(source: Source, index: int, row: Any) -> dict[str, Any]:
         return preference_row(recipe, source, row)
 
     rows = [{**pair, "source": si} for si, pair in read_sources(recipe.data.sources, parse, rng, quarantine_path,

@@ -5,7 +5,7 @@ mid-training rows, APO pairs, synth prompts, an RL stage's prompts), with one se
     picked = budget(source, si, lengths, rng)     # the same rule over a column of lengths (the Arrow mixture)
 
 The rules, the same for every stage:
-- rows come from the one loader (pipeline/data/sources.py); `parse(source, row)` turns a row into what
+- rows come from the one loader (pipeline/data/sources.py); `parse(source, index, row)` turns a row into what
   the stage uses (a pair, a prompt) or raises BadRow, whose message is the row's quarantine reason:
   one line per rejected row in quarantine.jsonl (`write_quarantine`), named by `source_label`;
 - a source's budget is its `fraction` of the usable rows (a fraction above 1 upsamples: whole copies,
@@ -34,7 +34,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.schema import Source, source_label
 from pipeline.data.sources import BadRow, iter_rows
 
-Parse = Callable[[Source, Any], Any]  # (source, raw row) -> a JSON-serialisable item; raises BadRow
+Parse = Callable[[Source, int, Any], Any]  # (source, row index, raw row) -> a JSON-serialisable item; raises BadRow
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def _spool(source: Source, si: int, parse: Parse, measure, path: Path, quarantin
             try:
                 if isinstance(row, BadRow):  # a line that is not JSON: quarantined like any other bad row
                     raise row
-                item = parse(source, row)
+                item = parse(source, index, row)
             except BadRow as e:
                 spool.rejected += write_quarantine(quarantine, source, si, [(index, str(e))])
                 continue

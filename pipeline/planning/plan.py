@@ -419,6 +419,12 @@ def cost_section(recipe, section: PlanSection, *, gpus: int, gpu: str, sharding:
         for key in ("total_gib", "total_checkpointed_gib", "total_full_gib"):
             memory[key] += reference
         memory["fits"] = memory["total_gib"] <= 0.9 * memory["capacity_gib"]
+    if section.reserved is not None:  # an engine the stage runs beside training takes its share of every GPU
+        share, what = section.reserved
+        memory["reserved_gib"], memory["reserved_for"] = share * memory["capacity_gib"], what
+        for key in ("total_gib", "total_checkpointed_gib", "total_full_gib"):
+            memory[key] += memory["reserved_gib"]
+        memory["fits"] = memory["total_gib"] <= 0.9 * memory["capacity_gib"]
     memory["sharding"] = f"zero{sharding[1]}" if sharding[0] == "zero" else sharding[0]
     out["memory"] = memory
     problems = [batch_problem] if batch_problem else []
@@ -530,6 +536,7 @@ def _format_cost(cost: dict[str, Any]) -> list[str]:
     lines.append(f"  memory per GPU ({m['sharding']}): weights {m['weights_gib']:.1f} + gradients "
                  f"{m['gradients_gib']:.1f} + optimizer {m['optimizer_gib']:.1f} GiB"
                  + (f" + reference model {m['reference_model_gib']:.1f}" if "reference_model_gib" in m else "")
+                 + (f" + {m['reserved_for']} {m['reserved_gib']:.1f}" if "reserved_gib" in m else "")
                  + f"; activations {m['activations_checkpointed_gib']:.1f} GiB with checkpointing, "
                  f"{m['activations_full_gib']:.1f} without (logits {m['logits_gib']:.1f})")
     verdict = "fits" if m["fits"] else "DOES NOT FIT"

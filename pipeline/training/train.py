@@ -216,10 +216,11 @@ def announce_batch(run, batch: Batch) -> None:
         run.save_manifest()
 
 
-def trl_args(recipe: TrainRecipe, output_dir: Path):
+def trl_args(recipe: TrainRecipe, output_dir: Path, **at_run_time):
     """TRL's config for this launch, from what the check before the run builds too (pipeline/core/checks.py
     trl_kwargs: the recipe's `training:` with the derived accumulation, and the stage's trl_settings), with
-    the machine's own settings and the run's directory."""
+    the machine's own settings, the run's directory and what a stage can only know once it runs
+    (`at_run_time`: rl's end-of-turn token id, from the tokenizer, for vLLM)."""
     import torch
 
     cls = trl_config_class(recipe.stage)
@@ -230,7 +231,7 @@ def trl_args(recipe: TrainRecipe, output_dir: Path):
     # memory only where there is a GPU to copy to (torch warns on every run otherwise).
     kwargs: dict[str, Any] = {"report_to": "none", "include_num_input_tokens_seen": "non_padding",
                               "dataloader_pin_memory": torch.cuda.is_available()}
-    kwargs.update(_without_secrets(trl_kwargs(recipe, batch)), output_dir=str(output_dir))
+    kwargs.update(_without_secrets(trl_kwargs(recipe, batch)), **at_run_time, output_dir=str(output_dir))
     args = cls(**kwargs)
     if batch.derived and args.train_batch_size != batch.per_device:
         # one process driving several GPUs (torch DataParallel) multiplies the per-device batch by their count
