@@ -23,8 +23,9 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import write_json_atomic
 from pipeline.core.schema import Source
 from pipeline.data.rows import BadRow
+from pipeline.data.sources import iter_rows
 from pipeline.generation import SamplingSpec, make_backend
-from rl.prompts import MODES, example_of, prompt_item, read_prompts, task_named
+from rl.prompts import MODES, example_of, prompt_item, task_named
 
 
 def held_out_items(recipe) -> list[dict[str, Any]]:
@@ -32,13 +33,10 @@ def held_out_items(recipe) -> list[dict[str, Any]]:
     the row: a check that silently skipped prompts would not compare like with like)."""
     spec = recipe.eval_prompts
     source = Source(path=spec.path, mode="from_row")
-    probe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"sources": [source]})})
     items = []
-    for _, index, row, read in read_prompts(probe):
+    for index, row in enumerate(iter_rows(source)):
         try:
-            if isinstance(read, BadRow):
-                raise read
-            items.append(prompt_item(probe, source, index, row, *read))
+            items.append(prompt_item(recipe, source, index, row))
         except BadRow as e:
             raise UserError(f"{spec.path}: row {index + 1}: {e} (eval_prompts.path: prompt rows in the training "
                             "sources' layout, each with chat_template_kwargs.enable_thinking)") from None

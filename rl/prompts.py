@@ -33,23 +33,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.schema import source_label
 from pipeline.data.reader import read_sources
 from pipeline.data.rows import BadRow, prompt_of, row_mode
-from pipeline.data.sources import iter_rows
 
 MODES = ("think", "no_think")
-
-
-def read_prompts(recipe) -> Iterator[tuple[int, int, Any, tuple | BadRow]]:
-    """(source index, row index, row, (messages, template, thinking) or the BadRow it is) for every row of
-    every source, through the one loader and the one row normaliser (pipeline/data/sources.py iter_rows,
-    pipeline/data/rows.py prompt_of and row_mode). For the held-out file (rl/held_out.py), where a bad row is an
-    error, not a quarantined row; training prompts are drawn by the one source reader (prompt_items)."""
-    for si, source in enumerate(recipe.data.sources):
-        for index, row in enumerate(iter_rows(source)):
-            try:
-                messages, template = prompt_of(row)
-                yield si, index, row, (messages, template, row_mode(source, row, messages))
-            except BadRow as e:
-                yield si, index, row, e
 
 
 def prompt_items(recipe, quarantine: Path) -> Iterator[dict[str, Any]]:
@@ -57,17 +42,19 @@ def prompt_items(recipe, quarantine: Path) -> Iterator[dict[str, Any]]:
     (pipeline/data/reader.py: the budgets, quarantine and labels of every stage's sources), with the modes it is
     trained in and what rewards it; bad rows go to `quarantine` with their reason."""
     def parse(source, index: int, row) -> dict[str, Any]:
-        messages, template = prompt_of(row)
-        return prompt_item(recipe, source, index, row, messages, template, row_mode(source, row, messages))
+        return prompt_item(recipe, source, index, row)
 
     for _, item in read_sources(recipe.data.sources, parse, random.Random(recipe.data.seed), quarantine,
                                 what="prompts"):
         yield item
 
 
-def prompt_item(recipe, source, index: int, row: dict, messages, template, thinking: bool) -> dict[str, Any]:
-    """A usable prompt row: the row as its task reads it (with `id`, `task`, `reference` filled in), the modes
+def prompt_item(recipe, source, index: int, row: dict) -> dict[str, Any]:
+    """A usable prompt row (row `index` of `source`), normalised as every stage's rows are (pipeline/data/rows.py
+    prompt_of and row_mode): the row as its task reads it (with `id`, `task`, `reference` filled in), the modes
     it is trained in, and its source's label. Raises BadRow with the reason it is not usable."""
+    messages, template = prompt_of(row)
+    thinking = row_mode(source, row, messages)
     label = source_label(source.path, source.split, source.name)
     row = {**row, "id": str(row.get("id", f"{label}#{index}"))}
     name = row.get("task") if row.get("task") is not None else recipe.task
